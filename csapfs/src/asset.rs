@@ -1,0 +1,475 @@
+//! One encrypted asset file on disk: random-access reads, read-modify-write of chunks with fresh
+//! nonces, truncation up and down, holes, and recovery of a tail torn by a crash.
+//!
+//! I/O is positional (`pread`/`pwrite` through [`FileExt`]), so readers of one [`Asset`] share it
+//! without a seek position; writers need `&mut`, which the filesystem gets from a per-file lock.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use tracing::warn;
+
+use crate::crypto::{AssetKeys, ContentKey};
+use crate::format::{
+    open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD, FLAG_SPARSE,
+    HEADER_LEN,
+};
+
+/// A gap longer than this many chunks, opened by a write past EOF or a truncate up, is left as a
+/// hole in the backing file (see FORMAT.md "Holes") instead of being encrypted as zeros.
+const HOLE_THRESHOLD_CHUNKS: u64 = 16;
+/// How many chunks one `pwrite` carries at most, bounding the write buffer.
+const WRITE_BATCH_CHUNKS: u64 = 16;
+/// How far back from a torn tail recovery looks for the last chunk sealed as final.
+const TORN_TAIL_SCAN_CHUNKS: u64 = 256;
+
+thread_local! {
+    /// Per-thread scratch for stored chunks, so the read path does not allocate per call.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("chunk {chunk_index} failed authentication (tampered or corrupt); its plaintext is withheld")]
+    Authentication { chunk_index: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl AssetError {
+    /// The errno a filesystem should answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            AssetError::Io(err) => err.raw_os_error().unwrap_or(libc_eio()),
+            _ => libc_eio(),
+        }
+    }
+}
+
+const fn libc_eio() -> i32 {
+    5 // EIO on every Linux architecture
+}
+
+/// An open asset: its verified header, its keys and its plaintext size.
+pub struct Asset {
+    file: File,
+    header: Header,
+    keys: AssetKeys,
+    layout: Layout,
+    plain_size: u64,
+    /// The stored file carries bytes past `stored_len(plain_size)` left by a crash; the next
+    /// mutation cuts them.
+    torn_tail: bool,
+}
+
+/// Reads and strictly decodes the header of an asset without authenticating it (to learn which
+/// key to ask for). Nothing it returns may be trusted before [`Asset::open`] verifies it.
+pub fn read_header(file: &File) -> Result<Header, AssetError> {
+    let mut bytes = [0u8; HEADER_LEN as usize];
+    let n = read_full_at(file, &mut bytes, 0)?;
+    Ok(Header::decode_unauthenticated(&bytes[..n])?)
+}
+
+/// Plaintext size of an asset from its stored length, without reading data (for `getattr`).
+/// A torn tail counts as absent.
+pub fn plain_size_of(layout: Layout, stored_len: u64) -> u64 {
+    match layout.classify(stored_len) {
+        StoredLength::Valid(size) => size,
+        StoredLength::Torn { whole_chunks_plain } => whole_chunks_plain,
+    }
+}
+
+impl Asset {
+    /// Starts a new asset in `file` (which must be empty): header and one empty final chunk.
+    pub fn create(file: File, header: Header, key: &ContentKey) -> Result<Asset, AssetError> {
+        let keys = AssetKeys::new(header.suite, key);
+        let asset = Asset {
+            file,
+            layout: header.layout(),
+            header,
+            keys,
+            plain_size: 0,
+            torn_tail: false,
+        };
+        asset.file.set_len(0)?;
+        asset.write_header()?;
+        let mut empty = [0u8; CHUNK_OVERHEAD as usize];
+        seal_chunk(
+            &asset.keys,
+            &asset.header.asset_id,
+            0,
+            true,
+            &[],
+            &mut empty,
+        );
+        asset.file.write_all_at(&empty, HEADER_LEN)?;
+        Ok(asset)
+    }
+
+    /// Opens an existing asset, verifying its header under `key`. Strict: a stored length that
+    /// no well-formed asset has is an error (truncated or extended file).
+    pub fn open(file: File, key: &ContentKey) -> Result<Asset, AssetError> {
+        let (mut asset, stored_len) = Self::open_header(file, key)?;
+        match asset.layout.classify(stored_len) {
+            StoredLength::Valid(size) => asset.plain_size = size,
+            StoredLength::Torn { .. } => return Err(FormatError::InvalidLength(stored_len).into()),
+        }
+        Ok(asset)
+    }
+
+    /// Opens an asset that a crash may have left with a torn tail (the filesystem's open).
+    ///
+    /// The consistent state is the one whose final chunk authenticates *as final*. If the chunk
+    /// the stored length names as final does not, look back for the last chunk that does: bytes
+    /// after it were written after the last consistent state (a crash during an append) and are
+    /// ignored, then cut by the next mutation. An attacker cannot forge the final flag, so a
+    /// truncation finds no such chunk: the asset then opens at its stored length and the cut
+    /// chunk fails to read (`EIO` for that range only), or, if the length is not even
+    /// well-formed, the open fails.
+    pub fn open_recovering(file: File, key: &ContentKey) -> Result<Asset, AssetError> {
+        let (mut asset, stored_len) = Self::open_header(file, key)?;
+        let (candidate, whole_chunks) = match asset.layout.classify(stored_len) {
+            StoredLength::Valid(size) => (Some(size), asset.layout.chunk_count(size)),
+            StoredLength::Torn { whole_chunks_plain } => {
+                (None, whole_chunks_plain / asset.layout.chunk_size)
+            }
+        };
+        if let Some(size) = candidate {
+            if asset.chunk_authenticates_as_final(asset.layout.chunk_count(size) - 1, size) {
+                asset.plain_size = size;
+                return Ok(asset);
+            }
+        }
+        let lowest = whole_chunks.saturating_sub(TORN_TAIL_SCAN_CHUNKS);
+        for index in (lowest..whole_chunks).rev() {
+            let size = (index + 1) * asset.layout.chunk_size;
+            if candidate != Some(size) && asset.chunk_authenticates_as_final(index, size) {
+                warn!(asset = %asset.header.asset_id, chunk_index = index, stored_len,
+                    "asset has a torn tail (a crash during a write); using its last consistent size");
+                asset.plain_size = size;
+                asset.torn_tail = true;
+                return Ok(asset);
+            }
+        }
+        match candidate {
+            Some(size) => {
+                warn!(asset = %asset.header.asset_id, "the final chunk does not authenticate: tampered or truncated");
+                asset.plain_size = size;
+                Ok(asset)
+            }
+            None => Err(FormatError::InvalidLength(stored_len).into()),
+        }
+    }
+
+    fn open_header(file: File, key: &ContentKey) -> Result<(Asset, u64), AssetError> {
+        let mut bytes = [0u8; HEADER_LEN as usize];
+        let n = read_full_at(&file, &mut bytes, 0)?;
+        let header = Header::decode_unauthenticated(&bytes[..n])?;
+        let keys = AssetKeys::new(header.suite, key);
+        Header::verify(&bytes, &keys)?;
+        let stored_len = file.metadata()?.len();
+        let asset = Asset {
+            file,
+            layout: header.layout(),
+            header,
+            keys,
+            plain_size: 0,
+            torn_tail: false,
+        };
+        Ok((asset, stored_len))
+    }
+
+    fn chunk_authenticates_as_final(&self, index: u64, size: u64) -> bool {
+        let len = (self.layout.chunk_plain_len(index, size) + CHUNK_OVERHEAD) as usize;
+        let mut stored = vec![0u8; len];
+        read_full_at(&self.file, &mut stored, self.layout.chunk_offset(index)).ok() == Some(len)
+            && open_chunk(&self.keys, &self.header.asset_id, index, true, &mut stored).is_ok()
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn plain_size(&self) -> u64 {
+        self.plain_size
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads plaintext at `offset` into `buf`; short only at end of file. Each chunk is
+    /// authenticated before any of its bytes are copied out.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, AssetError> {
+        if offset >= self.plain_size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = self.plain_size.min(offset.saturating_add(buf.len() as u64));
+        let cs = self.layout.chunk_size;
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let stored_start = self.layout.chunk_offset(first);
+        let stored_end = self.layout.chunk_offset(last)
+            + self.layout.chunk_plain_len(last, self.plain_size)
+            + CHUNK_OVERHEAD;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.resize((stored_end - stored_start) as usize, 0);
+            self.read_stored(&mut scratch, stored_start)?;
+            let mut copied = 0usize;
+            let mut at = 0usize;
+            for index in first..=last {
+                let plain_len = self.layout.chunk_plain_len(index, self.plain_size);
+                let stored_len = (plain_len + CHUNK_OVERHEAD) as usize;
+                let stored = &mut scratch[at..at + stored_len];
+                at += stored_len;
+                let plain = self.open_stored_chunk(index, stored)?;
+                let chunk_start = index * cs;
+                let from = offset.max(chunk_start) - chunk_start;
+                let to = end.min(chunk_start + plain_len) - chunk_start;
+                let piece = &plain[from as usize..to as usize];
+                buf[copied..copied + piece.len()].copy_from_slice(piece);
+                copied += piece.len();
+            }
+            Ok(copied)
+        })
+    }
+
+    /// Verifies and decrypts one stored chunk in place. A hole (all-zero interior chunk of a
+    /// sparse asset) reads as zeros.
+    fn open_stored_chunk<'a>(
+        &self,
+        index: u64,
+        stored: &'a mut [u8],
+    ) -> Result<&'a mut [u8], AssetError> {
+        let is_final = index + 1 == self.layout.chunk_count(self.plain_size);
+        if self.header.is_sparse() && !is_final && stored.iter().all(|&b| b == 0) {
+            let len = stored.len() - CHUNK_OVERHEAD as usize;
+            return Ok(&mut stored[..len]);
+        }
+        open_chunk(&self.keys, &self.header.asset_id, index, is_final, stored).map_err(|_| {
+            warn!(asset = %self.header.asset_id, chunk_index = index, "chunk failed authentication");
+            AssetError::Authentication { chunk_index: index }
+        })
+    }
+
+    fn read_stored(&self, buf: &mut [u8], at: u64) -> Result<(), AssetError> {
+        let n = read_full_at(&self.file, buf, at)?;
+        if n < buf.len() {
+            // The file shrank under us (another writer outside the mount): nothing to trust.
+            return Err(AssetError::Authentication {
+                chunk_index: (at + n as u64).saturating_sub(HEADER_LEN)
+                    / self.layout.stored_chunk_size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, growing the asset as needed (a gap reads as zeros).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), AssetError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(too_large)?;
+        self.rewrite(self.plain_size.max(end), Some((offset, data)))
+    }
+
+    /// Truncates or extends the asset to `size` plaintext bytes; extension reads as zeros.
+    pub fn set_len(&mut self, size: u64) -> Result<(), AssetError> {
+        if size == self.plain_size && !self.torn_tail {
+            return Ok(());
+        }
+        self.rewrite(size, None)
+    }
+
+    pub fn sync(&self) -> Result<(), AssetError> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// The one mutation path: re-seals every chunk whose content, length or finality changes,
+    /// each with a fresh nonce, then fixes the file length.
+    fn rewrite(&mut self, new_size: u64, write: Option<(u64, &[u8])>) -> Result<(), AssetError> {
+        let layout = self.layout;
+        let old_size = self.plain_size;
+        let old_final = layout.chunk_count(old_size) - 1;
+        let new_final = layout.chunk_count(new_size) - 1;
+        let data_chunks = write.map(|(offset, data)| {
+            (
+                offset / layout.chunk_size,
+                (offset + data.len() as u64 - 1) / layout.chunk_size,
+            )
+        });
+
+        // Runs of chunk indices to seal, and the zero-filled gap (if any) to leave as a hole.
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(2);
+        if new_size > old_size {
+            let first_data = data_chunks.map_or(new_final, |(first, _)| first);
+            let gap = (old_final + 1, first_data.max(old_final + 1));
+            if gap.1 - gap.0 > HOLE_THRESHOLD_CHUNKS {
+                self.mark_sparse()?;
+                runs.push((old_final.min(first_data), old_final));
+                runs.push((first_data, new_final));
+            } else {
+                runs.push((old_final.min(first_data), new_final));
+            }
+        } else {
+            if let Some(range) = data_chunks {
+                runs.push(range);
+            }
+            if new_size < old_size || self.torn_tail {
+                runs.push((new_final, new_final));
+            }
+        }
+
+        // Highest run first, so an append puts its new tail down before the old final chunk is
+        // re-sealed as non-final: a crash in between leaves a tail that recovery can find.
+        runs.sort_unstable();
+        runs.dedup();
+        for &(first, last) in runs.iter().rev() {
+            let mut batch_end = last + 1;
+            while batch_end > first {
+                let batch_start = batch_end.saturating_sub(WRITE_BATCH_CHUNKS).max(first);
+                self.seal_batch(batch_start, batch_end - 1, old_size, new_size, write)?;
+                batch_end = batch_start;
+            }
+        }
+        if new_size < old_size || self.torn_tail {
+            self.file.set_len(layout.stored_len(new_size))?;
+            self.torn_tail = false;
+        }
+        self.plain_size = new_size;
+        Ok(())
+    }
+
+    /// Seals chunks `first..=last` of the new content into one buffer and writes it at once.
+    fn seal_batch(
+        &self,
+        first: u64,
+        last: u64,
+        old_size: u64,
+        new_size: u64,
+        write: Option<(u64, &[u8])>,
+    ) -> Result<(), AssetError> {
+        let layout = self.layout;
+        let new_final = layout.chunk_count(new_size) - 1;
+        let start = layout.chunk_offset(first);
+        let stored_end =
+            layout.chunk_offset(last) + layout.chunk_plain_len(last, new_size) + CHUNK_OVERHEAD;
+        let mut out = vec![0u8; (stored_end - start) as usize];
+        let mut plain = vec![0u8; layout.chunk_size as usize];
+        let mut at = 0usize;
+        for index in first..=last {
+            let chunk_start = index * layout.chunk_size;
+            let new_len = layout.chunk_plain_len(index, new_size) as usize;
+            let plain = &mut plain[..new_len];
+            self.chunk_content(index, old_size, write, plain)?;
+            let stored_len = new_len + CHUNK_OVERHEAD as usize;
+            seal_chunk(
+                &self.keys,
+                &self.header.asset_id,
+                index,
+                index == new_final,
+                plain,
+                &mut out[at..at + stored_len],
+            );
+            at += stored_len;
+            debug_assert_eq!(
+                chunk_start + new_len as u64,
+                (chunk_start + new_len as u64).min(new_size)
+            );
+        }
+        self.file.write_all_at(&out, start)?;
+        Ok(())
+    }
+
+    /// Fills `plain` (the chunk's new length) with its new content: the old content where it
+    /// exists and the write does not cover it, zeros beyond the old end, then the written bytes.
+    fn chunk_content(
+        &self,
+        index: u64,
+        old_size: u64,
+        write: Option<(u64, &[u8])>,
+        plain: &mut [u8],
+    ) -> Result<(), AssetError> {
+        let chunk_start = index * self.layout.chunk_size;
+        let chunk_end = chunk_start + plain.len() as u64;
+        let covered = write.map_or((0, 0), |(offset, data)| {
+            (
+                offset.max(chunk_start),
+                (offset + data.len() as u64).min(chunk_end),
+            )
+        });
+        let fully_covered = covered.0 == chunk_start && covered.1 == chunk_end;
+        let old_len = if chunk_start < old_size {
+            self.layout
+                .chunk_plain_len(index, old_size)
+                .min(plain.len() as u64)
+        } else {
+            0
+        };
+        plain.fill(0);
+        if old_len > 0 && !fully_covered {
+            let n = self.read_at(chunk_start, &mut plain[..old_len as usize])?;
+            debug_assert_eq!(n as u64, old_len);
+        }
+        if let Some((offset, data)) = write {
+            if covered.0 < covered.1 {
+                let src = &data[(covered.0 - offset) as usize..(covered.1 - offset) as usize];
+                plain[(covered.0 - chunk_start) as usize..(covered.1 - chunk_start) as usize]
+                    .copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_sparse(&mut self) -> Result<(), AssetError> {
+        if !self.header.is_sparse() {
+            self.header.flags |= FLAG_SPARSE;
+            self.write_header()?;
+        }
+        Ok(())
+    }
+
+    /// The header is 96 bytes at offset 0, inside one page: one `pwrite` puts it down whole.
+    fn write_header(&self) -> Result<(), AssetError> {
+        self.file.write_all_at(&self.header.encode(&self.keys), 0)?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Asset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Asset")
+            .field("asset_id", &self.header.asset_id)
+            .field("plain_size", &self.plain_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn too_large() -> AssetError {
+    AssetError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "offset beyond the largest file size",
+    ))
+}
+
+/// `pread` until `buf` is full or end of file; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(done)
+}
