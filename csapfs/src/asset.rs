@@ -28,6 +28,8 @@ const TORN_TAIL_SCAN_CHUNKS: u64 = 256;
 thread_local! {
     /// Per-thread scratch for stored chunks, so the read path does not allocate per call.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread (sealed batch, one chunk's plaintext) buffers for the write path.
+    static WRITE_SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -362,31 +364,31 @@ impl Asset {
         let start = layout.chunk_offset(first);
         let stored_end =
             layout.chunk_offset(last) + layout.chunk_plain_len(last, new_size) + CHUNK_OVERHEAD;
-        let mut out = vec![0u8; (stored_end - start) as usize];
-        let mut plain = vec![0u8; layout.chunk_size as usize];
-        let mut at = 0usize;
-        for index in first..=last {
-            let chunk_start = index * layout.chunk_size;
-            let new_len = layout.chunk_plain_len(index, new_size) as usize;
-            let plain = &mut plain[..new_len];
-            self.chunk_content(index, old_size, write, plain)?;
-            let stored_len = new_len + CHUNK_OVERHEAD as usize;
-            seal_chunk(
-                &self.keys,
-                &self.header.asset_id,
-                index,
-                index == new_final,
-                plain,
-                &mut out[at..at + stored_len],
-            );
-            at += stored_len;
-            debug_assert_eq!(
-                chunk_start + new_len as u64,
-                (chunk_start + new_len as u64).min(new_size)
-            );
-        }
-        self.file.write_all_at(&out, start)?;
-        Ok(())
+        WRITE_SCRATCH.with(|scratch| {
+            let (out, plain) = &mut *scratch.borrow_mut();
+            out.resize((stored_end - start) as usize, 0);
+            plain.resize(layout.chunk_size as usize, 0);
+            let mut at = 0usize;
+            for index in first..=last {
+                let new_len = layout.chunk_plain_len(index, new_size) as usize;
+                let plain = &mut plain[..new_len];
+                self.chunk_content(index, old_size, write, plain)?;
+                let stored_len = new_len + CHUNK_OVERHEAD as usize;
+                seal_chunk(
+                    &self.keys,
+                    &self.header.asset_id,
+                    index,
+                    index == new_final,
+                    plain,
+                    &mut out[at..at + stored_len],
+                );
+                at += stored_len;
+            }
+            // Plaintext must not linger in a buffer that outlives this write.
+            plain.fill(0);
+            self.file.write_all_at(&out[..at], start)?;
+            Ok(())
+        })
     }
 
     /// Fills `plain` (the chunk's new length) with its new content: the old content where it
