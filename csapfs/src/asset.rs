@@ -13,7 +13,8 @@ use tracing::warn;
 
 use crate::crypto::{AssetKeys, ContentKey};
 use crate::format::{
-    open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD, FLAG_SPARSE,
+    open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD, FLAG_APPENDING,
+    FLAG_SPARSE,
     HEADER_LEN,
 };
 
@@ -134,6 +135,24 @@ impl Asset {
     /// well-formed, the open fails.
     pub fn open_recovering(file: File, key: &ContentKey) -> Result<Asset, AssetError> {
         let (mut asset, stored_len) = Self::open_header(file, key)?;
+        if asset.header.flags & FLAG_APPENDING != 0 {
+            // An extension was under way. While the chunk that was final before it still
+            // authenticates as final, the extension did not finish: return to that size (its
+            // data is intact; the extension's was never synced).
+            let base = asset.header.append_base;
+            let base_final = asset.layout.chunk_count(base) - 1;
+            if asset.layout.stored_len(base) <= stored_len
+                && asset.chunk_authenticates_as_final(base_final, base)
+            {
+                if asset.layout.stored_len(base) < stored_len {
+                    warn!(asset = %asset.header.asset_id, plain_size = base,
+                        "asset was being extended when its writer stopped; using the size before");
+                    asset.torn_tail = true;
+                }
+                asset.plain_size = base;
+                return Ok(asset);
+            }
+        }
         let (candidate, whole_chunks) = match asset.layout.classify(stored_len) {
             StoredLength::Valid(size) => (Some(size), asset.layout.chunk_count(size)),
             StoredLength::Torn { whole_chunks_plain } => {
@@ -290,8 +309,15 @@ impl Asset {
         self.rewrite(size, None)
     }
 
-    pub fn sync(&self) -> Result<(), AssetError> {
+    /// Makes everything written so far durable. Afterwards the asset is consistent as it
+    /// stands, so the appending mark (FORMAT.md §6) is cleared.
+    pub fn sync(&mut self) -> Result<(), AssetError> {
         self.file.sync_data()?;
+        if self.header.flags & FLAG_APPENDING != 0 {
+            self.header.flags &= !FLAG_APPENDING;
+            self.header.append_base = 0;
+            self.write_header()?;
+        }
         Ok(())
     }
 
@@ -313,13 +339,28 @@ impl Asset {
         let mut runs: Vec<(u64, u64)> = Vec::with_capacity(2);
         if new_size > old_size {
             let first_data = data_chunks.map_or(new_final, |(first, _)| first);
-            let gap = (old_final + 1, first_data.max(old_final + 1));
-            if gap.1 - gap.0 > HOLE_THRESHOLD_CHUNKS {
-                self.mark_sparse()?;
-                runs.push((old_final.min(first_data), old_final));
-                runs.push((first_data, new_final));
-            } else {
-                runs.push((old_final.min(first_data), new_final));
+            // Chunks up to the old final one (re-sealed as non-final) form their own run, which
+            // is written last: a `pwrite` cut short by SIGKILL stops between pages, so the old
+            // final chunk must not share one with the new tail.
+            runs.push((old_final.min(first_data), old_final));
+            let mut header = self.header;
+            if new_final > old_final {
+                let gap = first_data.saturating_sub(old_final + 1);
+                let tail_start = if gap > HOLE_THRESHOLD_CHUNKS {
+                    header.flags |= FLAG_SPARSE;
+                    first_data
+                } else {
+                    old_final + 1
+                };
+                runs.push((tail_start, new_final));
+            }
+            // Record the size before this extension, so that recovery can return to it if a
+            // crash stops the extension halfway (FORMAT.md §6). One 96-byte `pwrite`.
+            header.flags |= FLAG_APPENDING;
+            header.append_base = old_size;
+            if header != self.header {
+                self.header = header;
+                self.write_header()?;
             }
         } else {
             if let Some(range) = data_chunks {
@@ -427,14 +468,6 @@ impl Asset {
                 plain[(covered.0 - chunk_start) as usize..(covered.1 - chunk_start) as usize]
                     .copy_from_slice(src);
             }
-        }
-        Ok(())
-    }
-
-    fn mark_sparse(&mut self) -> Result<(), AssetError> {
-        if !self.header.is_sparse() {
-            self.header.flags |= FLAG_SPARSE;
-            self.write_header()?;
         }
         Ok(())
     }

@@ -130,7 +130,8 @@ pub struct AssetKeys {
 }
 
 enum ChunkCipher {
-    Gcm(LessSafeKey),
+    // Boxed: ring's expanded AES-GCM key is large, the CTR variant holds only two arrays.
+    Gcm(Box<LessSafeKey>),
     CtrBlake3 {
         encryption_key: Zeroizing<[u8; KEY_LEN]>,
         mac_key: Zeroizing<[u8; KEY_LEN]>,
@@ -149,7 +150,7 @@ impl AssetKeys {
             Suite::Gcm => {
                 let unbound = UnboundKey::new(&aead::AES_256_GCM, encryption_key.as_slice())
                     .expect("a 32-byte key is valid for AES-256-GCM");
-                ChunkCipher::Gcm(LessSafeKey::new(unbound))
+                ChunkCipher::Gcm(Box::new(LessSafeKey::new(unbound)))
             }
             Suite::CtrBlake3 => ChunkCipher::CtrBlake3 {
                 encryption_key,

@@ -132,7 +132,10 @@ impl fmt::Display for KeyId {
 
 /// Header flag bit 0: interior chunks stored as all-zero bytes are holes (read as zeros).
 pub const FLAG_SPARSE: u8 = 0b0000_0001;
-const KNOWN_FLAGS: u8 = FLAG_SPARSE;
+/// Header flag bit 1: a writer was extending the asset; `append_base` holds the plaintext size
+/// before that extension (FORMAT.md §6, crash recovery).
+pub const FLAG_APPENDING: u8 = 0b0000_0010;
+const KNOWN_FLAGS: u8 = FLAG_SPARSE | FLAG_APPENDING;
 
 /// The decoded header fields of an asset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +145,8 @@ pub struct Header {
     pub asset_id: AssetId,
     pub key_id: KeyId,
     pub flags: u8,
+    /// With [`FLAG_APPENDING`]: the plaintext size before the extension in progress; else 0.
+    pub append_base: u64,
 }
 
 impl Header {
@@ -159,6 +164,7 @@ impl Header {
             asset_id,
             key_id,
             flags: 0,
+            append_base: 0,
         })
     }
 
@@ -183,7 +189,8 @@ impl Header {
         b[16..32].copy_from_slice(&self.asset_id.0);
         b[32..48].copy_from_slice(&self.key_id.scope.0);
         b[48..52].copy_from_slice(&self.key_id.version.to_le_bytes());
-        // 52..64 reserved, zero.
+        b[52..60].copy_from_slice(&self.append_base.to_le_bytes());
+        // 60..64 reserved, zero.
         b
     }
 
@@ -216,7 +223,8 @@ impl Header {
         }
         let chunk_size = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
         validate_chunk_size(chunk_size)?;
-        if bytes[52..64].iter().any(|&b| b != 0) {
+        let append_base = u64::from_le_bytes(bytes[52..60].try_into().expect("8 bytes"));
+        if bytes[60..64].iter().any(|&b| b != 0) || (flags & FLAG_APPENDING == 0 && append_base != 0) {
             return Err(FormatError::ReservedNotZero);
         }
         Ok(Header {
@@ -228,6 +236,7 @@ impl Header {
                 version: u32::from_le_bytes(bytes[48..52].try_into().expect("4 bytes")),
             },
             flags,
+            append_base,
         })
     }
 

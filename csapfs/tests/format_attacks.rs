@@ -437,3 +437,51 @@ proptest! {
         prop_assert_eq!(decrypt(&std::fs::read(&path).unwrap()).unwrap(), model);
     }
 }
+
+#[test]
+fn interrupted_extension_rolls_back_to_the_size_before_it() {
+    // The crash window between putting down a new tail and re-sealing the old final chunk as
+    // non-final (FORMAT.md §6): the header's appending mark lets recovery return to the old size.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a");
+    let h = header(Suite::Gcm, CHUNK);
+    let key = key_of(&h.asset_id);
+    let rw = || OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let mut asset = Asset::create(file, h, &key).unwrap();
+    let before = pattern(2 * CHUNK as usize + 100);
+    asset.write_at(0, &before).unwrap();
+    asset.sync().unwrap();
+    let a = std::fs::read(&path).unwrap();
+    asset.write_at(before.len() as u64, &vec![0xEE; 3 * CHUNK as usize]).unwrap();
+    drop(asset);
+    let b = std::fs::read(&path).unwrap();
+    let old_final_at = H + 2 * STORED;
+
+    // Tail written, old (partial) final chunk not yet re-sealed.
+    let mut window = b.clone();
+    window[old_final_at..old_final_at + 100 + CHUNK_OVERHEAD as usize]
+        .copy_from_slice(&a[old_final_at..]);
+    // Only the header's mark written.
+    let mut header_only = a.clone();
+    header_only[..H].copy_from_slice(&b[..H]);
+    for (state, bytes) in [("tail written", window), ("mark written", header_only)] {
+        std::fs::write(&path, &bytes).unwrap();
+        let mut asset = Asset::open_recovering(rw(), &key).unwrap();
+        assert_eq!(asset.plain_size(), before.len() as u64, "{state}");
+        let mut buf = vec![0u8; before.len()];
+        asset.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, before, "{state}");
+        asset.write_at(buf.len() as u64, b"!").unwrap();
+        asset.sync().unwrap();
+        drop(asset);
+        let mut expected = before.clone();
+        expected.push(b'!');
+        assert_eq!(decrypt(&std::fs::read(&path).unwrap()).unwrap(), expected, "{state}");
+    }
+
+    // The finished extension is kept.
+    std::fs::write(&path, &b).unwrap();
+    let asset = Asset::open_recovering(rw(), &key).unwrap();
+    assert_eq!(asset.plain_size(), before.len() as u64 + 3 * CHUNK as u64);
+}

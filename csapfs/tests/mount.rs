@@ -39,8 +39,14 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
-    let mut names_a: Vec<_> = fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
-    let mut names_b: Vec<_> = fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names_a: Vec<_> = fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut names_b: Vec<_> = fs::read_dir(b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names_a.sort();
     names_b.sort();
     assert_eq!(names_a, names_b, "listing of {}", a.display());
@@ -52,7 +58,12 @@ fn assert_same_tree(a: &Path, b: &Path) {
         } else if ma.file_type().is_symlink() {
             assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap());
         } else {
-            assert_eq!(fs::read(&pa).unwrap(), fs::read(&pb).unwrap(), "{}", pa.display());
+            assert_eq!(
+                fs::read(&pa).unwrap(),
+                fs::read(&pb).unwrap(),
+                "{}",
+                pa.display()
+            );
             assert_eq!(fs::metadata(&pb).unwrap().len(), ma.len());
         }
     }
@@ -68,11 +79,24 @@ fn copy_a_tree_in_and_out() {
         fs::create_dir_all(src.join("shot010/renders")).unwrap();
         fs::create_dir_all(src.join("empty_dir")).unwrap();
         let chunk = 65536usize;
-        for (i, size) in [0, 1, 4095, chunk - 1, chunk, chunk + 1, 3 * chunk + 17, 3 << 20]
-            .into_iter()
-            .enumerate()
+        for (i, size) in [
+            0,
+            1,
+            4095,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            3 * chunk + 17,
+            3 << 20,
+        ]
+        .into_iter()
+        .enumerate()
         {
-            fs::write(src.join(format!("shot010/renders/f{i:04}.exr")), rng.bytes(size)).unwrap();
+            fs::write(
+                src.join(format!("shot010/renders/f{i:04}.exr")),
+                rng.bytes(size),
+            )
+            .unwrap();
         }
         fs::write(src.join("notes.txt"), b"frame notes\n").unwrap();
         std::os::unix::fs::symlink("shot010/renders/f0001.exr", src.join("latest")).unwrap();
@@ -101,7 +125,12 @@ fn model_run(cache: CacheMode, seed: u64, steps: usize) {
                 let offset = rng.below(48 * 1024) as usize;
                 let len = rng.below(20 * 1024) as usize + 1;
                 let data = rng.bytes(len);
-                let file = OpenOptions::new().write(true).create(true).truncate(false).open(&path).unwrap();
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .unwrap();
                 file.write_all_at(&data, offset as u64).unwrap();
                 let m = model[i].get_or_insert_with(Vec::new);
                 if m.len() < offset + data.len() {
@@ -117,7 +146,9 @@ fn model_run(cache: CacheMode, seed: u64, steps: usize) {
                     let file = File::open(&path).unwrap();
                     let mut got = 0;
                     while got < len {
-                        let n = file.read_at(&mut buf[got..], (offset + got) as u64).unwrap();
+                        let n = file
+                            .read_at(&mut buf[got..], (offset + got) as u64)
+                            .unwrap();
                         if n == 0 {
                             break;
                         }
@@ -125,14 +156,27 @@ fn model_run(cache: CacheMode, seed: u64, steps: usize) {
                     }
                     let want = &m[offset.min(m.len())..(offset + len).min(m.len())];
                     assert_eq!(&buf[..got], want, "{ctx}: read {offset}+{len}");
-                    assert_eq!(fs::metadata(&path).unwrap().len(), m.len() as u64, "{ctx}: size");
+                    assert_eq!(
+                        fs::metadata(&path).unwrap().len(),
+                        m.len() as u64,
+                        "{ctx}: size"
+                    );
                 }
-                None => assert_eq!(File::open(&path).unwrap_err().kind(), ErrorKind::NotFound, "{ctx}"),
+                None => assert_eq!(
+                    File::open(&path).unwrap_err().kind(),
+                    ErrorKind::NotFound,
+                    "{ctx}"
+                ),
             },
             6 => {
                 if let Some(m) = &mut model[i] {
                     let size = rng.below(60 * 1024) as usize;
-                    OpenOptions::new().write(true).open(&path).unwrap().set_len(size as u64).unwrap();
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .unwrap()
+                        .set_len(size as u64)
+                        .unwrap();
                     m.resize(size, 0);
                 }
             }
@@ -181,7 +225,8 @@ fn concurrent_readers_and_writers_on_one_file() {
     let file = File::create(&path).unwrap();
     for w in 0..WRITERS {
         let fill = vec![(w as u8) << 4; BLOCK * BLOCKS_PER_WRITER];
-        file.write_all_at(&fill, (w * BLOCK * BLOCKS_PER_WRITER) as u64).unwrap();
+        file.write_all_at(&fill, (w * BLOCK * BLOCKS_PER_WRITER) as u64)
+            .unwrap();
     }
     drop(file);
     let stop = Arc::new(AtomicBool::new(false));
@@ -197,7 +242,8 @@ fn concurrent_readers_and_writers_on_one_file() {
                 let blocks = rng.below(5) as usize + 1;
                 let first = rng.below((BLOCKS_PER_WRITER - blocks + 1) as u64) as usize;
                 let at = (w * BLOCKS_PER_WRITER + first) * BLOCK;
-                file.write_all_at(&vec![byte; blocks * BLOCK], at as u64).unwrap();
+                file.write_all_at(&vec![byte; blocks * BLOCK], at as u64)
+                    .unwrap();
             }
         }));
     }
@@ -212,11 +258,17 @@ fn concurrent_readers_and_writers_on_one_file() {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) || reads < 50 {
                 let block = rng.below((WRITERS * BLOCKS_PER_WRITER - 8) as u64) as usize;
-                file.read_exact_at(&mut buf, (block * BLOCK) as u64).unwrap();
+                file.read_exact_at(&mut buf, (block * BLOCK) as u64)
+                    .unwrap();
                 for (k, b) in buf.chunks(BLOCK).enumerate() {
                     let owner = (block + k) / BLOCKS_PER_WRITER;
                     assert!(b.iter().all(|&x| x == b[0]), "torn block {}", block + k);
-                    assert_eq!((b[0] >> 4) as usize, owner, "block {} has another writer's data", block + k);
+                    assert_eq!(
+                        (b[0] >> 4) as usize,
+                        owner,
+                        "block {} has another writer's data",
+                        block + k
+                    );
                 }
                 reads += 1;
             }
@@ -230,7 +282,10 @@ fn concurrent_readers_and_writers_on_one_file() {
     for r in readers {
         assert!(r.join().unwrap() >= 50);
     }
-    assert_eq!(fs::metadata(&path).unwrap().len(), (WRITERS * BLOCKS_PER_WRITER * BLOCK) as u64);
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        (WRITERS * BLOCKS_PER_WRITER * BLOCK) as u64
+    );
 }
 
 #[test]
@@ -239,7 +294,13 @@ fn sparse_file_beyond_4_gib() {
     for cache in both_modes() {
         let mount = TestMount::new(cache);
         let path = mount.path("huge.bin");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         file.set_len(5 * GIB).unwrap();
         let marker = b"written at four and a half GiB";
         let at = 4 * GIB + GIB / 2 + 12345;
@@ -258,7 +319,10 @@ fn sparse_file_beyond_4_gib() {
         assert_eq!(fs::metadata(&path).unwrap().len(), 5 * GIB);
         // The backing file is sparse too: a few chunks, not 5 GiB of encrypted zeros.
         let allocated = fs::metadata(mount.backing("huge.bin")).unwrap().blocks() * 512;
-        assert!(allocated < 64 << 20, "backing file allocates {allocated} bytes");
+        assert!(
+            allocated < 64 << 20,
+            "backing file allocates {allocated} bytes"
+        );
     }
 }
 
@@ -275,7 +339,10 @@ fn truncate_up_and_down_reads_zeros_like_ext4() {
     let data = fs::read(&path).unwrap();
     assert_eq!(data.len(), 300_000);
     assert!(data[..30_000].iter().all(|&b| b == 7));
-    assert!(data[30_000..].iter().all(|&b| b == 0), "extended range reads zeros");
+    assert!(
+        data[30_000..].iter().all(|&b| b == 0),
+        "extended range reads zeros"
+    );
 }
 
 #[test]
@@ -284,7 +351,11 @@ fn unlinked_open_file_stays_readable() {
     let mount = TestMount::new(CacheMode::Direct);
     let path = mount.path("doomed");
     fs::write(&path, b"still here after unlink").unwrap();
-    let mut file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     fs::remove_file(&path).unwrap();
     assert!(!path.exists());
     assert!(!mount.backing("doomed").exists());
@@ -309,7 +380,10 @@ fn rename_over_an_open_file() {
         fs::rename(mount.path("b"), mount.path("a")).unwrap();
         let mut text = String::new();
         (&open_a).read_to_string(&mut text).unwrap();
-        assert_eq!(text, "old content of a", "the open handle keeps the replaced file");
+        assert_eq!(
+            text, "old content of a",
+            "the open handle keeps the replaced file"
+        );
         assert_eq!(fs::read(mount.path("a")).unwrap(), b"new content");
         assert!(!mount.path("b").exists());
         // A renamed directory keeps its children reachable under the new name.
@@ -333,7 +407,11 @@ fn tampered_chunk_fails_only_its_own_range() {
         fs::write(mount.path("frame.exr"), &data).unwrap();
         mount.unmount();
         // Flip one ciphertext byte inside chunk 2.
-        let backing = OpenOptions::new().read(true).write(true).open(mount.backing("frame.exr")).unwrap();
+        let backing = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mount.backing("frame.exr"))
+            .unwrap();
         let at = HEADER_LEN + 2 * (chunk + CHUNK_OVERHEAD) + 12 + 100;
         let mut byte = [0u8; 1];
         backing.read_exact_at(&mut byte, at).unwrap();
@@ -344,14 +422,25 @@ fn tampered_chunk_fails_only_its_own_range() {
         let file = File::open(mount.path("frame.exr")).unwrap();
         let mut buf = vec![0u8; 4096];
         let err = file.read_exact_at(&mut buf, 2 * chunk + 8192).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(EIO), "{cache:?}: tampered chunk must give EIO");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(EIO),
+            "{cache:?}: tampered chunk must give EIO"
+        );
         for index in [0u64, 1, 3] {
             let mut good = vec![0u8; chunk as usize];
             file.read_exact_at(&mut good, index * chunk).unwrap();
-            assert_eq!(good, &data[(index * chunk) as usize..((index + 1) * chunk) as usize]);
+            assert_eq!(
+                good,
+                &data[(index * chunk) as usize..((index + 1) * chunk) as usize]
+            );
         }
         let err = fs::read(mount.path("frame.exr")).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(EIO), "a whole-file read must fail, not return partial data");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(EIO),
+            "a whole-file read must fail, not return partial data"
+        );
     }
 }
 
@@ -374,7 +463,8 @@ fn backing_files_never_contain_plaintext() {
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(marker, (data.len() / 2) as u64).unwrap();
         file.set_len((data.len() * 2) as u64).unwrap();
-        file.write_all_at(marker, (data.len() * 2 - 5) as u64).unwrap();
+        file.write_all_at(marker, (data.len() * 2 - 5) as u64)
+            .unwrap();
         file.sync_all().unwrap();
     }
     fs::write(mount.path("small"), marker).unwrap();
@@ -382,8 +472,16 @@ fn backing_files_never_contain_plaintext() {
     assert_eq!(files.len(), 7);
     for file in files {
         let bytes = fs::read(&file).unwrap();
-        assert!(!contains(&bytes, marker), "plaintext marker found in {}", file.display());
-        assert!(!contains(&bytes, &marker[..12]), "plaintext fragment in {}", file.display());
+        assert!(
+            !contains(&bytes, marker),
+            "plaintext marker found in {}",
+            file.display()
+        );
+        assert!(
+            !contains(&bytes, &marker[..12]),
+            "plaintext fragment in {}",
+            file.display()
+        );
     }
 }
 
@@ -391,13 +489,20 @@ fn backing_files_never_contain_plaintext() {
 fn a_non_asset_file_fails_with_eio_and_never_shows_ciphertext() {
     require_fuse!();
     let mount = TestMount::new(CacheMode::Direct);
-    fs::write(mount.backing("readme.txt"), b"this was copied in without encryption").unwrap();
+    fs::write(
+        mount.backing("readme.txt"),
+        b"this was copied in without encryption",
+    )
+    .unwrap();
     fs::write(mount.backing("empty"), b"").unwrap();
     let names: Vec<String> = fs::read_dir(&mount.scratch.mnt)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains(&"readme.txt".to_string()), "listed like any other file");
+    assert!(
+        names.contains(&"readme.txt".to_string()),
+        "listed like any other file"
+    );
     for name in ["readme.txt", "empty"] {
         let err = File::open(mount.path(name)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(EIO), "{name}");
@@ -407,7 +512,10 @@ fn a_non_asset_file_fails_with_eio_and_never_shows_ciphertext() {
     let other = TestMount::new(CacheMode::Direct);
     fs::write(other.path("theirs"), b"secret").unwrap();
     fs::copy(other.backing("theirs"), mount.backing("theirs")).unwrap();
-    assert_eq!(File::open(mount.path("theirs")).unwrap_err().raw_os_error(), Some(EIO));
+    assert_eq!(
+        File::open(mount.path("theirs")).unwrap_err().raw_os_error(),
+        Some(EIO)
+    );
 }
 
 #[test]
@@ -416,13 +524,24 @@ fn metadata_links_and_directories() {
     let mount = TestMount::new(CacheMode::Direct);
     fs::write(mount.path("f"), b"hello").unwrap();
     // Inode numbers are the backing file's (passthrough numbering).
-    assert_eq!(fs::metadata(mount.path("f")).unwrap().ino(), fs::metadata(mount.backing("f")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(mount.path("f")).unwrap().ino(),
+        fs::metadata(mount.backing("f")).unwrap().ino()
+    );
 
     fs::hard_link(mount.path("f"), mount.path("g")).unwrap();
-    let (mf, mg) = (fs::metadata(mount.path("f")).unwrap(), fs::metadata(mount.path("g")).unwrap());
+    let (mf, mg) = (
+        fs::metadata(mount.path("f")).unwrap(),
+        fs::metadata(mount.path("g")).unwrap(),
+    );
     assert_eq!(mf.ino(), mg.ino());
     assert_eq!(mg.nlink(), 2);
-    OpenOptions::new().write(true).open(mount.path("g")).unwrap().write_all_at(b"J", 0).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(mount.path("g"))
+        .unwrap()
+        .write_all_at(b"J", 0)
+        .unwrap();
     assert_eq!(fs::read(mount.path("f")).unwrap(), b"Jello");
     fs::remove_file(mount.path("f")).unwrap();
     assert_eq!(fs::read(mount.path("g")).unwrap(), b"Jello");
@@ -434,8 +553,16 @@ fn metadata_links_and_directories() {
     fs::set_permissions(mount.path("g"), fs::Permissions::from_mode(0o640)).unwrap();
     assert_eq!(fs::metadata(mount.path("g")).unwrap().mode() & 0o777, 0o640);
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-    File::options().write(true).open(mount.path("g")).unwrap().set_modified(when).unwrap();
-    assert_eq!(fs::metadata(mount.path("g")).unwrap().mtime(), 1_000_000_000);
+    File::options()
+        .write(true)
+        .open(mount.path("g"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    assert_eq!(
+        fs::metadata(mount.path("g")).unwrap().mtime(),
+        1_000_000_000
+    );
     std::os::unix::fs::chown(mount.path("g"), Some(1234), Some(5678)).unwrap();
     let m = fs::metadata(mount.path("g")).unwrap();
     assert_eq!((m.uid(), m.gid()), (1234, 5678));
@@ -443,10 +570,28 @@ fn metadata_links_and_directories() {
     fs::create_dir(mount.path("d")).unwrap();
     assert!(fs::metadata(mount.path("d")).unwrap().is_dir());
     fs::write(mount.path("d/x"), b"").unwrap();
-    assert_eq!(fs::remove_dir(mount.path("d")).unwrap_err().raw_os_error(), Some(39)); // ENOTEMPTY
+    assert_eq!(
+        fs::remove_dir(mount.path("d")).unwrap_err().raw_os_error(),
+        Some(39)
+    ); // ENOTEMPTY
     fs::remove_file(mount.path("d/x")).unwrap();
     fs::remove_dir(mount.path("d")).unwrap();
     assert!(!mount.backing("d").exists());
+
+    // fallocate grows the file with zeros; KEEP_SIZE is a hint; hole punching is refused.
+    let g = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mount.path("g"))
+        .unwrap();
+    use nix::fcntl::{fallocate, FallocateFlags};
+    fallocate(&g, FallocateFlags::empty(), 0, 100_000).unwrap();
+    assert_eq!(g.metadata().unwrap().len(), 100_000);
+    assert_eq!(&fs::read(mount.path("g")).unwrap()[..6], b"Jello\0");
+    fallocate(&g, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, 200_000).unwrap();
+    assert_eq!(g.metadata().unwrap().len(), 100_000);
+    let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    assert!(fallocate(&g, punch, 0, 4096).is_err());
 
     let st = nix::sys::statvfs::statvfs(&mount.scratch.mnt).unwrap();
     assert!(st.blocks() > 0);
@@ -466,9 +611,14 @@ fn key_file_assets_interoperate_with_the_library_stream_codec() {
     // Written inside → decryptable outside.
     fs::write(mount.path("inside.bin"), &plain).unwrap();
     let mut back = Vec::new();
-    csapfs::stream::decrypt_stream(File::open(mount.backing("inside.bin")).unwrap(), &mut back, |header| {
-        keys.key_for(header).map_err(|e| csapfs::AssetError::Io(std::io::Error::other(e.to_string())))
-    })
+    csapfs::stream::decrypt_stream(
+        File::open(mount.backing("inside.bin")).unwrap(),
+        &mut back,
+        |header| {
+            keys.key_for(header)
+                .map_err(|e| csapfs::AssetError::Io(std::io::Error::other(e.to_string())))
+        },
+    )
     .unwrap();
     assert_eq!(back, plain);
 }
@@ -482,7 +632,15 @@ fn read_only_mount_refuses_writes() {
     mount.options.read_only = true;
     mount.mount();
     assert_eq!(fs::read(mount.path("kept")).unwrap(), b"data");
-    let err = OpenOptions::new().write(true).open(mount.path("kept")).unwrap_err();
+    let err = OpenOptions::new()
+        .write(true)
+        .open(mount.path("kept"))
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(30)); // EROFS
-    assert_eq!(fs::write(mount.path("new"), b"x").unwrap_err().raw_os_error(), Some(30));
+    assert_eq!(
+        fs::write(mount.path("new"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(30)
+    );
 }

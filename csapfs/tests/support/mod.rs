@@ -51,7 +51,10 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("csapfs-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("csapfs-test")
+            .tempdir()
+            .expect("tempdir");
         let backing = dir.path().join("backing");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&backing).unwrap();
@@ -110,8 +113,13 @@ impl TestMount {
         assert!(self.mounted.is_none());
         let keys = self.scratch.key_source(self.chunk_size);
         self.mounted = Some(
-            csapfs::fs::mount(&self.scratch.backing, &self.scratch.mnt, keys, &self.options)
-                .expect("mount"),
+            csapfs::fs::mount(
+                &self.scratch.backing,
+                &self.scratch.mnt,
+                keys,
+                &self.options,
+            )
+            .expect("mount"),
         );
     }
 
@@ -157,6 +165,12 @@ pub struct ProcessMount {
 impl ProcessMount {
     /// Starts `csap mount BACKING MNT --key-file K EXTRA…` and waits until it is mounted.
     pub fn start(csap: &str, scratch: &Scratch, extra: &[&str]) -> ProcessMount {
+        // A file, not a pipe: a pipe nobody drains could block the daemon's logging.
+        let log_path = scratch
+            .dir
+            .path()
+            .join(format!("mount-{}.log", random_bytes(4)[0]));
+        let log = File::create(&log_path).expect("mount log");
         let mut child = Command::new(csap)
             .arg("mount")
             .arg(&scratch.backing)
@@ -166,17 +180,19 @@ impl ProcessMount {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("spawn csap mount");
         let deadline = Instant::now() + Duration::from_secs(15);
         while !is_mounted(&scratch.mnt) {
             if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                let err = fs::read_to_string(&log_path).unwrap_or_default();
                 panic!("csap mount exited with {status}: {err}");
             }
-            assert!(Instant::now() < deadline, "csap mount did not mount in time");
+            assert!(
+                Instant::now() < deadline,
+                "csap mount did not mount in time"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         ProcessMount {

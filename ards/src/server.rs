@@ -1,0 +1,194 @@
+//! Serving the ARDS router over TLS 1.3 (rustls via `authz::tls`), and the service's
+//! self-signed certificate, created in the data directory on first start and reused after.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// Failures while preparing or starting the TLS listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ards(#[from] crate::error::ArdsError),
+}
+
+/// The service certificate and key (PEM) and where they live.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_path: PathBuf,
+    pub cert_pem: String,
+    /// Wiped from memory on drop; never printed.
+    key_pem: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert_path", &self.cert_path)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// File names inside the data directory.
+pub const CERT_FILE: &str = "ards-cert.pem";
+pub const KEY_FILE: &str = "ards-key.pem";
+
+/// Loads `DIR/ards-cert.pem` + `DIR/ards-key.pem`, or creates them (self-signed for `names`
+/// plus `localhost`, `127.0.0.1` and `::1`; key file mode 0600) on first start.
+pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<TlsIdentity, ServeError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ServeError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    if cert_path.exists() && key_path.exists() {
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key_pem =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&key_path).map_err(io(&key_path))?);
+        return Ok(TlsIdentity {
+            cert_path,
+            cert_pem,
+            key_pem,
+        });
+    }
+    let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for n in names {
+        if !all.contains(n) {
+            all.push(n.clone());
+        }
+    }
+    let (cert_pem, key_pem) =
+        authz::tls::self_signed(&all).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let key_pem = zeroize::Zeroizing::new(key_pem);
+    write_private(&key_path, key_pem.as_bytes()).map_err(io(&key_path))?;
+    std::fs::write(&cert_path, cert_pem.as_bytes()).map_err(io(&cert_path))?;
+    Ok(TlsIdentity {
+        cert_path,
+        cert_pem,
+        key_pem,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// A running TLS server. Dropping it (or calling [`ServerHandle::shutdown`]) stops accepting
+/// and closes every open connection, long polls included.
+#[derive(Debug)]
+pub struct ServerHandle {
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops the server and waits until it has.
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` and serves `router` over TLS with `identity` (TLS 1.3 only, HTTP/1.1).
+pub async fn serve_tls(
+    addr: &str,
+    identity: &TlsIdentity,
+    router: Router,
+) -> Result<ServerHandle, ServeError> {
+    let mut config = authz::tls::server_config(&identity.cert_pem, &identity.key_pem)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    // This loop speaks HTTP/1.1 only; never let ALPN pick h2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let task = tokio::spawn(accept_loop(listener, acceptor, router));
+    Ok(ServerHandle { local_addr, task })
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+    // Connection tasks live in the set so aborting this loop aborts them too.
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        conns.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,717 @@
+//! The ARDS engine: verifies what issuers send, drives the store through time (just-in-time
+//! release, expiry), wakes long-polling PEPs, and triages PEP exception reports.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use authz::wire::{PublishRules, Revocation};
+use authz::{AccessRequest, Evaluator, IssuerPublicKey, SignedRule};
+use tokio::sync::{watch, Notify};
+
+use crate::clock::Clock;
+use crate::error::ArdsError;
+use crate::store::{Published, Recorded, Store, StoreError, Touched};
+use crate::wire::{
+    Changes, DenialReport, ExceptionList, ExceptionOutcome, PepStatus, PublishOutcome, RawChanges,
+    RevokeOutcome, RuleList, ThrottledCount,
+};
+
+/// Default just-in-time lead: rules reach their PEPs this long before `not_before`.
+pub const DEFAULT_LEAD_TIME_SECS: i64 = 300;
+
+/// Limits on PEP exception reports (CSAP Part 1 §5.7: a flood of exceptions must not become a
+/// denial of service).
+#[derive(Debug, Clone)]
+pub struct ExceptionPolicy {
+    /// Reports a PEP may send in a burst.
+    pub burst: u32,
+    /// Sustained reports per minute per PEP.
+    pub per_minute: u32,
+    /// An identical report within this many seconds is counted, not stored again.
+    pub dedup_window_secs: i64,
+    /// Rate-limit buckets kept in memory; reports from further PEPs are refused until old
+    /// buckets refill (PEP ids are caller-chosen, so this bounds memory).
+    pub max_tracked_peps: usize,
+}
+
+impl Default for ExceptionPolicy {
+    fn default() -> Self {
+        Self {
+            burst: 20,
+            per_minute: 60,
+            dedup_window_secs: 300,
+            max_tracked_peps: 10_000,
+        }
+    }
+}
+
+/// Everything ARDS needs to start.
+#[derive(Debug, Clone)]
+pub struct ArdsConfig {
+    /// The SQLite file (created if missing).
+    pub db_path: PathBuf,
+    /// Issuer name → Ed25519 public key. Rules and revocations from anyone else are refused.
+    pub trusted_issuers: Vec<(String, IssuerPublicKey)>,
+    /// How long before `not_before` a rule is released to its PEPs.
+    pub lead_time_secs: i64,
+    /// Upper bound on a long poll's `wait`.
+    pub max_wait_secs: u64,
+    pub exceptions: ExceptionPolicy,
+}
+
+impl ArdsConfig {
+    /// A config with default lead time (5 min), long-poll cap (60 s) and exception limits.
+    pub fn new(
+        db_path: impl Into<PathBuf>,
+        trusted_issuers: Vec<(String, IssuerPublicKey)>,
+    ) -> Self {
+        Self {
+            db_path: db_path.into(),
+            trusted_issuers,
+            lead_time_secs: DEFAULT_LEAD_TIME_SECS,
+            max_wait_secs: 60,
+            exceptions: ExceptionPolicy::default(),
+        }
+    }
+}
+
+/// Longest accepted identifier (rule id, PEP id, issuer) and report field.
+const MAX_ID_LEN: usize = 256;
+const MAX_FIELD_LEN: usize = 4096;
+/// Bound on in-memory per-PEP bookkeeping (wake-up channels, acknowledgements).
+const MAX_TRACKED_STREAMS: usize = 100_000;
+/// Most rules in one publish call.
+pub const MAX_BATCH: usize = 10_000;
+
+/// What ARDS saw of a PEP's polling since it started.
+#[derive(Debug, Clone, Copy)]
+struct PollInfo {
+    acked: u64,
+    last_seen: i64,
+    polls: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: i64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Mutex<Store>,
+    issuers: HashMap<String, IssuerPublicKey>,
+    clock: Arc<dyn Clock>,
+    lead_time_secs: i64,
+    max_wait_secs: u64,
+    exceptions: ExceptionPolicy,
+    /// Earliest time the store has time-driven work (`i64::MAX`: none).
+    next_due: AtomicI64,
+    /// Wakes the scheduler when a publish or revocation may have moved `next_due`.
+    kick: Arc<Notify>,
+    /// Per-PEP head revision, watched by that PEP's long polls.
+    streams: Mutex<HashMap<String, watch::Sender<u64>>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    throttled: Mutex<HashMap<String, u64>>,
+    /// Per-PEP (acknowledged revision, last poll time); in memory only.
+    acks: Mutex<HashMap<String, PollInfo>>,
+}
+
+/// A running ARDS (cheap to clone; clones share everything).
+#[derive(Debug, Clone)]
+pub struct Ards {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves nothing half-done: store mutations are
+    // transactions (rolled back on unwind) and the maps hold only caches and counters.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ards {
+    /// Opens the store and computes what is due. Call [`Ards::spawn_scheduler`] to have rules
+    /// released and expired on time (the HTTP handlers also catch up on every request).
+    pub fn open(cfg: ArdsConfig, clock: Arc<dyn Clock>) -> Result<Self, ArdsError> {
+        let store = Store::open(&cfg.db_path)?;
+        let next_due = store.next_due()?.unwrap_or(i64::MAX);
+        let ards = Self {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                issuers: cfg.trusted_issuers.into_iter().collect(),
+                clock,
+                lead_time_secs: cfg.lead_time_secs.max(0),
+                max_wait_secs: cfg.max_wait_secs,
+                exceptions: cfg.exceptions,
+                next_due: AtomicI64::new(next_due),
+                kick: Arc::new(Notify::new()),
+                streams: Mutex::new(HashMap::new()),
+                buckets: Mutex::new(HashMap::new()),
+                throttled: Mutex::new(HashMap::new()),
+                acks: Mutex::new(HashMap::new()),
+            }),
+        };
+        Ok(ards)
+    }
+
+    /// The clock ARDS runs on.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
+    /// Runs `f` on the store in the blocking pool (SQLite fsyncs must not stall the runtime),
+    /// then wakes the PEPs whose logs grew and refreshes the scheduler's next wake-up.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store, &mut Touched) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ArdsError> {
+        let inner = self.inner.clone();
+        let (out, touched) = tokio::task::spawn_blocking(move || {
+            let mut store = lock(&inner.store);
+            let mut touched = Touched::new();
+            let out = f(&mut store, &mut touched)?;
+            if !touched.is_empty() {
+                let due = store.next_due()?.unwrap_or(i64::MAX);
+                inner.next_due.store(due, Ordering::SeqCst);
+            }
+            Ok::<_, StoreError>((out, touched))
+        })
+        .await
+        .map_err(|e| ArdsError::Internal(format!("store task failed: {e}")))??;
+        self.wake(touched);
+        Ok(out)
+    }
+
+    fn wake(&self, touched: Touched) {
+        if touched.is_empty() {
+            return;
+        }
+        let mut streams = lock(&self.inner.streams);
+        for (pep, rev) in touched {
+            if let Some(tx) = streams.get(&pep) {
+                if tx.receiver_count() == 0 {
+                    streams.remove(&pep);
+                } else {
+                    tx.send_replace(rev);
+                }
+            }
+        }
+    }
+
+    /// Like [`Ards::with_store`] for mutations that may add time-driven work (publish,
+    /// revoke): refreshes the next due time in the same store visit and wakes the scheduler.
+    async fn with_store_rescheduling<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store, &mut Touched) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ArdsError> {
+        let inner = self.inner.clone();
+        let out = self
+            .with_store(move |store, touched| {
+                let out = f(store, touched)?;
+                let due = store.next_due()?.unwrap_or(i64::MAX);
+                inner.next_due.store(due, Ordering::SeqCst);
+                Ok(out)
+            })
+            .await?;
+        self.inner.kick.notify_one();
+        Ok(out)
+    }
+
+    /// Releases what is due and expires what is past, as of the clock's now. Cheap when
+    /// nothing is due (no store access).
+    pub async fn tick(&self) -> Result<(), ArdsError> {
+        let now = self.inner.clock.now();
+        if now < self.inner.next_due.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        self.with_store(move |store, touched| {
+            store.advance(now, touched)?;
+            let due = store.next_due()?.unwrap_or(i64::MAX);
+            inner.next_due.store(due, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts the background task that runs [`Ards::tick`] whenever something falls due. It
+    /// stops by itself once every clone of this `Ards` is dropped.
+    pub fn spawn_scheduler(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let kick = self.inner.kick.clone();
+        let clock = self.inner.clock.clone();
+        tokio::spawn(async move {
+            loop {
+                let due = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let ards = Ards { inner };
+                    if let Err(err) = ards.tick().await {
+                        tracing::error!(error = %err, "scheduled release/expiry failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    ards.inner.next_due.load(Ordering::SeqCst)
+                };
+                // Wake at least once a minute so a dropped `Ards` ends this task.
+                let cap = clock.now().saturating_add(60);
+                tokio::select! {
+                    _ = clock.sleep_until(due.min(cap)) => {}
+                    _ = kick.notified() => {}
+                }
+            }
+        })
+    }
+
+    fn issuer_key(&self, issuer: &str, field: String) -> Result<&IssuerPublicKey, ArdsError> {
+        self.inner
+            .issuers
+            .get(issuer)
+            .ok_or_else(|| ArdsError::Untrusted {
+                message: format!("unknown issuer {issuer:?}: this ARDS does not trust it"),
+                field,
+            })
+    }
+
+    /// Checks one rule of a publish batch: trusted issuer, valid signature, sane fields, valid
+    /// Cedar. PEPs verify again; this keeps garbage out of every PEP's stream.
+    fn check_rule(&self, i: usize, signed: &SignedRule) -> Result<(), ArdsError> {
+        let rule = &signed.rule;
+        let f = |name: &str| format!("rules[{i}].{name}");
+        check_id(&rule.id, &f("rule.id"))?;
+        check_id(&rule.issuer, &f("rule.issuer"))?;
+        let key = self.issuer_key(&rule.issuer, f("rule.issuer"))?;
+        key.verify(signed).map_err(|err| ArdsError::Untrusted {
+            message: format!(
+                "signature of rule {:?} does not verify under issuer {:?}: {err}",
+                rule.id, rule.issuer
+            ),
+            field: f("signature"),
+        })?;
+        if rule.targets.is_empty() {
+            return Err(ArdsError::bad(
+                "a rule needs at least one target PEP",
+                f("rule.targets"),
+            ));
+        }
+        for (j, t) in rule.targets.iter().enumerate() {
+            check_pep_id(t, &f(&format!("rule.targets[{j}]")))?;
+        }
+        if rule.not_after <= rule.not_before {
+            return Err(ArdsError::bad(
+                "not_after must be later than not_before",
+                f("rule.not_after"),
+            ));
+        }
+        Evaluator::new([rule.clone()]).map_err(|err| {
+            ArdsError::bad(format!("invalid Cedar policy: {err}"), f("rule.policy"))
+        })?;
+        Ok(())
+    }
+
+    /// Verifies and stores a batch of signed rules (all or nothing), releasing at once those
+    /// whose release time (`not_before - lead`) has come.
+    pub async fn publish(&self, body: PublishRules) -> Result<PublishOutcome, ArdsError> {
+        if body.rules.is_empty() {
+            return Err(ArdsError::bad("no rules to publish", "rules"));
+        }
+        if body.rules.len() > MAX_BATCH {
+            return Err(ArdsError::bad(
+                format!("at most {MAX_BATCH} rules per publish"),
+                "rules",
+            ));
+        }
+        for (i, signed) in body.rules.iter().enumerate() {
+            self.check_rule(i, signed)?;
+        }
+        let now = self.inner.clock.now();
+        let lead = self.inner.lead_time_secs;
+        let batch: Vec<(SignedRule, i64)> = body
+            .rules
+            .into_iter()
+            .map(|s| {
+                let at = s.rule.not_before.saturating_sub(lead);
+                (s, at)
+            })
+            .collect();
+        let ids: Vec<String> = batch.iter().map(|(s, _)| s.rule.id.clone()).collect();
+        let results = self
+            .with_store_rescheduling(move |store, touched| store.publish(&batch, now, touched))
+            .await
+            .map_err(|err| match err {
+                ArdsError::Store(StoreError::Conflict { id }) => {
+                    let i = ids.iter().position(|x| *x == id).unwrap_or(0);
+                    ArdsError::Conflict {
+                        message: format!("rule {id:?} is already held with different content"),
+                        field: format!("rules[{i}].rule"),
+                    }
+                }
+                other => other,
+            })?;
+        let mut out = PublishOutcome {
+            stored: vec![],
+            unchanged: vec![],
+            inactive: vec![],
+        };
+        for (id, r) in ids.into_iter().zip(results) {
+            match r {
+                Published::Stored => out.stored.push(id),
+                Published::Unchanged => out.unchanged.push(id),
+                Published::Inactive => out.inactive.push(id),
+            }
+        }
+        tracing::info!(
+            stored = out.stored.len(),
+            unchanged = out.unchanged.len(),
+            inactive = out.inactive.len(),
+            "rules published"
+        );
+        Ok(out)
+    }
+
+    /// Verifies a signed revocation and removes the rule from every PEP at once. A revocation
+    /// of a rule not held yet leaves a tombstone so it is never released.
+    pub async fn revoke(&self, rev: Revocation) -> Result<RevokeOutcome, ArdsError> {
+        check_id(&rev.rule_id, "rule_id")?;
+        check_id(&rev.issuer, "issuer")?;
+        if rev.reason.len() > MAX_FIELD_LEN {
+            return Err(ArdsError::bad("reason is too long", "reason"));
+        }
+        let key = self.issuer_key(&rev.issuer, "issuer".into())?;
+        rev.verify(key).map_err(|err| ArdsError::Untrusted {
+            message: format!(
+                "revocation signature does not verify under issuer {:?}: {err}",
+                rev.issuer
+            ),
+            field: "signature".into(),
+        })?;
+        let now = self.inner.clock.now();
+        let rule_id = rev.rule_id.clone();
+        let outcome = self
+            .with_store_rescheduling(move |store, touched| {
+                if let Some(owner) = store.rule_issuer(&rev.rule_id)? {
+                    if owner != rev.issuer {
+                        return Ok(Err(owner));
+                    }
+                }
+                let (known, removed) = store.revoke(
+                    &rev.rule_id,
+                    &rev.issuer,
+                    &rev.reason,
+                    rev.revoked_at,
+                    now,
+                    touched,
+                )?;
+                Ok(Ok((known, removed)))
+            })
+            .await?;
+        let (known, removed_from) = outcome.map_err(|owner| ArdsError::Untrusted {
+            message: format!(
+                "rule {rule_id:?} was issued by {owner:?}; only its issuer may revoke it"
+            ),
+            field: "issuer".into(),
+        })?;
+        tracing::info!(rule_id = %rule_id, known, peps = removed_from.len(), "rule revoked");
+        Ok(RevokeOutcome {
+            rule_id,
+            known,
+            removed_from,
+        })
+    }
+
+    /// What `pep` must apply to move from revision `since` to now. With `wait > 0` and nothing
+    /// new, holds the answer until something changes for `pep` or `wait` passes (long poll).
+    pub async fn changes(
+        &self,
+        pep: &str,
+        since: u64,
+        wait: Duration,
+    ) -> Result<Changes, ArdsError> {
+        let raw = self.changes_raw(pep, since, wait).await?;
+        Ok(crate::store::parse_changes(raw)?)
+    }
+
+    /// [`Ards::changes`] with upserts as stored JSON, as served over HTTP: a thousand PEPs
+    /// woken by one release cost a thousand indexed reads, not a thousand rule parses.
+    pub async fn changes_raw(
+        &self,
+        pep: &str,
+        since: u64,
+        wait: Duration,
+    ) -> Result<RawChanges, ArdsError> {
+        check_pep_id(pep, "pep_id")?;
+        let wait = wait.min(Duration::from_secs(self.inner.max_wait_secs));
+        // Subscribe before reading so a change committed between the read and the wait wakes us.
+        let mut rx = {
+            let mut streams = lock(&self.inner.streams);
+            if streams.len() >= MAX_TRACKED_STREAMS && !streams.contains_key(pep) {
+                // PEP ids are caller-chosen: forget streams nobody is waiting on.
+                streams.retain(|_, tx| tx.receiver_count() > 0);
+            }
+            streams
+                .entry(pep.to_owned())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        self.tick().await?;
+        {
+            let mut acks = lock(&self.inner.acks);
+            let now = self.inner.clock.now();
+            if let Some(info) = acks.get_mut(pep) {
+                info.acked = since;
+                info.last_seen = now;
+                info.polls += 1;
+            } else if acks.len() < MAX_TRACKED_STREAMS {
+                let info = PollInfo {
+                    acked: since,
+                    last_seen: now,
+                    polls: 1,
+                };
+                acks.insert(pep.to_owned(), info);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let p = pep.to_owned();
+            let changes = self
+                .with_store(move |s, _| s.changes_raw(&p, since))
+                .await?;
+            // Answer as soon as the stream moved past `since` (or `since` is unknown here).
+            // `since == 0` on an empty stream waits like any other up-to-date poll; answering
+            // it at once would have an idle PEP spin.
+            if changes.revision != since || wait.is_zero() {
+                return Ok(changes);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(changes) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(changes),
+            }
+        }
+    }
+
+    /// Rules neither revoked nor expired (for `csap rules list`).
+    pub async fn list_rules(&self, pep: Option<String>) -> Result<RuleList, ArdsError> {
+        if let Some(p) = &pep {
+            check_pep_id(p, "pep")?;
+        }
+        self.tick().await?;
+        let rules = self.with_store(move |s, _| s.list(pep.as_deref())).await?;
+        Ok(RuleList { rules })
+    }
+
+    /// Every PEP with a stream or that polled: issued and acknowledged revisions.
+    pub async fn peps(&self) -> Result<Vec<PepStatus>, ArdsError> {
+        let heads: HashMap<String, u64> = self
+            .with_store(|s, _| s.heads())
+            .await?
+            .into_iter()
+            .collect();
+        let acks = lock(&self.inner.acks);
+        let mut ids: Vec<&String> = heads.keys().chain(acks.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids
+            .into_iter()
+            .map(|pep_id| {
+                let info = acks.get(pep_id);
+                PepStatus {
+                    pep_id: pep_id.clone(),
+                    revision: heads.get(pep_id).copied().unwrap_or(0),
+                    acknowledged: info.map(|i| i.acked),
+                    last_seen: info.map(|i| i.last_seen),
+                    polls: info.map_or(0, |i| i.polls),
+                }
+            })
+            .collect())
+    }
+
+    /// Takes a token from `pep`'s bucket; false when it is empty (or too many PEPs are
+    /// tracked).
+    fn admit(&self, pep: &str, now: i64) -> bool {
+        let policy = &self.inner.exceptions;
+        let burst = f64::from(policy.burst.max(1));
+        let per_sec = f64::from(policy.per_minute) / 60.0;
+        let mut buckets = lock(&self.inner.buckets);
+        if !buckets.contains_key(pep) && buckets.len() >= policy.max_tracked_peps {
+            // Forget buckets that have refilled: they behave exactly like new ones.
+            buckets.retain(|_, b| b.tokens + (now - b.last).max(0) as f64 * per_sec < burst);
+            if buckets.len() >= policy.max_tracked_peps {
+                return false;
+            }
+        }
+        let b = buckets.entry(pep.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        b.tokens = (b.tokens + (now - b.last).max(0) as f64 * per_sec).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Triage of a PEP's denial (CSAP Part 1 §5.7): rate-limited per PEP, deduplicated; if a
+    /// rule not yet released to this PEP would allow the request once its window opens, it is
+    /// released now; otherwise the report waits for the authorization service.
+    pub async fn report_exception(
+        &self,
+        pep: &str,
+        report: DenialReport,
+    ) -> Result<ExceptionOutcome, ArdsError> {
+        check_pep_id(pep, "pep_id")?;
+        check_report(&report)?;
+        let now = self.inner.clock.now();
+        if !self.admit(pep, now) {
+            *lock(&self.inner.throttled)
+                .entry(pep.to_owned())
+                .or_insert(0) += 1;
+            return Err(ArdsError::Throttled {
+                pep_id: pep.to_owned(),
+            });
+        }
+        let window = self.inner.exceptions.dedup_window_secs;
+        let pep = pep.to_owned();
+        let outcome = self
+            .with_store(move |store, touched| {
+                let id = match store.record_exception(&pep, &report, now, window)? {
+                    Recorded::Duplicate { id, count } => {
+                        return Ok(ExceptionOutcome::Duplicate {
+                            exception_id: id,
+                            count,
+                        })
+                    }
+                    Recorded::New(id) => id,
+                };
+                let mut released = Vec::new();
+                for rule in store.pending_for(&pep, now)? {
+                    if would_allow(&rule, &report, now)
+                        && store.release_early(&rule.id, &pep, now, touched)?
+                    {
+                        released.push(rule.id);
+                    }
+                }
+                if released.is_empty() {
+                    return Ok(ExceptionOutcome::Recorded { exception_id: id });
+                }
+                store.mark_released(id, &released)?;
+                Ok(ExceptionOutcome::Released {
+                    exception_id: id,
+                    rule_ids: released,
+                })
+            })
+            .await?;
+        if let ExceptionOutcome::Released { rule_ids, .. } = &outcome {
+            tracing::info!(rules = ?rule_ids, "exception answered by early release");
+        }
+        Ok(outcome)
+    }
+
+    /// Exceptions for the authorization service: open ones (or all with `all`) after id
+    /// `after`, plus how many reports each PEP had refused by the rate limit.
+    pub async fn exceptions(&self, after: i64, all: bool) -> Result<ExceptionList, ArdsError> {
+        let exceptions = self
+            .with_store(move |s, _| s.exceptions(after, all))
+            .await?;
+        let mut throttled: Vec<ThrottledCount> = lock(&self.inner.throttled)
+            .iter()
+            .map(|(pep_id, count)| ThrottledCount {
+                pep_id: pep_id.clone(),
+                count: *count,
+            })
+            .collect();
+        throttled.sort_by(|a, b| a.pep_id.cmp(&b.pep_id));
+        Ok(ExceptionList {
+            exceptions,
+            throttled,
+        })
+    }
+}
+
+/// Would `rule` allow the reported request at the start of its window (or now, if later)?
+fn would_allow(rule: &authz::Rule, r: &DenialReport, now: i64) -> bool {
+    let Ok(eval) = Evaluator::new([rule.clone()]) else {
+        return false;
+    };
+    eval.decide(&AccessRequest {
+        participant: &r.participant,
+        application_digest: &r.application_digest,
+        device: &r.device,
+        asset_path: &r.asset_path,
+        asset_scope: &r.asset_scope,
+        action: r.action,
+        now: rule.not_before.max(now),
+    })
+    .allowed
+}
+
+/// PEP ids travel unescaped in URL paths: letters, digits and `. _ - : @ + =` only.
+pub(crate) fn check_pep_id(s: &str, field: &str) -> Result<(), ArdsError> {
+    check_id(s, field)?;
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=".contains(&b))
+    {
+        return Err(ArdsError::bad(
+            format!("{field} may only contain letters, digits and . _ - : @ + ="),
+            field,
+        ));
+    }
+    Ok(())
+}
+
+/// Rule ids and issuer names: 1..=256 printable ASCII characters, no spaces or slashes (they
+/// appear in logs and listings).
+pub(crate) fn check_id(s: &str, field: &str) -> Result<(), ArdsError> {
+    if s.is_empty() {
+        return Err(ArdsError::bad(format!("{field} must not be empty"), field));
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(ArdsError::bad(
+            format!("{field} is longer than {MAX_ID_LEN} bytes"),
+            field,
+        ));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+    {
+        return Err(ArdsError::bad(
+            format!("{field} may only contain printable ASCII without spaces or slashes"),
+            field,
+        ));
+    }
+    Ok(())
+}
+
+fn check_report(r: &DenialReport) -> Result<(), ArdsError> {
+    for (name, value) in [
+        ("participant", &r.participant),
+        ("application_digest", &r.application_digest),
+        ("device", &r.device),
+        ("asset_path", &r.asset_path),
+        ("asset_scope", &r.asset_scope),
+    ] {
+        if value.is_empty() {
+            return Err(ArdsError::bad(format!("{name} must not be empty"), name));
+        }
+        if value.len() > MAX_FIELD_LEN {
+            return Err(ArdsError::bad(format!("{name} is too long"), name));
+        }
+    }
+    if !r
+        .application_digest
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(ArdsError::bad(
+            "application_digest must be lowercase hex",
+            "application_digest",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Harness for the ARDS integration tests: a real ARDS over TLS on loopback with a manual
+//! clock, an issuer key, rule builders and PEP clients.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ards::testing::{spawn_loopback, spawn_on, LoopbackArds, LoopbackOptions};
+use ards::{ArdsHttp, ClientConfig, ClientOptions, ManualClock, RulesClient};
+use authz::template::RuleSpec;
+use authz::{AccessRequest, Action, IssuerKey, Rule, SignedRule};
+
+pub const T0: i64 = 1_795_000_000;
+pub const ISSUER: &str = "authz";
+pub const DIGEST: &str = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233";
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub clock: ManualClock,
+    pub key: IssuerKey,
+    pub server: Option<LoopbackArds>,
+    pub url: String,
+    pub ca_pem: String,
+    pub http: ArdsHttp,
+}
+
+impl Harness {
+    /// ARDS with lead time 300 s, clock at `T0`, trusting `ISSUER`.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let key = IssuerKey::from_seed([7; 32]);
+        let server = spawn_loopback(Self::options(dir.path().join("ards"), &clock, &key))
+            .await
+            .unwrap();
+        let http = ArdsHttp::new(&server.url, &server.ca_pem).unwrap();
+        Self {
+            url: server.url.clone(),
+            ca_pem: server.ca_pem.clone(),
+            dir,
+            clock,
+            key,
+            server: Some(server),
+            http,
+        }
+    }
+
+    fn options(dir: PathBuf, clock: &ManualClock, key: &IssuerKey) -> LoopbackOptions {
+        let mut opts = LoopbackOptions::new(dir, vec![(ISSUER.to_owned(), key.public())]);
+        opts.lead_time_secs = 300;
+        opts.clock = Arc::new(clock.clone());
+        opts
+    }
+
+    pub fn ards(&self) -> &ards::Ards {
+        &self.server.as_ref().unwrap().ards
+    }
+
+    /// Stops the server (connections are cut).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let addr = self.url.trim_start_matches("https://").to_owned();
+        let opts = Self::options(self.dir.path().join("ards"), &self.clock, &self.key);
+        self.server = Some(spawn_on(opts, &addr).await.unwrap());
+        // Pooled connections died with the old server; start clean.
+        self.http = ArdsHttp::new(&self.url, &self.ca_pem).unwrap();
+    }
+
+    pub fn client_config(&self, pep: &str) -> ClientConfig {
+        ClientConfig {
+            url: self.url.clone(),
+            pep_id: pep.to_owned(),
+            ca_pem: self.ca_pem.clone(),
+            trusted_issuers: vec![(ISSUER.to_owned(), self.key.public())],
+            cache_path: self
+                .dir
+                .path()
+                .join(format!("cache-{}.json", pep.replace(':', "_"))),
+        }
+    }
+
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            clock: Arc::new(self.clock.clone()),
+            poll_wait: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+        }
+    }
+
+    pub async fn client(&self, pep: &str) -> RulesClient {
+        RulesClient::start_with(self.client_config(pep), self.client_options())
+            .await
+            .unwrap()
+    }
+
+    pub fn sign(&self, rule: Rule) -> SignedRule {
+        authz::sign(rule, &self.key)
+    }
+}
+
+/// A rule letting `participant` read `show/seq1/shot010/*` with `DIGEST` on `device`.
+pub fn rule(id: &str, participant: &str, device: &str, targets: &[&str], nb: i64, na: i64) -> Rule {
+    let spec = RuleSpec {
+        id: id.to_owned(),
+        request_id: format!("req-{id}"),
+        task: "comp".into(),
+        participant: participant.to_owned(),
+        actions: vec![Action::Read],
+        devices: vec![device.to_owned()],
+        applications: vec![DIGEST.to_owned()],
+        assets: vec![authz::request::AssetSelector {
+            path: Some("show/seq1/shot010/*".into()),
+            scope: Some("shot010".into()),
+        }],
+        not_before: nb,
+        not_after: na,
+    };
+    Rule {
+        id: id.to_owned(),
+        issuer: ISSUER.to_owned(),
+        request_id: format!("req-{id}"),
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        not_before: nb,
+        not_after: na,
+        policy: spec.to_cedar(),
+    }
+}
+
+pub fn access<'a>(participant: &'a str, device: &'a str, now: i64) -> AccessRequest<'a> {
+    AccessRequest {
+        participant,
+        application_digest: DIGEST,
+        device,
+        asset_path: "show/seq1/shot010/f0001.exr",
+        asset_scope: "shot010",
+        action: Action::Read,
+        now,
+    }
+}
+
+pub fn denial(participant: &str, device: &str, path: &str) -> ards::DenialReport {
+    ards::DenialReport {
+        participant: participant.to_owned(),
+        application_digest: DIGEST.to_owned(),
+        device: device.to_owned(),
+        asset_path: path.to_owned(),
+        asset_scope: "shot010".into(),
+        action: Action::Read,
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes; returns how long it took.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn ids(rules: &[SignedRule]) -> Vec<String> {
+    let mut v: Vec<String> = rules.iter().map(|s| s.rule.id.clone()).collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,878 @@
+//! The rule evaluator every PEP runs (key server and mount): allow/deny for one access, with the
+//! deciding rule ids. Deny by default.
+//!
+//! Cedar is the source of truth. To answer in microseconds with thousands of live rules,
+//! `Evaluator::new` compiles each rule whose policy has the shape the authz templates produce
+//! (`principal ==`, an action list, and a `when` conjunction over `context.now`,
+//! `context.device`, `context.application` and asset selectors) into a small [`Matcher`], and
+//! indexes it under every (participant, device, application) combination it names. A decision
+//! hashes the request's three fixed parts, checks the few candidates found, and runs Cedar only
+//! for rules that did not compile (hand-written policies of any other shape). Tests check that
+//! the fast path and full Cedar evaluation agree on randomized rules and requests.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
+use std::sync::OnceLock;
+
+use cedar_policy::{Authorizer, Policy, PolicyId, PolicySet};
+use serde_json::Value;
+
+use crate::model::{self, Action};
+use crate::rule::Rule;
+use crate::template::RuleSpec;
+
+/// One access to decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessRequest<'a> {
+    /// User name, e.g. `alice`.
+    pub participant: &'a str,
+    /// Lowercase hex BLAKE3 of the executable.
+    pub application_digest: &'a str,
+    /// Device name, e.g. `ws-07`.
+    pub device: &'a str,
+    /// Path relative to the volume root, `/`-separated, e.g. `show/seq1/shot010/f0001.exr`.
+    pub asset_path: &'a str,
+    /// Key scope the asset is encrypted under, e.g. `shot010`.
+    pub asset_scope: &'a str,
+    pub action: Action,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// The answer: allowed, and which rules allowed it (empty when denied).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    pub allowed: bool,
+    pub rule_ids: Vec<String>,
+}
+
+impl Decision {
+    fn from_ids(mut rule_ids: Vec<String>) -> Self {
+        rule_ids.sort();
+        Self {
+            allowed: !rule_ids.is_empty(),
+            rule_ids,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("rule {rule_id}: invalid Cedar: {message}")]
+    Parse { rule_id: String, message: String },
+    #[error("rule {rule_id}: rules may only permit (CSAP is deny-by-default)")]
+    NotPermit { rule_id: String },
+    #[error("rule {rule_id}: does not validate against the Csap schema: {message}")]
+    Invalid { rule_id: String, message: String },
+    #[error("rule id {rule_id} appears twice with different contents")]
+    Duplicate { rule_id: String },
+}
+
+/// A rule compiled to plain Rust checks (equivalent to its Cedar policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Matcher {
+    participant: String,
+    actions: u8,
+    devices: Vec<String>,
+    applications: Vec<String>,
+    /// `context.now >= now_min`
+    now_min: i64,
+    /// `context.now < now_end`
+    now_end: i64,
+    /// Disjunction of (path like P && scope == S) selectors; `None` parts are unconstrained.
+    assets: Vec<(Option<String>, Option<String>)>,
+}
+
+impl Matcher {
+    fn from_spec(spec: &RuleSpec) -> Self {
+        Self {
+            participant: spec.participant.clone(),
+            actions: spec.actions.iter().fold(0, |m, a| m | a.bit()),
+            devices: spec.devices.clone(),
+            applications: spec.applications.clone(),
+            now_min: spec.not_before,
+            now_end: spec.not_after,
+            assets: spec
+                .assets
+                .iter()
+                .map(|a| (a.path.clone(), a.scope.clone()))
+                .collect(),
+        }
+    }
+
+    fn matches(&self, req: &AccessRequest<'_>) -> bool {
+        self.participant == req.participant
+            && self.actions & req.action.bit() != 0
+            && self.now_min <= req.now
+            && req.now < self.now_end
+            && self.devices.iter().any(|d| d == req.device)
+            && self
+                .applications
+                .iter()
+                .any(|a| a == req.application_digest)
+            && self.assets.iter().any(|(path, scope)| {
+                path.as_deref()
+                    .is_none_or(|p| model::like_match(p, req.asset_path))
+                    && scope.as_deref().is_none_or(|s| s == req.asset_scope)
+            })
+    }
+}
+
+/// Evaluates a PEP's rule set. `Send + Sync`; build once per rule-set change, share by `Arc`.
+pub struct Evaluator {
+    rules: Vec<Rule>,
+    matchers: Vec<Option<Matcher>>,
+    /// Hash of (participant, device, application) → indexes of compiled rules.
+    index: HashMap<u64, Vec<u32>>,
+    /// Rules that did not compile; decided by Cedar on every request.
+    fallback: PolicySet,
+    fallback_count: usize,
+    /// Rule id → index into `rules`.
+    by_id: HashMap<String, u32>,
+    /// Every rule parsed by Cedar, built on first use by the reference path.
+    all: OnceLock<PolicySet>,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("rules", &self.rules.len())
+            .field("fallback", &self.fallback_count)
+            .finish()
+    }
+}
+
+fn key(participant: &str, device: &str, application: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    for part in [participant, device, application] {
+        h.write(part.as_bytes());
+        // 0xff never occurs in UTF-8, so the parts cannot run into each other.
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+impl Evaluator {
+    /// Parses, validates (against the Csap schema) and indexes `rules`. Identical duplicates
+    /// are merged; anything that is not a single schema-valid `permit` is rejected.
+    pub fn new(rules: impl IntoIterator<Item = Rule>) -> Result<Self, EvalError> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut kept: Vec<Rule> = Vec::new();
+        for r in rules {
+            match seen.get(&r.id) {
+                Some(&i) if kept[i] == r => continue,
+                Some(_) => return Err(EvalError::Duplicate { rule_id: r.id }),
+                None => {
+                    seen.insert(r.id.clone(), kept.len());
+                    kept.push(r);
+                }
+            }
+        }
+        // Every rule that went through the Cedar parser; validated against the schema below.
+        // Template-rendered rules skip the parser (see `RuleSpec::from_rendered`): their
+        // text is byte-identical to a rendering the tests validate and compare with Cedar.
+        let mut parsed = PolicySet::new();
+        let mut fallback = PolicySet::new();
+        let mut fallback_count = 0;
+        let mut matchers = Vec::with_capacity(kept.len());
+        let mut index: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (i, r) in kept.iter().enumerate() {
+            let parse_err = |message: String| EvalError::Parse {
+                rule_id: r.id.clone(),
+                message,
+            };
+            let matcher = match RuleSpec::from_rendered(&r.policy) {
+                Some(spec) => Some(Matcher::from_spec(&spec)),
+                None => {
+                    let policy = Policy::parse(Some(PolicyId::new(&r.id)), &r.policy)
+                        .map_err(|e| parse_err(e.to_string()))?;
+                    if policy.effect() != cedar_policy::Effect::Permit {
+                        return Err(EvalError::NotPermit {
+                            rule_id: r.id.clone(),
+                        });
+                    }
+                    let m = policy.to_json().ok().and_then(|est| compile(&est));
+                    if m.is_none() {
+                        fallback
+                            .add(policy.clone())
+                            .map_err(|e| parse_err(e.to_string()))?;
+                        fallback_count += 1;
+                    }
+                    parsed.add(policy).map_err(|e| parse_err(e.to_string()))?;
+                    m
+                }
+            };
+            if let Some(m) = &matcher {
+                for d in &m.devices {
+                    for a in &m.applications {
+                        index
+                            .entry(key(&m.participant, d, a))
+                            .or_default()
+                            .push(i as u32);
+                    }
+                }
+            }
+            matchers.push(matcher);
+        }
+        if parsed.policies().next().is_some() {
+            let result = cedar_policy::Validator::new(model::schema().clone())
+                .validate(&parsed, cedar_policy::ValidationMode::Strict);
+            let first = result
+                .validation_errors()
+                .next()
+                .map(|e| (e.policy_id().to_string(), e.to_string()));
+            if let Some((rule_id, message)) = first {
+                return Err(EvalError::Invalid { rule_id, message });
+            }
+        }
+        // A rule listed under the same key twice (e.g. a device named twice) is checked once.
+        for v in index.values_mut() {
+            v.dedup();
+        }
+        Ok(Self {
+            rules: kept,
+            matchers,
+            index,
+            fallback,
+            fallback_count,
+            by_id: seen.into_iter().map(|(k, v)| (k, v as u32)).collect(),
+            all: OnceLock::new(),
+        })
+    }
+
+    /// Allow or deny; deny by default. The rule envelope's window is checked as well as the
+    /// policy's own `context.now` conditions.
+    pub fn decide(&self, req: &AccessRequest<'_>) -> Decision {
+        let mut ids = Vec::new();
+        if let Some(cands) =
+            self.index
+                .get(&key(req.participant, req.device, req.application_digest))
+        {
+            for &i in cands {
+                let i = i as usize;
+                if self.rules[i].in_window(req.now)
+                    && self.matchers[i].as_ref().is_some_and(|m| m.matches(req))
+                {
+                    ids.push(self.rules[i].id.clone());
+                }
+            }
+        }
+        if self.fallback_count > 0 {
+            ids.extend(self.cedar_allowing(&self.fallback, req));
+        }
+        Decision::from_ids(ids)
+    }
+
+    /// The reference path: every rule through Cedar, no index. Slow; for tests and audits.
+    pub fn decide_cedar(&self, req: &AccessRequest<'_>) -> Decision {
+        let all = self.all.get_or_init(|| {
+            let mut set = PolicySet::new();
+            for r in &self.rules {
+                // Every rule parsed in `new` or is a template rendering, which parses; a
+                // failure here would only drop a permit (fail closed).
+                if let Ok(p) = Policy::parse(Some(PolicyId::new(&r.id)), &r.policy) {
+                    let _ = set.add(p);
+                }
+            }
+            set
+        });
+        Decision::from_ids(self.cedar_allowing(all, req))
+    }
+
+    fn cedar_allowing(&self, set: &PolicySet, req: &AccessRequest<'_>) -> Vec<String> {
+        let Some((request, entities)) = model::cedar_request(req) else {
+            // Names Cedar cannot represent cannot be in any rule: deny.
+            return Vec::new();
+        };
+        let resp = Authorizer::new().is_authorized(&request, set, &entities);
+        if resp.decision() != cedar_policy::Decision::Allow {
+            return Vec::new();
+        }
+        resp.diagnostics()
+            .reason()
+            .filter_map(|pid| {
+                let id = pid.to_string();
+                self.rule_by_id(&id)
+                    .filter(|r| r.in_window(req.now))
+                    .map(|_| id)
+            })
+            .collect()
+    }
+
+    fn rule_by_id(&self, id: &str) -> Option<&Rule> {
+        self.by_id.get(id).map(|&i| &self.rules[i as usize])
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// How many rules compiled to the fast path (the rest go through Cedar per request).
+    pub fn compiled_count(&self) -> usize {
+        self.matchers.iter().filter(|m| m.is_some()).count()
+    }
+}
+
+// ---- compiling a policy's JSON form (Cedar EST) into a Matcher ----
+
+fn entity_of(v: &Value, ty: &str) -> Option<String> {
+    // Scope form: {"type":..,"id":..}; expression form: {"Value":{"__entity":{..}}}.
+    let e = v
+        .get("Value")
+        .and_then(|x| x.get("__entity"))
+        .or_else(|| v.get("__entity"))
+        .unwrap_or(v);
+    if e.get("type")?.as_str()? != ty {
+        return None;
+    }
+    Some(e.get("id")?.as_str()?.to_string())
+}
+
+fn is_attr(v: &Value, var: &str, attr: &str) -> bool {
+    v.get(".").is_some_and(|dot| {
+        dot.get("attr").and_then(Value::as_str) == Some(attr)
+            && dot
+                .get("left")
+                .and_then(|l| l.get("Var"))
+                .and_then(Value::as_str)
+                == Some(var)
+    })
+}
+
+fn binop<'a>(v: &'a Value, op: &str) -> Option<(&'a Value, &'a Value)> {
+    let b = v.get(op)?;
+    Some((b.get("left")?, b.get("right")?))
+}
+
+fn flatten<'a>(v: &'a Value, op: &str, out: &mut Vec<&'a Value>) {
+    match binop(v, op) {
+        Some((l, r)) => {
+            flatten(l, op, out);
+            flatten(r, op, out);
+        }
+        None => out.push(v),
+    }
+}
+
+fn long_of(v: &Value) -> Option<i64> {
+    v.get("Value")?.as_i64()
+}
+
+fn string_of(v: &Value) -> Option<String> {
+    Some(v.get("Value")?.as_str()?.to_string())
+}
+
+/// `X == Entity` or `[Entity, ..].contains(X)` for X = context.<attr>.
+fn membership(v: &Value, attr: &str, ty: &str) -> Option<Vec<String>> {
+    if let Some((l, r)) = binop(v, "==") {
+        if is_attr(l, "context", attr) {
+            return Some(vec![entity_of(r, ty)?]);
+        }
+        return None;
+    }
+    let (l, r) = binop(v, "contains")?;
+    if !is_attr(r, "context", attr) {
+        return None;
+    }
+    let items = l
+        .get("Set")
+        .and_then(Value::as_array)
+        .or_else(|| l.get("Value").and_then(Value::as_array))?;
+    let ids = items
+        .iter()
+        .map(|i| entity_of(i, ty))
+        .collect::<Option<Vec<_>>>()?;
+    (!ids.is_empty()).then_some(ids)
+}
+
+fn like_pattern(v: &Value) -> Option<String> {
+    let like = v.get("like")?;
+    if !is_attr(like.get("left")?, "resource", "path") {
+        return None;
+    }
+    let mut out = String::new();
+    for el in like.get("pattern")?.as_array()? {
+        if el.as_str() == Some("Wildcard") {
+            if !out.ends_with('*') {
+                out.push('*');
+            }
+        } else {
+            let lit = el.get("Literal")?.as_str()?;
+            // A literal '*' cannot be expressed in our pattern text; leave it to Cedar.
+            if lit.contains('*') {
+                return None;
+            }
+            out.push_str(lit);
+        }
+    }
+    Some(out)
+}
+
+fn scope_eq(v: &Value) -> Option<String> {
+    let (l, r) = binop(v, "==")?;
+    if !is_attr(l, "resource", "scope") {
+        return None;
+    }
+    string_of(r)
+}
+
+fn selector(v: &Value) -> Option<(Option<String>, Option<String>)> {
+    if let Some(p) = like_pattern(v) {
+        return Some((Some(p), None));
+    }
+    if let Some(s) = scope_eq(v) {
+        return Some((None, Some(s)));
+    }
+    let (l, r) = binop(v, "&&")?;
+    match (like_pattern(l), scope_eq(r)) {
+        (Some(p), Some(s)) => Some((Some(p), Some(s))),
+        _ => None,
+    }
+}
+
+fn compile(est: &Value) -> Option<Matcher> {
+    if est.get("effect")?.as_str()? != "permit" {
+        return None;
+    }
+    let principal = est.get("principal")?;
+    if principal.get("op")?.as_str()? != "==" {
+        return None;
+    }
+    let participant = entity_of(principal.get("entity")?, "Csap::Participant")?;
+
+    let action = est.get("action")?;
+    let actions = match action.get("op")?.as_str()? {
+        "All" => Action::ALL.iter().fold(0, |m, a| m | a.bit()),
+        // `in` a single action: the schema declares no action groups, so it equals `==`.
+        "==" | "in" if action.get("entity").is_some() => {
+            Action::parse(&entity_of(action.get("entity")?, "Csap::Action")?)?.bit()
+        }
+        "in" => {
+            let list = action.get("entities")?.as_array()?;
+            let mut m = 0u8;
+            for e in list {
+                m |= Action::parse(&entity_of(e, "Csap::Action")?)?.bit();
+            }
+            m
+        }
+        _ => return None,
+    };
+
+    let resource = est.get("resource")?;
+    match resource.get("op")?.as_str()? {
+        "All" => {}
+        "is" if resource.get("entity_type")?.as_str()? == "Csap::Asset"
+            && resource.get("in").is_none() => {}
+        _ => return None,
+    }
+
+    let conditions = est.get("conditions")?.as_array()?;
+    let [cond] = conditions.as_slice() else {
+        return None;
+    };
+    if cond.get("kind")?.as_str()? != "when" {
+        return None;
+    }
+    let mut conjuncts = Vec::new();
+    flatten(cond.get("body")?, "&&", &mut conjuncts);
+
+    let (mut now_min, mut now_end) = (i64::MIN, i64::MAX);
+    let mut devices = None;
+    let mut applications = None;
+    let mut assets: Option<Vec<(Option<String>, Option<String>)>> = None;
+    let (mut top_path, mut top_scope) = (None, None);
+    for c in conjuncts {
+        // Time bounds on context.now.
+        let mut time_bound = None;
+        for op in [">=", ">", "<", "<="] {
+            if let Some((l, r)) = binop(c, op) {
+                if is_attr(l, "context", "now") {
+                    time_bound = Some((op, long_of(r)?));
+                }
+            }
+        }
+        if let Some((op, n)) = time_bound {
+            match op {
+                ">=" => now_min = now_min.max(n),
+                ">" => now_min = now_min.max(n.checked_add(1)?),
+                "<" => now_end = now_end.min(n),
+                _ => now_end = now_end.min(n.checked_add(1)?),
+            }
+            continue;
+        }
+        if let Some(d) = membership(c, "device", "Csap::Device") {
+            if devices.replace(d).is_some() {
+                return None;
+            }
+            continue;
+        }
+        if let Some(a) = membership(c, "application", "Csap::Application") {
+            if applications.replace(a).is_some() {
+                return None;
+            }
+            continue;
+        }
+        // A single selector `path like P && scope == S` is flattened into the top-level
+        // conjunction by the parser, so its two halves arrive here separately.
+        if let Some(p) = like_pattern(c) {
+            if top_path.replace(p).is_some() {
+                return None;
+            }
+            continue;
+        }
+        if let Some(sc) = scope_eq(c) {
+            if top_scope.replace(sc).is_some() {
+                return None;
+            }
+            continue;
+        }
+        let mut alts = Vec::new();
+        flatten(c, "||", &mut alts);
+        let sels = alts.into_iter().map(selector).collect::<Option<Vec<_>>>()?;
+        if assets.replace(sels).is_some() {
+            return None;
+        }
+    }
+    let assets = match (assets, top_path, top_scope) {
+        (Some(sels), None, None) => sels,
+        (None, p, s) if p.is_some() || s.is_some() => vec![(p, s)],
+        // A disjunction further narrowed by top-level selectors: leave it to Cedar.
+        _ => return None,
+    };
+    Some(Matcher {
+        participant,
+        actions,
+        devices: devices?,
+        applications: applications?,
+        now_min,
+        now_end,
+        assets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{AssetSelector, PolicyRequest};
+    use crate::template::rules_for;
+
+    const DIGEST: &str = "6c3b8d2f0a1e4b5c9d7e8f901a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d";
+
+    fn example() -> PolicyRequest {
+        PolicyRequest::from_json(
+            include_bytes!("../examples/request-shot010.json").as_slice(),
+            0,
+        )
+        .unwrap()
+    }
+
+    fn ok_req() -> AccessRequest<'static> {
+        AccessRequest {
+            participant: "alice",
+            application_digest: DIGEST,
+            device: "ws-07",
+            asset_path: "show/seq1/shot010/f0001.exr",
+            asset_scope: "other",
+            action: Action::Read,
+            now: 1_795_424_400 + 3600,
+        }
+    }
+
+    fn both(ev: &Evaluator, r: &AccessRequest<'_>) -> Decision {
+        let fast = ev.decide(r);
+        assert_eq!(
+            fast,
+            ev.decide_cedar(r),
+            "fast path disagrees with Cedar for {r:?}"
+        );
+        fast
+    }
+
+    #[test]
+    fn evaluator_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Evaluator>();
+    }
+
+    #[test]
+    fn allow_and_deny_cases() {
+        let rules = rules_for(&example(), "req-1", "authz", 1);
+        let ev = Evaluator::new(rules).unwrap();
+        assert_eq!(ev.compiled_count(), ev.rules().len());
+        let d = both(&ev, &ok_req());
+        assert!(d.allowed);
+        assert_eq!(d.rule_ids, vec!["r-req-1-1", "r-req-1-2"]);
+
+        // License only on the key server rule.
+        let d = both(
+            &ev,
+            &AccessRequest {
+                action: Action::License,
+                ..ok_req()
+            },
+        );
+        assert_eq!(d.rule_ids, vec!["r-req-1-1"]);
+        // Scope selector alone allows outside the path pattern.
+        assert!(
+            both(
+                &ev,
+                &AccessRequest {
+                    asset_path: "elsewhere/x.exr",
+                    asset_scope: "shot010",
+                    ..ok_req()
+                }
+            )
+            .allowed
+        );
+
+        let denied = [
+            AccessRequest {
+                now: 1_795_424_399,
+                ..ok_req()
+            }, // before window
+            AccessRequest {
+                now: 1_795_770_000,
+                ..ok_req()
+            }, // end is exclusive
+            AccessRequest {
+                application_digest: &"00".repeat(32),
+                ..ok_req()
+            }, // wrong app
+            AccessRequest {
+                device: "ws-08",
+                ..ok_req()
+            }, // wrong device
+            AccessRequest {
+                asset_path: "show/seq1/shot011/f0001.exr",
+                ..ok_req()
+            }, // outside pattern
+            AccessRequest {
+                asset_path: "show/seq1/shot010",
+                ..ok_req()
+            },
+            AccessRequest {
+                action: Action::Delete,
+                ..ok_req()
+            }, // not granted
+            AccessRequest {
+                participant: "mallory",
+                ..ok_req()
+            },
+        ];
+        for r in denied {
+            let d = both(&ev, &r);
+            assert!(!d.allowed, "{r:?} was allowed");
+            assert!(d.rule_ids.is_empty());
+        }
+    }
+
+    #[test]
+    fn envelope_window_is_enforced_even_if_policy_is_wider() {
+        let mut rules = rules_for(&example(), "req-1", "authz", 1);
+        for r in &mut rules {
+            r.not_after = r.not_before + 10;
+        }
+        let ev = Evaluator::new(rules).unwrap();
+        assert!(
+            both(
+                &ev,
+                &AccessRequest {
+                    now: 1_795_424_405,
+                    ..ok_req()
+                }
+            )
+            .allowed
+        );
+        assert!(!both(&ev, &ok_req()).allowed);
+    }
+
+    #[test]
+    fn rejects_forbid_bad_cedar_schema_violations_and_conflicting_duplicates() {
+        let mut r = rules_for(&example(), "req-1", "authz", 1).remove(0);
+        let good = r.clone();
+        r.policy = r.policy.replace("permit", "forbid");
+        assert!(matches!(
+            Evaluator::new([r.clone()]),
+            Err(EvalError::NotPermit { .. })
+        ));
+        r.policy = "permit(principal,".into();
+        assert!(matches!(
+            Evaluator::new([r.clone()]),
+            Err(EvalError::Parse { .. })
+        ));
+        r.policy = good.policy.replace("resource.scope", "resource.owner");
+        assert!(matches!(
+            Evaluator::new([r.clone()]),
+            Err(EvalError::Invalid { .. })
+        ));
+        assert_eq!(
+            Evaluator::new([good.clone(), good.clone()])
+                .unwrap()
+                .rules()
+                .len(),
+            1
+        );
+        let mut other = good.clone();
+        other.not_after += 1;
+        assert!(matches!(
+            Evaluator::new([good, other]),
+            Err(EvalError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn hand_written_policies_fall_back_to_cedar() {
+        let rule = Rule {
+            id: "hand-1".into(),
+            issuer: "authz".into(),
+            request_id: "manual".into(),
+            targets: vec!["keyserver".into()],
+            not_before: 0,
+            not_after: i64::MAX,
+            policy: r#"permit(principal, action == Csap::Action::"read", resource) when { resource.scope == "dailies" };"#.into(),
+        };
+        let ev = Evaluator::new([rule]).unwrap();
+        assert_eq!(ev.compiled_count(), 0);
+        assert!(
+            both(
+                &ev,
+                &AccessRequest {
+                    participant: "anyone",
+                    asset_scope: "dailies",
+                    ..ok_req()
+                }
+            )
+            .allowed
+        );
+        assert!(
+            !both(
+                &ev,
+                &AccessRequest {
+                    asset_scope: "shot010",
+                    ..ok_req()
+                }
+            )
+            .allowed
+        );
+    }
+
+    /// Small deterministic PRNG so the equivalence test needs no extra crates and is repeatable.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[(self.next() as usize) % xs.len()]
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_cedar_on_random_rules_and_requests() {
+        let people = ["alice", "bob", "carol"];
+        let devices = ["ws-07", "ws-08", "rn-01"];
+        let apps = [DIGEST, "ab".repeat(32).leak(), "cd".repeat(32).leak()];
+        let paths = [
+            "show/seq1/shot010/f0001.exr",
+            "show/seq1/shot010/sub/f2.exr",
+            "show/seq1/shot011/f0001.exr",
+            "show/seq2/a.exr",
+            "show/seq1/shot010",
+            "x",
+        ];
+        let patterns = [
+            "show/seq1/shot010/*",
+            "show/*/shot01*",
+            "show/seq2/*",
+            "x",
+            "*a.exr",
+            "show/*/*/f0001.exr",
+        ];
+        let scopes = ["shot010", "seq2", "other"];
+        let mut rng = Lcg(42);
+        let mut rules = Vec::new();
+        for n in 0..40 {
+            let mut req = example();
+            req.participants.truncate(1);
+            req.participants[0].id = rng.pick(&people).into();
+            req.devices = (0..1 + rng.next() % 2)
+                .map(|_| rng.pick(&devices).to_string())
+                .collect();
+            req.devices.dedup();
+            req.applications.truncate(1);
+            req.applications[0].digest = rng.pick(&apps).into();
+            req.assets = (0..1 + rng.next() % 2)
+                .map(|_| match rng.next() % 3 {
+                    0 => AssetSelector {
+                        path: Some(rng.pick(&patterns).into()),
+                        scope: None,
+                    },
+                    1 => AssetSelector {
+                        path: None,
+                        scope: Some(rng.pick(&scopes).into()),
+                    },
+                    _ => AssetSelector {
+                        path: Some(rng.pick(&patterns).into()),
+                        scope: Some(rng.pick(&scopes).into()),
+                    },
+                })
+                .collect();
+            req.actions = Action::ALL
+                .iter()
+                .copied()
+                .filter(|_| rng.next() & 1 == 0)
+                .collect();
+            if req.actions.is_empty() {
+                req.actions.push(Action::Read);
+            }
+            req.not_before = 1000 + (rng.next() % 100) as i64;
+            req.not_after = req.not_before + 1 + (rng.next() % 100) as i64;
+            let mut batch = rules_for(&req, &format!("q{n}"), "authz", 1);
+            if n % 2 == 1 {
+                // Same policy, other formatting: exercises the Cedar-parse + EST compile path
+                // instead of the template fast path.
+                for r in &mut batch {
+                    r.policy = r.policy.replace('\n', " ");
+                }
+            }
+            rules.extend(batch);
+        }
+        let ev = Evaluator::new(rules).unwrap();
+        assert_eq!(
+            ev.compiled_count(),
+            ev.rules().len(),
+            "all template rules compile"
+        );
+        let mut allowed = 0;
+        for _ in 0..3000 {
+            let r = AccessRequest {
+                participant: rng.pick(&people),
+                application_digest: rng.pick(&apps),
+                device: rng.pick(&devices),
+                asset_path: rng.pick(&paths),
+                asset_scope: rng.pick(&scopes),
+                action: Action::ALL[(rng.next() % 5) as usize],
+                now: 990 + (rng.next() % 220) as i64,
+            };
+            if both(&ev, &r).allowed {
+                allowed += 1;
+            }
+        }
+        // Both outcomes must be well represented for the comparison to mean anything.
+        assert!(allowed > 100 && allowed < 2900, "allowed {allowed} of 3000");
+    }
+
+    #[test]
+    fn synthetic_rules_compile_and_decide() {
+        let rules = crate::testing::synthetic_rules(1000);
+        let ev = Evaluator::new(rules).unwrap();
+        assert_eq!(ev.compiled_count(), 1000);
+        let (req_owned, expect) = crate::testing::synthetic_request(7);
+        let d = both(&ev, &req_owned.as_request());
+        assert_eq!(d.allowed, expect);
+    }
+}

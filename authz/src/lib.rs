@@ -1,0 +1,22 @@
+//! csap Authorization Service: policy requests → signed Cedar rules per PEP, global security
+//! policies, and the rule evaluator every PEP (key server, mount) runs.
+#![forbid(unsafe_code)]
+
+pub mod eval;
+pub mod global;
+pub mod http;
+pub mod model;
+pub mod request;
+pub mod rule;
+pub mod service;
+pub mod store;
+pub mod template;
+pub mod testing;
+pub mod tls;
+pub mod wire;
+
+pub use eval::{AccessRequest, Decision, EvalError, Evaluator};
+pub use http::app;
+pub use model::Action;
+pub use rule::{sign, IssuerKey, IssuerPublicKey, Rule, RuleError, SignedRule};
+pub use service::{ApiToken, Authz, Config};

@@ -1,0 +1,389 @@
+//! The Cedar policy model shared by authz and every PEP: schema, actions, names, asset patterns.
+//!
+//! Entity types (namespace `Csap`):
+//! - `Participant` — a person, organization or service (`kind`); persons may be `in` their
+//!   organization. The principal of every request.
+//! - `Application` — one build of a tool, identified by the lowercase hex BLAKE3 digest of its
+//!   executable; `name`, `version`, `vendor` are optional descriptive attributes.
+//! - `Device` — a workstation or render node, by its enrolled name.
+//! - `Asset` — a file, identified by its path relative to the volume root; attributes `path` and
+//!   `scope` (the key scope the file is encrypted under). The resource of every request.
+//! - `Task` — the workflow task a rule was issued for (recorded as the `@task` annotation).
+//!
+//! The request context carries `now` (unix seconds), `device` and `application`.
+//!
+//! Asset path patterns (the syntax of `identifierScope: "path"` in requests):
+//! - paths are relative to the volume root, `/`-separated, no leading `/`, no empty, `.` or `..`
+//!   segments, no `\`, `"` or control characters;
+//! - `*` matches any run of characters **including `/`** (this is Cedar's `like` wildcard), and
+//!   `**` means the same as `*`, so `show/seq1/shot010/**` covers everything below `shot010/`;
+//! - every other character matches itself; there is no way to match a literal `*`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityUid, PolicySet, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+use serde::{Deserialize, Serialize};
+
+/// The Cedar schema every rule validates against.
+pub const SCHEMA: &str = r#"
+namespace Csap {
+  entity Participant in [Participant] = { kind?: String };
+  entity Application = { name?: String, version?: String, vendor?: String };
+  entity Device;
+  entity Asset = { path: String, scope: String };
+  entity Task = { name?: String };
+  type AccessContext = { now: Long, device: Device, application: Application };
+  action read, write, create, delete, license appliesTo {
+    principal: [Participant],
+    resource: [Asset],
+    context: AccessContext,
+  };
+}
+"#;
+
+/// What a participant may do to an asset. `license` is the key server's: issue a content key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Write,
+    Create,
+    Delete,
+    License,
+}
+
+impl Action {
+    pub const ALL: [Action; 5] = [
+        Action::Read,
+        Action::Write,
+        Action::Create,
+        Action::Delete,
+        Action::License,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::License => "license",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// One bit per action, for compiled matchers.
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// The Cedar entity text, e.g. `Csap::Action::"read"`.
+    pub fn cedar(self) -> String {
+        format!("Csap::Action::\"{}\"", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of the policy model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("Cedar parse error: {0}")]
+    Parse(String),
+    #[error("policy does not validate against the Csap schema: {0}")]
+    Invalid(String),
+}
+
+/// The parsed schema (parsed once per process).
+pub fn schema() -> &'static Schema {
+    static SCHEMA_CELL: OnceLock<Schema> = OnceLock::new();
+    SCHEMA_CELL.get_or_init(|| match Schema::from_cedarschema_str(SCHEMA) {
+        Ok((schema, _warnings)) => schema,
+        // The schema is a compile-time constant covered by tests; failing here is a build bug.
+        Err(e) => panic!("built-in Cedar schema is invalid: {e}"),
+    })
+}
+
+/// Parses Cedar policy text and validates it strictly against [`SCHEMA`].
+pub fn validate_policies(text: &str) -> Result<PolicySet, ModelError> {
+    let set: PolicySet = text
+        .parse()
+        .map_err(|e: cedar_policy::ParseErrors| ModelError::Parse(e.to_string()))?;
+    let result = Validator::new(schema().clone()).validate(&set, ValidationMode::Strict);
+    if result.validation_passed() {
+        Ok(set)
+    } else {
+        let msgs: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+        Err(ModelError::Invalid(msgs.join("; ")))
+    }
+}
+
+/// Checks a name used as a Cedar entity id, PEP id part or URL segment:
+/// 1–128 characters from `A-Z a-z 0-9 . _ - @ + :`.
+pub fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-@+:".contains(*c)))
+    {
+        return Err(format!(
+            "character {c:?} is not allowed (use letters, digits and . _ - @ + :)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks free text embedded in Cedar strings (application name/version/vendor, task name).
+pub fn check_text(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 256 {
+        return Err("must be 1 to 256 characters".into());
+    }
+    if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Err("must not contain control characters, '\"' or '\\'".into());
+    }
+    Ok(())
+}
+
+/// Checks and normalizes (lowercases) a BLAKE3 digest: 64 hex characters.
+pub fn normalize_digest(s: &str) -> Result<String, String> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("must be a BLAKE3 digest: 64 hex characters".into());
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// Checks an asset path pattern (see the module docs) and returns it with `**` collapsed to `*`,
+/// which is the Cedar `like` pattern text.
+pub fn normalize_pattern(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 1024 {
+        return Err("must be 1 to 1024 characters".into());
+    }
+    if s.starts_with('/') {
+        return Err("must be relative to the volume root (no leading '/')".into());
+    }
+    if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Err("must not contain control characters, '\"' or '\\'".into());
+    }
+    for seg in s.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!(
+                "segment {seg:?} is not allowed (no empty, '.' or '..' segments)"
+            ));
+        }
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !(c == '*' && out.ends_with('*')) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Matches `path` against a normalized pattern with Cedar `like` semantics (`*` = any run of
+/// characters). Byte-wise matching equals Cedar's char-wise matching for valid UTF-8 because a
+/// UTF-8 literal can only match at character boundaries.
+pub fn like_match(pattern: &str, path: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = path.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No '*' at all: exact match.
+        return rest.is_empty();
+    };
+    for lit in middle {
+        // Greedy leftmost match of each middle literal is optimal for '*'-only patterns.
+        match rest.find(lit) {
+            Some(i) => rest = &rest[i + lit.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Renders a string as a Cedar string literal. Inputs are pre-checked to exclude `"`, `\` and
+/// control characters; escaping them anyway keeps this function safe on its own.
+pub fn cedar_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Cedar entity reference text, e.g. `Csap::Device::"ws-07"`.
+pub fn entity_ref(kind: &str, id: &str) -> String {
+    format!("Csap::{kind}::{}", cedar_str(id))
+}
+
+fn uid(kind: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        format!("Csap::{kind}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!("static Csap type names parse")),
+        cedar_policy::EntityId::new(id),
+    )
+}
+
+/// Builds the Cedar request, context and entities for one access decision; the reference
+/// (slow) path of the evaluator, and what the equivalence tests compare against.
+pub(crate) fn cedar_request(
+    req: &crate::eval::AccessRequest<'_>,
+) -> Option<(cedar_policy::Request, Entities)> {
+    let asset = uid("Asset", req.asset_path);
+    let context = Context::from_pairs([
+        ("now".to_string(), RestrictedExpression::new_long(req.now)),
+        (
+            "device".to_string(),
+            RestrictedExpression::new_entity_uid(uid("Device", req.device)),
+        ),
+        (
+            "application".to_string(),
+            RestrictedExpression::new_entity_uid(uid("Application", req.application_digest)),
+        ),
+    ])
+    .ok()?;
+    let request = cedar_policy::Request::new(
+        uid("Participant", req.participant),
+        uid("Action", req.action.as_str()),
+        asset.clone(),
+        context,
+        None,
+    )
+    .ok()?;
+    let asset_entity = Entity::new(
+        asset,
+        HashMap::from([
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(req.asset_path.to_string()),
+            ),
+            (
+                "scope".to_string(),
+                RestrictedExpression::new_string(req.asset_scope.to_string()),
+            ),
+        ]),
+        HashSet::new(),
+    )
+    .ok()?;
+    let entities = Entities::from_entities(
+        [
+            asset_entity,
+            Entity::new_no_attrs(uid("Participant", req.participant), HashSet::new()),
+        ],
+        None,
+    )
+    .ok()?;
+    Some((request, entities))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_parses() {
+        let _ = schema();
+    }
+
+    #[test]
+    fn like_match_follows_cedar_semantics() {
+        assert!(like_match(
+            "show/seq1/shot010/*",
+            "show/seq1/shot010/f0001.exr"
+        ));
+        assert!(like_match(
+            "show/seq1/shot010/*",
+            "show/seq1/shot010/sub/f.exr"
+        ));
+        assert!(like_match("show/seq1/shot010/*", "show/seq1/shot010/"));
+        assert!(!like_match(
+            "show/seq1/shot010/*",
+            "show/seq1/shot011/f.exr"
+        ));
+        assert!(!like_match("show/seq1/shot010/*", "show/seq1/shot010"));
+        assert!(like_match("a/*/c*.exr", "a/b/x/c1.exr"));
+        assert!(!like_match("a/*/c*.exr", "a/b/x/c1.exrx"));
+        assert!(like_match("exact.exr", "exact.exr"));
+        assert!(!like_match("exact.exr", "exact.exr2"));
+        assert!(like_match("*aa", "aaa"));
+        assert!(!like_match("aa*aa", "aaa"));
+        assert!(like_match("*", ""));
+    }
+
+    #[test]
+    fn pattern_normalization_and_rejections() {
+        assert_eq!(
+            normalize_pattern("show/seq1/shot010/**").unwrap(),
+            "show/seq1/shot010/*"
+        );
+        for bad in [
+            "",
+            "/abs/path",
+            "a//b",
+            "a/../b",
+            "./a",
+            "a\\b",
+            "a\"b",
+            "a\nb",
+        ] {
+            assert!(normalize_pattern(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names_digests_and_text() {
+        assert!(check_name("alice@acme.com").is_ok());
+        assert!(check_name("ws-07").is_ok());
+        assert!(check_name("bad name").is_err());
+        assert!(check_name("bad\"name").is_err());
+        assert!(check_name("").is_err());
+        let d = "AB".repeat(32);
+        assert_eq!(normalize_digest(&d).unwrap(), "ab".repeat(32));
+        assert!(normalize_digest("abc").is_err());
+        assert!(check_text("Nuke 15.1v2").is_ok());
+        assert!(check_text("evil\"; permit").is_err());
+        assert_eq!(cedar_str("a\"b\\c"), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn validator_rejects_policies_outside_the_schema() {
+        assert!(validate_policies(
+            r#"permit(principal == Csap::Participant::"a", action == Csap::Action::"read", resource) when { resource.path like "x/*" };"#
+        )
+        .is_ok());
+        assert!(matches!(
+            validate_policies(
+                r#"permit(principal, action == Csap::Action::"read", resource) when { resource.colour == "red" };"#
+            ),
+            Err(ModelError::Invalid(_))
+        ));
+        assert!(matches!(
+            validate_policies("permit(principal, action"),
+            Err(ModelError::Parse(_))
+        ));
+    }
+}

@@ -1,0 +1,559 @@
+//! The authorization service's core, independent of HTTP: submit/change/cancel requests,
+//! manage global security policies, sign rules and revocations, and deliver them to ARDS
+//! through the outbox.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::global::{self, Block, GlobalPolicy, Reason};
+use crate::request::{InputError, PolicyRequest};
+use crate::rule::{sign, IssuerKey, IssuerPublicKey, RuleError, SignedRule};
+use crate::store::{Outgoing, RequestRow, Status, Store, StoreError};
+use crate::template;
+use crate::wire::{Revocation, RuleSink, SinkError};
+
+/// Errors of the service core; the HTTP layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Input(#[from] InputError),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("request {id} refused by global security policy")]
+    Refused { id: String, reasons: Vec<Reason> },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] RuleError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the service keeps its files and what it calls itself.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Issuer name written into every rule (ARDS/PEPs map it to `issuer.pub`).
+    pub issuer: String,
+    /// When set, every API call except `GET /v1/issuer` needs `Authorization: Bearer <token>`.
+    pub api_token: Option<ApiToken>,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            issuer: "authz".into(),
+            api_token: None,
+        }
+    }
+}
+
+/// The bearer token workflow management and admins present. Zeroized; `Debug` redacts it.
+#[derive(Clone)]
+pub struct ApiToken(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+impl ApiToken {
+    pub fn new(token: String) -> Self {
+        Self(zeroize::Zeroizing::new(token))
+    }
+
+    /// Reads the token file, or creates one (32 random bytes as hex, mode 0600).
+    pub fn load_or_create(path: &Path) -> Result<Self, ServiceError> {
+        let io = |source| ServiceError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+            return Ok(Self::new(text.trim().to_string()));
+        }
+        let token = Self::new(random_id("", 32)?);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(io)?;
+        std::io::Write::write_all(&mut f, format!("{}\n", token.expose()).as_bytes())
+            .map_err(io)?;
+        Ok(token)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with a presented token.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == presented.len() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+/// Result of a submit or change.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub id: String,
+    pub status: Status,
+    pub revision: i64,
+    pub rule_ids: Vec<String>,
+    /// Rules this change replaced (revoked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+    /// Whether ARDS acknowledged everything queued so far (else the outbox retries).
+    pub delivered: bool,
+}
+
+/// Result of a cancel.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    pub id: String,
+    pub status: Status,
+    pub revoked: Vec<String>,
+    pub delivered: bool,
+}
+
+/// Result of adding a global policy.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct PolicyAdded {
+    pub policy: GlobalPolicy,
+    /// Requests the new policy contradicts (now status `revoked`).
+    pub revoked_requests: Vec<String>,
+    pub revoked_rules: Vec<String>,
+    pub delivered: bool,
+}
+
+/// A request as workflow management reads it back.
+#[derive(Serialize, Clone, Debug)]
+pub struct RequestView {
+    pub id: String,
+    pub status: Status,
+    pub revision: i64,
+    pub reasons: Vec<Reason>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub change_refused: Vec<Reason>,
+    /// Live (issued, not revoked) rule ids.
+    pub rule_ids: Vec<String>,
+    pub revoked_rule_ids: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub request: serde_json::Value,
+}
+
+/// The service. Share it as `Arc<Authz>`.
+pub struct Authz {
+    store: Mutex<Store>,
+    key: IssuerKey,
+    issuer: String,
+    api_token: Option<ApiToken>,
+    sink: Arc<dyn RuleSink>,
+    /// Serializes outbox delivery so entries go out once and in order.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Authz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authz")
+            .field("issuer", &self.issuer)
+            .field("public_key", &self.key.public())
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn random_id(prefix: &str, bytes: usize) -> Result<String, RuleError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).map_err(|e| RuleError::Rng(e.to_string()))?;
+    Ok(format!("{prefix}{}", hex::encode(b)))
+}
+
+impl Authz {
+    /// Opens the service state in `cfg.data_dir` (created if missing): `authz.sqlite`,
+    /// `issuer.key` (0600, generated on first start) and `issuer.pub` (hex public key).
+    pub fn open(cfg: &Config, sink: Arc<dyn RuleSink>) -> Result<Self, ServiceError> {
+        crate::model::check_name(&cfg.issuer).map_err(|m| InputError::new("issuer", m))?;
+        let io = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| ServiceError::Io { path, source }
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(io(&cfg.data_dir))?;
+        let key = IssuerKey::load_or_generate(&cfg.data_dir.join("issuer.key"))?;
+        let pub_path = cfg.data_dir.join("issuer.pub");
+        std::fs::write(&pub_path, format!("{}\n", key.public().to_hex())).map_err(io(&pub_path))?;
+        let store = Store::open(&cfg.data_dir.join("authz.sqlite"))?;
+        Ok(Self {
+            store: Mutex::new(store),
+            key,
+            issuer: cfg.issuer.clone(),
+            api_token: cfg.api_token.clone(),
+            sink,
+            flushing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn api_token(&self) -> Option<&ApiToken> {
+        self.api_token.as_ref()
+    }
+
+    pub fn public_key(&self) -> IssuerPublicKey {
+        self.key.public()
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // The store holds no invariants across a panic mid-call (SQLite rolls back), so a
+        // poisoned lock is safe to reuse.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Submits a new authorization policy request (wire JSON).
+    pub async fn submit(&self, body: &[u8]) -> Result<Issued, ServiceError> {
+        let now = now();
+        let wire: serde_json::Value = crate::request::parse_json(body)?;
+        let req = PolicyRequest::from_json(body, now)?;
+        let id = random_id("req-", 12)?;
+        let issued = {
+            let mut store = self.store();
+            let reasons = global::check(&req, &store.policies()?);
+            let tx = store.transaction()?;
+            let mut row = RequestRow {
+                id: id.clone(),
+                body: wire,
+                normalized: Some(req.clone()),
+                status: Status::Refused,
+                reasons: reasons.clone(),
+                change_refused: Vec::new(),
+                revision: 1,
+                next_rule: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            if !reasons.is_empty() {
+                tx.put_request(&row)?;
+                tx.commit()?;
+                tracing::info!(request = %id, reasons = reasons.len(), "request refused");
+                return Err(ServiceError::Refused { id, reasons });
+            }
+            let signed = self.sign_rules(&req, &id, 1);
+            row.status = Status::Active;
+            row.next_rule = 1 + signed.len() as u64;
+            tx.put_request(&row)?;
+            tx.issue_rules(&signed, now)?;
+            tx.commit()?;
+            tracing::info!(request = %id, rules = signed.len(), "request approved");
+            Issued {
+                id,
+                status: Status::Active,
+                revision: 1,
+                rule_ids: signed.iter().map(|s| s.rule.id.clone()).collect(),
+                replaced: Vec::new(),
+                delivered: false,
+            }
+        };
+        let delivered = self.flush_outbox().await.is_ok();
+        Ok(Issued {
+            delivered,
+            ..issued
+        })
+    }
+
+    fn sign_rules(&self, req: &PolicyRequest, id: &str, first: u64) -> Vec<SignedRule> {
+        template::rules_for(req, id, &self.issuer, first)
+            .into_iter()
+            .map(|r| sign(r, &self.key))
+            .collect()
+    }
+
+    fn revoke_live(
+        &self,
+        tx: &crate::store::Tx<'_>,
+        request_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut revoked = Vec::new();
+        for r in tx.rules_of(request_id)? {
+            if r.revoked_at.is_none() {
+                let rev = Revocation::sign(&r.signed.rule.id, &self.issuer, reason, now, &self.key);
+                tx.revoke_rule(&rev)?;
+                revoked.push(r.signed.rule.id);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Replaces a request: its live rules are revoked and new ones issued. A change refused by
+    /// global policies leaves the request as it was (the reasons are returned and recorded in
+    /// `change_refused`). Cancelled requests cannot be changed.
+    pub async fn change(&self, id: &str, body: &[u8]) -> Result<Issued, ServiceError> {
+        let now = now();
+        let wire: serde_json::Value = crate::request::parse_json(body)?;
+        let req = PolicyRequest::from_json(body, now)?;
+        let issued = {
+            let mut store = self.store();
+            let policies = store.policies()?;
+            let tx = store.transaction()?;
+            let mut row = tx.request(id)?.ok_or_else(|| ServiceError::NotFound {
+                what: "request",
+                id: id.to_string(),
+            })?;
+            if row.status == Status::Cancelled {
+                return Err(ServiceError::Conflict(format!(
+                    "request {id} is cancelled; submit a new request instead"
+                )));
+            }
+            let reasons = global::check(&req, &policies);
+            if !reasons.is_empty() {
+                row.change_refused = reasons.clone();
+                row.updated_at = now;
+                // A refused request has nothing in force; record the refused change as its state.
+                if row.status == Status::Refused {
+                    row.body = wire;
+                    row.normalized = Some(req);
+                    row.reasons = reasons.clone();
+                    row.revision += 1;
+                }
+                tx.put_request(&row)?;
+                tx.commit()?;
+                return Err(ServiceError::Refused {
+                    id: id.to_string(),
+                    reasons,
+                });
+            }
+            let revision = row.revision + 1;
+            let replaced = self.revoke_live(
+                &tx,
+                id,
+                &format!("request {id} changed (revision {revision})"),
+                now,
+            )?;
+            let signed = self.sign_rules(&req, id, row.next_rule);
+            row.body = wire;
+            row.normalized = Some(req);
+            row.status = Status::Active;
+            row.reasons = Vec::new();
+            row.change_refused = Vec::new();
+            row.revision = revision;
+            row.next_rule += signed.len() as u64;
+            row.updated_at = now;
+            tx.put_request(&row)?;
+            tx.issue_rules(&signed, now)?;
+            tx.commit()?;
+            tracing::info!(request = %id, revision, rules = signed.len(), replaced = replaced.len(), "request changed");
+            Issued {
+                id: id.to_string(),
+                status: Status::Active,
+                revision,
+                rule_ids: signed.iter().map(|s| s.rule.id.clone()).collect(),
+                replaced,
+                delivered: false,
+            }
+        };
+        let delivered = self.flush_outbox().await.is_ok();
+        Ok(Issued {
+            delivered,
+            ..issued
+        })
+    }
+
+    /// Cancels a request and revokes its live rules. Cancelling twice is harmless.
+    pub async fn cancel(&self, id: &str) -> Result<Cancelled, ServiceError> {
+        let now = now();
+        let revoked = {
+            let mut store = self.store();
+            let tx = store.transaction()?;
+            let mut row = tx.request(id)?.ok_or_else(|| ServiceError::NotFound {
+                what: "request",
+                id: id.to_string(),
+            })?;
+            let revoked = self.revoke_live(&tx, id, &format!("request {id} cancelled"), now)?;
+            if row.status != Status::Cancelled {
+                row.status = Status::Cancelled;
+                row.updated_at = now;
+                tx.put_request(&row)?;
+            }
+            tx.commit()?;
+            tracing::info!(request = %id, revoked = revoked.len(), "request cancelled");
+            revoked
+        };
+        let delivered = self.flush_outbox().await.is_ok();
+        Ok(Cancelled {
+            id: id.to_string(),
+            status: Status::Cancelled,
+            revoked,
+            delivered,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Result<RequestView, ServiceError> {
+        let store = self.store();
+        let row = store.request(id)?.ok_or_else(|| ServiceError::NotFound {
+            what: "request",
+            id: id.to_string(),
+        })?;
+        let rules = store.rules_of(id)?;
+        let (live, revoked): (Vec<_>, Vec<_>) =
+            rules.into_iter().partition(|r| r.revoked_at.is_none());
+        Ok(RequestView {
+            id: row.id,
+            status: row.status,
+            revision: row.revision,
+            reasons: row.reasons,
+            change_refused: row.change_refused,
+            rule_ids: live.into_iter().map(|r| r.signed.rule.id).collect(),
+            revoked_rule_ids: revoked.into_iter().map(|r| r.signed.rule.id).collect(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            request: row.body,
+        })
+    }
+
+    /// Adds a global security policy (body as for `POST /v1/policies`) and revokes every live
+    /// rule of every active request it contradicts.
+    pub async fn add_policy(&self, body: &[u8]) -> Result<PolicyAdded, ServiceError> {
+        let now = now();
+        let (block, note) = Block::from_json(body)?;
+        let policy = GlobalPolicy::new(random_id("gp-", 8)?, block, note, now);
+        let (revoked_requests, revoked_rules) = {
+            let mut store = self.store();
+            let tx = store.transaction()?;
+            tx.put_policy(&policy)?;
+            let mut revoked_requests = Vec::new();
+            let mut revoked_rules = Vec::new();
+            for mut row in tx.requests_with_status(Status::Active)? {
+                let Some(req) = &row.normalized else { continue };
+                let reasons = policy.violations(req);
+                if reasons.is_empty() {
+                    continue;
+                }
+                let why = format!(
+                    "global security policy {} [{}]",
+                    policy.id,
+                    policy.block.describe()
+                );
+                revoked_rules.extend(self.revoke_live(&tx, &row.id, &why, now)?);
+                row.status = Status::Revoked;
+                row.reasons = reasons;
+                row.updated_at = now;
+                tx.put_request(&row)?;
+                revoked_requests.push(row.id.clone());
+            }
+            tx.commit()?;
+            tracing::info!(policy = %policy.id, block = %policy.block.describe(), revoked = revoked_rules.len(), "global policy added");
+            (revoked_requests, revoked_rules)
+        };
+        let delivered = self.flush_outbox().await.is_ok();
+        Ok(PolicyAdded {
+            policy,
+            revoked_requests,
+            revoked_rules,
+            delivered,
+        })
+    }
+
+    /// Removes a global policy. Requests it refused or revoked stay so; resubmit them.
+    pub fn remove_policy(&self, id: &str) -> Result<(), ServiceError> {
+        let mut store = self.store();
+        let tx = store.transaction()?;
+        if !tx.delete_policy(id)? {
+            return Err(ServiceError::NotFound {
+                what: "policy",
+                id: id.to_string(),
+            });
+        }
+        tx.commit()?;
+        tracing::info!(policy = %id, "global policy removed");
+        Ok(())
+    }
+
+    pub fn policies(&self) -> Result<Vec<GlobalPolicy>, ServiceError> {
+        Ok(self.store().policies()?)
+    }
+
+    /// Live (unrevoked, unexpired) signed rules, optionally only those targeting `pep`.
+    pub fn live_rules(&self, pep: Option<&str>) -> Result<Vec<SignedRule>, ServiceError> {
+        Ok(self.store().live_rules(now(), pep)?)
+    }
+
+    /// Entries waiting for ARDS.
+    pub fn pending_deliveries(&self) -> Result<i64, ServiceError> {
+        Ok(self.store().outbox_len()?)
+    }
+
+    /// Delivers queued publications and revocations to ARDS in order; stops at the first
+    /// failure (it stays queued). Returns how many were delivered.
+    pub async fn flush_outbox(&self) -> Result<usize, FlushError> {
+        let _guard = self.flushing.lock().await;
+        let mut delivered = 0;
+        loop {
+            let next = self.store().outbox_next().map_err(FlushError::Store)?;
+            let Some((seq, item)) = next else {
+                return Ok(delivered);
+            };
+            let result = match &item {
+                Outgoing::Publish(batch) => self.sink.publish(batch).await,
+                Outgoing::Revoke(rev) => self.sink.revoke(rev).await,
+            };
+            match result {
+                Ok(()) => {
+                    self.store().outbox_done(seq).map_err(FlushError::Store)?;
+                    delivered += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "delivery to ARDS failed; will retry");
+                    self.store()
+                        .outbox_failed(seq, &e.to_string())
+                        .map_err(FlushError::Store)?;
+                    return Err(FlushError::Sink(e));
+                }
+            }
+        }
+    }
+
+    /// Retries outbox delivery forever with capped exponential backoff. Spawn it once.
+    pub async fn run_outbox_retry(self: Arc<Self>) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(delay).await;
+            match self.flush_outbox().await {
+                Ok(_) => delay = Duration::from_secs(1),
+                Err(_) => delay = (delay * 2).min(Duration::from_secs(60)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Store(StoreError),
+}

@@ -1,0 +1,420 @@
+//! The authz service's SQLite state: requests (status, reasons), rules issued and their
+//! revocations, global policies, and the outbox of deliveries to ARDS not yet acknowledged.
+//!
+//! Invariant: a state change and the outbox entries that announce it are written in one
+//! transaction, so a crash can delay delivery to ARDS but never lose or invent one.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::global::{GlobalPolicy, Reason};
+use crate::rule::SignedRule;
+use crate::wire::{PublishRules, Revocation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Request lifecycle.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Rules issued and live.
+    Active,
+    /// Refused by global security policies; no rules issued.
+    Refused,
+    /// Cancelled by workflow management; rules revoked.
+    Cancelled,
+    /// A global policy added later contradicts it; rules revoked.
+    Revoked,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Refused => "refused",
+            Status::Cancelled => "cancelled",
+            Status::Revoked => "revoked",
+        }
+    }
+    fn parse(s: &str) -> Status {
+        match s {
+            "active" => Status::Active,
+            "refused" => Status::Refused,
+            "cancelled" => Status::Cancelled,
+            // Unknown values only arise from manual edits; treat them as not active.
+            _ => Status::Revoked,
+        }
+    }
+}
+
+/// One stored request.
+#[derive(Clone, Debug)]
+pub struct RequestRow {
+    pub id: String,
+    /// The request as submitted (wire JSON).
+    pub body: serde_json::Value,
+    /// The normalized request (None when it was refused before normalization succeeded).
+    pub normalized: Option<crate::request::PolicyRequest>,
+    pub status: Status,
+    pub reasons: Vec<Reason>,
+    pub change_refused: Vec<Reason>,
+    pub revision: i64,
+    pub next_rule: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One rule as stored.
+#[derive(Clone, Debug)]
+pub struct RuleRow {
+    pub signed: SignedRule,
+    pub issued_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoke_reason: Option<String>,
+}
+
+/// An outbox entry.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    Publish(PublishRules),
+    Revoke(Revocation),
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS requests (
+  id TEXT PRIMARY KEY,
+  body TEXT NOT NULL,
+  normalized TEXT,
+  status TEXT NOT NULL,
+  reasons TEXT NOT NULL DEFAULT '[]',
+  change_refused TEXT NOT NULL DEFAULT '[]',
+  revision INTEGER NOT NULL,
+  next_rule INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rules (
+  id TEXT PRIMARY KEY,
+  request_id TEXT NOT NULL REFERENCES requests(id),
+  signed TEXT NOT NULL,
+  not_after INTEGER NOT NULL,
+  issued_at INTEGER NOT NULL,
+  revoked_at INTEGER,
+  revoke_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS rules_by_request ON rules(request_id);
+CREATE TABLE IF NOT EXISTS policies (
+  id TEXT PRIMARY KEY,
+  body TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL,
+  body TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT
+);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    pub fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(Tx(self.conn.transaction()?))
+    }
+
+    pub fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        get_request(&self.conn, id)
+    }
+
+    pub fn requests_with_status(&self, status: Status) -> Result<Vec<RequestRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM requests WHERE status = ?1 ORDER BY rowid")?;
+        let ids: Vec<String> = stmt
+            .query_map([status.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        ids.iter()
+            .filter_map(|id| get_request(&self.conn, id).transpose())
+            .collect()
+    }
+
+    pub fn rules_of(&self, request_id: &str) -> Result<Vec<RuleRow>, StoreError> {
+        rules_of(&self.conn, request_id)
+    }
+
+    /// Rules not revoked and not yet expired at `now`, optionally only those targeting `pep`.
+    pub fn live_rules(&self, now: i64, pep: Option<&str>) -> Result<Vec<SignedRule>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT signed FROM rules WHERE revoked_at IS NULL AND not_after > ?1 ORDER BY rowid",
+        )?;
+        let rows: Vec<String> = stmt
+            .query_map([now], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for text in rows {
+            let signed: SignedRule = serde_json::from_str(&text)?;
+            if pep.is_none_or(|p| signed.rule.targets.iter().any(|t| t == p)) {
+                out.push(signed);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn policies(&self) -> Result<Vec<GlobalPolicy>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM policies ORDER BY rowid")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        rows.iter()
+            .map(|t| serde_json::from_str(t).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// The oldest undelivered outbox entry.
+    pub fn outbox_next(&self) -> Result<Option<(i64, Outgoing)>, StoreError> {
+        let row: Option<(i64, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT seq, kind, body FROM outbox ORDER BY seq LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((seq, kind, body)) = row else {
+            return Ok(None);
+        };
+        let out = if kind == "publish" {
+            Outgoing::Publish(serde_json::from_str(&body)?)
+        } else {
+            Outgoing::Revoke(serde_json::from_str(&body)?)
+        };
+        Ok(Some((seq, out)))
+    }
+
+    pub fn outbox_len(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    pub fn outbox_done(&self, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        Ok(())
+    }
+
+    pub fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            params![seq, error],
+        )?;
+        Ok(())
+    }
+}
+
+fn get_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, StoreError> {
+    type Raw = (
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+    );
+    let raw: Option<Raw> = conn
+        .query_row(
+            "SELECT body, normalized, status, reasons, change_refused, revision, next_rule, created_at, updated_at
+             FROM requests WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((body, normalized, status, reasons, change_refused, revision, next_rule, c, u)) = raw
+    else {
+        return Ok(None);
+    };
+    Ok(Some(RequestRow {
+        id: id.to_string(),
+        body: serde_json::from_str(&body)?,
+        normalized: normalized.map(|n| serde_json::from_str(&n)).transpose()?,
+        status: Status::parse(&status),
+        reasons: serde_json::from_str(&reasons)?,
+        change_refused: serde_json::from_str(&change_refused)?,
+        revision,
+        next_rule: next_rule as u64,
+        created_at: c,
+        updated_at: u,
+    }))
+}
+
+fn rules_of(conn: &Connection, request_id: &str) -> Result<Vec<RuleRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT signed, issued_at, revoked_at, revoke_reason FROM rules WHERE request_id = ?1 ORDER BY rowid",
+    )?;
+    let rows: Vec<(String, i64, Option<i64>, Option<String>)> = stmt
+        .query_map([request_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(s, issued_at, revoked_at, revoke_reason)| {
+            Ok(RuleRow {
+                signed: serde_json::from_str(&s)?,
+                issued_at,
+                revoked_at,
+                revoke_reason,
+            })
+        })
+        .collect()
+}
+
+/// A write transaction; dropped without `commit` it rolls back.
+pub struct Tx<'a>(Transaction<'a>);
+
+impl Tx<'_> {
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit()?)
+    }
+
+    pub fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        get_request(&self.0, id)
+    }
+
+    pub fn rules_of(&self, request_id: &str) -> Result<Vec<RuleRow>, StoreError> {
+        rules_of(&self.0, request_id)
+    }
+
+    pub fn put_request(&self, row: &RequestRow) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO requests (id, body, normalized, status, reasons, change_refused, revision, next_rule, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(id) DO UPDATE SET body = ?2, normalized = ?3, status = ?4, reasons = ?5,
+               change_refused = ?6, revision = ?7, next_rule = ?8, updated_at = ?10",
+            params![
+                row.id,
+                serde_json::to_string(&row.body)?,
+                row.normalized
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?,
+                row.status.as_str(),
+                serde_json::to_string(&row.reasons)?,
+                serde_json::to_string(&row.change_refused)?,
+                row.revision,
+                row.next_rule as i64,
+                row.created_at,
+                row.updated_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records issued rules and queues their publication.
+    pub fn issue_rules(&self, rules: &[SignedRule], now: i64) -> Result<(), StoreError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        for r in rules {
+            self.0.execute(
+                "INSERT INTO rules (id, request_id, signed, not_after, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r.rule.id,
+                    r.rule.request_id,
+                    serde_json::to_string(r)?,
+                    r.rule.not_after,
+                    now
+                ],
+            )?;
+        }
+        let batch = PublishRules {
+            rules: rules.to_vec(),
+        };
+        self.enqueue("publish", &serde_json::to_string(&batch)?, now)
+    }
+
+    /// Marks a rule revoked and queues the signed revocation.
+    pub fn revoke_rule(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE rules SET revoked_at = ?2, revoke_reason = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+            params![revocation.rule_id, revocation.revoked_at, revocation.reason],
+        )?;
+        self.enqueue(
+            "revoke",
+            &serde_json::to_string(revocation)?,
+            revocation.revoked_at,
+        )
+    }
+
+    fn enqueue(&self, kind: &str, body: &str, now: i64) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO outbox (kind, body, created_at) VALUES (?1, ?2, ?3)",
+            params![kind, body, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn put_policy(&self, p: &GlobalPolicy) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO policies (id, body, created_at) VALUES (?1, ?2, ?3)",
+            params![p.id, serde_json::to_string(p)?, p.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a policy; false if it did not exist.
+    pub fn delete_policy(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.0.execute("DELETE FROM policies WHERE id = ?1", [id])? > 0)
+    }
+
+    pub fn requests_with_status(&self, status: Status) -> Result<Vec<RequestRow>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare("SELECT id FROM requests WHERE status = ?1 ORDER BY rowid")?;
+        let ids: Vec<String> = stmt
+            .query_map([status.as_str()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        ids.iter()
+            .filter_map(|id| get_request(&self.0, id).transpose())
+            .collect()
+    }
+}

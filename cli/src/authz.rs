@@ -1,0 +1,411 @@
+//! `csap authz serve`, `csap request …`, `csap policy global …`, `csap rules list`: the
+//! authorization service and its HTTP client commands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+const DEFAULT_URL: &str = "https://127.0.0.1:7400";
+
+#[derive(Subcommand)]
+pub enum AuthzCommand {
+    /// Run the authorization service (HTTPS, TLS 1.3) with its state in DATA_DIR.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Directory for authz.sqlite, issuer.key/issuer.pub and the TLS cert (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Base URL of the ARDS that receives rules and revocations, e.g. https://127.0.0.1:7401.
+    #[arg(long, env = "CSAP_ARDS")]
+    ards: String,
+    /// PEM certificate (or CA) to trust for the ARDS; default: the system's web PKI roots.
+    #[arg(long, env = "CSAP_ARDS_CA")]
+    ards_ca: Option<PathBuf>,
+    /// Issuer name written into every rule.
+    #[arg(long, default_value = "authz")]
+    issuer: String,
+    /// Extra DNS names or IPs for the self-signed certificate (first start only).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
+    /// Serve without a bearer token (only for a loopback-only demo; anyone who can connect
+    /// could then issue rules). By default DATA_DIR/api-token is created and required.
+    #[arg(long)]
+    no_token: bool,
+}
+
+/// Where the client commands find the service.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// authz base URL.
+    #[arg(long = "authz", env = "CSAP_AUTHZ", default_value = DEFAULT_URL, global = true)]
+    url: String,
+    /// The service's certificate PEM (DATA_DIR/tls-cert.pem) to trust.
+    #[arg(long, env = "CSAP_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// File holding the bearer token (the service's DATA_DIR/api-token).
+    #[arg(long, env = "CSAP_AUTHZ_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RequestArgs {
+    #[command(subcommand)]
+    command: RequestCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum RequestCommand {
+    /// Submit an authorization policy request (OMC-style JSON; see authz/examples/).
+    Submit { file: PathBuf },
+    /// Replace a request with a new version: its rules are revoked and reissued.
+    Change { id: String, file: PathBuf },
+    /// Cancel a request: its rules are revoked.
+    Cancel { id: String },
+    /// Show a request's status, reasons and rules.
+    Show { id: String },
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Global security policies: the deny list every request is checked against.
+    #[command(subcommand)]
+    Global(GlobalCommand),
+}
+
+#[derive(Subcommand)]
+enum GlobalCommand {
+    /// Block one component; live rules that touch it are revoked at once.
+    Add(AddPolicy),
+    /// List global security policies.
+    List,
+    /// Remove a global security policy (revoked rules are not reissued).
+    Remove { id: String },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false, id = "what")]
+struct Target {
+    /// Block a participant (user or service name).
+    #[arg(long)]
+    participant: Option<String>,
+    /// Block an organization and every participant in it.
+    #[arg(long)]
+    organization: Option<String>,
+    /// Block one application build by its BLAKE3 digest.
+    #[arg(long)]
+    app_digest: Option<String>,
+    /// Block an application version: NAME VERSION.
+    #[arg(long, num_args = 2, value_names = ["NAME", "VERSION"])]
+    app_version: Option<Vec<String>>,
+    /// Block every application from a vendor.
+    #[arg(long)]
+    vendor: Option<String>,
+    /// Block a device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Block an asset (key) scope.
+    #[arg(long)]
+    scope: Option<String>,
+}
+
+#[derive(Args)]
+struct AddPolicy {
+    #[command(flatten)]
+    target: Target,
+    /// Why (shown in refusal reasons), e.g. a CVE id.
+    #[arg(long)]
+    note: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    command: RulesCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// List live signed rules, optionally for one PEP (`keyserver` or `mount:<device>`).
+    List {
+        #[arg(long)]
+        pep: Option<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+}
+
+pub fn run_authz(cmd: AuthzCommand) -> Result<()> {
+    match cmd {
+        AuthzCommand::Serve(args) => runtime()?.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let ards_ca = match &args.ards_ca {
+        Some(p) => Some(read(p)?),
+        None => None,
+    };
+    let sink = authz::wire::HttpSink::new(&args.ards, ards_ca.as_deref())
+        .context("cannot set up the ARDS client")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let token_path = args.data_dir.join("api-token");
+    let api_token = if args.no_token {
+        None
+    } else {
+        Some(authz::ApiToken::load_or_create(&token_path)?)
+    };
+    let cfg = authz::Config {
+        data_dir: args.data_dir.clone(),
+        issuer: args.issuer.clone(),
+        api_token,
+    };
+    let service = Arc::new(
+        authz::Authz::open(&cfg, Arc::new(sink))
+            .with_context(|| format!("cannot open authz state in {}", args.data_dir.display()))?,
+    );
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !args.listen.ip().is_unspecified() {
+        names.push(args.listen.ip().to_string());
+    }
+    names.extend(args.tls_names.iter().cloned());
+    names.dedup();
+    let (cert, key) = authz::tls::load_or_create(&args.data_dir, &names)
+        .context("cannot create or load the TLS certificate")?;
+    let tls = authz::tls::server_config(&cert, &key)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "authz issuer {} public key {}",
+        service.issuer(),
+        service.public_key()
+    );
+    println!(
+        "  written to {}",
+        args.data_dir.join("issuer.pub").display()
+    );
+    println!(
+        "authz listening on https://{} (trust {})",
+        listener.local_addr()?,
+        args.data_dir.join("tls-cert.pem").display()
+    );
+    if args.no_token {
+        println!("authz API is open (--no-token): no bearer token required");
+    } else {
+        println!(
+            "authz API token in {} (clients: --token-file or CSAP_AUTHZ_TOKEN_FILE)",
+            token_path.display()
+        );
+    }
+    tokio::spawn(service.clone().run_outbox_retry());
+    authz::tls::serve(listener, tls, authz::app(service), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+fn read(p: &Path) -> Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = &args.ca {
+            let cfg = authz::tls::client_config(&read(ca)?)
+                .with_context(|| format!("bad certificate in {}", ca.display()))?;
+            b = b.use_preconfigured_tls(cfg);
+        }
+        let token = match &args.token_file {
+            Some(p) => Some(read(p)?.trim().to_string()),
+            None => None,
+        };
+        Ok(Self {
+            base: args.url.trim_end_matches('/').to_string(),
+            http: b.build()?,
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach authz at {} (check --authz/CSAP_AUTHZ and --ca/CSAP_CA)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or("no error message")
+            .to_string();
+        if let Some(reasons) = v["reasons"].as_array() {
+            let lines: Vec<String> = reasons
+                .iter()
+                .map(|r| {
+                    format!(
+                        "  - {}: {}",
+                        r["field"].as_str().unwrap_or("?"),
+                        r["message"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            bail!("{msg} ({status}); reasons:\n{}", lines.join("\n"));
+        }
+        bail!("{msg} ({status})")
+    }
+}
+
+fn print(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn run_request(args: RequestArgs) -> Result<()> {
+    let client = Client::new(&args.client)?;
+    runtime()?.block_on(async {
+        let v = match args.command {
+            RequestCommand::Submit { file } => {
+                client
+                    .call(reqwest::Method::POST, "/v1/requests", Some(read(&file)?))
+                    .await?
+            }
+            RequestCommand::Change { id, file } => {
+                client
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/v1/requests/{id}"),
+                        Some(read(&file)?),
+                    )
+                    .await?
+            }
+            RequestCommand::Cancel { id } => {
+                client
+                    .call(reqwest::Method::DELETE, &format!("/v1/requests/{id}"), None)
+                    .await?
+            }
+            RequestCommand::Show { id } => {
+                client
+                    .call(reqwest::Method::GET, &format!("/v1/requests/{id}"), None)
+                    .await?
+            }
+        };
+        print(&v)
+    })
+}
+
+pub fn run_policy(args: PolicyArgs) -> Result<()> {
+    let client = Client::new(&args.client)?;
+    runtime()?.block_on(async {
+        let PolicyCommand::Global(cmd) = args.command;
+        let v = match cmd {
+            GlobalCommand::Add(add) => {
+                let t = add.target;
+                let mut body = if let Some(p) = t.participant {
+                    json!({"kind": "participant", "participant": p})
+                } else if let Some(o) = t.organization {
+                    json!({"kind": "organization", "organization": o})
+                } else if let Some(d) = t.app_digest {
+                    json!({"kind": "application_build", "digest": d})
+                } else if let Some(nv) = t.app_version {
+                    json!({"kind": "application_version", "name": nv[0], "version": nv[1]})
+                } else if let Some(v) = t.vendor {
+                    json!({"kind": "vendor", "vendor": v})
+                } else if let Some(d) = t.device {
+                    json!({"kind": "device", "device": d})
+                } else if let Some(s) = t.scope {
+                    json!({"kind": "asset_scope", "scope": s})
+                } else {
+                    bail!("name what to block (see --help)")
+                };
+                if let Some(n) = add.note {
+                    body["note"] = n.into();
+                }
+                client
+                    .call(
+                        reqwest::Method::POST,
+                        "/v1/policies",
+                        Some(body.to_string()),
+                    )
+                    .await?
+            }
+            GlobalCommand::List => {
+                client
+                    .call(reqwest::Method::GET, "/v1/policies", None)
+                    .await?
+            }
+            GlobalCommand::Remove { id } => {
+                client
+                    .call(reqwest::Method::DELETE, &format!("/v1/policies/{id}"), None)
+                    .await?
+            }
+        };
+        print(&v)
+    })
+}
+
+pub fn run_rules(args: RulesArgs) -> Result<()> {
+    let client = Client::new(&args.client)?;
+    runtime()?.block_on(async {
+        let RulesCommand::List { pep } = args.command;
+        let path = match pep {
+            Some(p) => {
+                // Encode through Url so odd input reaches the server intact (and is refused there).
+                let mut url = reqwest::Url::parse("https://x/v1/rules")?;
+                url.query_pairs_mut().append_pair("pep", &p);
+                format!("/v1/rules?{}", url.query().unwrap_or_default())
+            }
+            None => "/v1/rules".to_string(),
+        };
+        print(&client.call(reqwest::Method::GET, &path, None).await?)
+    })
+}

@@ -1,0 +1,600 @@
+//! `csap keyserver|device|user|login|app|scope|keys|audit`: run the key server and administer it
+//! (devices, users, application builds, key scopes, admin-issued licenses, the audit trail).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use keyserver::client::{AdminClient, LicenseClient};
+use keyserver::wire::{
+    self, Action, AuditRecord, IssueRequest, RegisterAppRequest, RevokeAppRequest,
+};
+use keyserver::UserToken;
+
+/// Where the key server is and who we are (an admin or device identity directory).
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Key server URL, e.g. https://127.0.0.1:7402.
+    #[arg(long, env = "CSAP_SERVER")]
+    pub server: String,
+    /// Identity directory with cert.pem, key.pem and ca.pem (DATA_DIR/admin for admins, the
+    /// `csap device enroll --out` directory for devices).
+    #[arg(long, env = "CSAP_IDENTITY")]
+    pub identity: PathBuf,
+}
+
+impl Conn {
+    fn admin(&self) -> Result<AdminClient> {
+        AdminClient::connect(&self.server, &self.identity)
+            .with_context(|| format!("cannot use identity {}", self.identity.display()))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum KeyserverCommand {
+    /// Run the key server alone (`csap server` runs it together with authz and ARDS).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// State directory: CA, server certificate, root key (0600), SQLite, admin identity.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    pub listen: SocketAddr,
+    /// ARDS URL to take the key server's rules from (PEP id `keyserver`). Without it the
+    /// server holds no rules and licenses nothing except break-glass issues.
+    #[arg(long, requires_all = ["ards_ca", "issuer_pub"])]
+    pub ards_url: Option<String>,
+    /// ARDS's TLS certificate (PEM).
+    #[arg(long)]
+    pub ards_ca: Option<PathBuf>,
+    /// authz's issuer public key file (hex), to verify rules with.
+    #[arg(long)]
+    pub issuer_pub: Option<PathBuf>,
+    /// The issuer name the rules carry.
+    #[arg(long, default_value = "authz")]
+    pub issuer_name: String,
+    /// Extra DNS names / IPs for the server certificate (besides localhost and loopback).
+    #[arg(long = "name")]
+    pub names: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Enroll a device: writes cert.pem, key.pem, ca.pem, hpke.key (0600) and server.pub to DIR.
+    Enroll {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a device's certificate (takes effect on its next handshake and request).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List enrolled devices and admin certificates.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (first line).
+    Add {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Disable a user; every token already issued stops working at once.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// User name.
+    #[arg(long, env = "USER")]
+    pub user: String,
+    /// Where to store the token (default $XDG_RUNTIME_DIR/csap/token or ~/.config/csap/token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Register an application build by the BLAKE3 digest of its executable (computed here).
+    Register {
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        vendor: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Block a build: by digest, or by name and version.
+    Revoke {
+        #[arg(long, conflicts_with_all = ["name", "version"], required_unless_present = "name")]
+        digest: Option<String>,
+        #[arg(long, requires = "version")]
+        name: Option<String>,
+        #[arg(long, requires = "name")]
+        version: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List registered builds.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ScopeCommand {
+    /// Create a key scope (a random 16-byte scope id and a first random seed, version 1).
+    Create {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List key scopes with their current and revoked versions.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// New seed version for new assets of SCOPE (older versions still decrypt).
+    Rotate {
+        scope: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke one version of SCOPE: no more licenses for assets under it.
+    Revoke {
+        scope: String,
+        #[arg(long)]
+        version: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Write a license file sealed to DEVICE's enrollment key (bounded by the rules unless
+    /// --break-glass, which needs --reason and is audited as such).
+    Issue(IssueArgs),
+}
+
+#[derive(Args)]
+pub struct IssueArgs {
+    #[arg(long)]
+    pub device: String,
+    #[arg(long)]
+    pub user: String,
+    /// BLAKE3 digest (hex) of the application the license is for.
+    #[arg(long)]
+    pub app: String,
+    /// Path pattern over registered assets: `*` within a segment, `**` across segments.
+    #[arg(long)]
+    pub assets: String,
+    /// End of validity: unix seconds, RFC 3339, or +30m / +4h / +2d.
+    #[arg(long)]
+    pub until: String,
+    /// read, write, create or delete.
+    #[arg(long, default_value = "read")]
+    pub action: String,
+    #[arg(long, requires = "reason")]
+    pub break_glass: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Show the latest audit records (every grant and denial).
+    Tail {
+        /// Keep polling for new records.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Reads one line (the password) from standard input, prompting when it is a terminal.
+fn read_password(prompt: &str) -> Result<zeroize::Zeroizing<String>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt}: ");
+        std::io::stderr().flush().ok();
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let pw = zeroize::Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+    if pw.is_empty() {
+        bail!("empty password on standard input");
+    }
+    Ok(pw)
+}
+
+pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
+    let KeyserverCommand::Serve(args) = cmd;
+    runtime()?.block_on(async move {
+        let rules: Arc<dyn keyserver::RuleCheck> = match &args.ards_url {
+            Some(url) => {
+                let ca_path = args.ards_ca.as_ref().context("--ards-ca is required with --ards-url")?;
+                let pub_path = args.issuer_pub.as_ref().context("--issuer-pub is required with --ards-url")?;
+                let ca_pem = std::fs::read_to_string(ca_path)
+                    .with_context(|| format!("cannot read {}", ca_path.display()))?;
+                let issuer_hex = std::fs::read_to_string(pub_path)
+                    .with_context(|| format!("cannot read {}", pub_path.display()))?;
+                let issuer = authz::IssuerPublicKey::from_hex(issuer_hex.trim())
+                    .with_context(|| format!("{} is not an issuer public key", pub_path.display()))?;
+                let client = ards::RulesClient::start(ards::ClientConfig {
+                    url: url.clone(),
+                    pep_id: authz::template::KEYSERVER_PEP.to_string(),
+                    ca_pem,
+                    trusted_issuers: vec![(args.issuer_name.clone(), issuer)],
+                    cache_path: args.data_dir.join("rules-cache.json"),
+                })
+                .await
+                .context("cannot start the ARDS subscription")?;
+                Arc::new(keyserver::rules::ArdsRules(client))
+            }
+            None => {
+                eprintln!("csap: no --ards-url: the key server holds no rules and will license nothing (break-glass issues only)");
+                Arc::new(authz::Evaluator::new(Vec::new()).context("empty rule set")?)
+            }
+        };
+        let mut cfg = keyserver::ServerConfig::new(&args.data_dir, args.listen, rules);
+        cfg.server_names.extend(args.names.iter().cloned());
+        if let Ok(hex) = std::env::var("CSAP_ROOT_KEY") {
+            cfg.root_key_hex = Some(zeroize::Zeroizing::new(hex));
+        }
+        let server = keyserver::start(cfg).await.context("cannot start the key server")?;
+        println!("{}", server.url);
+        eprintln!(
+            "key server on {} — admin identity: {}",
+            server.url,
+            server.admin_dir().display()
+        );
+        tokio::select! {
+            _ = server_wait(server) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}
+
+async fn server_wait(server: keyserver::RunningServer) {
+    server.wait().await
+}
+
+pub fn run_device(cmd: DeviceCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            DeviceCommand::Enroll { name, out, conn } => {
+                let r = conn.admin()?.enroll_device(&name, &out).await?;
+                println!(
+                    "enrolled {name} (serial {}) into {}",
+                    r.serial,
+                    out.display()
+                );
+            }
+            DeviceCommand::Revoke { name, conn } => {
+                let r = conn.admin()?.revoke_device(&name).await?;
+                println!("revoked {} certificate(s) of {name}", r.revoked);
+            }
+            DeviceCommand::List { conn } => {
+                for d in conn.admin()?.list_devices().await? {
+                    let state = match d.revoked_at {
+                        Some(t) => format!("revoked {}", wire::rfc3339(t)),
+                        None => "active".into(),
+                    };
+                    println!(
+                        "{:<24} {:<6} {} {}  {state}",
+                        d.name,
+                        d.kind.as_str(),
+                        d.serial,
+                        wire::rfc3339(d.issued_at)
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run_user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { name, conn } => {
+            let pw = read_password(&format!("password for {name}"))?;
+            runtime()?.block_on(async move {
+                conn.admin()?.add_user(&name, &pw).await?;
+                println!("added user {name}");
+                Ok(())
+            })
+        }
+        UserCommand::Disable { name, conn } => runtime()?.block_on(async move {
+            conn.admin()?.disable_user(&name).await?;
+            println!("disabled user {name}; outstanding tokens are void");
+            Ok(())
+        }),
+    }
+}
+
+pub fn run_login(args: LoginArgs) -> Result<()> {
+    let pw = read_password(&format!("password for {}", args.user))?;
+    let path = match args.token_file {
+        Some(p) => p,
+        None => UserToken::default_path()
+            .context("neither XDG_RUNTIME_DIR nor HOME is set: give --token-file")?,
+    };
+    runtime()?.block_on(async move {
+        let client = LicenseClient::connect(&args.conn.server, &args.conn.identity)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect as the device in {}",
+                    args.conn.identity.display()
+                )
+            })?;
+        let (token, expires) = client.login(&args.user, &pw).await?;
+        token
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "logged in as {} until {}; token in {}",
+            args.user,
+            wire::rfc3339(expires),
+            path.display()
+        );
+        Ok(())
+    })
+}
+
+/// BLAKE3 of a file, lowercase hex.
+fn digest_file(path: &Path) -> Result<String> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+pub fn run_app(cmd: AppCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            AppCommand::Register {
+                path,
+                name,
+                version,
+                vendor,
+                conn,
+            } => {
+                let digest = digest_file(&path)?;
+                let app = conn
+                    .admin()?
+                    .register_app(&RegisterAppRequest {
+                        digest,
+                        name,
+                        version,
+                        vendor,
+                    })
+                    .await?;
+                println!(
+                    "registered {} {} blake3 {}",
+                    app.name, app.version, app.digest
+                );
+            }
+            AppCommand::Revoke {
+                digest,
+                name,
+                version,
+                conn,
+            } => {
+                let r = conn
+                    .admin()?
+                    .revoke_app(&RevokeAppRequest {
+                        digest,
+                        name,
+                        version,
+                    })
+                    .await?;
+                println!("revoked {} build(s)", r.revoked);
+            }
+            AppCommand::List { conn } => {
+                for a in conn.admin()?.list_apps().await? {
+                    let state = if a.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!("{:<16} {:<10} {} {state}", a.name, a.version, a.digest);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run_scope(cmd: ScopeCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            ScopeCommand::Create { name, conn } => {
+                let s = conn.admin()?.create_scope(&name).await?;
+                println!(
+                    "created scope {} (id {}, version {})",
+                    s.name, s.scope_id, s.current_version
+                );
+            }
+            ScopeCommand::List { conn } => {
+                for s in conn.admin()?.list_scopes().await? {
+                    println!(
+                        "{:<24} id {} version {} revoked {:?}",
+                        s.name, s.scope_id, s.current_version, s.revoked_versions
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn parse_action(s: &str) -> Result<Action> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .with_context(|| format!("unknown action {s:?}: use read, write, create or delete"))
+}
+
+pub fn run_keys(cmd: KeysCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            KeysCommand::Rotate { scope, conn } => {
+                let s = conn.admin()?.rotate(&scope).await?;
+                println!("scope {} now at version {}", s.name, s.current_version);
+            }
+            KeysCommand::Revoke {
+                scope,
+                version,
+                conn,
+            } => {
+                let s = conn.admin()?.revoke_key(&scope, version).await?;
+                println!(
+                    "scope {}: revoked versions {:?}",
+                    s.name, s.revoked_versions
+                );
+            }
+            KeysCommand::Issue(a) => {
+                let until = wire::parse_time(&a.until, keyserver::now()).with_context(|| {
+                    format!("--until {:?}: give unix seconds, RFC 3339 or +4h", a.until)
+                })?;
+                let signed = a
+                    .conn
+                    .admin()?
+                    .issue(&IssueRequest {
+                        device: a.device,
+                        user: a.user,
+                        app_digest: a.app,
+                        assets: a.assets,
+                        until,
+                        action: parse_action(&a.action)?,
+                        break_glass: a.break_glass,
+                        reason: a.reason,
+                    })
+                    .await?;
+                let text = serde_json::to_vec_pretty(&signed)?;
+                std::fs::write(&a.out, text)
+                    .with_context(|| format!("cannot write {}", a.out.display()))?;
+                let l = &signed.license;
+                println!(
+                    "license {} for {} on {}: {} granted, {} denied, valid until {} -> {}",
+                    l.license_id,
+                    l.user,
+                    l.device,
+                    l.grants.len(),
+                    l.denials.len(),
+                    wire::rfc3339(l.not_after),
+                    a.out.display()
+                );
+                for d in &l.denials {
+                    println!("  denied {}: {}", d.asset_id, d.reason);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_record(r: &AuditRecord, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let app = r
+        .app_digest
+        .as_deref()
+        .map(|d| &d[..d.len().min(12)])
+        .unwrap_or("-");
+    println!(
+        "{} {:<6} {:<9} user={} device={} app={} asset={} rules={} {}",
+        wire::rfc3339(r.time),
+        r.decision,
+        r.action,
+        opt(&r.user),
+        opt(&r.device),
+        app,
+        opt(&r.asset),
+        if r.rule_ids.is_empty() {
+            "-".into()
+        } else {
+            r.rule_ids.join(",")
+        },
+        opt(&r.reason)
+    );
+    Ok(())
+}
+
+pub fn run_audit(cmd: AuditCommand) -> Result<()> {
+    let AuditCommand::Tail {
+        follow,
+        json,
+        n,
+        conn,
+    } = cmd;
+    runtime()?.block_on(async move {
+        let admin = conn.admin()?;
+        let mut last = 0;
+        for r in admin.audit_tail(n).await? {
+            print_record(&r, json)?;
+            last = r.id;
+        }
+        if !follow {
+            return Ok(());
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            for r in admin.audit_after(last, 1000).await? {
+                print_record(&r, json)?;
+                last = r.id;
+            }
+        }
+    })
+}

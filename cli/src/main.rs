@@ -1,0 +1,123 @@
+//! `csap`: the one command-line tool for admins, artists and render nodes.
+//!
+//! Each command group lives in its own module; this file only parses arguments, sets up
+//! logging and dispatches. Errors are printed as one sentence (no backtrace) with a non-zero exit.
+
+mod ards;
+mod asset;
+mod authz;
+mod keyserver;
+mod keysource;
+mod mount;
+mod quickstart;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "csap",
+    version,
+    about = "MovieLabs CSAP: per-asset encryption, licensed keys, rules-driven access"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encrypt, decrypt and inspect single asset files offline (break-glass and tests).
+    #[command(subcommand)]
+    Asset(asset::AssetCommand),
+    /// Mount a backing directory of encrypted assets; the mountpoint shows plaintext.
+    Mount(mount::MountArgs),
+    /// Unmount a `csap mount` (it flushes open files and exits).
+    Umount(mount::UmountArgs),
+    /// Run the authorization service (policy requests -> signed rules for ARDS).
+    #[command(subcommand)]
+    Authz(authz::AuthzCommand),
+    /// Submit, change, cancel or show authorization policy requests.
+    Request(authz::RequestArgs),
+    /// Global security policies (block participants, apps, devices, scopes).
+    Policy(authz::PolicyArgs),
+    /// List the signed rules authz has issued.
+    Rules(authz::RulesArgs),
+    /// Run the Authorization Rules Distribution Service (rules -> PEPs, just in time).
+    #[command(subcommand)]
+    Ards(ards::ArdsCommand),
+    /// Run authz, ARDS and the key server in one process (the embedded default).
+    Server(server::ServerArgs),
+    /// A self-contained demo: server, device, user, app, encrypted samples, a mount, an
+    /// allowed read and a denied one.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Run the key server on its own.
+    #[command(subcommand)]
+    Keyserver(keyserver::KeyserverCommand),
+    /// Enroll, revoke and list devices (client certificates from the key server's CA).
+    #[command(subcommand)]
+    Device(keyserver::DeviceCommand),
+    /// Add and disable users.
+    #[command(subcommand)]
+    User(keyserver::UserCommand),
+    /// Log in (password on stdin) and store a short-lived user token.
+    Login(keyserver::LoginArgs),
+    /// Register and revoke application builds (BLAKE3 digests of executables).
+    #[command(subcommand)]
+    App(keyserver::AppCommand),
+    /// Create and list key scopes.
+    #[command(subcommand)]
+    Scope(keyserver::ScopeCommand),
+    /// Rotate and revoke scope keys; issue license files to devices.
+    #[command(subcommand)]
+    Keys(keyserver::KeysCommand),
+    /// Read the key server's audit trail.
+    #[command(subcommand)]
+    Audit(keyserver::AuditCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CSAP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Asset(cmd) => asset::run(cmd),
+        Command::Mount(args) => mount::run_mount(args),
+        Command::Umount(args) => mount::run_umount(args),
+        Command::Authz(cmd) => authz::run_authz(cmd),
+        Command::Request(args) => authz::run_request(args),
+        Command::Policy(args) => authz::run_policy(args),
+        Command::Rules(args) => authz::run_rules(args),
+        Command::Ards(cmd) => ards::run(cmd),
+        Command::Server(args) => server::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
+        Command::Keyserver(cmd) => keyserver::run_keyserver(cmd),
+        Command::Device(cmd) => keyserver::run_device(cmd),
+        Command::User(cmd) => keyserver::run_user(cmd),
+        Command::Login(args) => keyserver::run_login(args),
+        Command::App(cmd) => keyserver::run_app(cmd),
+        Command::Scope(cmd) => keyserver::run_scope(cmd),
+        Command::Keys(cmd) => keyserver::run_keys(cmd),
+        Command::Audit(cmd) => keyserver::run_audit(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("csap: {}", error_sentence(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Joins an error chain into one line: "outer: cause: root cause".
+fn error_sentence(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}

@@ -1,0 +1,436 @@
+//! `csap server`: authz, ARDS and the key server in one process — the embedded default.
+//!
+//! Each service keeps its own state under `DATA_DIR` (`authz/`, `ards/`, `keyserver/`: SQLite
+//! files, keys, certificates) and its own TLS listener on loopback-derived ports, so the three
+//! can later be split onto separate hosts without changing any client. What the composition adds:
+//! - authz delivers rules to the in-process ARDS directly (no HTTP hop), and ARDS trusts
+//!   authz's issuer key without anyone copying `issuer.pub`;
+//! - the key server is an ARDS policy enforcement point (`keyserver`) that subscribes over
+//!   HTTPS like any remote PEP would, so the path exercised is the production one.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use authz::wire::{BoxFuture, PublishRules, Revocation, RuleSink, SinkError};
+use clap::Args;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// The first port: authz listens on it, ARDS on the next, the key server on the one after.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Directory for every service's state (created if missing; reused on restart).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// First of three consecutive ports: authz on PORT, ARDS on PORT+1, key server on PORT+2.
+    /// Port 0 picks three free ports.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+}
+
+/// How to start the embedded services.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Root key of the key server as hex (`CSAP_ROOT_KEY`); `None` keeps it in a 0600 file.
+    pub root_key_hex: Option<Zeroizing<String>>,
+}
+
+/// Delivers authz's signed rules and revocations straight into the in-process ARDS.
+struct DirectSink(ards::Ards);
+
+impl RuleSink for DirectSink {
+    fn publish<'a>(&'a self, batch: &'a PublishRules) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.0
+                .publish(batch.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| SinkError::Unavailable(e.to_string()))
+        })
+    }
+    fn revoke<'a>(&'a self, revocation: &'a Revocation) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.0
+                .revoke(revocation.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| SinkError::Unavailable(e.to_string()))
+        })
+    }
+}
+
+/// The key server's rule check backed by a shared ARDS subscription (shared so the embedding
+/// code can also watch it, e.g. to wait until a new rule has arrived).
+struct SharedRules(Arc<ards::RulesClient>);
+
+impl keyserver::RuleCheck for SharedRules {
+    fn check(&self, req: &authz::AccessRequest<'_>) -> keyserver::RuleVerdict {
+        keyserver::rules::verdict(&self.0.evaluator(), req)
+    }
+}
+
+/// The three services, running on the current tokio runtime.
+pub struct EmbeddedServer {
+    pub authz_url: String,
+    pub ards_url: String,
+    pub keyserver_url: String,
+    /// authz's TLS certificate (trust it with `--ca` / `CSAP_CA` for `csap request …`).
+    pub authz_cert: PathBuf,
+    /// ARDS's TLS certificate (trust it for remote PEPs and `csap authz serve --ards-ca`).
+    pub ards_cert: PathBuf,
+    /// The key server's admin identity (cert.pem, key.pem, ca.pem) for admin commands.
+    pub admin_dir: PathBuf,
+    /// authz's issuer public key file (ARDS and PEPs verify rules with it).
+    pub issuer_pub: PathBuf,
+    pub authz: Arc<authz::Authz>,
+    /// The key server's subscription to ARDS (PEP `keyserver`).
+    pub keyserver_rules: Arc<ards::RulesClient>,
+    keyserver: keyserver::RunningServer,
+    ards_server: ards::server::ServerHandle,
+    authz_stop: watch::Sender<bool>,
+    authz_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn port_plus(listen: SocketAddr, n: u16) -> Result<SocketAddr> {
+    if listen.port() == 0 {
+        return Ok(listen);
+    }
+    let port = listen.port().checked_add(n).with_context(|| {
+        format!(
+            "--listen port {} leaves no room for PORT+{n}",
+            listen.port()
+        )
+    })?;
+    Ok(SocketAddr::new(listen.ip(), port))
+}
+
+/// The host part of a URL for a bound address (the unspecified address is reached as loopback).
+fn url_host(addr: SocketAddr) -> String {
+    match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    }
+}
+
+/// TLS names for the certificates: loopback always, plus the listen address when specific.
+fn tls_names(listen: SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    let ip = listen.ip().to_string();
+    if !listen.ip().is_unspecified() && !names.contains(&ip) {
+        names.push(ip);
+    }
+    names
+}
+
+/// Opens (or creates) every service's state under `opts.data_dir` and starts serving.
+pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
+    let dir = &opts.data_dir;
+    let authz_dir = dir.join("authz");
+    let ards_dir = dir.join("ards");
+    let ks_dir = dir.join("keyserver");
+    for d in [dir, &authz_dir, &ards_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let names = tls_names(opts.listen);
+
+    // The issuer key first: ARDS must trust it before authz can deliver anything.
+    let authz_cfg = authz::Config::new(&authz_dir);
+    let issuer_key = authz::IssuerKey::load_or_generate(&authz_dir.join("issuer.key"))
+        .context("cannot load or create authz's issuer key")?;
+    let trusted = vec![(authz_cfg.issuer.clone(), issuer_key.public())];
+    drop(issuer_key);
+
+    // ARDS.
+    let ards = ards::Ards::open(
+        ards::ArdsConfig::new(ards_dir.join("ards.db"), trusted.clone()),
+        Arc::new(ards::SystemClock),
+    )
+    .with_context(|| format!("cannot open ARDS state in {}", ards_dir.display()))?;
+    let scheduler = ards.spawn_scheduler();
+    let ards_identity = ards::server::load_or_create_identity(&ards_dir, &names)
+        .context("cannot create or load ARDS's TLS certificate")?;
+    let ards_addr = port_plus(opts.listen, 1)?.to_string();
+    let ards_server = ards::server::serve_tls(&ards_addr, &ards_identity, ards::app(ards.clone()))
+        .await
+        .context("cannot start ARDS")?;
+    let ards_url = format!(
+        "https://{}:{}",
+        url_host(ards_server.local_addr),
+        ards_server.local_addr.port()
+    );
+
+    // authz, delivering into ARDS in-process; its HTTP API for workflow management.
+    let service = Arc::new(
+        authz::Authz::open(&authz_cfg, Arc::new(DirectSink(ards.clone())))
+            .with_context(|| format!("cannot open authz state in {}", authz_dir.display()))?,
+    );
+    let (cert, key) = authz::tls::load_or_create(&authz_dir, &names)
+        .context("cannot create or load authz's TLS certificate")?;
+    let tls = authz::tls::server_config(&cert, &key)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("authz cannot listen on {}", opts.listen))?;
+    let authz_addr = listener.local_addr()?;
+    let authz_url = format!("https://{}:{}", url_host(authz_addr), authz_addr.port());
+    let (authz_stop, mut stop_rx) = watch::channel(false);
+    let authz_task = tokio::spawn(authz::tls::serve(
+        listener,
+        tls,
+        authz::app(service.clone()),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    let outbox = tokio::spawn(service.clone().run_outbox_retry());
+
+    // The key server, a PEP of ARDS like any other.
+    let rules = Arc::new(
+        ards::RulesClient::start(ards::ClientConfig {
+            url: ards_url.clone(),
+            pep_id: authz::template::KEYSERVER_PEP.to_string(),
+            ca_pem: ards_identity.cert_pem.clone(),
+            trusted_issuers: trusted,
+            cache_path: dir.join("keyserver-rules.json"),
+        })
+        .await
+        .context("cannot start the key server's ARDS subscription")?,
+    );
+    let ks_addr = port_plus(opts.listen, 2)?;
+    let mut ks_cfg =
+        keyserver::ServerConfig::new(&ks_dir, ks_addr, Arc::new(SharedRules(rules.clone())));
+    ks_cfg.server_names = names;
+    ks_cfg.root_key_hex = opts.root_key_hex.clone();
+    let ks = keyserver::start(ks_cfg)
+        .await
+        .context("cannot start the key server")?;
+    let keyserver_url = format!("https://{}:{}", url_host(ks.addr), ks.addr.port());
+
+    Ok(EmbeddedServer {
+        authz_url,
+        ards_url,
+        keyserver_url,
+        authz_cert: authz_dir.join("tls-cert.pem"),
+        ards_cert: ards_identity.cert_path.clone(),
+        admin_dir: ks.admin_dir(),
+        issuer_pub: authz_dir.join("issuer.pub"),
+        authz: service,
+        keyserver_rules: rules,
+        keyserver: ks,
+        ards_server,
+        authz_stop,
+        authz_task,
+        background: vec![scheduler, outbox],
+    })
+}
+
+impl EmbeddedServer {
+    /// Waits until every rule in `rule_ids` is active at the key server (or `timeout`).
+    pub async fn wait_for_rules(&self, rule_ids: &[String], timeout: Duration) -> bool {
+        let mut changed = self.keyserver_rules.subscribe();
+        let has_all = || {
+            let ev = self.keyserver_rules.evaluator();
+            rule_ids
+                .iter()
+                .all(|id| ev.rules().iter().any(|r| &r.id == id))
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if has_all() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return has_all(),
+            }
+        }
+    }
+
+    /// What an operator needs to know, one item per line.
+    pub fn describe(&self) -> String {
+        format!(
+            "authz       {}  (trust {})\n\
+             ARDS        {}  (trust {})\n\
+             key server  {}  (CA {})\n\
+             admin identity: {}  (cert.pem, key.pem, ca.pem — keep it private)\n\
+             authz issuer key: {}",
+            self.authz_url,
+            self.authz_cert.display(),
+            self.ards_url,
+            self.ards_cert.display(),
+            self.keyserver_url,
+            self.admin_dir.join(keyserver::pki::CA_FILE).display(),
+            self.admin_dir.display(),
+            self.issuer_pub.display(),
+        )
+    }
+
+    /// Stops every listener and background task and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.authz_stop.send(true);
+        let _ = self.authz_task.await;
+        self.keyserver.shutdown().await;
+        self.ards_server.shutdown().await;
+        for t in self.background {
+            t.abort();
+        }
+    }
+}
+
+/// `csap server`: runs until Ctrl-C (or SIGTERM).
+pub fn run(args: ServerArgs) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let server = start(ServerOptions {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen,
+            root_key_hex: std::env::var("CSAP_ROOT_KEY").ok().map(Zeroizing::new),
+        })
+        .await?;
+        println!("csap server running (state in {})", args.data_dir.display());
+        println!("{}", server.describe());
+        println!(
+            "next: csap device enroll / user add / app register / scope create with --identity {}",
+            server.admin_dir.display()
+        );
+        wait_for_stop_signal().await;
+        println!("stopping");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// Formats unix seconds as RFC 3339 UTC (`2026-11-23T09:00:00Z`), for request windows.
+pub fn rfc3339_utc(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // civil_from_days (H. Hinnant), valid for the whole i64 day range we use.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn opts(dir: &Path) -> ServerOptions {
+        ServerOptions {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            root_key_hex: None,
+        }
+    }
+
+    /// A request submitted to the embedded authz becomes a signed rule that the key server
+    /// receives through ARDS, and a restart reuses all state (same CA, same issuer key).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_reaches_keyserver_through_ards_and_state_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(opts(dir.path())).await.unwrap();
+        assert!(server.admin_dir.join("cert.pem").exists());
+        let now = keyserver::now();
+        let body = serde_json::json!({
+            "entityType": "AuthorizationPolicyRequest",
+            "identifier": [{"identifierScope": "workflow", "identifierValue": "wf-1"}],
+            "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": "t1"}], "name": "t1"},
+            "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": "alice"}],
+                              "structuralCharacteristics": {"structuralType": "person"}}],
+            "applications": [{"entityType": "Application", "identifier": [{"identifierScope": "blake3", "identifierValue": "ab".repeat(32)}],
+                              "name": "viewer", "version": "1"}],
+            "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": "ws-1"}]}],
+            "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": "show/**"}]}],
+            "actions": ["read"],
+            "window": {"start": rfc3339(now - 60), "end": rfc3339(now + 3600)}
+        });
+        let issued = server
+            .authz
+            .submit(body.to_string().as_bytes())
+            .await
+            .unwrap();
+        assert!(issued.delivered, "in-process delivery must succeed at once");
+        let ks_rules: Vec<String> = issued
+            .rule_ids
+            .iter()
+            .filter(|id| {
+                server
+                    .authz
+                    .live_rules(Some("keyserver"))
+                    .unwrap()
+                    .iter()
+                    .any(|r| &r.rule.id == *id)
+            })
+            .cloned()
+            .collect();
+        assert_eq!(ks_rules.len(), 1);
+        assert!(
+            server
+                .wait_for_rules(&ks_rules, Duration::from_secs(10))
+                .await
+        );
+        let ca = std::fs::read_to_string(server.admin_dir.join("ca.pem")).unwrap();
+        let issuer = std::fs::read_to_string(&server.issuer_pub).unwrap();
+        server.shutdown().await;
+
+        let again = start(opts(dir.path())).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(again.admin_dir.join("ca.pem")).unwrap(),
+            ca
+        );
+        assert_eq!(std::fs::read_to_string(&again.issuer_pub).unwrap(), issuer);
+        assert!(
+            again
+                .wait_for_rules(&ks_rules, Duration::from_secs(10))
+                .await
+        );
+        again.shutdown().await;
+    }
+
+    fn rfc3339(t: i64) -> String {
+        rfc3339_utc(t)
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_795_424_400), "2026-11-23T09:00:00Z");
+    }
+}

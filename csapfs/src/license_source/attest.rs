@@ -1,0 +1,537 @@
+//! Caller attestation: which executable is the process behind a FUSE request running?
+//!
+//! The answer is the BLAKE3 digest of `/proc/<pid>/exe`, the application identity the key
+//! server and the rules know. Cheap defences against the known ways to fool it:
+//! - PID reuse: the process start time (`/proc/<pid>/stat` field 22) is read before and after
+//!   measuring; if it changed, another process now owns the PID and nothing is decided.
+//! - Library injection: a process whose initial environment sets `LD_PRELOAD` or `LD_AUDIT`,
+//!   or an `LD_LIBRARY_PATH` entry outside the system library directories, is refused — the
+//!   digest of its executable would say nothing about the code it runs.
+//! - pid 0 (a request from the kernel itself, or from a PID namespace the mount cannot see) is
+//!   refused: there is no process to measure.
+//!
+//! The executable is opened once through `/proc/<pid>/exe` and both its identity
+//! (device, inode, size, mtime, ctime) and its bytes come from that one open file, so a rename
+//! race cannot pair one file's identity with another's digest. Digests are cached by that
+//! identity: a rebuilt binary has a new mtime/ctime and is measured again.
+//!
+//! Reading another process's `/proc` files can block (its `mmap_lock` may be held while it
+//! waits on this very mount), so [`Attestor::attest`] runs the reads on a helper thread and
+//! gives up after a timeout instead of stalling the FUSE loop.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Why a caller could not be attested. Every variant means "deny".
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error("request has no process id (kernel-internal, or from another PID namespace)")]
+    NoPid,
+    #[error("process {pid} is gone")]
+    Gone { pid: u32 },
+    #[error("cannot read {what} of process {pid}: {source}")]
+    Unreadable {
+        pid: u32,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("process {pid}: malformed /proc/{pid}/stat")]
+    BadStat { pid: u32 },
+    #[error("process {pid} runs with {var} set (library injection)")]
+    Injection { pid: u32, var: &'static str },
+    #[error(
+        "process {pid} has LD_LIBRARY_PATH entry {entry:?} outside the system library directories"
+    )]
+    LibraryPath { pid: u32, entry: String },
+    #[error("process {pid} changed while it was measured (PID reused)")]
+    Reused { pid: u32 },
+    #[error("attestation of process {pid} timed out")]
+    Timeout { pid: u32 },
+    #[error("too many attestations are stuck; refusing more")]
+    Overloaded,
+}
+
+/// What attestation established about one caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    pub pid: u32,
+    /// Clock ticks since boot at which the process started (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+    /// Lowercase hex BLAKE3 of the executable.
+    pub app_digest: String,
+}
+
+/// The identity of an executable file as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ExeKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// Library directories an `LD_LIBRARY_PATH` entry may name (or lie below).
+const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib32",
+    "/usr/lib64",
+    "/usr/local/lib",
+];
+
+/// Attestations allowed to be stuck on helper threads at once before new ones are refused.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Measures callers; share one per mount.
+#[derive(Clone)]
+pub struct Attestor {
+    inner: Arc<Inner>,
+}
+
+type Hook = Box<dyn Fn(u32) + Send + Sync>;
+
+struct Inner {
+    proc_root: PathBuf,
+    timeout: Duration,
+    digests: moka::sync::Cache<ExeKey, Arc<str>>,
+    hashes: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Runs between the two start-time reads (tests use it to simulate PID reuse).
+    between: Option<Hook>,
+}
+
+impl std::fmt::Debug for Attestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attestor")
+            .field("proc_root", &self.inner.proc_root)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attestor {
+    /// An attestor over the real `/proc`.
+    pub fn new(timeout: Duration) -> Attestor {
+        Self::build(PathBuf::from("/proc"), timeout, None)
+    }
+
+    /// An attestor over another proc-like tree, with a hook run mid-measurement (tests).
+    pub fn with_proc_root(
+        proc_root: impl Into<PathBuf>,
+        timeout: Duration,
+        between: Option<Hook>,
+    ) -> Attestor {
+        Self::build(proc_root.into(), timeout, between)
+    }
+
+    fn build(proc_root: PathBuf, timeout: Duration, between: Option<Hook>) -> Attestor {
+        Attestor {
+            inner: Arc::new(Inner {
+                proc_root,
+                timeout,
+                digests: moka::sync::Cache::new(4096),
+                hashes: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+                between,
+            }),
+        }
+    }
+
+    /// How many executables were hashed (not served from the digest cache).
+    pub fn hashes_computed(&self) -> u64 {
+        self.inner.hashes.load(Ordering::Relaxed)
+    }
+
+    /// Attests `pid` on a helper thread, waiting at most the configured timeout.
+    pub fn attest(&self, pid: u32) -> Result<Attestation, AttestError> {
+        if pid == 0 {
+            return Err(AttestError::NoPid);
+        }
+        // A bound on threads left behind by timeouts, so a wedged process cannot make the
+        // mount spawn threads without limit.
+        if self.inner.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+            self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(AttestError::Overloaded);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("csap-attest".into())
+            .spawn(move || {
+                let result = inner.attest_blocking(pid);
+                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let _ = tx.send(result);
+            });
+        if let Err(source) = spawned {
+            self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(AttestError::Unreadable {
+                pid,
+                what: "helper thread",
+                source,
+            });
+        }
+        match rx.recv_timeout(self.inner.timeout) {
+            Ok(result) => result,
+            Err(_) => Err(AttestError::Timeout { pid }),
+        }
+    }
+
+    /// The same measurement on the calling thread (no timeout).
+    pub fn attest_blocking(&self, pid: u32) -> Result<Attestation, AttestError> {
+        self.inner.attest_blocking(pid)
+    }
+}
+
+impl Inner {
+    fn attest_blocking(&self, pid: u32) -> Result<Attestation, AttestError> {
+        if pid == 0 {
+            return Err(AttestError::NoPid);
+        }
+        let dir = self.proc_root.join(pid.to_string());
+        let before = start_time(&dir, pid)?;
+        let environ =
+            std::fs::read(dir.join("environ")).map_err(|e| unreadable(pid, "environment", e))?;
+        check_environ(pid, &environ)?;
+        let exe = File::open(dir.join("exe")).map_err(|e| unreadable(pid, "executable", e))?;
+        let meta = exe
+            .metadata()
+            .map_err(|e| unreadable(pid, "executable", e))?;
+        let key = ExeKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        };
+        let digest = match self.digests.get(&key) {
+            Some(d) => d,
+            None => {
+                let d: Arc<str> = hash_file(exe)
+                    .map_err(|e| unreadable(pid, "executable", e))?
+                    .into();
+                self.hashes.fetch_add(1, Ordering::Relaxed);
+                self.digests.insert(key, Arc::clone(&d));
+                d
+            }
+        };
+        if let Some(hook) = &self.between {
+            hook(pid);
+        }
+        let after = start_time(&dir, pid)?;
+        if before != after {
+            return Err(AttestError::Reused { pid });
+        }
+        Ok(Attestation {
+            pid,
+            start_time: before,
+            app_digest: digest.to_string(),
+        })
+    }
+}
+
+fn unreadable(pid: u32, what: &'static str, source: io::Error) -> AttestError {
+    if source.kind() == io::ErrorKind::NotFound
+        || source.raw_os_error() == Some(nix::errno::Errno::ESRCH as i32)
+    {
+        AttestError::Gone { pid }
+    } else {
+        AttestError::Unreadable { pid, what, source }
+    }
+}
+
+/// Lowercase hex BLAKE3 of everything readable from `file`.
+pub fn hash_file(mut file: File) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Field 22 (`starttime`) of `DIR/stat` where `DIR` is `/proc/<pid>`.
+pub fn start_time(proc_pid_dir: &Path, pid: u32) -> Result<u64, AttestError> {
+    let stat = std::fs::read_to_string(proc_pid_dir.join("stat"))
+        .map_err(|e| unreadable(pid, "stat", e))?;
+    parse_start_time(&stat).ok_or(AttestError::BadStat { pid })
+}
+
+/// `pid (comm) state ppid …`: comm may hold spaces and parentheses, so fields are counted
+/// after the last `)`; the first field there is field 3 (state), so starttime is the 20th.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Refuses environments that inject code the executable's digest does not cover.
+pub fn check_environ(pid: u32, environ: &[u8]) -> Result<(), AttestError> {
+    for var in environ.split(|b| *b == 0) {
+        let Some(eq) = var.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let (name, value) = (&var[..eq], &var[eq + 1..]);
+        match name {
+            // ld.so ignores empty values, so they inject nothing.
+            b"LD_PRELOAD" if !value.is_empty() => {
+                return Err(AttestError::Injection {
+                    pid,
+                    var: "LD_PRELOAD",
+                });
+            }
+            b"LD_AUDIT" if !value.is_empty() => {
+                return Err(AttestError::Injection {
+                    pid,
+                    var: "LD_AUDIT",
+                });
+            }
+            b"LD_LIBRARY_PATH" => {
+                // ld.so splits on ':' and ';'; an empty entry means the current directory.
+                for entry in value.split(|b| *b == b':' || *b == b';') {
+                    let entry = String::from_utf8_lossy(entry);
+                    if !is_system_lib_dir(&entry) {
+                        return Err(AttestError::LibraryPath {
+                            pid,
+                            entry: entry.into_owned(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_system_lib_dir(entry: &str) -> bool {
+    // No "..": "/usr/lib/../../home/x" must not pass as a system directory.
+    if entry.split('/').any(|c| c == ".." || c == ".") {
+        return false;
+    }
+    let trimmed = entry.trim_end_matches('/');
+    SYSTEM_LIB_DIRS
+        .iter()
+        .any(|d| trimmed == *d || trimmed.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    fn sleeper(envs: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").stdin(Stdio::null()).stdout(Stdio::null());
+        // `cargo test` itself sets LD_LIBRARY_PATH to build directories.
+        cmd.env_remove("LD_LIBRARY_PATH").env_remove("LD_PRELOAD");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn sleep");
+        wait_exec_done(child.id());
+        child
+    }
+
+    /// `spawn` returns once exec is past its point of no return, but the kernel sets up the
+    /// new environment block a little later; until then `environ` reads empty.
+    fn wait_exec_done(pid: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{pid}/environ")).map_or(true, |e| e.is_empty()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {pid} never finished exec"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn kill(mut child: Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn start_time_parsing_survives_odd_command_names() {
+        let stat =
+            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("4242 (x) S 1"), None);
+        assert_eq!(parse_start_time("no parens"), None);
+    }
+
+    #[test]
+    fn measures_a_real_child_and_caches_its_digest() {
+        let child = sleeper(&[]);
+        let pid = child.id();
+        let attestor = Attestor::new(Duration::from_secs(10));
+        let a = attestor.attest(pid).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        let expected = blake3::hash(&std::fs::read(&exe).unwrap())
+            .to_hex()
+            .to_string();
+        assert_eq!(a.app_digest, expected);
+        assert_eq!(a.pid, pid);
+        assert_eq!(
+            a.start_time,
+            start_time(Path::new(&format!("/proc/{pid}")), pid).unwrap()
+        );
+        assert_eq!(attestor.hashes_computed(), 1);
+        // The second caller running the same file is served from the digest cache.
+        let again = attestor.attest(pid).unwrap();
+        assert_eq!(again, a);
+        assert_eq!(attestor.hashes_computed(), 1);
+        kill(child);
+        // Once reaped, the PID has no process: attestation fails closed.
+        assert!(matches!(
+            attestor.attest(pid),
+            Err(AttestError::Gone { .. }) | Err(AttestError::Unreadable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rebuilt_binary_is_measured_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        std::fs::write(&exe, b"version one").unwrap();
+        let fake = FakeProc::new(dir.path(), 77, &exe, b"HOME=/x\0");
+        let attestor = Attestor::with_proc_root(fake.root.clone(), Duration::from_secs(5), None);
+        let one = attestor.attest(77).unwrap();
+        assert_eq!(
+            one.app_digest,
+            blake3::hash(b"version one").to_hex().to_string()
+        );
+        assert_eq!(attestor.attest(77).unwrap(), one);
+        assert_eq!(attestor.hashes_computed(), 1);
+        // Same size, new content: mtime/ctime change, so the cache key does too.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&exe, b"version two").unwrap();
+        let two = attestor.attest(77).unwrap();
+        assert_eq!(
+            two.app_digest,
+            blake3::hash(b"version two").to_hex().to_string()
+        );
+        assert_eq!(attestor.hashes_computed(), 2);
+    }
+
+    #[test]
+    fn pid_reuse_during_measurement_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        std::fs::write(&exe, b"binary").unwrap();
+        let fake = FakeProc::new(dir.path(), 91, &exe, b"");
+        let stat_path = fake.root.join("91").join("stat");
+        // Between the two start-time reads another process takes over PID 91.
+        let hook: Hook = Box::new(move |_pid| {
+            std::fs::write(&stat_path, fake_stat(91, 555_555)).unwrap();
+        });
+        let attestor =
+            Attestor::with_proc_root(fake.root.clone(), Duration::from_secs(5), Some(hook));
+        assert!(matches!(
+            attestor.attest(91),
+            Err(AttestError::Reused { pid: 91 })
+        ));
+    }
+
+    /// Cost of one attestation with a warm digest cache (helper thread, stat, environ, fstat):
+    /// `cargo test -p csapfs --lib attest_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, not a check"]
+    fn attest_cost() {
+        let child = sleeper(&[]);
+        let attestor = Attestor::new(Duration::from_secs(10));
+        attestor.attest(child.id()).unwrap();
+        let n = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            attestor.attest(child.id()).unwrap();
+        }
+        let threaded = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            attestor.attest_blocking(child.id()).unwrap();
+        }
+        let inline = t.elapsed() / n;
+        kill(child);
+        println!("attest (warm cache): {threaded:?} with the helper thread, {inline:?} inline");
+    }
+
+    #[test]
+    fn pid_zero_is_refused() {
+        let attestor = Attestor::new(Duration::from_secs(1));
+        assert!(matches!(attestor.attest(0), Err(AttestError::NoPid)));
+    }
+
+    #[test]
+    fn ld_preload_on_a_real_child_is_refused() {
+        let child = sleeper(&[("LD_PRELOAD", "/nonexistent/libhook.so")]);
+        let pid = child.id();
+        let result = Attestor::new(Duration::from_secs(10)).attest(pid);
+        kill(child);
+        assert!(
+            matches!(
+                result,
+                Err(AttestError::Injection {
+                    var: "LD_PRELOAD",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn library_path_outside_system_dirs_is_refused() {
+        let child = sleeper(&[("LD_LIBRARY_PATH", "/usr/lib/x86_64-linux-gnu:/tmp/evil")]);
+        let pid = child.id();
+        let result = Attestor::new(Duration::from_secs(10)).attest(pid);
+        kill(child);
+        assert!(
+            matches!(result, Err(AttestError::LibraryPath { ref entry, .. }) if entry == "/tmp/evil"),
+            "{result:?}"
+        );
+
+        let ok = sleeper(&[("LD_LIBRARY_PATH", "/usr/lib/x86_64-linux-gnu:/lib64/")]);
+        let pid = ok.id();
+        let result = Attestor::new(Duration::from_secs(10)).attest(pid);
+        kill(ok);
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn environment_rules() {
+        assert!(check_environ(1, b"A=1\0LD_PRELOAD=\0B=2\0").is_ok());
+        assert!(check_environ(1, b"LD_AUDIT=/x.so\0").is_err());
+        assert!(
+            check_environ(1, b"LD_LIBRARY_PATH=\0").is_err(),
+            "empty entry = current directory"
+        );
+        assert!(check_environ(1, b"LD_LIBRARY_PATH=/usr/lib/../../home/a\0").is_err());
+        assert!(check_environ(1, b"LD_LIBRARY_PATH=/usr/libevil\0").is_err());
+        assert!(check_environ(1, b"LD_LIBRARY_PATH=/usr/local/lib;/lib\0").is_ok());
+    }
+
+    /// A minimal `/proc/<pid>` tree: stat, environ and an `exe` symlink.
+    struct FakeProc {
+        root: PathBuf,
+    }
+
+    fn fake_stat(pid: u32, start: u64) -> String {
+        format!("{pid} (tool) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 10\n")
+    }
+
+    impl FakeProc {
+        fn new(base: &Path, pid: u32, exe: &Path, environ: &[u8]) -> FakeProc {
+            let root = base.join("proc");
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("stat"), fake_stat(pid, 123_456)).unwrap();
+            std::fs::write(dir.join("environ"), environ).unwrap();
+            std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+            FakeProc { root }
+        }
+    }
+}

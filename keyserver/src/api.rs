@@ -1,0 +1,1352 @@
+//! The key server's HTTP API (axum): login, licenses, asset registry, admin commands and the
+//! audit log. Handlers validate input, then do all SQLite and key work on the blocking pool.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State as AxState};
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rusqlite::Connection;
+use serde::Deserialize;
+
+use crate::db::{self, AuditEvent};
+use crate::error::{ApiError, ApiJson};
+use crate::keys::{random_bytes, Seed};
+use crate::license::parse_id16;
+use crate::pki::{Principal, PrincipalKind};
+use crate::rules::RuleVerdict;
+use crate::seal::{HpkePublicKey, LicenseSealer};
+use crate::server::{Peer, State};
+use crate::token::{hash_password, verify_password, Claims};
+use crate::wire::*;
+
+type S = Arc<State>;
+
+pub(crate) fn router(state: S) -> Router {
+    let admin = Router::new()
+        .route("/devices", post(enroll).get(list_devices))
+        .route("/devices/{name}/revoke", post(revoke_device))
+        .route("/users", post(add_user))
+        .route("/users/{name}/disable", post(disable_user))
+        .route("/apps", post(register_app).get(list_apps))
+        .route("/apps/revoke", post(revoke_app))
+        .route("/scopes", post(create_scope).get(list_scopes))
+        .route("/scopes/{name}/rotate", post(rotate_scope))
+        .route("/scopes/{name}/revoke", post(revoke_key))
+        .route("/assets", get(list_assets))
+        .route("/licenses", post(issue_license))
+        .route("/audit", get(audit));
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/login", post(login))
+        .route("/v1/licenses", post(licenses))
+        .route("/v1/assets", post(create_asset))
+        .route("/v1/assets/{id}/rename", post(rename_asset))
+        .nest("/v1/admin", admin)
+        .fallback(|| async { ApiError::NotFound("endpoint".into()) })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+/// Bounds each request's time, and audits requests refused before any handler logic ran
+/// (malformed or oversized bodies, unknown endpoints): those are attack signals too.
+async fn timeout(AxState(st): AxState<S>, req: axum::extract::Request, next: Next) -> Response {
+    let peer = req.extensions().get::<Peer>().map(|p| p.name.clone());
+    let path = req.uri().path().to_string();
+    let resp = match tokio::time::timeout(st.limits.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Timeout),
+    };
+    let status = resp.status();
+    if matches!(
+        status.as_u16(),
+        400 | 404 | 405 | 408 | 413 | 415 | 422 | 503
+    ) {
+        st.audit_async(AuditEvent {
+            time: st.clock.now(),
+            device: peer,
+            action: "request".into(),
+            decision: "deny",
+            reason: Some(format!("bad_request: {} {path}", status.as_u16())),
+            ..Default::default()
+        });
+    }
+    resp
+}
+
+// ---------- peers ----------
+
+fn peer_of(parts: &Parts) -> Result<Peer, ApiError> {
+    parts
+        .extensions
+        .get::<Peer>()
+        .cloned()
+        .ok_or(ApiError::Denied(Reason::UnknownDevice))
+}
+
+/// The calling device; its certificate must still be active (revocation also cuts off
+/// connections that were established before it).
+struct DevicePeer(Peer);
+
+impl FromRequestParts<S> for DevicePeer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, ApiError> {
+        let peer = peer_of(parts)?;
+        let reason = match st.registry.get(&peer.serial) {
+            Some(p) if !p.revoked && peer.kind == PrincipalKind::Device => {
+                return Ok(DevicePeer(peer))
+            }
+            Some(p) if p.revoked => Reason::DeviceRevoked,
+            _ => Reason::UnknownDevice,
+        };
+        refuse_peer(st, &peer, parts, reason);
+        Err(ApiError::Denied(reason))
+    }
+}
+
+/// Audits a request refused for who its peer is (not a device, revoked, not an admin).
+fn refuse_peer(st: &State, peer: &Peer, parts: &Parts, reason: Reason) {
+    // Inside nested routers `parts.uri` lacks the prefix; the original URI has it.
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(parts.uri.path(), |u| u.0.path());
+    st.audit_async(AuditEvent {
+        time: st.clock.now(),
+        device: Some(peer.name.clone()),
+        action: "request".into(),
+        decision: "deny",
+        reason: Some(format!("{reason}: {path}")),
+        ..Default::default()
+    });
+}
+
+struct AdminPeer(Peer);
+
+impl FromRequestParts<S> for AdminPeer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, ApiError> {
+        let peer = peer_of(parts)?;
+        match st.registry.get(&peer.serial) {
+            Some(p) if !p.revoked && p.kind == PrincipalKind::Admin => Ok(AdminPeer(peer)),
+            _ => {
+                refuse_peer(st, &peer, parts, Reason::NotAdmin);
+                Err(ApiError::Denied(Reason::NotAdmin))
+            }
+        }
+    }
+}
+
+fn rate_limit(st: &State, device: &str) -> Result<(), ApiError> {
+    if st.limiter.allow(device) {
+        Ok(())
+    } else {
+        tracing::warn!(device, "rate limited");
+        Err(ApiError::RateLimited)
+    }
+}
+
+// ---------- validation ----------
+
+fn check_name(field: &str, s: &str) -> Result<(), ApiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        && !s.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            field,
+            "must be 1-128 characters of A-Z a-z 0-9 . _ - @ (not starting with '.')",
+        ))
+    }
+}
+
+fn check_digest(field: &str, s: &str) -> Result<(), ApiError> {
+    if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            field,
+            "must be a BLAKE3 digest: 64 lowercase hex characters",
+        ))
+    }
+}
+
+/// Asset paths are relative, "/"-separated, without empty, "." or ".." segments.
+fn check_path(field: &str, s: &str) -> Result<(), ApiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 4096
+        && !s.contains('\0')
+        && s.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            field,
+            "must be a relative path without empty, '.' or '..' segments",
+        ))
+    }
+}
+
+fn check_asset_id(field: &str, s: &str) -> Result<[u8; 16], ApiError> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ApiError::bad(
+            field,
+            "asset ids are 32 lowercase hex characters",
+        ));
+    }
+    parse_id16(s).ok_or_else(|| ApiError::bad(field, "asset ids are 32 lowercase hex characters"))
+}
+
+fn new_id() -> Result<[u8; 16], ApiError> {
+    let mut id = [0u8; 16];
+    random_bytes(&mut id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(id)
+}
+
+// ---------- authentication of a request ----------
+
+/// Who is asking, once token, user, device and application have all been checked.
+struct Subject {
+    user: String,
+}
+
+fn authenticate(
+    st: &State,
+    conn: &Connection,
+    token: &str,
+    app_digest: &str,
+    now: i64,
+) -> Result<Subject, Reason> {
+    let claims: Claims = st.tokens.verify(token, now)?;
+    let user = db::get_user(conn, &claims.user)
+        .map_err(|_| Reason::TokenInvalid)?
+        .ok_or(Reason::UnknownUser)?;
+    if user.disabled {
+        return Err(Reason::UserDisabled);
+    }
+    if user.generation != claims.generation {
+        return Err(Reason::TokenInvalid);
+    }
+    let app = db::get_app(conn, app_digest)
+        .map_err(|_| Reason::UnknownApplication)?
+        .ok_or(Reason::UnknownApplication)?;
+    if app.revoked_at.is_some() {
+        return Err(Reason::ApplicationRevoked);
+    }
+    Ok(Subject { user: user.name })
+}
+
+/// The user named by a token whether or not it verifies, for the audit record of a denial.
+fn token_user(token: &str) -> Option<String> {
+    let (body, _) = token.rsplit_once('.')?;
+    let json = hex::decode(body.strip_prefix("v1.")?).ok()?;
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    Some(format!("{} (unverified)", claims.user))
+}
+
+// ---------- granting ----------
+
+/// The fixed part of one license being built.
+struct Grantor<'a> {
+    st: &'a State,
+    user: &'a str,
+    app_digest: &'a str,
+    device: &'a str,
+    action: Action,
+    license_id: &'a str,
+    recipient: &'a HpkePublicKey,
+    now: i64,
+    /// Upper bound of every grant's not_after.
+    cap: i64,
+    /// Admin break-glass: skip the rules check.
+    break_glass: bool,
+    seeds: HashMap<(String, u32), Seed>,
+    /// The license's one HPKE context, set up at the first grant (a license that grants
+    /// nothing costs no X25519 operation).
+    sealer: Option<LicenseSealer>,
+}
+
+type Refusal = (Reason, Vec<String>);
+
+impl Grantor<'_> {
+    fn rules(&self, path: &str, scope: &str, action: Action) -> RuleVerdict {
+        self.st.rules.check(&authz::AccessRequest {
+            participant: self.user,
+            application_digest: self.app_digest,
+            device: self.device,
+            asset_path: path,
+            asset_scope: scope,
+            action,
+            now: self.now,
+        })
+    }
+
+    fn grant(
+        &mut self,
+        conn: &Connection,
+        asset: &AssetInfo,
+    ) -> Result<Result<Grant, Refusal>, ApiError> {
+        let (rule_ids, until) = if self.break_glass {
+            (Vec::new(), self.cap)
+        } else {
+            let v = self.rules(&asset.path, &asset.scope, self.action);
+            if !v.allowed {
+                return Ok(Err((Reason::NoRule, Vec::new())));
+            }
+            (v.rule_ids, v.until.unwrap_or(self.cap).min(self.cap))
+        };
+        let ver = db::get_scope_version(conn, &asset.scope, asset.key_version)?;
+        let Some(ver) = ver else {
+            return Ok(Err((Reason::KeyRevoked, rule_ids)));
+        };
+        if ver.revoked {
+            return Ok(Err((Reason::KeyRevoked, rule_ids)));
+        }
+        let k = (asset.scope.clone(), asset.key_version);
+        if !self.seeds.contains_key(&k) {
+            let seed = self
+                .st
+                .root
+                .open_seed(&asset.scope, asset.key_version, &ver.sealed)
+                .map_err(|e| {
+                    ApiError::Internal(format!("scope {} v{}: {e}", asset.scope, asset.key_version))
+                })?;
+            self.seeds.insert(k.clone(), seed);
+        }
+        let asset_id = parse_id16(&asset.asset_id)
+            .ok_or_else(|| ApiError::Internal("malformed asset id in store".into()))?;
+        let key = self.seeds[&k].content_key(&asset_id);
+        // Sealing is the last fallible step, so the context's sequence number advances only
+        // for grants that end up in the license, in the order the callers append them.
+        let sealer = match &mut self.sealer {
+            Some(s) => s,
+            None => self.sealer.insert(
+                LicenseSealer::new(self.recipient)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+            ),
+        };
+        let sealed = sealer
+            .seal_next(&key, self.license_id, &asset_id)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Ok(Grant {
+            asset_id: asset.asset_id.clone(),
+            path: asset.path.clone(),
+            scope: asset.scope.clone(),
+            scope_id: asset.scope_id.clone(),
+            key_version: asset.key_version,
+            rule_ids,
+            not_after: until,
+            sealed_key: hex::encode(sealed),
+        }))
+    }
+
+    fn event(
+        &self,
+        asset: Option<String>,
+        decision: &'static str,
+        rule_ids: Vec<String>,
+        reason: Option<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            time: self.now,
+            user: Some(self.user.to_string()),
+            app_digest: Some(self.app_digest.to_string()),
+            device: Some(self.device.to_string()),
+            asset,
+            action: self.action.as_str().to_string(),
+            decision,
+            rule_ids,
+            reason,
+            license_id: Some(self.license_id.to_string()),
+        }
+    }
+
+    fn finish(&self, grants: Vec<Grant>, denials: Vec<AssetDenial>) -> SignedLicense {
+        let not_after = grants.iter().map(|g| g.not_after).min().unwrap_or(self.cap);
+        self.st.signer.sign(License {
+            license_id: self.license_id.to_string(),
+            issued_at: self.now,
+            not_after,
+            user: self.user.to_string(),
+            device: self.device.to_string(),
+            app_digest: self.app_digest.to_string(),
+            action: self.action,
+            recipient: self.recipient.to_hex(),
+            enc: self.sealer.as_ref().map(|s| hex::encode(s.enc())).unwrap_or_default(),
+            grants,
+            denials,
+            break_glass: self.break_glass,
+        })
+    }
+}
+
+/// Records a request-level denial (one row per asset named, or one row) and returns the error.
+/// Who made a request that is being refused (for its audit rows).
+struct Who<'a> {
+    user: Option<String>,
+    app_digest: &'a str,
+    device: &'a str,
+    action: Action,
+}
+
+fn deny_request(
+    conn: &mut Connection,
+    now: i64,
+    who: Who<'_>,
+    assets: &[String],
+    reason: Reason,
+) -> ApiError {
+    let Who {
+        user,
+        app_digest,
+        device,
+        action,
+    } = who;
+    let base = AuditEvent {
+        time: now,
+        user,
+        app_digest: Some(app_digest.to_string()),
+        device: Some(device.to_string()),
+        asset: None,
+        action: action.as_str().to_string(),
+        decision: "deny",
+        rule_ids: Vec::new(),
+        reason: Some(reason.as_str().to_string()),
+        license_id: None,
+    };
+    let events: Vec<AuditEvent> = if assets.is_empty() {
+        vec![base]
+    } else {
+        assets
+            .iter()
+            .map(|a| AuditEvent {
+                asset: Some(a.clone()),
+                ..base.clone()
+            })
+            .collect()
+    };
+    if let Err(e) = db::insert_audit(conn, &events) {
+        return ApiError::Internal(format!("audit write failed: {e}"));
+    }
+    tracing::info!(device, reason = %reason, "request denied");
+    ApiError::Denied(reason)
+}
+
+// ---------- device endpoints ----------
+
+async fn info(AxState(st): AxState<S>, parts: Parts) -> Result<Json<ServerInfo>, ApiError> {
+    let peer = peer_of(&parts)?;
+    match st.registry.get(&peer.serial) {
+        Some(p) if !p.revoked => {}
+        _ => return Err(ApiError::Denied(Reason::DeviceRevoked)),
+    }
+    Ok(Json(ServerInfo {
+        license_public_key: st.signer.public_hex(),
+        peer: peer.name,
+        peer_kind: peer.kind,
+    }))
+}
+
+async fn login(
+    AxState(st): AxState<S>,
+    DevicePeer(peer): DevicePeer,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    rate_limit(&st, &peer.name)?;
+    check_name("user", &req.user)?;
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let st = st2;
+            let now = st.clock.now();
+            let user = db::get_user(conn, &req.user)?;
+            let refuse = |conn: &mut Connection, real: Reason, shown: Reason| {
+                let ev = AuditEvent {
+                    time: now,
+                    user: Some(req.user.clone()),
+                    device: Some(peer.name.clone()),
+                    action: "login".into(),
+                    decision: "deny",
+                    reason: Some(real.as_str().into()),
+                    ..Default::default()
+                };
+                match db::insert_audit(conn, &[ev]) {
+                    Ok(()) => ApiError::Denied(shown),
+                    Err(e) => ApiError::Internal(format!("audit write failed: {e}")),
+                }
+            };
+            let Some(user) = user else {
+                // Same work and same answer as a wrong password: no user enumeration.
+                let _ = verify_password(req.password.expose(), &st.dummy_hash);
+                return Err(refuse(conn, Reason::UnknownUser, Reason::BadPassword));
+            };
+            if !verify_password(req.password.expose(), &user.password_hash) {
+                return Err(refuse(conn, Reason::BadPassword, Reason::BadPassword));
+            }
+            if user.disabled {
+                return Err(refuse(conn, Reason::UserDisabled, Reason::UserDisabled));
+            }
+            let expires_at = now + st.token_ttl;
+            let token = st.tokens.issue(&Claims {
+                user: user.name.clone(),
+                issued_at: now,
+                expires_at,
+                generation: user.generation,
+            });
+            db::insert_audit(
+                conn,
+                &[AuditEvent {
+                    time: now,
+                    user: Some(user.name),
+                    device: Some(peer.name),
+                    action: "login".into(),
+                    decision: "grant",
+                    ..Default::default()
+                }],
+            )?;
+            Ok(Json(LoginResponse {
+                token: Secret::new(token.as_str()),
+                expires_at,
+            }))
+        })
+        .await
+}
+
+async fn licenses(
+    AxState(st): AxState<S>,
+    DevicePeer(peer): DevicePeer,
+    ApiJson(req): ApiJson<LicenseRequest>,
+) -> Result<Json<SignedLicense>, ApiError> {
+    rate_limit(&st, &peer.name)?;
+    check_digest("app_digest", &req.app_digest)?;
+    let recipient = HpkePublicKey::from_hex(&req.hpke_public_key).map_err(|_| {
+        ApiError::bad(
+            "hpke_public_key",
+            "must be an X25519 public key: 64 hex characters",
+        )
+    })?;
+    match (&req.create, req.assets.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::bad(
+                "create",
+                "give either assets or create, not both",
+            ))
+        }
+        (None, true) => {
+            return Err(ApiError::bad(
+                "assets",
+                "name at least one asset id (or use create)",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(c) = &req.create {
+        if req.action != Action::Create {
+            return Err(ApiError::bad(
+                "action",
+                "a create request must use action \"create\"",
+            ));
+        }
+        check_path("create.path", &c.path)?;
+        check_name("create.scope", &c.scope)?;
+    }
+    if req.assets.len() > st.limits.max_batch {
+        return Err(ApiError::bad(
+            "assets",
+            format!("at most {} assets per request", st.limits.max_batch),
+        ));
+    }
+    for a in &req.assets {
+        check_asset_id("assets", a)?;
+    }
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| license_work(&st2, conn, &peer.name, &req, &recipient))
+        .await
+        .map(Json)
+}
+
+fn license_work(
+    st: &State,
+    conn: &mut Connection,
+    device: &str,
+    req: &LicenseRequest,
+    recipient: &HpkePublicKey,
+) -> Result<SignedLicense, ApiError> {
+    let now = st.clock.now();
+    let named: Vec<String> = match &req.create {
+        Some(c) => vec![c.path.clone()],
+        None => req.assets.clone(),
+    };
+    let subject = match authenticate(st, conn, req.token.expose(), &req.app_digest, now) {
+        Ok(s) => s,
+        Err(reason) => {
+            return Err(deny_request(
+                conn,
+                now,
+                Who {
+                    user: token_user(req.token.expose()),
+                    app_digest: &req.app_digest,
+                    device,
+                    action: req.action,
+                },
+                &named,
+                reason,
+            ));
+        }
+    };
+    let license_id = hex::encode(new_id()?);
+    let mut g = Grantor {
+        st,
+        user: &subject.user,
+        app_digest: &req.app_digest,
+        device,
+        action: req.action,
+        license_id: &license_id,
+        recipient,
+        now,
+        cap: now + st.license_ttl,
+        break_glass: false,
+        seeds: HashMap::new(),
+        sealer: None,
+    };
+    if let Some(create) = &req.create {
+        return create_work(&mut g, conn, create);
+    }
+    let mut grants = Vec::new();
+    let mut denials = Vec::new();
+    let mut events = Vec::new();
+    for id in &req.assets {
+        let outcome = match db::get_asset(conn, id)? {
+            None => Err((Reason::UnknownAsset, Vec::new())),
+            Some(asset) => g.grant(conn, &asset)?,
+        };
+        match outcome {
+            Ok(grant) => {
+                events.push(g.event(Some(id.clone()), "grant", grant.rule_ids.clone(), None));
+                grants.push(grant);
+            }
+            Err((reason, rule_ids)) => {
+                events.push(g.event(
+                    Some(id.clone()),
+                    "deny",
+                    rule_ids,
+                    Some(reason.as_str().into()),
+                ));
+                denials.push(AssetDenial {
+                    asset_id: id.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    db::insert_audit(conn, &events)?;
+    Ok(g.finish(grants, denials))
+}
+
+/// Allocates an asset id in the scope's current version, registers it and grants its key.
+fn create_work(
+    g: &mut Grantor<'_>,
+    conn: &mut Connection,
+    create: &CreateAsset,
+) -> Result<SignedLicense, ApiError> {
+    let deny = |g: &Grantor<'_>, conn: &mut Connection, reason: Reason, rule_ids: Vec<String>| {
+        let ev = g.event(
+            Some(create.path.clone()),
+            "deny",
+            rule_ids,
+            Some(reason.as_str().into()),
+        );
+        match db::insert_audit(conn, &[ev]) {
+            Ok(()) => ApiError::Denied(reason),
+            Err(e) => ApiError::Internal(format!("audit write failed: {e}")),
+        }
+    };
+    let Some(scope) = db::get_scope(conn, &create.scope)? else {
+        return Err(deny(g, conn, Reason::UnknownScope, Vec::new()));
+    };
+    let asset_id = hex::encode(new_id()?);
+    let asset = AssetInfo {
+        asset_id: asset_id.clone(),
+        scope: scope.name.clone(),
+        scope_id: hex::encode(scope.scope_id),
+        key_version: scope.current_version,
+        path: create.path.clone(),
+        creator: g.user.to_string(),
+        created_at: g.now,
+    };
+    // Grant before registering, so a refused create leaves no asset row behind.
+    match g.grant(conn, &asset)? {
+        Err((reason, rule_ids)) => Err(deny(g, conn, reason, rule_ids)),
+        Ok(grant) => {
+            let tx = conn.transaction().map_err(db::StoreError::from)?;
+            db::insert_asset(&tx, &asset)?;
+            tx.commit().map_err(db::StoreError::from)?;
+            let ev = g.event(
+                Some(asset_id),
+                "grant",
+                grant.rule_ids.clone(),
+                Some(format!("created {}", create.path)),
+            );
+            db::insert_audit(conn, &[ev])?;
+            Ok(g.finish(vec![grant], Vec::new()))
+        }
+    }
+}
+
+/// `POST /v1/assets`: the create flow on its own path (same body and answer as a create license).
+async fn create_asset(
+    st: AxState<S>,
+    peer: DevicePeer,
+    body: ApiJson<LicenseRequest>,
+) -> Result<Json<SignedLicense>, ApiError> {
+    if body.0.create.is_none() {
+        return Err(ApiError::bad(
+            "create",
+            "POST /v1/assets needs a create request",
+        ));
+    }
+    licenses(st, peer, body).await
+}
+
+async fn rename_asset(
+    AxState(st): AxState<S>,
+    DevicePeer(peer): DevicePeer,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RenameRequest>,
+) -> Result<Json<AssetInfo>, ApiError> {
+    rate_limit(&st, &peer.name)?;
+    check_asset_id("asset_id", &id)?;
+    check_digest("app_digest", &req.app_digest)?;
+    check_path("new_path", &req.new_path)?;
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let st = st2;
+            let now = st.clock.now();
+            let subject = match authenticate(&st, conn, req.token.expose(), &req.app_digest, now) {
+                Ok(s) => s,
+                Err(reason) => {
+                    return Err(deny_request(
+                        conn,
+                        now,
+                        Who {
+                            user: token_user(req.token.expose()),
+                            app_digest: &req.app_digest,
+                            device: &peer.name,
+                            action: Action::Write,
+                        },
+                        &[id],
+                        reason,
+                    ));
+                }
+            };
+            let Some(mut asset) = db::get_asset(conn, &id)? else {
+                return Err(deny_request(
+                    conn,
+                    now,
+                    Who {
+                        user: Some(subject.user),
+                        app_digest: &req.app_digest,
+                        device: &peer.name,
+                        action: Action::Write,
+                    },
+                    &[id],
+                    Reason::UnknownAsset,
+                ));
+            };
+            let ask = |path: &str, action| {
+                st.rules.check(&authz::AccessRequest {
+                    participant: &subject.user,
+                    application_digest: &req.app_digest,
+                    device: &peer.name,
+                    asset_path: path,
+                    asset_scope: &asset.scope,
+                    action,
+                    now,
+                })
+            };
+            // Renaming writes the old name away and creates the new one.
+            let from = ask(&asset.path, Action::Write);
+            let to = ask(&req.new_path, Action::Create);
+            if !from.allowed || !to.allowed {
+                return Err(deny_request(
+                    conn,
+                    now,
+                    Who {
+                        user: Some(subject.user),
+                        app_digest: &req.app_digest,
+                        device: &peer.name,
+                        action: Action::Write,
+                    },
+                    &[id],
+                    Reason::NoRule,
+                ));
+            }
+            db::rename_asset(conn, &id, &req.new_path)?;
+            let mut rule_ids = from.rule_ids;
+            rule_ids.extend(to.rule_ids);
+            db::insert_audit(
+                conn,
+                &[AuditEvent {
+                    time: now,
+                    user: Some(subject.user),
+                    app_digest: Some(req.app_digest.clone()),
+                    device: Some(peer.name.clone()),
+                    asset: Some(id.clone()),
+                    action: "rename".into(),
+                    decision: "grant",
+                    rule_ids,
+                    reason: Some(format!("{} -> {}", asset.path, req.new_path)),
+                    license_id: None,
+                }],
+            )?;
+            asset.path = req.new_path.clone();
+            Ok(Json(asset))
+        })
+        .await
+}
+
+// ---------- admin endpoints ----------
+
+fn admin_event(st: &State, admin: &Peer, action: &str, subject: &str) -> AuditEvent {
+    AuditEvent {
+        time: st.clock.now(),
+        user: Some(format!("admin:{}", admin.name)),
+        action: action.into(),
+        decision: "admin",
+        reason: Some(subject.into()),
+        ..Default::default()
+    }
+}
+
+async fn enroll(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    check_name("name", &req.name)?;
+    HpkePublicKey::from_hex(&req.hpke_public_key).map_err(|_| {
+        ApiError::bad(
+            "hpke_public_key",
+            "must be an X25519 public key: 64 hex characters",
+        )
+    })?;
+    let st2 = Arc::clone(&st);
+    let principal = st
+        .db
+        .call(move |conn| {
+            let st = st2;
+            if db::active_cert_exists(conn, PrincipalKind::Device, &req.name)? {
+                return Err(ApiError::Conflict(format!(
+                    "device {} (revoke it first to re-enroll)",
+                    req.name
+                )));
+            }
+            let (cert_pem, serial) = st
+                .ca
+                .issue_client_from_csr(&req.name, &req.csr_pem)
+                .map_err(|e| {
+                    ApiError::bad(
+                        "csr_pem",
+                        format!("not a valid certificate signing request: {e}"),
+                    )
+                })?;
+            let p = Principal {
+                name: req.name.clone(),
+                kind: PrincipalKind::Device,
+                serial: serial.clone(),
+                revoked: false,
+            };
+            let now = st.clock.now();
+            db::insert_cert(conn, &p, Some(&req.hpke_public_key), now)?;
+            db::insert_audit(
+                conn,
+                &[admin_event(&st, &admin, "device.enroll", &req.name)],
+            )?;
+            Ok((
+                p,
+                EnrollResponse {
+                    cert_pem,
+                    ca_pem: st.ca.pem().to_string(),
+                    serial,
+                    license_public_key: st.signer.public_hex(),
+                },
+            ))
+        })
+        .await?;
+    st.registry.upsert(principal.0);
+    Ok(Json(principal.1))
+}
+
+async fn list_devices(
+    AxState(st): AxState<S>,
+    _a: AdminPeer,
+) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+    Ok(Json(st.db.call(|c| db::list_certs(c)).await?))
+}
+
+async fn revoke_device(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    Path(name): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    check_name("name", &name)?;
+    let st2 = Arc::clone(&st);
+    let n2 = name.clone();
+    let revoked = st
+        .db
+        .call(move |conn| {
+            let n = db::revoke_certs(conn, PrincipalKind::Device, &n2, st2.clock.now())?;
+            if n == 0 {
+                return Err(ApiError::NotFound(format!("active device {n2}")));
+            }
+            db::insert_audit(conn, &[admin_event(&st2, &admin, "device.revoke", &n2)])?;
+            Ok(n)
+        })
+        .await?;
+    // After the commit: the next handshake (and every request on open connections) is refused.
+    st.registry.revoke_name(PrincipalKind::Device, &name);
+    Ok(Json(Revoked { revoked }))
+}
+
+async fn add_user(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<AddUserRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("name", &req.name)?;
+    if req.password.expose().chars().count() < 8 {
+        return Err(ApiError::bad("password", "must be at least 8 characters"));
+    }
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let hash = hash_password(req.password.expose(), st2.password_cost)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            db::add_user(conn, &req.name, &hash, st2.clock.now())?;
+            db::insert_audit(conn, &[admin_event(&st2, &admin, "user.add", &req.name)])?;
+            Ok(Json(serde_json::json!({ "user": req.name })))
+        })
+        .await
+}
+
+async fn disable_user(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("name", &name)?;
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            db::disable_user(conn, &name)?;
+            db::insert_audit(conn, &[admin_event(&st2, &admin, "user.disable", &name)])?;
+            Ok(Json(serde_json::json!({ "user": name, "disabled": true })))
+        })
+        .await
+}
+
+async fn register_app(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<RegisterAppRequest>,
+) -> Result<Json<AppInfo>, ApiError> {
+    check_digest("digest", &req.digest)?;
+    check_name("name", &req.name)?;
+    check_name("version", &req.version)?;
+    if let Some(v) = &req.vendor {
+        check_name("vendor", v)?;
+    }
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let app = AppInfo {
+                digest: req.digest,
+                name: req.name,
+                version: req.version,
+                vendor: req.vendor,
+                registered_at: st2.clock.now(),
+                revoked_at: None,
+            };
+            db::register_app(conn, &app)?;
+            let what = format!("{} {} {}", app.name, app.version, app.digest);
+            db::insert_audit(conn, &[admin_event(&st2, &admin, "app.register", &what)])?;
+            Ok(Json(app))
+        })
+        .await
+}
+
+async fn list_apps(AxState(st): AxState<S>, _a: AdminPeer) -> Result<Json<Vec<AppInfo>>, ApiError> {
+    Ok(Json(st.db.call(|c| db::list_apps(c)).await?))
+}
+
+async fn revoke_app(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<RevokeAppRequest>,
+) -> Result<Json<Revoked>, ApiError> {
+    match (&req.digest, &req.name, &req.version) {
+        (Some(d), None, None) => check_digest("digest", d)?,
+        (None, Some(n), Some(v)) => {
+            check_name("name", n)?;
+            check_name("version", v)?;
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "digest",
+                "give either digest, or name and version",
+            ))
+        }
+    }
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let now = st2.clock.now();
+            let (n, what) = match (&req.digest, &req.name, &req.version) {
+                (Some(d), _, _) => (db::revoke_app_digest(conn, d, now)?, d.clone()),
+                (_, Some(n), Some(v)) => (
+                    db::revoke_app_name_version(conn, n, v, now)?,
+                    format!("{n} {v}"),
+                ),
+                _ => unreachable!("validated above"),
+            };
+            if n == 0 {
+                return Err(ApiError::NotFound(format!(
+                    "registered, unrevoked application {what}"
+                )));
+            }
+            db::insert_audit(conn, &[admin_event(&st2, &admin, "app.revoke", &what)])?;
+            Ok(Json(Revoked { revoked: n }))
+        })
+        .await
+}
+
+async fn create_scope(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<CreateScopeRequest>,
+) -> Result<Json<ScopeInfo>, ApiError> {
+    check_name("name", &req.name)?;
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let scope_id = new_id()?;
+            let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+            let sealed = st2
+                .root
+                .seal_seed(&req.name, 1, &seed)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            db::create_scope(conn, &req.name, &scope_id, &sealed, st2.clock.now())?;
+            db::insert_audit(
+                conn,
+                &[admin_event(&st2, &admin, "scope.create", &req.name)],
+            )?;
+            Ok(Json(ScopeInfo {
+                name: req.name,
+                scope_id: hex::encode(scope_id),
+                current_version: 1,
+                revoked_versions: Vec::new(),
+            }))
+        })
+        .await
+}
+
+fn scope_info(conn: &Connection, name: &str) -> Result<ScopeInfo, ApiError> {
+    let s =
+        db::get_scope(conn, name)?.ok_or_else(|| ApiError::NotFound(format!("scope {name}")))?;
+    Ok(ScopeInfo {
+        revoked_versions: db::revoked_versions(conn, name)?,
+        name: s.name,
+        scope_id: hex::encode(s.scope_id),
+        current_version: s.current_version,
+    })
+}
+
+async fn list_scopes(
+    AxState(st): AxState<S>,
+    _a: AdminPeer,
+) -> Result<Json<Vec<ScopeInfo>>, ApiError> {
+    st.db
+        .call(|conn| {
+            let names: Vec<String> = db::list_scopes(conn)?.into_iter().map(|s| s.name).collect();
+            names
+                .iter()
+                .map(|n| scope_info(conn, n))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Json)
+        })
+        .await
+}
+
+async fn rotate_scope(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    Path(name): Path<String>,
+) -> Result<Json<ScopeInfo>, ApiError> {
+    check_name("name", &name)?;
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+            let root = &st2.root;
+            let v = db::rotate_scope(conn, &name, st2.clock.now(), |version| {
+                root.seal_seed(&name, version, &seed)
+                    .map_err(|e| db::StoreError::Worker(e.to_string()))
+            })?;
+            db::insert_audit(
+                conn,
+                &[admin_event(
+                    &st2,
+                    &admin,
+                    "keys.rotate",
+                    &format!("{name} v{v}"),
+                )],
+            )?;
+            scope_info(conn, &name).map(Json)
+        })
+        .await
+}
+
+async fn revoke_key(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<RevokeKeyRequest>,
+) -> Result<Json<ScopeInfo>, ApiError> {
+    check_name("name", &name)?;
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            db::revoke_version(conn, &name, req.version, st2.clock.now())?;
+            db::insert_audit(
+                conn,
+                &[admin_event(
+                    &st2,
+                    &admin,
+                    "keys.revoke",
+                    &format!("{name} v{}", req.version),
+                )],
+            )?;
+            scope_info(conn, &name).map(Json)
+        })
+        .await
+}
+
+async fn list_assets(
+    AxState(st): AxState<S>,
+    _a: AdminPeer,
+) -> Result<Json<Vec<AssetInfo>>, ApiError> {
+    Ok(Json(st.db.call(|c| db::list_assets(c)).await?))
+}
+
+/// Matches `path` against a glob: `*` within one segment, `**` any number of segments.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn seg(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => seg(&p[1..], s) || (!s.is_empty() && seg(p, &s[1..])),
+            (Some(a), Some(b)) if a == b => seg(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    fn segs(p: &[&str], s: &[&str]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(&"**"), _) => segs(&p[1..], s) || (!s.is_empty() && segs(p, &s[1..])),
+            (Some(a), Some(b)) => seg(a.as_bytes(), b.as_bytes()) && segs(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('/').collect();
+    let s: Vec<&str> = path.split('/').collect();
+    segs(&p, &s)
+}
+
+async fn issue_license(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<IssueRequest>,
+) -> Result<Json<SignedLicense>, ApiError> {
+    check_name("device", &req.device)?;
+    check_name("user", &req.user)?;
+    check_digest("app_digest", &req.app_digest)?;
+    if req.assets.is_empty() || req.assets.len() > 4096 {
+        return Err(ApiError::bad("assets", "give a path pattern"));
+    }
+    if req.break_glass && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(ApiError::bad(
+            "reason",
+            "break-glass licenses need a reason",
+        ));
+    }
+    let st2 = Arc::clone(&st);
+    st.db
+        .call(move |conn| {
+            let st = st2;
+            let now = st.clock.now();
+            if req.until <= now {
+                return Err(ApiError::bad("until", "must be in the future"));
+            }
+            let recipient = db::device_hpke_public(conn, &req.device)?.ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "active device {} with an enrollment key",
+                    req.device
+                ))
+            })?;
+            let recipient = HpkePublicKey::from_hex(&recipient)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let user = db::get_user(conn, &req.user)?
+                .ok_or_else(|| ApiError::NotFound(format!("user {}", req.user)))?;
+            let refusal = match db::get_app(conn, &req.app_digest)? {
+                _ if user.disabled => Some(Reason::UserDisabled),
+                None => Some(Reason::UnknownApplication),
+                Some(a) if a.revoked_at.is_some() => Some(Reason::ApplicationRevoked),
+                Some(_) => None,
+            };
+            if let Some(reason) = refusal {
+                let who = Who {
+                    user: Some(req.user.clone()),
+                    app_digest: &req.app_digest,
+                    device: &req.device,
+                    action: req.action,
+                };
+                return Err(deny_request(
+                    conn,
+                    now,
+                    who,
+                    std::slice::from_ref(&req.assets),
+                    reason,
+                ));
+            }
+            let assets: Vec<AssetInfo> = db::list_assets(conn)?
+                .into_iter()
+                .filter(|a| glob_match(&req.assets, &a.path))
+                .collect();
+            if assets.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "registered asset matching {}",
+                    req.assets
+                )));
+            }
+            let license_id = hex::encode(new_id()?);
+            let mut g = Grantor {
+                st: &st,
+                user: &req.user,
+                app_digest: &req.app_digest,
+                device: &req.device,
+                action: req.action,
+                license_id: &license_id,
+                recipient: &recipient,
+                now,
+                cap: req.until,
+                break_glass: req.break_glass,
+                seeds: HashMap::new(),
+                sealer: None,
+            };
+            let how = if req.break_glass {
+                format!(
+                    "admin {} break-glass: {}",
+                    admin.name,
+                    req.reason.clone().unwrap_or_default()
+                )
+            } else {
+                format!("issued by admin {}", admin.name)
+            };
+            let mut grants = Vec::new();
+            let mut denials = Vec::new();
+            let mut events = Vec::new();
+            for a in &assets {
+                match g.grant(conn, a)? {
+                    Ok(grant) => {
+                        events.push(g.event(
+                            Some(a.asset_id.clone()),
+                            "grant",
+                            grant.rule_ids.clone(),
+                            Some(how.clone()),
+                        ));
+                        grants.push(grant);
+                    }
+                    Err((reason, rule_ids)) => {
+                        events.push(g.event(
+                            Some(a.asset_id.clone()),
+                            "deny",
+                            rule_ids,
+                            Some(format!("{reason}; {how}")),
+                        ));
+                        denials.push(AssetDenial {
+                            asset_id: a.asset_id.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            db::insert_audit(conn, &events)?;
+            Ok(Json(g.finish(grants, denials)))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+    tail: Option<u32>,
+}
+
+async fn audit(
+    AxState(st): AxState<S>,
+    _a: AdminPeer,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest {
+        message: e.body_text(),
+        field: None,
+    })?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    st.db
+        .call(move |conn| {
+            let rows = match (q.tail, q.after) {
+                (Some(n), None) => db::audit_tail(conn, n.min(10_000))?,
+                (None, after) => db::audit_after(conn, after.unwrap_or(0), limit)?,
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::bad("tail", "give tail or after, not both"))
+                }
+            };
+            Ok(Json(rows))
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("show/**", "show/seq1/shot010/f1.exr"));
+        assert!(glob_match(
+            "show/*/shot010/*.exr",
+            "show/seq1/shot010/f1.exr"
+        ));
+        assert!(!glob_match(
+            "show/*/shot010/*.exr",
+            "show/seq1/shot011/f1.exr"
+        ));
+        assert!(!glob_match("show/*", "show/seq1/f"));
+        assert!(glob_match("**", "a"));
+        assert!(glob_match("a/**/z", "a/z"));
+        assert!(!glob_match("a/b", "a/bc"));
+    }
+}

@@ -1,0 +1,374 @@
+//! Client library of the key server: [`LicenseClient`] for devices (login, licenses, asset
+//! create/rename) and [`AdminClient`] for the admin identity. Both speak HTTPS with mTLS.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::license::{self, LicenseError, OpenedLicense};
+use crate::pki::{self, Identity, PkiError};
+use crate::seal::{HpkeKeyPair, SealError};
+use crate::token::UserToken;
+use crate::wire::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot reach the key server")]
+    Http(#[from] reqwest::Error),
+    #[error("denied: {0}")]
+    Denied(Reason),
+    #[error("key server answered {status}: {}{}", body.error, body.field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Server { status: u16, body: ErrorBody },
+    #[error(transparent)]
+    License(#[from] LicenseError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the server's license key differs from the one recorded at enrollment")]
+    ServerKeyMismatch,
+}
+
+/// JSON over HTTPS with a client certificate.
+#[derive(Debug, Clone)]
+pub struct KsClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl KsClient {
+    pub fn new(server_url: &str, identity: &Identity) -> Result<Self, ClientError> {
+        let tls = identity.client_config()?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(KsClient {
+            http,
+            base: server_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    async fn answer<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let body: ErrorBody = serde_json::from_str(&text).unwrap_or(ErrorBody {
+            error: text,
+            field: None,
+            reason: None,
+        });
+        match body.reason {
+            Some(r) if status.as_u16() == 403 => Err(ClientError::Denied(r)),
+            _ => Err(ClientError::Server {
+                status: status.as_u16(),
+                body,
+            }),
+        }
+    }
+
+    pub async fn post<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await?;
+        Self::answer(resp).await
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Self::answer(resp).await
+    }
+}
+
+fn read_identity(dir: &Path) -> Result<Identity, ClientError> {
+    Ok(Identity::load(dir)?)
+}
+
+/// The device side: each request carries the user's token and the caller's application digest;
+/// keys come back sealed to a fresh ephemeral X25519 key and are opened here.
+#[derive(Debug, Clone)]
+pub struct LicenseClient {
+    client: KsClient,
+    server_key: String,
+    device: String,
+}
+
+impl LicenseClient {
+    /// Connects with the device identity in `identity_dir` and learns the license-signing key
+    /// (checked against `server.pub` from enrollment when that file exists).
+    pub async fn connect(server_url: &str, identity_dir: &Path) -> Result<Self, ClientError> {
+        let client = KsClient::new(server_url, &read_identity(identity_dir)?)?;
+        let info: ServerInfo = client.get("/v1/info").await?;
+        if let Ok(recorded) = std::fs::read_to_string(identity_dir.join(pki::SERVER_KEY_FILE)) {
+            if recorded.trim() != info.license_public_key {
+                return Err(ClientError::ServerKeyMismatch);
+            }
+        }
+        Ok(LicenseClient {
+            client,
+            server_key: info.license_public_key,
+            device: info.peer,
+        })
+    }
+
+    /// The device name the server identified us as.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Result<(UserToken, i64), ClientError> {
+        let r: LoginResponse = self
+            .client
+            .post(
+                "/v1/login",
+                &LoginRequest {
+                    user: user.into(),
+                    password: password.into(),
+                },
+            )
+            .await?;
+        Ok((UserToken::new(r.token.expose().to_string()), r.expires_at))
+    }
+
+    async fn license(
+        &self,
+        mut req: LicenseRequest,
+        path: &str,
+    ) -> Result<OpenedLicense, ClientError> {
+        // A fresh ephemeral key per request: the server sets up one HPKE context to it for the
+        // whole license, and `license::open` opens the grants in order (see `crate::seal`).
+        let kp = HpkeKeyPair::generate();
+        req.hpke_public_key = kp.public().to_hex();
+        let signed: SignedLicense = self.client.post(path, &req).await?;
+        Ok(license::open(signed, &kp, &self.server_key)?)
+    }
+
+    /// Licenses a batch of existing assets; the result holds exactly the granted subset, and
+    /// `license.denials` gives the reason for each of the rest.
+    pub async fn request(
+        &self,
+        token: &UserToken,
+        app_digest: &str,
+        action: Action,
+        asset_ids: &[[u8; 16]],
+    ) -> Result<OpenedLicense, ClientError> {
+        let req = LicenseRequest {
+            token: token.as_str().into(),
+            app_digest: app_digest.into(),
+            action,
+            assets: asset_ids.iter().map(hex::encode).collect(),
+            create: None,
+            hpke_public_key: String::new(),
+        };
+        self.license(req, "/v1/licenses").await
+    }
+
+    /// Registers a new asset at `path` in `scope`; the server allocates its id and returns its key.
+    pub async fn create(
+        &self,
+        token: &UserToken,
+        app_digest: &str,
+        path: &str,
+        scope: &str,
+    ) -> Result<OpenedLicense, ClientError> {
+        let req = LicenseRequest {
+            token: token.as_str().into(),
+            app_digest: app_digest.into(),
+            action: Action::Create,
+            assets: Vec::new(),
+            create: Some(CreateAsset {
+                path: path.into(),
+                scope: scope.into(),
+            }),
+            hpke_public_key: String::new(),
+        };
+        self.license(req, "/v1/assets").await
+    }
+
+    pub async fn rename(
+        &self,
+        token: &UserToken,
+        app_digest: &str,
+        asset_id: &[u8; 16],
+        new_path: &str,
+    ) -> Result<AssetInfo, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/assets/{}/rename", hex::encode(asset_id)),
+                &RenameRequest {
+                    token: token.as_str().into(),
+                    app_digest: app_digest.into(),
+                    new_path: new_path.into(),
+                },
+            )
+            .await
+    }
+
+    /// The raw client, for requests this API does not wrap.
+    pub fn raw(&self) -> &KsClient {
+        &self.client
+    }
+}
+
+/// The admin side (identity from `DATA_DIR/admin`).
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    client: KsClient,
+}
+
+impl AdminClient {
+    pub fn connect(server_url: &str, identity_dir: &Path) -> Result<Self, ClientError> {
+        Ok(AdminClient {
+            client: KsClient::new(server_url, &read_identity(identity_dir)?)?,
+        })
+    }
+
+    /// Enrolls a device: creates its TLS key (CSR) and X25519 key locally, has the server sign
+    /// the certificate, and writes cert.pem, key.pem, ca.pem, hpke.key and server.pub to `out`.
+    pub async fn enroll_device(
+        &self,
+        name: &str,
+        out: &Path,
+    ) -> Result<EnrollResponse, ClientError> {
+        let (csr_pem, key_pem) = pki::new_csr(name)?;
+        let hpke = HpkeKeyPair::generate();
+        let resp: EnrollResponse = self
+            .client
+            .post(
+                "/v1/admin/devices",
+                &EnrollRequest {
+                    name: name.into(),
+                    csr_pem,
+                    hpke_public_key: hpke.public().to_hex(),
+                },
+            )
+            .await?;
+        Identity {
+            cert_pem: resp.cert_pem.clone(),
+            key_pem,
+            ca_pem: resp.ca_pem.clone(),
+        }
+        .save(out)?;
+        hpke.save(&out.join(pki::HPKE_KEY_FILE))?;
+        let p = out.join(pki::SERVER_KEY_FILE);
+        crate::fsutil::write_public(&p, resp.license_public_key.as_bytes()).map_err(|source| {
+            ClientError::Io {
+                path: p.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(resp)
+    }
+
+    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+        self.client.get("/v1/admin/devices").await
+    }
+    pub async fn revoke_device(&self, name: &str) -> Result<Revoked, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/admin/devices/{name}/revoke"),
+                &serde_json::json!({}),
+            )
+            .await
+    }
+    pub async fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.client
+            .post(
+                "/v1/admin/users",
+                &AddUserRequest {
+                    name: name.into(),
+                    password: password.into(),
+                },
+            )
+            .await
+    }
+    pub async fn disable_user(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/admin/users/{name}/disable"),
+                &serde_json::json!({}),
+            )
+            .await
+    }
+    pub async fn register_app(&self, req: &RegisterAppRequest) -> Result<AppInfo, ClientError> {
+        self.client.post("/v1/admin/apps", req).await
+    }
+    pub async fn list_apps(&self) -> Result<Vec<AppInfo>, ClientError> {
+        self.client.get("/v1/admin/apps").await
+    }
+    pub async fn revoke_app(&self, req: &RevokeAppRequest) -> Result<Revoked, ClientError> {
+        self.client.post("/v1/admin/apps/revoke", req).await
+    }
+    pub async fn create_scope(&self, name: &str) -> Result<ScopeInfo, ClientError> {
+        self.client
+            .post(
+                "/v1/admin/scopes",
+                &CreateScopeRequest { name: name.into() },
+            )
+            .await
+    }
+    pub async fn list_scopes(&self) -> Result<Vec<ScopeInfo>, ClientError> {
+        self.client.get("/v1/admin/scopes").await
+    }
+    pub async fn rotate(&self, scope: &str) -> Result<ScopeInfo, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/admin/scopes/{scope}/rotate"),
+                &serde_json::json!({}),
+            )
+            .await
+    }
+    pub async fn revoke_key(&self, scope: &str, version: u32) -> Result<ScopeInfo, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/admin/scopes/{scope}/revoke"),
+                &RevokeKeyRequest { version },
+            )
+            .await
+    }
+    pub async fn list_assets(&self) -> Result<Vec<AssetInfo>, ClientError> {
+        self.client.get("/v1/admin/assets").await
+    }
+    pub async fn issue(&self, req: &IssueRequest) -> Result<SignedLicense, ClientError> {
+        self.client.post("/v1/admin/licenses", req).await
+    }
+    /// The last `n` audit records, oldest first.
+    pub async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, ClientError> {
+        self.client.get(&format!("/v1/admin/audit?tail={n}")).await
+    }
+    /// Records after id `after`, oldest first.
+    pub async fn audit_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, ClientError> {
+        self.client
+            .get(&format!("/v1/admin/audit?after={after}&limit={limit}"))
+            .await
+    }
+    pub fn raw(&self) -> &KsClient {
+        &self.client
+    }
+}

@@ -1,0 +1,744 @@
+//! The key server's SQLite store (the only code that opens it): a small connection pool used
+//! from `spawn_blocking`, schema migrations via `PRAGMA user_version`, and every query.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::keys::SealedSeed;
+use crate::pki::{Principal, PrincipalKind};
+use crate::wire::{AppInfo, AssetInfo, AuditRecord, DeviceInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database schema version {0} is newer than this build understands")]
+    FutureSchema(i64),
+    #[error("database worker failed: {0}")]
+    Worker(String),
+}
+
+/// Schema migrations; entry `i` moves `user_version` from `i` to `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    "CREATE TABLE certs (
+        serial TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('device', 'admin')),
+        hpke_public TEXT,
+        issued_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX certs_name ON certs(name);
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 1,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE applications (
+        digest TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        vendor TEXT,
+        registered_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE scopes (
+        name TEXT PRIMARY KEY,
+        scope_id BLOB NOT NULL UNIQUE,
+        current_version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE scope_versions (
+        scope TEXT NOT NULL REFERENCES scopes(name),
+        version INTEGER NOT NULL,
+        nonce BLOB NOT NULL,
+        sealed_seed BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        PRIMARY KEY (scope, version)
+    );
+    CREATE TABLE assets (
+        asset_id TEXT PRIMARY KEY,
+        scope TEXT NOT NULL REFERENCES scopes(name),
+        version INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX assets_path ON assets(path);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        user TEXT,
+        app_digest TEXT,
+        device TEXT,
+        asset TEXT,
+        action TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        rule_ids TEXT NOT NULL,
+        reason TEXT,
+        license_id TEXT
+    );",
+];
+
+/// A fixed pool of connections; each call runs on the blocking thread pool.
+pub struct Db {
+    conns: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let target = MIGRATIONS.len() as i64;
+    if current > target {
+        return Err(StoreError::FutureSchema(current));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database with `size` pooled connections.
+    pub fn open(path: &Path, size: usize) -> Result<Arc<Self>, StoreError> {
+        let size = size.max(1);
+        let mut first = open_conn(path)?;
+        migrate(&mut first)?;
+        let mut conns = vec![first];
+        for _ in 1..size {
+            conns.push(open_conn(path)?);
+        }
+        Ok(Arc::new(Db {
+            conns: Mutex::new(conns),
+            permits: tokio::sync::Semaphore::new(size),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool (never on an async worker).
+    pub async fn call<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| E::from(StoreError::Worker(e.to_string())))?;
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .ok_or_else(|| E::from(StoreError::Worker("pool empty".into())))?;
+            let out = f(&mut conn);
+            db.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+            out
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
+    }
+
+    /// Runs `f` synchronously (start-up only, before the runtime serves requests).
+    pub fn call_sync<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or_else(|| StoreError::Worker("pool empty".into()))?;
+        let out = f(&mut conn);
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        out
+    }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+// ---------- certificates ----------
+
+pub fn insert_cert(
+    conn: &Connection,
+    p: &Principal,
+    hpke_public: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO certs (serial, name, kind, hpke_public, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![p.serial, p.name, p.kind.as_str(), hpke_public, now],
+    )
+    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("certificate {}", p.serial)) } else { e.into() })?;
+    Ok(())
+}
+
+pub fn active_cert_exists(
+    conn: &Connection,
+    kind: PrincipalKind,
+    name: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM certs WHERE kind = ?1 AND name = ?2 AND revoked_at IS NULL",
+            params![kind.as_str(), name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+pub fn revoke_certs(
+    conn: &Connection,
+    kind: PrincipalKind,
+    name: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE certs SET revoked_at = ?3 WHERE kind = ?1 AND name = ?2 AND revoked_at IS NULL",
+        params![kind.as_str(), name, now],
+    )?)
+}
+
+pub fn all_principals(conn: &Connection) -> Result<Vec<Principal>, StoreError> {
+    let mut st = conn.prepare("SELECT serial, name, kind, revoked_at FROM certs")?;
+    let rows = st.query_map([], |r| {
+        let kind: String = r.get(2)?;
+        Ok(Principal {
+            serial: r.get(0)?,
+            name: r.get(1)?,
+            kind: PrincipalKind::parse(&kind).unwrap_or(PrincipalKind::Device),
+            revoked: r.get::<_, Option<i64>>(3)?.is_some(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn list_certs(conn: &Connection) -> Result<Vec<DeviceInfo>, StoreError> {
+    let mut st = conn.prepare(
+        "SELECT name, kind, serial, issued_at, revoked_at FROM certs ORDER BY issued_at, name",
+    )?;
+    let rows = st.query_map([], |r| {
+        let kind: String = r.get(1)?;
+        Ok(DeviceInfo {
+            name: r.get(0)?,
+            kind: PrincipalKind::parse(&kind).unwrap_or(PrincipalKind::Device),
+            serial: r.get(2)?,
+            issued_at: r.get(3)?,
+            revoked_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The X25519 public key recorded at enrollment of the device's active certificate.
+pub fn device_hpke_public(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT hpke_public FROM certs WHERE kind = 'device' AND name = ?1 AND revoked_at IS NULL
+             ORDER BY issued_at DESC LIMIT 1",
+            params![name],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+// ---------- users ----------
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub name: String,
+    pub password_hash: String,
+    pub generation: u64,
+    pub disabled: bool,
+}
+
+pub fn add_user(
+    conn: &Connection,
+    name: &str,
+    password_hash: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+        params![name, password_hash, now],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::Conflict(format!("user {name}"))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+pub fn get_user(conn: &Connection, name: &str) -> Result<Option<UserRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT name, password_hash, generation, disabled FROM users WHERE name = ?1",
+            params![name],
+            |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    password_hash: r.get(1)?,
+                    generation: r.get::<_, i64>(2)? as u64,
+                    disabled: r.get::<_, i64>(3)? != 0,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Disables a user and bumps the generation, so every outstanding token stops working.
+pub fn disable_user(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE users SET disabled = 1, generation = generation + 1 WHERE name = ?1",
+        params![name],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("user {name}")));
+    }
+    Ok(())
+}
+
+// ---------- applications ----------
+
+pub fn register_app(conn: &Connection, app: &AppInfo) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO applications (digest, name, version, vendor, registered_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![app.digest, app.name, app.version, app.vendor, app.registered_at],
+    )
+    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("application {}", app.digest)) } else { e.into() })?;
+    Ok(())
+}
+
+fn app_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppInfo> {
+    Ok(AppInfo {
+        digest: r.get(0)?,
+        name: r.get(1)?,
+        version: r.get(2)?,
+        vendor: r.get(3)?,
+        registered_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+pub fn get_app(conn: &Connection, digest: &str) -> Result<Option<AppInfo>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT digest, name, version, vendor, registered_at, revoked_at FROM applications WHERE digest = ?1",
+            params![digest],
+            app_from_row,
+        )
+        .optional()?)
+}
+
+pub fn list_apps(conn: &Connection) -> Result<Vec<AppInfo>, StoreError> {
+    let mut st = conn.prepare(
+        "SELECT digest, name, version, vendor, registered_at, revoked_at FROM applications ORDER BY name, version",
+    )?;
+    let rows = st.query_map([], app_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn revoke_app_digest(conn: &Connection, digest: &str, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE applications SET revoked_at = ?2 WHERE digest = ?1 AND revoked_at IS NULL",
+        params![digest, now],
+    )?)
+}
+
+pub fn revoke_app_name_version(
+    conn: &Connection,
+    name: &str,
+    version: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE applications SET revoked_at = ?3 WHERE name = ?1 AND version = ?2 AND revoked_at IS NULL",
+        params![name, version, now],
+    )?)
+}
+
+// ---------- scopes ----------
+
+#[derive(Debug, Clone)]
+pub struct ScopeRow {
+    pub name: String,
+    pub scope_id: [u8; 16],
+    pub current_version: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScopeVersionRow {
+    pub sealed: SealedSeed,
+    pub revoked: bool,
+}
+
+pub fn create_scope(
+    conn: &mut Connection,
+    name: &str,
+    scope_id: &[u8; 16],
+    sealed: &SealedSeed,
+    now: i64,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO scopes (name, scope_id, current_version, created_at) VALUES (?1, ?2, 1, ?3)",
+        params![name, &scope_id[..], now],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::Conflict(format!("scope {name}"))
+        } else {
+            e.into()
+        }
+    })?;
+    insert_version(&tx, name, 1, sealed, now)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn insert_version(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+    sealed: &SealedSeed,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO scope_versions (scope, version, nonce, sealed_seed, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![name, version, &sealed.nonce[..], sealed.ciphertext, now],
+    )?;
+    Ok(())
+}
+
+/// Adds version `current + 1` with the seed `seal(version)` returns, and makes it current.
+pub fn rotate_scope(
+    conn: &mut Connection,
+    name: &str,
+    now: i64,
+    seal: impl FnOnce(u32) -> Result<SealedSeed, StoreError>,
+) -> Result<u32, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let current: u32 = tx
+        .query_row(
+            "SELECT current_version FROM scopes WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("scope {name}")))?;
+    let next = current + 1;
+    let sealed = seal(next)?;
+    insert_version(&tx, name, next, &sealed, now)?;
+    tx.execute(
+        "UPDATE scopes SET current_version = ?2 WHERE name = ?1",
+        params![name, next],
+    )?;
+    tx.commit()?;
+    Ok(next)
+}
+
+pub fn revoke_version(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+    now: i64,
+) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE scope_versions SET revoked_at = COALESCE(revoked_at, ?3) WHERE scope = ?1 AND version = ?2",
+        params![name, version, now],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!(
+            "scope {name} version {version}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn get_scope(conn: &Connection, name: &str) -> Result<Option<ScopeRow>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT name, scope_id, current_version FROM scopes WHERE name = ?1",
+            params![name],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(name, id, v)| {
+        let scope_id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| StoreError::Worker(format!("scope {name}: malformed scope id")))?;
+        Ok(ScopeRow {
+            name,
+            scope_id,
+            current_version: v,
+        })
+    })
+    .transpose()
+}
+
+pub fn get_scope_version(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+) -> Result<Option<ScopeVersionRow>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT nonce, sealed_seed, revoked_at FROM scope_versions WHERE scope = ?1 AND version = ?2",
+            params![name, version],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<i64>>(2)?)),
+        )
+        .optional()?;
+    row.map(|(nonce, ct, revoked)| {
+        let nonce = nonce
+            .try_into()
+            .map_err(|_| StoreError::Worker(format!("scope {name} v{version}: malformed nonce")))?;
+        Ok(ScopeVersionRow {
+            sealed: SealedSeed {
+                nonce,
+                ciphertext: ct,
+            },
+            revoked: revoked.is_some(),
+        })
+    })
+    .transpose()
+}
+
+pub fn revoked_versions(conn: &Connection, name: &str) -> Result<Vec<u32>, StoreError> {
+    let mut st = conn.prepare(
+        "SELECT version FROM scope_versions WHERE scope = ?1 AND revoked_at IS NOT NULL ORDER BY version",
+    )?;
+    let rows = st.query_map(params![name], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn list_scopes(conn: &Connection) -> Result<Vec<ScopeRow>, StoreError> {
+    let mut st = conn.prepare("SELECT name FROM scopes ORDER BY name")?;
+    let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    names
+        .iter()
+        .filter_map(|n| get_scope(conn, n).transpose())
+        .collect()
+}
+
+// ---------- assets ----------
+
+pub fn insert_asset(conn: &Connection, a: &AssetInfo) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO assets (asset_id, scope, version, path, creator, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![a.asset_id, a.scope, a.key_version, a.path, a.creator, a.created_at],
+    )
+    .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("asset {}", a.asset_id)) } else { e.into() })?;
+    Ok(())
+}
+
+fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssetInfo> {
+    let scope_id: Vec<u8> = r.get(6)?;
+    Ok(AssetInfo {
+        asset_id: r.get(0)?,
+        scope: r.get(1)?,
+        key_version: r.get(2)?,
+        path: r.get(3)?,
+        creator: r.get(4)?,
+        created_at: r.get(5)?,
+        scope_id: hex::encode(scope_id),
+    })
+}
+
+const ASSET_SELECT: &str =
+    "SELECT a.asset_id, a.scope, a.version, a.path, a.creator, a.created_at, s.scope_id
+     FROM assets a JOIN scopes s ON s.name = a.scope";
+
+pub fn get_asset(conn: &Connection, asset_id: &str) -> Result<Option<AssetInfo>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("{ASSET_SELECT} WHERE a.asset_id = ?1"),
+            params![asset_id],
+            asset_from_row,
+        )
+        .optional()?)
+}
+
+pub fn list_assets(conn: &Connection) -> Result<Vec<AssetInfo>, StoreError> {
+    let mut st = conn.prepare(&format!("{ASSET_SELECT} ORDER BY a.path"))?;
+    let rows = st.query_map([], asset_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn rename_asset(conn: &Connection, asset_id: &str, new_path: &str) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE assets SET path = ?2 WHERE asset_id = ?1",
+        params![asset_id, new_path],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("asset {asset_id}")));
+    }
+    Ok(())
+}
+
+// ---------- audit ----------
+
+/// One audit event to record (the id and nothing else is assigned by the store).
+#[derive(Debug, Clone, Default)]
+pub struct AuditEvent {
+    pub time: i64,
+    pub user: Option<String>,
+    pub app_digest: Option<String>,
+    pub device: Option<String>,
+    pub asset: Option<String>,
+    pub action: String,
+    pub decision: &'static str,
+    pub rule_ids: Vec<String>,
+    pub reason: Option<String>,
+    pub license_id: Option<String>,
+}
+
+pub fn insert_audit(conn: &mut Connection, events: &[AuditEvent]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO audit (time, user, app_digest, device, asset, action, decision, rule_ids, reason, license_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in events {
+            let rule_ids = serde_json::to_string(&e.rule_ids).unwrap_or_else(|_| "[]".into());
+            st.execute(params![
+                e.time,
+                e.user,
+                e.app_digest,
+                e.device,
+                e.asset,
+                e.action,
+                e.decision,
+                rule_ids,
+                e.reason,
+                e.license_id
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let rule_ids: String = r.get(8)?;
+    Ok(AuditRecord {
+        id: r.get(0)?,
+        time: r.get(1)?,
+        user: r.get(2)?,
+        app_digest: r.get(3)?,
+        device: r.get(4)?,
+        asset: r.get(5)?,
+        action: r.get(6)?,
+        decision: r.get(7)?,
+        rule_ids: serde_json::from_str(&rule_ids).unwrap_or_default(),
+        reason: r.get(9)?,
+        license_id: r.get(10)?,
+    })
+}
+
+const AUDIT_COLS: &str =
+    "id, time, user, app_digest, device, asset, action, decision, rule_ids, reason, license_id";
+
+/// Records with id > `after`, oldest first, at most `limit`.
+pub fn audit_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = st.query_map(params![after, limit], audit_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The last `n` records, oldest first.
+pub fn audit_tail(conn: &Connection, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {AUDIT_COLS} FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id"
+    ))?;
+    let rows = st.query_map(params![n], audit_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_idempotent_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ks.sqlite");
+        let db = Db::open(&path, 2).unwrap();
+        db.call_sync(|c| {
+            add_user(c, "alice", "h", 1)?;
+            Ok(())
+        })
+        .unwrap();
+        drop(db);
+        let db = Db::open(&path, 1).unwrap();
+        let v: i64 = db
+            .call_sync(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let u = db.call_sync(|c| get_user(c, "alice")).unwrap().unwrap();
+        assert_eq!(u.generation, 1);
+        assert!(matches!(
+            db.call_sync(|c| add_user(c, "alice", "h", 2)),
+            Err(StoreError::Conflict(_))
+        ));
+    }
+}

@@ -1,0 +1,35 @@
+//! csap key server: the Authentication Service (users, devices with their own CA and mTLS,
+//! application builds), asset-protection key management (scopes, versioned seeds, content-key
+//! derivation), the license server and its audit log — plus the client library the mount uses.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod db;
+pub mod error;
+pub mod fsutil;
+pub mod keys;
+pub mod license;
+pub mod pki;
+pub mod ratelimit;
+pub mod rules;
+pub mod seal;
+pub mod server;
+pub mod testing;
+pub mod token;
+pub mod wire;
+
+pub use client::{AdminClient, ClientError, LicenseClient};
+pub use keys::{derive_content_key, ContentKey};
+pub use license::{open_offline, OpenedGrant, OpenedLicense};
+pub use rules::{RuleCheck, RuleVerdict, SwappableRules};
+pub use server::{start, Clock, Limits, RunningServer, ServerConfig, ServerError};
+pub use token::UserToken;
+
+/// Wall-clock unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,495 @@
+//! Key server start-up and transport: the data directory (CA, server certificate, root key,
+//! token and license keys, SQLite, admin identity), and the TLS 1.3 mTLS accept loop that
+//! hands each authenticated connection to the axum router with its [`Peer`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use zeroize::Zeroizing;
+
+use crate::db::{self, AuditEvent, Db, StoreError};
+use crate::keys::{KeyError, RootKey};
+use crate::license::{LicenseError, LicenseSigner};
+use crate::pki::{self, Ca, Identity, PkiError, Principal, PrincipalKind, PrincipalRegistry};
+use crate::ratelimit::{RateLimit, RateLimiter};
+use crate::rules::RuleCheck;
+use crate::token::{PasswordCost, TokenError, TokenKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    License(#[from] LicenseError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("start-up task failed: {0}")]
+    Join(String),
+}
+
+/// A clock in unix seconds with an adjustable offset (tests move time; production leaves it 0).
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Arc<AtomicI64>);
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        crate::now() + self.0.load(Ordering::Relaxed)
+    }
+    /// Moves this clock (and every server sharing it) forward by `secs`.
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+/// Resource limits of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// Per-device token bucket for license, login and asset requests.
+    pub per_device: RateLimit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 256 * 1024,
+            max_batch: 1024,
+            request_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            per_device: RateLimit {
+                rate: 200.0,
+                burst: 400.0,
+            },
+        }
+    }
+}
+
+/// Everything `start` needs.
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// DNS names / IP addresses for the server certificate (used on first start or when changed).
+    pub server_names: Vec<String>,
+    pub rules: Arc<dyn RuleCheck>,
+    /// Root key as hex (from `CSAP_ROOT_KEY`); `None` uses `DATA_DIR/root.key`.
+    pub root_key_hex: Option<Zeroizing<String>>,
+    pub limits: Limits,
+    pub token_ttl_secs: i64,
+    pub license_ttl_secs: i64,
+    pub password_cost: PasswordCost,
+    pub clock: Clock,
+    pub db_connections: usize,
+}
+
+impl ServerConfig {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        listen: SocketAddr,
+        rules: Arc<dyn RuleCheck>,
+    ) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            rules,
+            root_key_hex: None,
+            limits: Limits::default(),
+            token_ttl_secs: 8 * 3600,
+            license_ttl_secs: 15 * 60,
+            password_cost: PasswordCost::default(),
+            clock: Clock::default(),
+            db_connections: 4,
+        }
+    }
+}
+
+/// The authenticated peer of one TLS connection (from its client certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub kind: PrincipalKind,
+    pub serial: String,
+}
+
+/// Shared state of the running service.
+pub(crate) struct State {
+    pub db: Arc<Db>,
+    pub root: RootKey,
+    pub tokens: TokenKey,
+    pub signer: LicenseSigner,
+    pub ca: Ca,
+    pub registry: Arc<PrincipalRegistry>,
+    pub rules: Arc<dyn RuleCheck>,
+    pub limiter: RateLimiter,
+    pub limits: Limits,
+    pub token_ttl: i64,
+    pub license_ttl: i64,
+    pub password_cost: PasswordCost,
+    /// A hash of a random password, verified against when a login names an unknown user.
+    pub dummy_hash: String,
+    pub clock: Clock,
+    /// Audit events produced where SQLite must not be touched (TLS handshakes, middleware);
+    /// a writer task stores them. Bounded: under a flood, events are dropped and logged.
+    pub audit_tx: mpsc::Sender<AuditEvent>,
+}
+
+impl State {
+    /// Queues an audit event without blocking.
+    pub fn audit_async(&self, ev: AuditEvent) {
+        if self.audit_tx.try_send(ev).is_err() {
+            tracing::warn!("audit queue full: event dropped");
+        }
+    }
+}
+
+/// Paths inside the data directory.
+pub const ADMIN_DIR: &str = "admin";
+const DB_FILE: &str = "keyserver.sqlite";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::DataDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// First start creates everything; a restart reuses it all.
+fn init_state(
+    cfg: &ServerConfig,
+    audit_tx: mpsc::Sender<AuditEvent>,
+) -> Result<State, ServerError> {
+    let dir = &cfg.data_dir;
+    crate::fsutil::create_private_dir(dir).map_err(io(dir))?;
+    let root = RootKey::load_or_create(
+        &dir.join("root.key"),
+        cfg.root_key_hex.as_deref().map(|s| s.as_str()),
+    )?;
+    let tokens = TokenKey::load_or_create(&dir.join("token.key"))?;
+    let signer = LicenseSigner::load_or_create(&dir.join("license.key"))?;
+    let ca = Ca::load_or_create(dir)?;
+    let db_path = dir.join(DB_FILE);
+    if !db_path.exists() {
+        // Password hashes and sealed seeds live here: owner-only, like the key files.
+        crate::fsutil::write_private(&db_path, b"").map_err(io(&db_path))?;
+    }
+    let db = Db::open(&db_path, cfg.db_connections)?;
+    ensure_server_cert(&ca, dir, &cfg.server_names)?;
+    ensure_admin_identity(&ca, &db, &signer, dir, cfg.clock.now())?;
+    let principals = db.call_sync(|c| db::all_principals(c))?;
+    Ok(State {
+        db,
+        root,
+        tokens,
+        signer,
+        ca,
+        registry: Arc::new(PrincipalRegistry::new(principals)),
+        rules: Arc::clone(&cfg.rules),
+        limiter: RateLimiter::new(cfg.limits.per_device),
+        limits: cfg.limits,
+        token_ttl: cfg.token_ttl_secs,
+        license_ttl: cfg.license_ttl_secs,
+        password_cost: cfg.password_cost,
+        dummy_hash: {
+            let mut pw = [0u8; 16];
+            crate::keys::random_bytes(&mut pw)?;
+            crate::token::hash_password(&hex::encode(pw), cfg.password_cost)?
+        },
+        clock: cfg.clock.clone(),
+        audit_tx,
+    })
+}
+
+fn ensure_server_cert(ca: &Ca, dir: &Path, names: &[String]) -> Result<(), ServerError> {
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
+    let names_file = dir.join("server.names");
+    let wanted = names.join("\n");
+    let same = std::fs::read_to_string(&names_file).ok().as_deref() == Some(wanted.as_str());
+    if cert.exists() && key.exists() && same {
+        return Ok(());
+    }
+    let (cert_pem, key_pem) = ca.issue_server(names)?;
+    crate::fsutil::write_private(&key, key_pem.as_bytes()).map_err(io(&key))?;
+    crate::fsutil::write_public(&cert, cert_pem.as_bytes()).map_err(io(&cert))?;
+    crate::fsutil::write_public(&names_file, wanted.as_bytes()).map_err(io(&names_file))?;
+    Ok(())
+}
+
+fn ensure_admin_identity(
+    ca: &Ca,
+    db: &Db,
+    signer: &LicenseSigner,
+    dir: &Path,
+    now: i64,
+) -> Result<(), ServerError> {
+    let admin = dir.join(ADMIN_DIR);
+    if admin.join(pki::CERT_FILE).exists() {
+        return Ok(());
+    }
+    let (cert_pem, key_pem, serial) = ca.issue_client_with_key("admin")?;
+    let principal = Principal {
+        name: "admin".into(),
+        kind: PrincipalKind::Admin,
+        serial,
+        revoked: false,
+    };
+    db.call_sync(|c| db::insert_cert(c, &principal, None, now))?;
+    Identity {
+        cert_pem,
+        key_pem,
+        ca_pem: ca.pem().to_string(),
+    }
+    .save(&admin)?;
+    let pubfile = admin.join(pki::SERVER_KEY_FILE);
+    crate::fsutil::write_public(&pubfile, signer.public_hex().as_bytes()).map_err(io(&pubfile))?;
+    Ok(())
+}
+
+/// A running key server.
+pub struct RunningServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The admin identity directory created at first start.
+    pub fn admin_dir(&self) -> PathBuf {
+        self.data_dir.join(ADMIN_DIR)
+    }
+    /// Stops accepting, closes every connection and waits for the loop to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+    /// Serves until the accept loop ends (it ends only on shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens (or creates) the data directory, binds and serves in the background.
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    let data_dir = cfg.data_dir.clone();
+    let listen = cfg.listen;
+    let (audit_tx, audit_rx) = mpsc::channel(4096);
+    let (state, cfg) =
+        tokio::task::spawn_blocking(move || init_state(&cfg, audit_tx).map(|s| (s, cfg)))
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))??;
+    let state = Arc::new(state);
+    let read = |f: &str| {
+        let p = data_dir.join(f);
+        std::fs::read_to_string(&p).map_err(|source| ServerError::DataDir {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let cert_pem = read("server.pem")?;
+    let key_pem = Zeroizing::new(read("server.key")?);
+    let hook_tx = state.audit_tx.clone();
+    let clock = state.clock.clone();
+    let hook: pki::RefusalHook = Arc::new(move |info: &pki::CertInfo, revoked: bool| {
+        let ev = AuditEvent {
+            time: clock.now(),
+            device: Some(info.common_name.clone()),
+            action: "handshake".into(),
+            decision: "deny",
+            reason: Some(
+                if revoked {
+                    crate::wire::Reason::DeviceRevoked
+                } else {
+                    crate::wire::Reason::UnknownDevice
+                }
+                .as_str()
+                .into(),
+            ),
+            ..Default::default()
+        };
+        if hook_tx.try_send(ev).is_err() {
+            tracing::warn!("audit queue full: event dropped");
+        }
+    });
+    let tls = pki::server_config(
+        &cert_pem,
+        &key_pem,
+        state.ca.pem(),
+        Arc::clone(&state.registry),
+        Some(hook),
+    )?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let host = if addr.ip().is_unspecified() {
+        cfg.server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    let url = format!("https://{host}:{}", addr.port());
+    let router = crate::api::router(Arc::clone(&state));
+    let (tx, rx) = watch::channel(false);
+    let writer = tokio::spawn(audit_writer(Arc::clone(&state.db), audit_rx));
+    let loop_state = Arc::clone(&state);
+    let task = tokio::spawn(async move {
+        accept_loop(listener, acceptor, router, loop_state, rx).await;
+        // Connections are gone and with them every sender: the writer drains and stops.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    });
+    tracing::info!(%url, "key server listening");
+    Ok(RunningServer {
+        url,
+        addr,
+        data_dir,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Stores queued audit events in batches.
+async fn audit_writer(db: Arc<Db>, mut rx: mpsc::Receiver<AuditEvent>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = db.call(move |c| db::insert_audit(c, &batch)).await {
+            tracing::error!(error = %e, "audit write failed");
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Connection tasks live in this set: dropping it on shutdown aborts them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _addr)) => {
+                    conns.spawn(serve_conn(tcp, acceptor.clone(), router.clone(), Arc::clone(&state)));
+                }
+                Err(e) => {
+                    // Usually EMFILE; back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_conn(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    state: Arc<State>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            // Refused certificates are audited by the verifier; here: no certificate at all.
+            let tls_err = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            if matches!(tls_err, Some(rustls::Error::NoCertificatesPresented)) {
+                state.audit_async(AuditEvent {
+                    time: state.clock.now(),
+                    action: "handshake".into(),
+                    decision: "deny",
+                    reason: Some("no_client_certificate".into()),
+                    ..Default::default()
+                });
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    // The verifier accepted the certificate; look the principal up again to attach it.
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| pki::parse_cert(der).ok())
+        .and_then(|info| state.registry.active(&info))
+        .map(|p| Peer {
+            name: p.name,
+            kind: p.kind,
+            serial: p.serial,
+        });
+    let Some(peer) = peer else {
+        return;
+    };
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_read_timeout);
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,250 @@
+//! User authentication: argon2id password hashes and short-lived HMAC-SHA256 user tokens.
+//!
+//! Token = "v1." ‖ hex(JSON claims) ‖ "." ‖ hex(HMAC-SHA256(token key, "v1." ‖ hex(claims))).
+//! The token key is a 32-byte file (0600) in the data dir. A token is accepted only while its
+//! user exists, is enabled and still has the generation the token names (disable bumps it).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::fsutil;
+use crate::wire::Reason;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token key must be 32 bytes")]
+    KeyLength,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("system random number generator failed")]
+    Random,
+}
+
+/// The claims of a user token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    pub user: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub generation: u64,
+}
+
+/// The server's token-signing key.
+pub struct TokenKey(hmac::Key);
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
+
+const PREFIX: &str = "v1.";
+
+impl TokenKey {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
+        if bytes.len() != 32 {
+            return Err(TokenError::KeyLength);
+        }
+        Ok(TokenKey(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+
+    pub fn load_or_create(path: &Path) -> Result<Self, TokenError> {
+        let io = |source| TokenError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
+            return Self::from_bytes(&bytes);
+        }
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        crate::keys::random_bytes(bytes.as_mut()).map_err(|_| TokenError::Random)?;
+        fsutil::write_private(path, bytes.as_ref()).map_err(io)?;
+        Self::from_bytes(bytes.as_ref())
+    }
+
+    pub fn issue(&self, claims: &Claims) -> UserToken {
+        let body = format!(
+            "{PREFIX}{}",
+            hex::encode(serde_json::to_vec(claims).expect("claims serialize"))
+        );
+        let tag = hmac::sign(&self.0, body.as_bytes());
+        UserToken(Zeroizing::new(format!(
+            "{body}.{}",
+            hex::encode(tag.as_ref())
+        )))
+    }
+
+    /// Checks the MAC and expiry. User state (disabled, generation) is checked by the caller.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, Reason> {
+        let (body, tag_hex) = token.rsplit_once('.').ok_or(Reason::TokenInvalid)?;
+        let claims_hex = body.strip_prefix(PREFIX).ok_or(Reason::TokenInvalid)?;
+        let tag = hex::decode(tag_hex).map_err(|_| Reason::TokenInvalid)?;
+        hmac::verify(&self.0, body.as_bytes(), &tag).map_err(|_| Reason::TokenInvalid)?;
+        let json = hex::decode(claims_hex).map_err(|_| Reason::TokenInvalid)?;
+        let claims: Claims = serde_json::from_slice(&json).map_err(|_| Reason::TokenInvalid)?;
+        if now >= claims.expires_at {
+            return Err(Reason::TokenExpired);
+        }
+        Ok(claims)
+    }
+}
+
+/// A user token as held by a client; zeroized on drop, redacted in Debug.
+#[derive(Clone)]
+pub struct UserToken(Zeroizing<String>);
+
+impl fmt::Debug for UserToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserToken(<redacted>)")
+    }
+}
+
+impl UserToken {
+    pub fn new(s: String) -> Self {
+        UserToken(Zeroizing::new(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Where `csap login` keeps the token: $XDG_RUNTIME_DIR/csap/token, else ~/.config/csap/token.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            return Some(PathBuf::from(d).join("csap").join("token"));
+        }
+        std::env::var_os("HOME")
+            .filter(|d| !d.is_empty())
+            .map(|h| PathBuf::from(h).join(".config").join("csap").join("token"))
+    }
+
+    /// Writes the token to `path` (mode 0600; parent created 0700).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                fsutil::create_private_dir(dir)?;
+            }
+        }
+        fsutil::write_private(path, self.0.as_bytes())
+    }
+
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let s = Zeroizing::new(std::fs::read_to_string(path)?);
+        Ok(UserToken::new(s.trim().to_string()))
+    }
+}
+
+/// Argon2id cost parameters (the defaults are the argon2 crate's OWASP-recommended ones).
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordCost {
+    pub m_cost_kib: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+}
+
+impl Default for PasswordCost {
+    fn default() -> Self {
+        PasswordCost {
+            m_cost_kib: argon2::Params::DEFAULT_M_COST,
+            t_cost: argon2::Params::DEFAULT_T_COST,
+            p_cost: argon2::Params::DEFAULT_P_COST,
+        }
+    }
+}
+
+fn argon(cost: PasswordCost) -> Result<argon2::Argon2<'static>, TokenError> {
+    let params = argon2::Params::new(cost.m_cost_kib, cost.t_cost, cost.p_cost, None)
+        .map_err(|e| TokenError::Hash(e.to_string()))?;
+    Ok(argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
+/// Hashes a password to a PHC string (argon2id, random salt).
+pub fn hash_password(password: &str, cost: PasswordCost) -> Result<String, TokenError> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon(cost)?
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| TokenError::Hash(e.to_string()))
+}
+
+/// Verifies a password against its PHC string (the cost is read from the hash).
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            user: "alice".into(),
+            issued_at: 100,
+            expires_at: exp,
+            generation: 3,
+        }
+    }
+
+    #[test]
+    fn token_roundtrip_expiry_and_tamper() {
+        let key = TokenKey::from_bytes(&[1u8; 32]).unwrap();
+        let t = key.issue(&claims(200));
+        assert_eq!(key.verify(t.as_str(), 150).unwrap(), claims(200));
+        assert_eq!(key.verify(t.as_str(), 200), Err(Reason::TokenExpired));
+        let other = TokenKey::from_bytes(&[2u8; 32]).unwrap();
+        assert_eq!(other.verify(t.as_str(), 150), Err(Reason::TokenInvalid));
+        // Changing the claims (here: a later expiry) breaks the MAC.
+        let forged = key.issue(&claims(900));
+        let (_, forged_tag) = forged.as_str().rsplit_once('.').unwrap();
+        let (orig_body, _) = t.as_str().rsplit_once('.').unwrap();
+        let (forged_body, _) = forged.as_str().rsplit_once('.').unwrap();
+        assert_eq!(
+            key.verify(
+                &format!("{forged_body}.{}", &t.as_str()[orig_body.len() + 1..]),
+                150
+            ),
+            Err(Reason::TokenInvalid)
+        );
+        assert_eq!(
+            key.verify(&format!("{orig_body}.{forged_tag}"), 150),
+            Err(Reason::TokenInvalid)
+        );
+        assert_eq!(key.verify("garbage", 150), Err(Reason::TokenInvalid));
+    }
+
+    #[test]
+    fn password_hash_verifies() {
+        let cost = PasswordCost {
+            m_cost_kib: 1024,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let h = hash_password("correct horse", cost).unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+}

@@ -1,0 +1,399 @@
+//! JSON wire types of the key server API, shared by the server handlers and the client library.
+
+use serde::{Deserialize, Serialize};
+
+pub use authz::Action;
+
+/// Why a request or one asset of a batch was refused. Sent to clients; carries no other data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    TokenInvalid,
+    TokenExpired,
+    UnknownUser,
+    UserDisabled,
+    BadPassword,
+    UnknownApplication,
+    ApplicationRevoked,
+    UnknownDevice,
+    DeviceRevoked,
+    NoRule,
+    KeyRevoked,
+    UnknownAsset,
+    UnknownScope,
+    RateLimited,
+    NotAdmin,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TokenInvalid => "token_invalid",
+            Reason::TokenExpired => "token_expired",
+            Reason::UnknownUser => "unknown_user",
+            Reason::UserDisabled => "user_disabled",
+            Reason::BadPassword => "bad_password",
+            Reason::UnknownApplication => "unknown_application",
+            Reason::ApplicationRevoked => "application_revoked",
+            Reason::UnknownDevice => "unknown_device",
+            Reason::DeviceRevoked => "device_revoked",
+            Reason::NoRule => "no_rule",
+            Reason::KeyRevoked => "key_revoked",
+            Reason::UnknownAsset => "unknown_asset",
+            Reason::UnknownScope => "unknown_scope",
+            Reason::RateLimited => "rate_limited",
+            Reason::NotAdmin => "not_admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every error response body: `{"error": "...", "field"?: "...", "reason"?: "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// A password or token on the wire: zeroized on drop, redacted in Debug.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+// ---------- users ----------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: Secret,
+    pub expires_at: i64,
+}
+
+// ---------- licenses ----------
+
+/// Ask for a new asset: the server allocates its id in `scope` at the current key version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAsset {
+    /// Path relative to the volume root, "/"-separated.
+    pub path: String,
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseRequest {
+    pub token: Secret,
+    /// Lowercase hex BLAKE3 of the calling executable.
+    pub app_digest: String,
+    pub action: Action,
+    /// Asset ids (32 hex characters each); empty when `create` is given.
+    #[serde(default)]
+    pub assets: Vec<String>,
+    #[serde(default)]
+    pub create: Option<CreateAsset>,
+    /// Ephemeral X25519 public key (64 hex characters) the content keys are sealed to.
+    pub hpke_public_key: String,
+}
+
+/// One granted asset: its content key sealed in the license's HPKE context (see
+/// [`crate::seal`]): the i-th grant is the i-th message of that context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub asset_id: String,
+    pub path: String,
+    pub scope: String,
+    /// 16-byte scope id (hex), written into asset headers as the key id with `key_version`.
+    pub scope_id: String,
+    pub key_version: u32,
+    pub rule_ids: Vec<String>,
+    pub not_after: i64,
+    /// HPKE ciphertext ‖ tag of the 32-byte content key (hex), AAD = license id ‖ asset id.
+    pub sealed_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetDenial {
+    pub asset_id: String,
+    pub reason: Reason,
+}
+
+/// The signed body of a license.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct License {
+    pub license_id: String,
+    pub issued_at: i64,
+    /// min over the grants (equal to issued_at + TTL when nothing was granted).
+    pub not_after: i64,
+    pub user: String,
+    pub device: String,
+    pub app_digest: String,
+    pub action: Action,
+    /// The X25519 public key (hex) the grants are sealed to.
+    pub recipient: String,
+    /// The HPKE encapsulated key (hex) of the license's one context: set up once per license,
+    /// every grant's key is sealed in it in order. Empty when nothing was granted.
+    pub enc: String,
+    pub grants: Vec<Grant>,
+    pub denials: Vec<AssetDenial>,
+    /// Set on admin-issued licenses that bypassed the rules check.
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+/// A license with the server's Ed25519 signature (hex) over `serde_json::to_vec(&license)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedLicense {
+    pub license: License,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    pub token: Secret,
+    pub app_digest: String,
+    pub new_path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssetInfo {
+    pub asset_id: String,
+    pub scope: String,
+    pub scope_id: String,
+    pub key_version: u32,
+    pub path: String,
+    pub creator: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Ed25519 public key (hex) that signs licenses.
+    pub license_public_key: String,
+    /// The authenticated peer, as the server sees it.
+    pub peer: String,
+    pub peer_kind: crate::pki::PrincipalKind,
+}
+
+// ---------- admin ----------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub name: String,
+    pub csr_pem: String,
+    /// The device's long-term X25519 public key (hex) for admin-issued licenses.
+    pub hpke_public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub serial: String,
+    pub license_public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub kind: crate::pki::PrincipalKind,
+    pub serial: String,
+    pub issued_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub revoked: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddUserRequest {
+    pub name: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAppRequest {
+    pub digest: String,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub vendor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeAppRequest {
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub digest: String,
+    pub name: String,
+    pub version: String,
+    pub vendor: Option<String>,
+    pub registered_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateScopeRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScopeInfo {
+    pub name: String,
+    pub scope_id: String,
+    pub current_version: u32,
+    pub revoked_versions: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKeyRequest {
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    pub device: String,
+    pub user: String,
+    pub app_digest: String,
+    /// Glob over registered asset paths: `*` within a segment, `**` across segments.
+    pub assets: String,
+    pub until: i64,
+    #[serde(default = "default_issue_action")]
+    pub action: Action,
+    #[serde(default)]
+    pub break_glass: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn default_issue_action() -> Action {
+    Action::Read
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub time: i64,
+    pub user: Option<String>,
+    pub app_digest: Option<String>,
+    pub device: Option<String>,
+    pub asset: Option<String>,
+    pub action: String,
+    /// "grant", "deny" or "admin".
+    pub decision: String,
+    pub rule_ids: Vec<String>,
+    pub reason: Option<String>,
+    pub license_id: Option<String>,
+}
+
+/// Formats unix seconds as RFC 3339 UTC (for CLI output).
+pub fn rfc3339(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// Parses a point in time: unix seconds, RFC 3339, or relative to `now` as `+90s`, `+30m`,
+/// `+4h`, `+2d`.
+pub fn parse_time(s: &str, now: i64) -> Option<i64> {
+    let s = s.trim();
+    if let Some(rel) = s.strip_prefix('+') {
+        let (num, unit) =
+            rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
+        let n: i64 = num.parse().ok()?;
+        let mult = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        return now.checked_add(n.checked_mul(mult)?);
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("+4h", 100), Some(100 + 4 * 3600));
+        assert_eq!(parse_time("+90", 100), Some(190));
+        assert_eq!(parse_time("1700000000", 0), Some(1_700_000_000));
+        assert_eq!(parse_time("2026-11-23T09:00:00Z", 0), Some(1_795_424_400));
+        assert_eq!(parse_time("+4y", 0), None);
+        assert_eq!(parse_time("tomorrow", 0), None);
+        assert_eq!(rfc3339(1_795_424_400), "2026-11-23T09:00:00Z");
+    }
+}

@@ -1,0 +1,751 @@
+//! Integration tests: a real key server on loopback TLS with SQLite files in temp dirs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use authz::{Action, Evaluator};
+use keyserver::client::{AdminClient, ClientError, LicenseClient};
+use keyserver::license::{self, LicenseError};
+use keyserver::pki::Identity;
+use keyserver::testing::{provision, spawn_loopback, Loopback, Provisioned, RuleFor};
+use keyserver::wire::{AuditRecord, IssueRequest, Reason, RegisterAppRequest, RevokeAppRequest};
+use keyserver::SwappableRules;
+
+const USER: &str = "alice";
+const DEVICE: &str = "ws-07";
+const APP: &str = "nuke";
+const SCOPE: &str = "shot010";
+
+fn app_digest(name: &str) -> String {
+    blake3::hash(name.as_bytes()).to_hex().to_string()
+}
+
+/// The rules every test starts from: alice on ws-07 with nuke may read, write and create under
+/// `show/seq1/` now; `future/` opens only in an hour.
+fn base_rules() -> Evaluator {
+    let now = keyserver::now();
+    let d = app_digest(APP);
+    let all = [Action::Read, Action::Write, Action::Create, Action::License];
+    Evaluator::new([
+        RuleFor {
+            id: "r-now",
+            user: USER,
+            device: DEVICE,
+            app_digest: &d,
+            path_like: "show/seq1/*",
+            actions: &all,
+            not_before: now - 3600,
+            not_after: now + 86_400,
+        }
+        .build(),
+        RuleFor {
+            id: "r-future",
+            user: USER,
+            device: DEVICE,
+            app_digest: &d,
+            path_like: "future/*",
+            actions: &all,
+            not_before: now + 3600,
+            not_after: now + 7200,
+        }
+        .build(),
+    ])
+    .expect("valid rules")
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    lb: Loopback,
+    admin: AdminClient,
+    dev: Provisioned,
+    rules: Arc<SwappableRules>,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Arc::new(SwappableRules::new(base_rules()));
+    let lb = spawn_loopback(&dir.path().join("ks"), rules.clone())
+        .await
+        .unwrap();
+    let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
+        .await
+        .unwrap();
+    let admin = lb.admin().unwrap();
+    Env {
+        dir,
+        lb,
+        admin,
+        dev,
+        rules,
+    }
+}
+
+impl Env {
+    async fn create(&self, path: &str) -> [u8; 16] {
+        let lic = self
+            .dev
+            .client
+            .create(&self.dev.token, &self.dev.app_digest, path, SCOPE)
+            .await
+            .unwrap();
+        assert_eq!(lic.grants.len(), 1);
+        lic.grants[0].asset_id
+    }
+
+    async fn audit(&self) -> Vec<AuditRecord> {
+        // Events from handshakes and middleware are written by a background task.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.admin.audit_tail(1000).await.unwrap()
+    }
+
+    async fn assert_audited(&self, decision: &str, reason: &str) {
+        let log = self.audit().await;
+        assert!(
+            log.iter().any(|r| r.decision == decision
+                && r.reason.as_deref().is_some_and(|x| x.starts_with(reason))),
+            "no {decision} audit record with reason {reason}: {log:#?}"
+        );
+    }
+}
+
+fn denied(r: Result<impl std::fmt::Debug, ClientError>) -> Reason {
+    match r {
+        Err(ClientError::Denied(reason)) => reason,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+/// A reqwest client whose TLS config presents no client certificate.
+fn anonymous_client(ca_pem: &str) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    use rustls::pki_types::pem::PemObject;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()
+        .unwrap()
+}
+
+fn identity_client(dir: &Path) -> reqwest::Client {
+    let cfg = Identity::load(dir).unwrap().client_config().unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn handshake_without_client_certificate_fails() {
+    let e = env().await;
+    let ca = std::fs::read_to_string(e.dev.device_dir.join("ca.pem")).unwrap();
+    let r = anonymous_client(&ca)
+        .get(format!("{}/v1/info", e.lb.url))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "a connection without a client certificate must fail: {r:?}"
+    );
+    // With the device certificate the same request works.
+    let ok = identity_client(&e.dev.device_dir)
+        .get(format!("{}/v1/info", e.lb.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.status().is_success());
+    e.assert_audited("deny", "no_client_certificate").await;
+}
+
+#[tokio::test]
+async fn revoked_device_fails_handshake_and_open_connections() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    e.admin.revoke_device(DEVICE).await.unwrap();
+    // A request on a connection opened before the revocation is refused by the handler...
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    match r {
+        Err(ClientError::Denied(Reason::DeviceRevoked)) | Err(ClientError::Http(_)) => {}
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    // ...and a new handshake is refused outright.
+    let fresh = LicenseClient::connect(&e.lb.url, &e.dev.device_dir).await;
+    assert!(matches!(fresh, Err(ClientError::Http(_))), "{fresh:?}");
+    e.assert_audited("deny", "device_revoked").await;
+    // Re-enrolling under the same name issues a new certificate that works again.
+    let dir2 = e.dir.path().join("dev2");
+    e.admin.enroll_device(DEVICE, &dir2).await.unwrap();
+    let c2 = LicenseClient::connect(&e.lb.url, &dir2).await.unwrap();
+    let lic = c2
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    assert_eq!(lic.grants.len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_or_revoked_application_is_denied() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    let other = app_digest("copy-script");
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &other, Action::Read, &[id])
+        .await;
+    assert_eq!(denied(r), Reason::UnknownApplication);
+    e.assert_audited("deny", "unknown_application").await;
+
+    e.admin
+        .revoke_app(&RevokeAppRequest {
+            digest: None,
+            name: Some(APP.into()),
+            version: Some("1.0".into()),
+        })
+        .await
+        .unwrap();
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert_eq!(denied(r), Reason::ApplicationRevoked);
+    e.assert_audited("deny", "application_revoked").await;
+}
+
+#[tokio::test]
+async fn disabled_user_and_expired_token_are_denied() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    // Expiry: move the server clock past the token lifetime (8 h default).
+    e.lb.clock.advance(9 * 3600);
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert_eq!(denied(r), Reason::TokenExpired);
+    e.assert_audited("deny", "token_expired").await;
+    e.lb.clock.advance(-9 * 3600);
+
+    // A fresh token works, then disabling the user invalidates it at once.
+    let (token, _) = e.dev.client.login(USER, "password-1234").await.unwrap();
+    e.dev
+        .client
+        .request(&token, &e.dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    e.admin.disable_user(USER).await.unwrap();
+    let r = e
+        .dev
+        .client
+        .request(&token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert_eq!(denied(r), Reason::UserDisabled);
+    assert_eq!(
+        denied(e.dev.client.login(USER, "password-1234").await),
+        Reason::UserDisabled
+    );
+    e.assert_audited("deny", "user_disabled").await;
+    // Wrong password and unknown user look the same to the client.
+    assert_eq!(
+        denied(e.dev.client.login("mallory", "password-1234").await),
+        Reason::BadPassword
+    );
+    e.assert_audited("deny", "unknown_user").await;
+}
+
+#[tokio::test]
+async fn outside_rule_window_and_revoked_key_are_denied() {
+    let e = env().await;
+    // Creating under future/ is refused: its rule opens in an hour.
+    let r = e
+        .dev
+        .client
+        .create(&e.dev.token, &e.dev.app_digest, "future/x.exr", SCOPE)
+        .await;
+    assert_eq!(denied(r), Reason::NoRule);
+    e.assert_audited("deny", "no_rule").await;
+    // No asset row was left behind by the refused create.
+    assert!(e
+        .admin
+        .list_assets()
+        .await
+        .unwrap()
+        .iter()
+        .all(|a| a.path != "future/x.exr"));
+
+    let v1 = e.create("show/seq1/v1.exr").await;
+    let s = e.admin.rotate(SCOPE).await.unwrap();
+    assert_eq!(s.current_version, 2);
+    let v2 = e.create("show/seq1/v2.exr").await;
+    e.admin.revoke_key(SCOPE, 1).await.unwrap();
+    let lic = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[v1, v2])
+        .await
+        .unwrap();
+    assert_eq!(lic.grants.len(), 1);
+    assert_eq!(lic.grants[0].asset_id, v2);
+    assert_eq!(lic.grants[0].grant.key_version, 2);
+    assert_eq!(lic.license.denials.len(), 1);
+    assert_eq!(lic.license.denials[0].reason, Reason::KeyRevoked);
+    e.assert_audited("deny", "key_revoked").await;
+}
+
+#[tokio::test]
+async fn batch_returns_exactly_the_permitted_subset() {
+    let e = env().await;
+    let a = e.create("show/seq1/a.exr").await;
+    let b = e.create("show/seq1/b.exr").await;
+    let c = e.create("show/seq1/c.exr").await;
+    // Narrow the rules: only a.exr and b.exr may be read now.
+    e.rules.replace(only_a_and_b(&e.dev.app_digest));
+    let unknown = [0x11u8; 16];
+    let lic = e
+        .dev
+        .client
+        .request(
+            &e.dev.token,
+            &e.dev.app_digest,
+            Action::Read,
+            &[a, b, c, unknown],
+        )
+        .await
+        .unwrap();
+    let mut granted: Vec<[u8; 16]> = lic.grants.iter().map(|g| g.asset_id).collect();
+    granted.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(granted, want);
+    let denials: Vec<(String, Reason)> = lic
+        .license
+        .denials
+        .iter()
+        .map(|d| (d.asset_id.clone(), d.reason))
+        .collect();
+    assert_eq!(
+        denials,
+        vec![
+            (hex::encode(c), Reason::NoRule),
+            (hex::encode(unknown), Reason::UnknownAsset)
+        ]
+    );
+    // The keys are the derivation's, distinct per asset, and each grant names its rule.
+    assert_ne!(lic.grants[0].key.as_bytes(), lic.grants[1].key.as_bytes());
+    assert!(lic.grants.iter().all(|g| !g.grant.rule_ids.is_empty()));
+    assert!(lic.license.not_after <= keyserver::now() + 15 * 60 + 5);
+    e.assert_audited("deny", "unknown_asset").await;
+    let log = e.audit().await;
+    let lic_rows: Vec<_> = log
+        .iter()
+        .filter(|r| r.license_id.as_deref() == Some(&lic.license.license_id))
+        .collect();
+    assert_eq!(lic_rows.len(), 4, "one audit row per asset of the batch");
+}
+
+/// Rules allowing exactly a.exr and b.exr.
+fn only_a_and_b(d: &str) -> Evaluator {
+    Evaluator::new([
+        RuleFor {
+            id: "r-a",
+            user: USER,
+            device: DEVICE,
+            app_digest: d,
+            path_like: "show/seq1/a.exr",
+            actions: &[Action::Read],
+            not_before: 0,
+            not_after: i64::MAX / 2,
+        }
+        .build(),
+        RuleFor {
+            id: "r-b",
+            user: USER,
+            device: DEVICE,
+            app_digest: d,
+            path_like: "show/seq1/b.exr",
+            actions: &[Action::Read],
+            not_before: 0,
+            not_after: i64::MAX / 2,
+        }
+        .build(),
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn keys_survive_restart_and_decrypt_earlier_ciphertext() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = dir.path().join("ks");
+    let rules = Arc::new(SwappableRules::new(base_rules()));
+    let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
+    let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
+        .await
+        .unwrap();
+    let created = dev
+        .client
+        .create(&dev.token, &dev.app_digest, "show/seq1/a.exr", SCOPE)
+        .await
+        .unwrap();
+    let g = &created.grants[0];
+    let (id, key_before) = (g.asset_id, g.key.clone());
+    // Seal something under the content key (AES-256-GCM), as the mount would.
+    let sealed = aes_gcm_seal(key_before.as_bytes(), b"frame 1 pixels");
+    let ca_before = std::fs::read_to_string(ks.join("ca.pem")).unwrap();
+    lb.server.shutdown().await;
+
+    let lb = spawn_loopback(&ks, rules).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ks.join("ca.pem")).unwrap(),
+        ca_before
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "root.key",
+        "token.key",
+        "license.key",
+        "ca.key",
+        "server.key",
+    ] {
+        let mode = std::fs::metadata(ks.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    // The device certificate, user token and asset registry all carried over.
+    let client = LicenseClient::connect(&lb.url, &dev.device_dir)
+        .await
+        .unwrap();
+    let lic = client
+        .request(&dev.token, &dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    assert_eq!(lic.grants[0].key, key_before);
+    assert_eq!(
+        aes_gcm_open(lic.grants[0].key.as_bytes(), &sealed),
+        b"frame 1 pixels"
+    );
+    // And the derivation is the public one.
+    assert_eq!(lic.grants[0].grant.scope_id.len(), 32);
+}
+
+fn aes_gcm_seal(key: &[u8; 32], msg: &[u8]) -> Vec<u8> {
+    use ring::aead::*;
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+    let mut buf = msg.to_vec();
+    k.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([7; 12]),
+        Aad::empty(),
+        &mut buf,
+    )
+    .unwrap();
+    buf
+}
+
+fn aes_gcm_open(key: &[u8; 32], ct: &[u8]) -> Vec<u8> {
+    use ring::aead::*;
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+    let mut buf = ct.to_vec();
+    k.open_in_place(
+        Nonce::assume_unique_for_key([7; 12]),
+        Aad::empty(),
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_get_json_4xx() {
+    let e = env().await;
+    let http = identity_client(&e.dev.device_dir);
+    let url = format!("{}/v1/licenses", e.lb.url);
+    let cases: Vec<(Vec<u8>, u16, Option<&str>)> = vec![
+        (b"{not json".to_vec(), 400, None),
+        (
+            br#"{"token":"t","app_digest":"x","action":"read","hpke_public_key":"00"}"#.to_vec(),
+            400,
+            Some("app_digest"),
+        ),
+        (
+            br#"{"token":"t","action":"read","assets":[],"hpke_public_key":"00"}"#.to_vec(),
+            400,
+            None,
+        ),
+        (
+            br#"{"token":"t","app_digest":"x","action":"fly","hpke_public_key":"00"}"#.to_vec(),
+            400,
+            Some("action"),
+        ),
+        (vec![b' '; 300 * 1024], 413, None),
+    ];
+    for (body, status, field) in cases {
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let v: serde_json::Value = r.json().await.expect("JSON error body");
+        assert!(v["error"].is_string(), "{v}");
+        if let Some(f) = field {
+            assert_eq!(v["field"], f, "{v}");
+        }
+    }
+    // A batch id that is not hex names the field too.
+    let r = http
+        .post(&url)
+        .json(&serde_json::json!({"token":"t","app_digest":e.dev.app_digest,"action":"read","assets":["zz"],"hpke_public_key":"00".repeat(32)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["field"], "assets");
+    // Admin endpoints refuse device certificates.
+    let r = http
+        .get(format!("{}/v1/admin/audit", e.lb.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    e.assert_audited("deny", "not_admin: /v1/admin/audit").await;
+    e.assert_audited("deny", "bad_request: 400").await;
+    e.assert_audited("deny", "bad_request: 413").await;
+}
+
+#[tokio::test]
+async fn admin_issued_license_opens_only_with_the_right_device_key() {
+    let e = env().await;
+    let a = e.create("show/seq1/a.exr").await;
+    let b = e.create("show/seq1/b.exr").await;
+    let other_dir = e.dir.path().join("other");
+    e.admin.enroll_device("ws-08", &other_dir).await.unwrap();
+    let until = keyserver::now() + 3600;
+    let req = IssueRequest {
+        device: DEVICE.into(),
+        user: USER.into(),
+        app_digest: e.dev.app_digest.clone(),
+        assets: "show/seq1/**".into(),
+        until,
+        action: Action::Read,
+        break_glass: false,
+        reason: None,
+    };
+    let signed = e.admin.issue(&req).await.unwrap();
+    let file = e.dir.path().join("lic.json");
+    std::fs::write(&file, serde_json::to_vec(&signed).unwrap()).unwrap();
+    let opened = license::open_offline(&file, &e.dev.device_dir).unwrap();
+    assert_eq!(opened.grants.len(), 2);
+    assert!(opened.license.not_after <= until);
+    // The keys equal the online ones.
+    let online = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[a, b])
+        .await
+        .unwrap();
+    for g in &online.grants {
+        assert_eq!(opened.key_for(&g.asset_id), Some(&g.key));
+    }
+    // Another device cannot open it; a tampered file does not verify; expiry is enforced.
+    assert!(matches!(
+        license::open_offline(&file, &other_dir),
+        Err(LicenseError::WrongRecipient)
+    ));
+    let mut tampered = signed.clone();
+    tampered.license.not_after += 86_400;
+    std::fs::write(&file, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    assert!(matches!(
+        license::open_offline(&file, &e.dev.device_dir),
+        Err(LicenseError::BadSignature)
+    ));
+    std::fs::write(&file, serde_json::to_vec(&signed).unwrap()).unwrap();
+    assert!(matches!(
+        license::open_offline_at(&file, &e.dev.device_dir, until + 1),
+        Err(LicenseError::Expired(_))
+    ));
+
+    // For a user without rules the issue is bounded by the rules: nothing granted...
+    e.admin.add_user("bob", "password-1234").await.unwrap();
+    let bob = IssueRequest {
+        user: "bob".into(),
+        ..req.clone()
+    };
+    let none = e.admin.issue(&bob).await.unwrap();
+    assert!(none.license.grants.is_empty());
+    assert!(none
+        .license
+        .denials
+        .iter()
+        .all(|d| d.reason == Reason::NoRule));
+    // ...unless break-glass, which needs a reason and is audited as such.
+    let bg = IssueRequest {
+        break_glass: true,
+        reason: Some("INC-42 dailies".into()),
+        ..bob
+    };
+    let glass = e.admin.issue(&bg).await.unwrap();
+    assert_eq!(glass.license.grants.len(), 2);
+    assert!(glass.license.break_glass);
+    let log = e.audit().await;
+    assert!(log.iter().any(|r| r
+        .reason
+        .as_deref()
+        .is_some_and(|x| x.contains("break-glass: INC-42"))));
+    // An unregistered application is refused outright, and the refusal is audited.
+    let unknown_app = IssueRequest {
+        app_digest: app_digest("copy-script"),
+        ..req.clone()
+    };
+    assert_eq!(
+        denied(e.admin.issue(&unknown_app).await),
+        Reason::UnknownApplication
+    );
+    e.assert_audited("deny", "unknown_application").await;
+    let no_reason = IssueRequest { reason: None, ..bg };
+    assert!(matches!(
+        e.admin.issue(&no_reason).await,
+        Err(ClientError::Server { status: 400, .. })
+    ));
+}
+
+#[tokio::test]
+async fn create_rename_and_registry() {
+    let e = env().await;
+    let lic = e
+        .dev
+        .client
+        .create(&e.dev.token, &e.dev.app_digest, "show/seq1/a.exr", SCOPE)
+        .await
+        .unwrap();
+    let g = &lic.grants[0];
+    assert_eq!(g.grant.path, "show/seq1/a.exr");
+    let scopes = e.admin.list_scopes().await.unwrap();
+    assert_eq!(
+        hex::decode(&scopes[0].scope_id).unwrap(),
+        g.scope_id.to_vec()
+    );
+    let info = e
+        .dev
+        .client
+        .rename(
+            &e.dev.token,
+            &e.dev.app_digest,
+            &g.asset_id,
+            "show/seq1/b.exr",
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.path, "show/seq1/b.exr");
+    // Renaming out of the permitted tree is refused.
+    let r = e
+        .dev
+        .client
+        .rename(
+            &e.dev.token,
+            &e.dev.app_digest,
+            &g.asset_id,
+            "elsewhere/b.exr",
+        )
+        .await;
+    assert_eq!(denied(r), Reason::NoRule);
+    let assets = e.admin.list_assets().await.unwrap();
+    assert_eq!(assets.len(), 1);
+    assert_eq!(assets[0].path, "show/seq1/b.exr");
+    assert_eq!(assets[0].creator, USER);
+    // Registering the same digest twice is a conflict, reported as JSON.
+    let dup = e
+        .admin
+        .register_app(&RegisterAppRequest {
+            digest: e.dev.app_digest.clone(),
+            name: APP.into(),
+            version: "1.0".into(),
+            vendor: None,
+        })
+        .await;
+    assert!(
+        matches!(dup, Err(ClientError::Server { status: 409, .. })),
+        "{dup:?}"
+    );
+}
+
+#[tokio::test]
+async fn per_device_rate_limit_answers_429_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Arc::new(SwappableRules::new(base_rules()));
+    let mut cfg = keyserver::testing::loopback_config(&dir.path().join("ks"), rules);
+    cfg.limits.per_device = keyserver::ratelimit::RateLimit {
+        rate: 0.001,
+        burst: 3.0,
+    };
+    let lb = keyserver::testing::spawn_with(cfg).await.unwrap();
+    // provision() spends one token on login; two more requests fit, the next does not.
+    let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
+        .await
+        .unwrap();
+    dev.client
+        .create(&dev.token, &dev.app_digest, "show/seq1/a.exr", SCOPE)
+        .await
+        .unwrap();
+    dev.client
+        .create(&dev.token, &dev.app_digest, "show/seq1/b.exr", SCOPE)
+        .await
+        .unwrap();
+    let r = dev
+        .client
+        .create(&dev.token, &dev.app_digest, "show/seq1/c.exr", SCOPE)
+        .await;
+    match r {
+        Err(ClientError::Server { status: 429, body }) => {
+            assert_eq!(body.reason, Some(Reason::RateLimited))
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // Admin requests are not limited by the device's bucket.
+    assert_eq!(lb.admin().unwrap().list_assets().await.unwrap().len(), 2);
+}
+
+/// Throughput figure (not a check): `cargo test -p keyserver --test keyserver -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn license_throughput() {
+    let e = env().await;
+    let mut ids = Vec::new();
+    for i in 0..64 {
+        ids.push(e.create(&format!("show/seq1/f{i:04}.exr")).await);
+    }
+    for batch in [1usize, 64] {
+        let n = if batch == 1 { 300 } else { 30 };
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let lic = e
+                .dev
+                .client
+                .request(&e.dev.token, &e.dev.app_digest, Action::Read, &ids[..batch])
+                .await
+                .unwrap();
+            assert_eq!(lic.grants.len(), batch);
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "batch {batch:>2}: {n} requests in {s:.2} s = {:.0} req/s, {:.0} keys/s, {:.2} ms/request",
+            n as f64 / s,
+            (n * batch) as f64 / s,
+            s * 1000.0 / n as f64
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared harness for the cross-crate end-to-end tests.
