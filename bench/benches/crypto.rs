@@ -21,7 +21,7 @@ fn suites(c: &mut Criterion) {
     let id = AssetId([1; 16]);
     for (suite, name) in [(Suite::Gcm, "gcm"), (Suite::CtrBlake3, "ctr+blake3")] {
         let keys = AssetKeys::new(suite, &key);
-        let mut group = c.benchmark_group(format!("{name}"));
+        let mut group = c.benchmark_group(name);
         for (size, label) in SIZES {
             group.throughput(Throughput::Bytes(size as u64));
             let plain = vec![0x5a; size];

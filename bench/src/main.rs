@@ -183,7 +183,7 @@ impl Samples {
 fn dur(ns: u64) -> String {
     match ns {
         n if n < 10_000 => format!("{n} ns"),
-        n if n < 10_000_000 => format!("{:.1} µs", n as f64 / 1e3),
+        n if n < 1_000_000 => format!("{:.1} µs", n as f64 / 1e3),
         n if n < 10_000_000_000 => format!("{:.2} ms", n as f64 / 1e6),
         n => format!("{:.2} s", n as f64 / 1e9),
     }
@@ -320,7 +320,10 @@ fn evaluator(k: &Knobs) -> Result<()> {
         "Evaluator: {RULES} synthetic rules, {} decide() calls, one thread",
         k.calls
     ));
-    tab.info("Evaluator::new (compile 10,000 rules)", dur(build.as_nanos() as u64));
+    tab.info(
+        "Evaluator::new (compile 10,000 rules)",
+        dur(build.as_nanos() as u64),
+    );
     tab.info(
         "request mix",
         format!(
@@ -331,7 +334,12 @@ fn evaluator(k: &Knobs) -> Result<()> {
     );
     tab.info("decisions/s (untimed loop)", rate(per_s));
     tab.info("decide() p50", dur(s.pct(0.50)));
-    tab.goal("decide() p99", dur(s.pct(0.99)), "≤ 20 µs", s.pct(0.99) <= 20_000);
+    tab.goal(
+        "decide() p99",
+        dur(s.pct(0.99)),
+        "≤ 20 µs",
+        s.pct(0.99) <= 20_000,
+    );
     tab.info("decide() p99.9", dur(s.pct(0.999)));
     tab.info("decide() max", dur(s.max()));
     tab.info(
@@ -373,7 +381,10 @@ async fn licenses(k: &Knobs) -> Result<()> {
     let limit = cfg.limits.per_device;
     let max_batch = cfg.limits.max_batch;
     if k.batch > max_batch {
-        bail!("BENCH_BATCH={} exceeds the server's max_batch {max_batch}", k.batch);
+        bail!(
+            "BENCH_BATCH={} exceeds the server's max_batch {max_batch}",
+            k.batch
+        );
     }
     let lb = keyserver::testing::spawn_with(cfg).await?;
     let dev = keyserver::testing::provision(
@@ -471,7 +482,11 @@ async fn licenses(k: &Knobs) -> Result<()> {
             .await?;
         let e = t.elapsed();
         if lic.grants.len() != batch.len() {
-            bail!("batch license granted {} of {}", lic.grants.len(), batch.len());
+            bail!(
+                "batch license granted {} of {}",
+                lic.grants.len(),
+                batch.len()
+            );
         }
         Ok(e.as_nanos() as u64)
     };
@@ -492,7 +507,10 @@ async fn licenses(k: &Knobs) -> Result<()> {
     } else {
         tab.info(fig, dur(med));
     }
-    tab.info("batch license min / max", format!("{} / {}", dur(s.pct(0.0)), dur(s.max())));
+    tab.info(
+        "batch license min / max",
+        format!("{} / {}", dur(s.pct(0.0)), dur(s.max())),
+    );
     tab.print();
     lb.server.shutdown().await;
     Ok(())
@@ -799,9 +817,10 @@ async fn distribution(k: &Knobs) -> Result<()> {
         "p99 ≤ 1 s",
         revs.len() == k.rounds && revs.pct(0.99) <= 1_000_000_000,
     );
-    tab.info("publish → one PEP has it (all PEPs, all rounds), p50 / p99", {
-        format!("{} / {}", dur(pp.pct(0.5)), dur(pp.pct(0.99)))
-    });
+    tab.info(
+        "publish → one PEP has it (all PEPs, all rounds), p50 / p99",
+        format!("{} / {}", dur(pp.pct(0.5)), dur(pp.pct(0.99))),
+    );
     tab.goal(
         format!("single PEP publish → receive, p50 of {}", solo.len()),
         dur(solo.pct(0.5)),

@@ -111,6 +111,10 @@ pub struct LoginArgs {
     /// Where to store the token (default $XDG_RUNTIME_DIR/csap/token or ~/.config/csap/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The mount's session socket to hand the token to; the mount binds it to your uid
+    /// (default $XDG_RUNTIME_DIR/csap/mount.sock; skipped with a note when no mount listens).
+    #[arg(long, value_name = "PATH", env = "CSAP_MOUNT_SOCKET")]
+    pub socket: Option<PathBuf>,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -386,12 +390,39 @@ pub fn run_login(args: LoginArgs) -> Result<()> {
             wire::rfc3339(expires),
             path.display()
         );
-        Ok(())
+        hand_over_session(args.socket.as_deref(), &token)
     })
 }
 
+/// Gives the token to the local mount over its session socket (DESIGN §6). No socket at the
+/// default path is normal (no mount running, or one reading token files): a note, not an error.
+/// An explicit `--socket` that fails is an error.
+fn hand_over_session(explicit: Option<&Path>, token: &UserToken) -> Result<()> {
+    let Some(path) = explicit
+        .map(Path::to_path_buf)
+        .or_else(csapfs::session::default_socket_path)
+    else {
+        return Ok(());
+    };
+    if explicit.is_none() && !path.exists() {
+        println!(
+            "no mount session socket at {} (the mount reads the token file instead)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let bound = csapfs::session::hand_over(&path, token)
+        .with_context(|| format!("cannot hand the session to the mount at {}", path.display()))?;
+    println!(
+        "session handed to the mount at {} for uid {}",
+        path.display(),
+        bound.uid
+    );
+    Ok(())
+}
+
 /// BLAKE3 of a file, lowercase hex.
-fn digest_file(path: &Path) -> Result<String> {
+pub(crate) fn digest_file(path: &Path) -> Result<String> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = blake3::Hasher::new();
     h.update_reader(f)

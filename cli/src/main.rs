@@ -6,6 +6,7 @@
 mod ards;
 mod asset;
 mod authz;
+mod import;
 mod keyserver;
 mod keysource;
 mod mount;
@@ -34,6 +35,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a `csap mount` (it flushes open files and exits).
     Umount(mount::UmountArgs),
+    /// Encrypt a directory tree into a backing store (licensed per file, resumable).
+    Import(import::ImportArgs),
     /// Run the authorization service (policy requests -> signed rules for ARDS).
     #[command(subcommand)]
     Authz(authz::AuthzCommand),
@@ -89,6 +92,7 @@ fn main() -> std::process::ExitCode {
         Command::Asset(cmd) => asset::run(cmd),
         Command::Mount(args) => mount::run_mount(args),
         Command::Umount(args) => mount::run_umount(args),
+        Command::Import(args) => import::run(args),
         Command::Authz(cmd) => authz::run_authz(cmd),
         Command::Request(args) => authz::run_request(args),
         Command::Policy(args) => authz::run_policy(args),

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use csapfs::format::{AssetId, Header, KeyId, ScopeId, DEFAULT_CHUNK_SIZE};
-use csapfs::{Asset, ContentKey, Suite};
+use csapfs::keys::NewAssetParams;
 use keyserver::wire::RegisterAppRequest;
 use keyserver::{AdminClient, LicenseClient};
 
@@ -181,28 +180,15 @@ fn demo(
     for i in 1..=FRAMES {
         let path = format!("samples/frame_{i:04}.raw");
         let data = sample_frame(i);
-        let license = rt
-            .block_on(client.create(&token, &csap_digest, &path, SCOPE))
-            .with_context(|| format!("no create license for {path}"))?;
-        let grant = license
-            .grants
-            .first()
-            .context("create license without a grant")?;
-        let header = Header::new(
-            Suite::Gcm,
-            DEFAULT_CHUNK_SIZE,
-            AssetId(grant.asset_id),
-            KeyId {
-                scope: ScopeId(grant.scope_id),
-                version: grant.grant.key_version,
-            },
-        )?;
-        let key = ContentKey::from_bytes(*grant.key.as_bytes());
-        let file = std::fs::File::create_new(backing.join(&path))
-            .with_context(|| format!("cannot create {}", backing.join(&path).display()))?;
-        let mut asset = Asset::create(file, header, &key)?;
-        asset.write_at(0, &data)?;
-        asset.sync()?;
+        let (header, key) = rt.block_on(crate::import::licensed_create(
+            &client,
+            &token,
+            &csap_digest,
+            &path,
+            SCOPE,
+            NewAssetParams::default(),
+        ))?;
+        crate::import::write_asset(&backing.join(&path), &header, &key, &data[..])?;
         println!(
             "    {path}: {} bytes, asset id {}",
             data.len(),
@@ -218,7 +204,7 @@ fn demo(
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt)?;
     let log = dir.join("mount.log");
-    let mount = MountChild::start(csap, &backing, &mnt, ks, &device_dir, &token_file, &log)?;
+    let mount = MountChild::start(csap, &backing, &mnt, server, &device_dir, &token_file, &log)?;
     println!(
         "    csap mount (pid {}) on {}; log {}",
         mount.child.id(),
@@ -293,7 +279,7 @@ impl MountChild {
         csap: &Path,
         backing: &Path,
         mnt: &Path,
-        server: &str,
+        server: &EmbeddedServer,
         identity: &Path,
         token: &Path,
         log: &Path,
@@ -303,7 +289,13 @@ impl MountChild {
             .arg("mount")
             .arg(backing)
             .arg(mnt)
-            .args(["--server", server, "--scope", SCOPE])
+            .args(["--server", &server.keyserver_url, "--scope", SCOPE])
+            // The mount's own rules: local denials, and revocations reach open files.
+            .args(["--ards", &server.ards_url])
+            .arg("--ards-ca")
+            .arg(&server.ards_cert)
+            .arg("--issuer-pub")
+            .arg(&server.issuer_pub)
             .arg("--identity")
             .arg(identity)
             .arg("--token-file")
@@ -468,7 +460,8 @@ fn print_next_steps(dir: &Path, device_dir: &Path, token_file: &Path, password_f
     csap audit tail
     csap request submit {d}/requests/viewer.json --authz https://127.0.0.1:7400 --ca {d}/server/authz/tls-cert.pem
     csap login --user {USER} --token-file {token} --identity {dev} < {pw}
-    csap mount {d}/backing {d}/mnt --server https://127.0.0.1:7402 --identity {dev} --scope {SCOPE} --token-file {token}
+    csap mount {d}/backing {d}/mnt --server https://127.0.0.1:7402 --identity {dev} --scope {SCOPE} --token-file {token} \\
+        --ards https://127.0.0.1:7401 --ards-ca {d}/server/ards/ards-cert.pem --issuer-pub {d}/server/authz/issuer.pub
     {view} {d}/mnt/samples/frame_0001.raw     # allowed
     cat {d}/mnt/samples/frame_0001.raw        # Permission denied",
         token = token_file.display(),

@@ -5,6 +5,8 @@
 //! client implements the same trait for real use.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::crypto::{derive_content_key, ContentKey, Seed};
 use crate::format::{AssetId, FormatError, Header, KeyId, Suite};
@@ -37,17 +39,86 @@ pub enum KeyError {
     Format(#[from] FormatError),
 }
 
+/// What a caller wants to do; the mount maps each FUSE operation to one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Open an existing asset for reading.
+    Read,
+    /// Open for writing, or change its size (truncate).
+    Write,
+    /// Create a new asset (and rename one to a new path).
+    Create,
+    /// Remove an asset (and rename one away from its old path).
+    Delete,
+}
+
+/// The revocation flag of a key handed to the mount: shared with the source, which sets it
+/// when the license behind the key loses its allowing rule. Reads on open handles check it
+/// (one atomic load), so a revocation reaches handles that are already open.
+#[derive(Debug, Clone, Default)]
+pub struct Lease(Option<Arc<AtomicBool>>);
+
+impl Lease {
+    /// A key that is never revoked (the local key-file source).
+    pub fn permanent() -> Lease {
+        Lease(None)
+    }
+
+    /// A lease tied to `flag` (true = revoked).
+    pub fn tied_to(flag: Arc<AtomicBool>) -> Lease {
+        Lease(Some(flag))
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
+    }
+}
+
+/// A content key with the lease it is held under.
+pub struct Licensed {
+    pub key: ContentKey,
+    pub lease: Lease,
+}
+
+impl fmt::Debug for Licensed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Licensed")
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A provider of content keys for the mount.
 pub trait KeySource: Send + Sync + 'static {
-    /// The key of an existing asset whose (not yet authenticated) header is `header`.
+    /// The key of an existing asset whose (not yet authenticated) header is `header`, for
+    /// `access` (`Read` or `Write`). Called at every open, also when the asset is already open
+    /// through another handle: each open is an authorization decision.
     fn open_key(
         &self,
         caller: &Caller,
         path: &str,
         header: &Header,
-    ) -> Result<ContentKey, KeyError>;
+        access: Access,
+    ) -> Result<Licensed, KeyError>;
     /// A header and key for a new asset created at `path`.
     fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, ContentKey), KeyError>;
+    /// May `caller` do `access` on `path` (volume-relative)? Gates metadata operations
+    /// (create, unlink, rename, truncate) before they touch the backing store. The default
+    /// allows: a source without local rules leaves the decision to the key server.
+    fn authorize(&self, _caller: &Caller, _path: &str, _access: Access) -> Result<(), KeyError> {
+        Ok(())
+    }
+    /// Tells the source that an asset moved (so a key server's asset registry follows).
+    /// The default does nothing.
+    fn renamed(
+        &self,
+        _caller: &Caller,
+        _header: &Header,
+        _from: &str,
+        _to: &str,
+    ) -> Result<(), KeyError> {
+        Ok(())
+    }
 }
 
 /// Parameters for assets that a key source creates.
@@ -121,8 +192,12 @@ impl KeySource for KeyFileSource {
         _caller: &Caller,
         _path: &str,
         header: &Header,
-    ) -> Result<ContentKey, KeyError> {
-        self.key_for(header)
+        _access: Access,
+    ) -> Result<Licensed, KeyError> {
+        Ok(Licensed {
+            key: self.key_for(header)?,
+            lease: Lease::permanent(),
+        })
     }
 
     fn create_key(&self, _caller: &Caller, _path: &str) -> Result<(Header, ContentKey), KeyError> {

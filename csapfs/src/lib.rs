@@ -6,6 +6,7 @@
 //! - [`asset`]: one asset file on disk with random access; [`stream`]: whole-file streaming;
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
 //! - [`license_source`]: content keys from key server licenses for attested callers;
+//! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
 
 pub mod asset;
@@ -14,6 +15,7 @@ pub mod format;
 pub mod fs;
 pub mod keys;
 pub mod license_source;
+pub mod session;
 pub mod stream;
 
 pub use asset::{Asset, AssetError};

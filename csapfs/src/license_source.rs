@@ -8,6 +8,12 @@
 //! rules) itself; this side only decides what it asks for and holds what it was granted, until
 //! the license's `not_after`. Every failure is a denial (`EACCES`), never a hang: attestation
 //! and network calls are bounded by timeouts.
+//!
+//! With [`RulesConfig`] the source is also a policy enforcement point of its own: it subscribes
+//! to ARDS as `mount:<device>`, checks every open and metadata operation against those rules
+//! before any round trip (a deny needs no network), and on every change of the rule set drops
+//! held licenses that lost their allowing rule and flags their leases revoked, so reads on
+//! handles already open fail with `EACCES` (revocation in well under a second).
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +21,8 @@ pub mod attest;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use keyserver::client::ClientError;
@@ -24,7 +31,7 @@ use keyserver::{LicenseClient, UserToken};
 
 use crate::crypto::ContentKey;
 use crate::format::{AssetId, Header, KeyId, ScopeId};
-use crate::keys::{Caller, KeyError, KeySource, NewAssetParams};
+use crate::keys::{Access, Caller, KeyError, KeySource, Lease, Licensed, NewAssetParams};
 
 use attest::{AttestError, Attestor};
 
@@ -45,6 +52,26 @@ pub struct LicenseSourceConfig {
     pub attest_timeout: Duration,
     /// Upper bound on one key server round trip.
     pub request_timeout: Duration,
+    /// The mount's own rules from ARDS; `None` leaves every decision to the key server.
+    pub rules: Option<RulesConfig>,
+    /// The mount's backing directory: walked for pre-loading (assets a rule released ahead of
+    /// its window covers get their licenses when the window opens, before the first open).
+    pub backing: Option<PathBuf>,
+}
+
+/// How the mount subscribes to its rules (PEP id `mount:<device>`).
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    /// ARDS base URL, `https://host:port`.
+    pub ards_url: String,
+    /// Certificate (PEM) ARDS's TLS certificate must chain to.
+    pub ards_ca_pem: String,
+    /// Issuer name → key of the authz instances whose rules count.
+    pub trusted_issuers: Vec<(String, authz::IssuerPublicKey)>,
+    /// Persistent rule cache (the mount enforces its last rules while ARDS is down).
+    pub cache_path: PathBuf,
+    /// How long `connect` waits for the first sync before going on with cached rules.
+    pub sync_timeout: Duration,
 }
 
 impl LicenseSourceConfig {
@@ -57,6 +84,8 @@ impl LicenseSourceConfig {
             params: NewAssetParams::default(),
             attest_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
+            rules: None,
+            backing: None,
         }
     }
 }
@@ -86,6 +115,18 @@ impl TokenMap {
         Some(PathBuf::from(format!("/run/user/{uid}/csap/token")))
     }
 
+    /// A token of `user` among the configured token files (explicit ones, then the mounting
+    /// user's default), for work done before any of their processes opens a file.
+    pub fn token_of_user(&self, user: &str) -> Option<UserToken> {
+        let me = nix::unistd::getuid().as_raw();
+        let mut paths: Vec<PathBuf> = self.explicit.values().cloned().collect();
+        paths.extend(self.path_for(me));
+        paths
+            .iter()
+            .filter_map(|p| UserToken::load(p).ok())
+            .find(|t| token_user(t).as_deref() == Some(user))
+    }
+
     /// Reads the token of `uid` (re-read at every license request, so a new `csap login`
     /// takes effect without remounting).
     pub fn load(&self, uid: u32) -> Result<UserToken, KeyError> {
@@ -110,6 +151,8 @@ pub enum LicenseSourceError {
     Connect(ClientError),
     #[error("connecting to the key server timed out")]
     Timeout,
+    #[error("cannot subscribe to ARDS: {0}")]
+    Ards(ards::ClientError),
 }
 
 /// License cache key: whose session, which executable, which asset, what for.
@@ -128,6 +171,12 @@ struct Held {
     key_id: KeyId,
     /// Unix seconds.
     not_after: i64,
+    /// What the license was for, re-checked against the mount's rules at every change.
+    user: String,
+    path: String,
+    scope: String,
+    /// Set when the license lost its allowing rule; shared with every handle opened under it.
+    revoked: Arc<AtomicBool>,
 }
 
 /// Evicts each license at its own `not_after`.
@@ -155,6 +204,290 @@ pub struct KeyServerSource {
     params: NewAssetParams,
     request_timeout: Duration,
     licenses: moka::sync::Cache<LicenseKey, Arc<Held>>,
+    /// The mount's ARDS subscription and its current rules (with the scope names they name).
+    rules: Option<Arc<MountRules>>,
+}
+
+/// The mount's rule set as last seen, and the subscription that updates it.
+struct MountRules {
+    client: ards::RulesClient,
+    device: String,
+    current: RwLock<Arc<LocalRules>>,
+    /// Scope id → scope name, learned from licenses (rules name scopes, headers carry ids).
+    scope_names: RwLock<HashMap<[u8; 16], String>>,
+    /// Ids of rules seen pending (released ahead of their window): pre-loaded once active.
+    pending_seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// One rule-set snapshot: the evaluator, and every scope name its rules' asset selectors use
+/// (tried when a check's scope is not known yet).
+struct LocalRules {
+    evaluator: Arc<authz::Evaluator>,
+    scopes: Vec<String>,
+}
+
+impl LocalRules {
+    fn from(evaluator: Arc<authz::Evaluator>) -> LocalRules {
+        let mut scopes: Vec<String> = evaluator
+            .rules()
+            .iter()
+            .filter_map(|r| authz::template::RuleSpec::from_rendered(&r.policy))
+            .flat_map(|spec| spec.assets.into_iter().filter_map(|a| a.scope))
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        LocalRules { evaluator, scopes }
+    }
+
+    /// Allowed by some rule? With `scope` unknown, any scope a rule names (or none) will do.
+    fn allows(
+        &self,
+        user: &str,
+        app: &str,
+        device: &str,
+        path: &str,
+        scope: Option<&str>,
+        action: Action,
+    ) -> bool {
+        let now = keyserver::now();
+        let decide = |scope: &str| {
+            self.evaluator
+                .decide(&authz::AccessRequest {
+                    participant: user,
+                    application_digest: app,
+                    device,
+                    asset_path: path,
+                    asset_scope: scope,
+                    action,
+                    now,
+                })
+                .allowed
+        };
+        match scope {
+            Some(s) => decide(s),
+            None => decide("") || self.scopes.iter().any(|s| decide(s)),
+        }
+    }
+}
+
+impl MountRules {
+    fn snapshot(&self) -> Arc<LocalRules> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn scope_name(&self, id: &[u8; 16]) -> Option<String> {
+        self.scope_names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Takes the subscription's current rules, then revokes every held license they no longer
+    /// allow: its lease flag is set (open handles fail their next read) and it is dropped.
+    fn refresh(&self, licenses: &moka::sync::Cache<LicenseKey, Arc<Held>>) -> usize {
+        let rules = Arc::new(LocalRules::from(self.client.evaluator()));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = rules.clone();
+        let mut revoked = 0;
+        for (key, held) in licenses.iter() {
+            if !rules.allows(
+                &held.user,
+                &key.app_digest,
+                &self.device,
+                &held.path,
+                Some(&held.scope),
+                key.action,
+            ) {
+                held.revoked.store(true, Ordering::Release);
+                licenses.invalidate(key.as_ref());
+                revoked += 1;
+                tracing::info!(user = %held.user, app = %key.app_digest, path = %held.path, "license revoked: no rule of this mount allows it any more");
+            }
+        }
+        revoked
+    }
+}
+
+impl MountRules {
+    /// Active rules that were seen pending and are not pre-loaded yet (each is returned once);
+    /// records the rules pending now.
+    fn due_for_preload(&self) -> Vec<authz::Rule> {
+        let mut seen = self
+            .pending_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for r in self.client.pending() {
+            seen.insert(r.id);
+        }
+        let active = self.snapshot();
+        let due: Vec<authz::Rule> = active
+            .evaluator
+            .rules()
+            .iter()
+            .filter(|r| seen.remove(&r.id))
+            .cloned()
+            .collect();
+        due
+    }
+}
+
+/// Fetches licenses for the assets a newly active rule covers, so the first open in the
+/// window is served from the license cache. Runs on a blocking thread of the source runtime.
+#[derive(Clone)]
+struct Preloader {
+    handle: tokio::runtime::Handle,
+    client: LicenseClient,
+    tokens: TokenMap,
+    backing: PathBuf,
+    licenses: moka::sync::Cache<LicenseKey, Arc<Held>>,
+    request_timeout: Duration,
+}
+
+/// Most assets per pre-load license request.
+const PRELOAD_BATCH: usize = 256;
+
+impl Preloader {
+    fn run(&self, rules: Vec<authz::Rule>) {
+        for rule in rules {
+            let Some(spec) = authz::template::RuleSpec::from_rendered(&rule.policy) else {
+                tracing::debug!(rule_id = %rule.id, "not a template rule; nothing to pre-load");
+                continue;
+            };
+            if !spec.actions.contains(&Action::Read) {
+                continue;
+            }
+            let Some(token) = self.tokens.token_of_user(&spec.participant) else {
+                tracing::info!(rule_id = %rule.id, user = %spec.participant, "no session of this user on the mount; nothing pre-loaded");
+                continue;
+            };
+            let assets = self.covered(&spec.assets);
+            for app in &spec.applications {
+                let n = self.license(&token, &spec.participant, app, &assets);
+                tracing::info!(rule_id = %rule.id, user = %spec.participant, app = %app, assets = assets.len(), licensed = n, "pre-loaded licenses");
+            }
+        }
+    }
+
+    /// (asset id, path) of every asset in the backing store a selector's path matches.
+    fn covered(&self, selectors: &[authz::request::AssetSelector]) -> Vec<([u8; 16], String)> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.backing.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else { continue };
+                let path = entry.path();
+                if kind.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if !kind.is_file() {
+                    continue;
+                }
+                let Some(rel) = path
+                    .strip_prefix(&self.backing)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                let matches = selectors.iter().any(|s| {
+                    s.path
+                        .as_deref()
+                        .is_none_or(|p| authz::model::like_match(p, &rel))
+                });
+                if !matches {
+                    continue;
+                }
+                if let Ok(header) = std::fs::File::open(&path)
+                    .map_err(crate::asset::AssetError::from)
+                    .and_then(|f| crate::asset::read_header(&f))
+                {
+                    found.push((header.asset_id.0, rel));
+                }
+            }
+        }
+        found
+    }
+
+    /// Licenses `assets` for (token, app) in batches, retrying briefly while the key server
+    /// has not activated the rule yet (both sides switch at the same second). Returns how many
+    /// were granted.
+    fn license(&self, token: &UserToken, user: &str, app: &str, assets: &[([u8; 16], String)]) -> usize {
+        let session = session_of(token);
+        let mut granted = 0;
+        for batch in assets.chunks(PRELOAD_BATCH) {
+            let mut left: Vec<[u8; 16]> = batch.iter().map(|(id, _)| *id).collect();
+            for attempt in 0..5 {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                let answer = self.handle.block_on(async {
+                    tokio::time::timeout(
+                        self.request_timeout,
+                        self.client.request(token, app, Action::Read, &left),
+                    )
+                    .await
+                });
+                let license = match answer {
+                    Ok(Ok(l)) => l,
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %chain(&e), "pre-load request failed");
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::info!("pre-load request timed out");
+                        continue;
+                    }
+                };
+                for grant in &license.grants {
+                    let held = Arc::new(Held {
+                        key: to_content_key(&grant.key),
+                        key_id: KeyId {
+                            scope: ScopeId(grant.scope_id),
+                            version: grant.grant.key_version,
+                        },
+                        not_after: grant.grant.not_after.min(license.license.not_after),
+                        user: user.to_string(),
+                        path: grant.grant.path.clone(),
+                        scope: grant.grant.scope.clone(),
+                        revoked: Arc::new(AtomicBool::new(false)),
+                    });
+                    self.licenses.insert(
+                        LicenseKey {
+                            session,
+                            app_digest: app.into(),
+                            asset_id: grant.asset_id,
+                            action: Action::Read,
+                        },
+                        held,
+                    );
+                    granted += 1;
+                }
+                left.retain(|id| !license.grants.iter().any(|g| &g.asset_id == id));
+                if left.is_empty() {
+                    break;
+                }
+            }
+        }
+        granted
+    }
+}
+
+/// The user a token names. The claims are read without checking the MAC (only the key server
+/// can); a forged name here can only make the local check stricter than the key server's.
+fn token_user(token: &UserToken) -> Option<String> {
+    let body = token.as_str().rsplit_once('.')?.0;
+    let claims = hex::decode(body.strip_prefix("v1.")?).ok()?;
+    serde_json::from_slice::<keyserver::token::Claims>(&claims)
+        .ok()
+        .map(|c| c.user)
 }
 
 impl std::fmt::Debug for KeyServerSource {
@@ -186,6 +519,30 @@ impl KeyServerSource {
             })
             .map_err(|_| LicenseSourceError::Timeout)?
             .map_err(LicenseSourceError::Connect)?;
+        let licenses: moka::sync::Cache<LicenseKey, Arc<Held>> = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(UntilNotAfter)
+            .build();
+        let rules = match cfg.rules {
+            None => None,
+            Some(rc) => {
+                let preload = cfg.backing.map(|backing| Preloader {
+                    handle: runtime.handle().clone(),
+                    client: client.clone(),
+                    tokens: cfg.tokens.clone(),
+                    backing,
+                    licenses: licenses.clone(),
+                    request_timeout: cfg.request_timeout,
+                });
+                Some(Self::subscribe(
+                    &runtime,
+                    rc,
+                    client.device(),
+                    &licenses,
+                    preload,
+                )?)
+            }
+        };
         Ok(KeyServerSource {
             runtime: Some(runtime),
             client,
@@ -194,11 +551,94 @@ impl KeyServerSource {
             scope: cfg.scope,
             params: cfg.params,
             request_timeout: cfg.request_timeout,
-            licenses: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .expire_after(UntilNotAfter)
-                .build(),
+            licenses,
+            rules,
         })
+    }
+
+    /// Starts the ARDS subscription as `mount:<device>` and the task that applies every change
+    /// of the rule set (revocation sweep).
+    fn subscribe(
+        runtime: &tokio::runtime::Runtime,
+        rc: RulesConfig,
+        device: &str,
+        licenses: &moka::sync::Cache<LicenseKey, Arc<Held>>,
+        preload: Option<Preloader>,
+    ) -> Result<Arc<MountRules>, LicenseSourceError> {
+        let pep_id = authz::template::mount_pep(device);
+        let client = runtime
+            .block_on(ards::RulesClient::start(ards::ClientConfig {
+                url: rc.ards_url.clone(),
+                pep_id: pep_id.clone(),
+                ca_pem: rc.ards_ca_pem,
+                trusted_issuers: rc.trusted_issuers,
+                cache_path: rc.cache_path,
+            }))
+            .map_err(LicenseSourceError::Ards)?;
+        if !runtime.block_on(client.wait_synced(rc.sync_timeout)) {
+            tracing::warn!(ards = %rc.ards_url, %pep_id, "ARDS not reached yet; enforcing the cached rules (none: everything is denied) until it is");
+        }
+        let mut changes = client.subscribe();
+        let rules = Arc::new(MountRules {
+            current: RwLock::new(Arc::new(LocalRules::from(client.evaluator()))),
+            client,
+            device: device.to_string(),
+            scope_names: RwLock::new(HashMap::new()),
+            pending_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        });
+        tracing::info!(%pep_id, rules = rules.snapshot().evaluator.rules().len(), "subscribed to ARDS");
+        let (weak, licenses, preload) = (Arc::downgrade(&rules), licenses.clone(), preload);
+        runtime.spawn(async move {
+            loop {
+                if let Some(rules) = weak.upgrade() {
+                    let revoked = rules.refresh(&licenses);
+                    tracing::debug!(revoked, "rule set changed");
+                    if let Some(preload) = preload.as_ref() {
+                        let due = rules.due_for_preload();
+                        if !due.is_empty() {
+                            // Off the change loop: a slow key server must not delay revocations.
+                            let preload = preload.clone();
+                            tokio::task::spawn_blocking(move || preload.run(due));
+                        }
+                    }
+                } else {
+                    break;
+                }
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(rules)
+    }
+
+    /// The mount's current rules from ARDS (`None` without a subscription).
+    pub fn rules_evaluator(&self) -> Option<Arc<authz::Evaluator>> {
+        self.rules.as_ref().map(|r| r.snapshot().evaluator.clone())
+    }
+
+    /// Local rule check for `user`/`app` (no rules configured: allowed).
+    fn local_check(
+        &self,
+        user: &str,
+        app: &str,
+        path: &str,
+        scope: Option<&str>,
+        action: Action,
+    ) -> Result<(), KeyError> {
+        let Some(rules) = &self.rules else {
+            return Ok(());
+        };
+        if rules
+            .snapshot()
+            .allows(user, app, &rules.device, path, scope, action)
+        {
+            return Ok(());
+        }
+        tracing::info!(user, app, path, ?action, "denied by the mount's rules (no key server round trip)");
+        Err(KeyError::Denied(format!(
+            "no rule of this mount allows {action:?} on {path} for {user} with this application"
+        )))
     }
 
     /// The device name the key server knows this mount by.
@@ -285,8 +725,19 @@ impl KeySource for KeyServerSource {
         caller: &Caller,
         path: &str,
         header: &Header,
-    ) -> Result<ContentKey, KeyError> {
+        access: Access,
+    ) -> Result<Licensed, KeyError> {
+        let path = path.trim_start_matches('/');
         let (token, who) = self.who(caller)?;
+        let user = token_user(&token)
+            .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
+        if let Some(rules) = &self.rules {
+            let scope = rules.scope_name(&header.key_id.scope.0);
+            self.local_check(&user, &who.app_digest, path, scope.as_deref(), Action::Read)?;
+            if access == Access::Write {
+                self.local_check(&user, &who.app_digest, path, scope.as_deref(), Action::Write)?;
+            }
+        }
         let cache_key = LicenseKey {
             session: session_of(&token),
             app_digest: who.app_digest.as_str().into(),
@@ -294,7 +745,7 @@ impl KeySource for KeyServerSource {
             action: Action::Read,
         };
         let held = match self.licenses.get(&cache_key) {
-            Some(h) if h.not_after > keyserver::now() => h,
+            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
             _ => {
                 let asset_id = header.asset_id.0;
                 let license = self.call(self.client.request(
@@ -314,6 +765,13 @@ impl KeySource for KeyServerSource {
                     tracing::info!(uid = caller.uid, pid = caller.pid, app = %who.app_digest, path, %reason, "license denied");
                     return Err(KeyError::Denied(format!("key server: {reason}")));
                 };
+                if let Some(rules) = &self.rules {
+                    rules
+                        .scope_names
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(grant.scope_id, grant.grant.scope.clone());
+                }
                 let held = Arc::new(Held {
                     key: to_content_key(&grant.key),
                     key_id: KeyId {
@@ -321,6 +779,10 @@ impl KeySource for KeyServerSource {
                         version: grant.grant.key_version,
                     },
                     not_after: grant.grant.not_after.min(license.license.not_after),
+                    user,
+                    path: grant.grant.path.clone(),
+                    scope: grant.grant.scope.clone(),
+                    revoked: Arc::new(AtomicBool::new(false)),
                 });
                 self.licenses.insert(cache_key, Arc::clone(&held));
                 held
@@ -334,7 +796,43 @@ impl KeySource for KeyServerSource {
                 source_key: held.key_id.to_string(),
             });
         }
-        Ok(held.key.clone())
+        Ok(Licensed {
+            key: held.key.clone(),
+            lease: Lease::tied_to(held.revoked.clone()),
+        })
+    }
+
+    fn authorize(&self, caller: &Caller, path: &str, access: Access) -> Result<(), KeyError> {
+        if self.rules.is_none() {
+            return Ok(());
+        }
+        let path = path.trim_start_matches('/');
+        let (token, who) = self.who(caller)?;
+        let user = token_user(&token)
+            .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
+        let (action, scope) = match access {
+            Access::Read => (Action::Read, None),
+            Access::Write => (Action::Write, None),
+            Access::Create => (Action::Create, self.scope.as_deref()),
+            Access::Delete => (Action::Delete, None),
+        };
+        self.local_check(&user, &who.app_digest, path, scope, action)
+    }
+
+    fn renamed(
+        &self,
+        caller: &Caller,
+        header: &Header,
+        _from: &str,
+        to: &str,
+    ) -> Result<(), KeyError> {
+        let to = to.trim_start_matches('/');
+        let (token, who) = self.who(caller)?;
+        self.call(
+            self.client
+                .rename(&token, &who.app_digest, &header.asset_id.0, to),
+        )?;
+        Ok(())
     }
 
     fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, ContentKey), KeyError> {
@@ -468,8 +966,10 @@ mod tests {
         };
 
         let (header, key) = source.create_key(&caller, "show/f0001.exr").unwrap();
-        let opened = source.open_key(&caller, "show/f0001.exr", &header).unwrap();
-        assert_eq!(opened.as_bytes(), key.as_bytes());
+        let opened = source
+            .open_key(&caller, "show/f0001.exr", &header, Access::Read)
+            .unwrap();
+        assert_eq!(opened.key.as_bytes(), key.as_bytes());
         let grants = |lb: &testing::Loopback| {
             rt.block_on(lb.admin().unwrap().audit_tail(1000))
                 .unwrap()
@@ -478,8 +978,10 @@ mod tests {
                 .count()
         };
         let before = grants(&lb);
-        let again = source.open_key(&caller, "show/f0001.exr", &header).unwrap();
-        assert_eq!(again.as_bytes(), key.as_bytes());
+        let again = source
+            .open_key(&caller, "show/f0001.exr", &header, Access::Read)
+            .unwrap();
+        assert_eq!(again.key.as_bytes(), key.as_bytes());
         assert_eq!(
             grants(&lb),
             before,
@@ -498,7 +1000,9 @@ mod tests {
             gid: 0,
             pid: child.id(),
         };
-        let denied = source.open_key(&other, "show/f0001.exr", &header);
+        let denied = source
+            .open_key(&other, "show/f0001.exr", &header, Access::Read)
+            .map(|_| ());
         for c in [&mut child, &mut app] {
             let _ = c.kill();
             let _ = c.wait();
@@ -514,7 +1018,7 @@ mod tests {
             pid: std::process::id(),
         };
         assert!(matches!(
-            source.open_key(&stranger, "show/f0001.exr", &header),
+            source.open_key(&stranger, "show/f0001.exr", &header, Access::Read),
             Err(KeyError::Denied(_))
         ));
 

@@ -382,7 +382,11 @@ impl Grantor<'_> {
             app_digest: self.app_digest.to_string(),
             action: self.action,
             recipient: self.recipient.to_hex(),
-            enc: self.sealer.as_ref().map(|s| hex::encode(s.enc())).unwrap_or_default(),
+            enc: self
+                .sealer
+                .as_ref()
+                .map(|s| hex::encode(s.enc()))
+                .unwrap_or_default(),
             grants,
             denials,
             break_glass: self.break_glass,

@@ -534,9 +534,12 @@ pub fn get_scope_version(
     name: &str,
     version: u32,
 ) -> Result<Option<ScopeVersionRow>, StoreError> {
+    // Cached statement: looked up once per grant of a batch license.
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT nonce, sealed_seed, revoked_at FROM scope_versions WHERE scope = ?1 AND version = ?2",
+        )?
+        .query_row(
             params![name, version],
             |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<i64>>(2)?)),
         )
@@ -602,12 +605,11 @@ const ASSET_SELECT: &str =
      FROM assets a JOIN scopes s ON s.name = a.scope";
 
 pub fn get_asset(conn: &Connection, asset_id: &str) -> Result<Option<AssetInfo>, StoreError> {
+    // Cached statement: a batch license looks up every asset, and re-parsing the SQL each time
+    // cost more than the lookup itself.
     Ok(conn
-        .query_row(
-            &format!("{ASSET_SELECT} WHERE a.asset_id = ?1"),
-            params![asset_id],
-            asset_from_row,
-        )
+        .prepare_cached(&format!("{ASSET_SELECT} WHERE a.asset_id = ?1"))?
+        .query_row(params![asset_id], asset_from_row)
         .optional()?)
 }
 

@@ -24,9 +24,9 @@ use std::fmt;
 use std::path::Path;
 
 use hpke::aead::AesGcm256;
+use hpke::aead::{AeadCtxR, AeadCtxS};
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
-use hpke::aead::{AeadCtxR, AeadCtxS};
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use rand_core::OsRng;
 use zeroize::Zeroizing;
@@ -147,8 +147,9 @@ impl HpkeKeyPair {
         let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(self.secret.as_ref())
             .map_err(|_| SealError::Open)?;
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| SealError::Open)?;
-        let ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(&OpModeR::Base, &sk, &enc, INFO)
-            .map_err(|_| SealError::Open)?;
+        let ctx =
+            hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(&OpModeR::Base, &sk, &enc, INFO)
+                .map_err(|_| SealError::Open)?;
         Ok(LicenseOpener { ctx })
     }
 }
@@ -263,13 +264,25 @@ mod tests {
             kp.opener(s.enc()).unwrap().open_next(ct, lic, asset)
         };
         assert!(first(&kp, &c1, "lic-1", &[1u8; 16]).is_ok());
-        assert!(matches!(first(&kp, &c1, "lic-2", &[1u8; 16]), Err(SealError::Open)));
-        assert!(matches!(first(&kp, &c1, "lic-1", &[2u8; 16]), Err(SealError::Open)));
+        assert!(matches!(
+            first(&kp, &c1, "lic-2", &[1u8; 16]),
+            Err(SealError::Open)
+        ));
+        assert!(matches!(
+            first(&kp, &c1, "lic-1", &[2u8; 16]),
+            Err(SealError::Open)
+        ));
         let other = HpkeKeyPair::generate();
-        assert!(matches!(first(&other, &c1, "lic-1", &[1u8; 16]), Err(SealError::Open)));
+        assert!(matches!(
+            first(&other, &c1, "lic-1", &[1u8; 16]),
+            Err(SealError::Open)
+        ));
         let mut bad = c1.clone();
         bad[0] ^= 1;
-        assert!(matches!(first(&kp, &bad, "lic-1", &[1u8; 16]), Err(SealError::Open)));
+        assert!(matches!(
+            first(&kp, &bad, "lic-1", &[1u8; 16]),
+            Err(SealError::Open)
+        ));
         assert!(matches!(kp.opener(&[0u8; 5]), Err(SealError::Open)));
     }
 
@@ -281,14 +294,20 @@ mod tests {
         let c2 = s.seal_next(&key(2), "lic-1", &[2u8; 16]).unwrap();
         // Second grant presented first (a reordered license): sequence 0 does not open it.
         let mut o = kp.opener(s.enc()).unwrap();
-        assert!(matches!(o.open_next(&c2, "lic-1", &[2u8; 16]), Err(SealError::Open)));
+        assert!(matches!(
+            o.open_next(&c2, "lic-1", &[2u8; 16]),
+            Err(SealError::Open)
+        ));
         // A grant moved into another context (another license to the same recipient), even
         // at the same position and with the same license id: it does not open.
         let mut s2 = LicenseSealer::new(kp.public()).unwrap();
         let _ = s2.seal_next(&key(9), "lic-1", &[1u8; 16]).unwrap();
         assert_ne!(s2.enc(), s.enc());
         let mut o2 = kp.opener(s2.enc()).unwrap();
-        assert!(matches!(o2.open_next(&c1, "lic-1", &[1u8; 16]), Err(SealError::Open)));
+        assert!(matches!(
+            o2.open_next(&c1, "lic-1", &[1u8; 16]),
+            Err(SealError::Open)
+        ));
     }
 
     #[test]

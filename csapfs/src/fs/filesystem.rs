@@ -30,7 +30,7 @@ use super::inodes::{InodeTable, ROOT};
 use super::{CacheMode, MountOptions};
 use crate::asset::{plain_size_of, read_header, Asset, AssetError};
 use crate::format::Layout;
-use crate::keys::{Caller, KeyError, KeySource};
+use crate::keys::{Access, Caller, KeyError, KeySource, Lease};
 
 /// Entry and attribute TTL. Short, so a change made outside the mount (or a revocation that
 /// invalidates attributes) is seen within a second, yet `stat` storms are still absorbed.
@@ -58,6 +58,9 @@ struct Handle {
     ino: u64,
     inode: Arc<OpenInode>,
     writable: bool,
+    /// The license this handle was opened under; checked (one atomic load) on every read
+    /// and write, so a revocation reaches handles that are already open.
+    lease: Lease,
 }
 
 /// One directory entry of an `opendir` snapshot (offsets index this list).
@@ -189,9 +192,10 @@ impl CsapFs {
         self.backing.join(rel)
     }
 
-    /// The path handed to the key source: mount-relative with a leading slash.
+    /// The path handed to the key source: volume-relative, `/`-separated, no leading slash
+    /// (`show/f0001.exr`), the form rules and the key server's asset registry use.
     fn asset_path(rel: &Path) -> String {
-        format!("/{}", rel.display())
+        rel.display().to_string()
     }
 
     fn caller(req: &Request) -> Caller {
@@ -212,6 +216,25 @@ impl CsapFs {
             .get(&fh.0)
             .map(|h| (h.ino, h.inode.clone(), h.writable))
             .ok_or(Errno::EBADF)
+    }
+
+    /// [`Self::handle`] for data I/O: refused with `EACCES` once the handle's license was
+    /// revoked.
+    fn live_handle(&self, fh: FileHandle) -> Result<(u64, Arc<OpenInode>, bool), Errno> {
+        let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        let h = handles.get(&fh.0).ok_or(Errno::EBADF)?;
+        if h.lease.is_revoked() {
+            debug!(ino = h.ino, "I/O refused: the handle's license was revoked");
+            return Err(Errno::EACCES);
+        }
+        Ok((h.ino, h.inode.clone(), h.writable))
+    }
+
+    /// Asks the key source whether the caller may do `access` on `rel` (local rules).
+    fn authorize(&self, req: &Request, rel: &Path, access: Access) -> Result<(), Errno> {
+        self.keys
+            .authorize(&Self::caller(req), &Self::asset_path(rel), access)
+            .map_err(|err| self.key_errno(rel, &err))
     }
 
     /// Plaintext size of a regular backing file from its stored length and the chunk size in
@@ -333,7 +356,12 @@ impl CsapFs {
     }
 
     /// Opens the backing file of `ino` as an asset: header, key, header MAC.
-    fn open_asset(&self, req: &Request, ino: u64) -> Result<OpenInode, Errno> {
+    fn open_asset(
+        &self,
+        req: &Request,
+        ino: u64,
+        access: Access,
+    ) -> Result<(OpenInode, Lease), Errno> {
         let rel = self.rel_path(ino)?;
         let full = self.full(&rel);
         let (file, writable) = if self.read_only {
@@ -359,27 +387,57 @@ impl CsapFs {
             self.report_invalid(ino, &rel, &err);
             Errno::EIO
         })?;
-        let key = self
+        let licensed = self
             .keys
-            .open_key(&Self::caller(req), &Self::asset_path(&rel), &header)
+            .open_key(&Self::caller(req), &Self::asset_path(&rel), &header, access)
             .map_err(|err| self.key_errno(&rel, &err))?;
-        let asset = Asset::open_recovering(file, &key).map_err(|err| {
+        let asset = Asset::open_recovering(file, &licensed.key).map_err(|err| {
             self.report_invalid(ino, &rel, &err);
             Errno::EIO
         })?;
         if let Some(node) = lock(&self.inodes).node_mut(ino) {
             node.chunk_size = Some(asset.header().chunk_size);
         }
-        Ok(OpenInode {
-            asset: RwLock::new(asset),
-            writable,
-        })
+        Ok((
+            OpenInode {
+                asset: RwLock::new(asset),
+                writable,
+            },
+            licensed.lease,
+        ))
+    }
+
+    /// Authorizes one more open of an inode that is already open: the same key, but a
+    /// decision (and a lease) for this caller.
+    fn license_open_inode(
+        &self,
+        req: &Request,
+        ino: u64,
+        inode: &OpenInode,
+        access: Access,
+    ) -> Result<Lease, Errno> {
+        let rel = self.rel_path(ino)?;
+        let header = *inode
+            .asset
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .header();
+        self.keys
+            .open_key(&Self::caller(req), &Self::asset_path(&rel), &header, access)
+            .map(|licensed| licensed.lease)
+            .map_err(|err| self.key_errno(&rel, &err))
     }
 
     /// Registers a handle on `ino`, sharing the inode's open asset if it has one. The asset is
     /// opened outside the map lock (a key fetch may take a network round trip); if two opens
     /// race, the first to insert wins and the other's asset is dropped.
-    fn add_handle(&self, ino: u64, fresh: Option<OpenInode>, writable: bool) -> Result<u64, Errno> {
+    fn add_handle(
+        &self,
+        ino: u64,
+        fresh: Option<OpenInode>,
+        writable: bool,
+        lease: Lease,
+    ) -> Result<u64, Errno> {
         let inode = {
             let mut open = lock(&self.open);
             match open.get_mut(&ino) {
@@ -415,6 +473,7 @@ impl CsapFs {
                     ino,
                     inode,
                     writable,
+                    lease,
                 },
             );
         Ok(fh)
@@ -435,16 +494,21 @@ impl CsapFs {
         if writable && self.read_only {
             return Err(Errno::EROFS);
         }
-        let fresh = if self.open_inode(ino).is_some() {
-            None
-        } else {
-            Some(self.open_asset(req, ino)?)
+        let access = if writable { Access::Write } else { Access::Read };
+        // Every open is an authorization decision, also when another handle already has the
+        // asset open (the key is shared, the permission is not).
+        let (fresh, lease) = match self.open_inode(ino) {
+            Some(inode) => (None, self.license_open_inode(req, ino, &inode, access)?),
+            None => {
+                let (fresh, lease) = self.open_asset(req, ino, access)?;
+                (Some(fresh), lease)
+            }
         };
-        match self.add_handle(ino, fresh, writable) {
+        match self.add_handle(ino, fresh, writable, lease) {
             // The inode was closed between our check and the insert: open it now.
             Err(e) if e == Errno::EAGAIN => {
-                let fresh = self.open_asset(req, ino)?;
-                self.add_handle(ino, Some(fresh), writable)
+                let (fresh, lease) = self.open_asset(req, ino, access)?;
+                self.add_handle(ino, Some(fresh), writable, lease)
             }
             other => other,
         }
@@ -471,6 +535,8 @@ impl CsapFs {
             return Err(Errno::EROFS);
         }
         let rel = self.child_rel(parent, name)?;
+        // Local rules first: a denial needs no key server round trip and leaves no file.
+        self.authorize(req, &rel, Access::Create)?;
         let full = self.full(&rel);
         let file = OpenOptions::new()
             .read(true)
@@ -514,12 +580,13 @@ impl CsapFs {
         // A stale open entry can exist only if the backing inode number was reused while the
         // old file was still open; the new file must not share it.
         lock(&self.open).remove(&ino);
-        let fh = self.add_handle(ino, Some(inode), writable)?;
+        // The creator's handle holds a create license, not a revocable read lease.
+        let fh = self.add_handle(ino, Some(inode), writable, Lease::permanent())?;
         Ok((attr, fh))
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let (ino, inode, _) = self.handle(fh)?;
+        let (ino, inode, _) = self.live_handle(fh)?;
         let asset = inode.asset.read().unwrap_or_else(|p| p.into_inner());
         asset.read_at(offset, buf).map_err(|err| {
             if let AssetError::Authentication { chunk_index } = err {
@@ -531,7 +598,7 @@ impl CsapFs {
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let (_, inode, writable) = self.handle(fh)?;
+        let (_, inode, writable) = self.live_handle(fh)?;
         if !writable {
             return Err(Errno::EBADF);
         }
@@ -554,9 +621,12 @@ impl CsapFs {
         if self.read_only {
             return Err(Errno::EROFS);
         }
+        if let Ok(rel) = self.rel_path(ino) {
+            self.authorize(req, &rel, Access::Write)?;
+        }
         let inode = match self.open_inode(ino) {
             Some(inode) => inode,
-            None => Arc::new(self.open_asset(req, ino)?),
+            None => Arc::new(self.open_asset(req, ino, Access::Write)?.0),
         };
         if !inode.writable {
             return Err(Errno::EACCES);
@@ -616,10 +686,13 @@ impl CsapFs {
         self.attr(ino)
     }
 
-    fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+    fn do_unlink(&self, req: &Request, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let rel = self.child_rel(parent, name)?;
         let full = self.full(&rel);
         let meta = fs::symlink_metadata(&full).map_err(io_errno)?;
+        if meta.is_file() {
+            self.authorize(req, &rel, Access::Delete)?;
+        }
         if dir {
             fs::remove_dir(&full).map_err(io_errno)?;
         } else {
@@ -633,6 +706,7 @@ impl CsapFs {
 
     fn do_rename(
         &self,
+        req: &Request,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -646,6 +720,28 @@ impl CsapFs {
         let to = self.child_rel(newparent, newname)?;
         let (from_full, to_full) = (self.full(&from), self.full(&to));
         let replaced = fs::symlink_metadata(&to_full).ok();
+        if fs::symlink_metadata(&from_full).map_err(io_errno)?.is_file() {
+            // Moving an asset removes it from one path and creates it at another.
+            self.authorize(req, &from, Access::Delete)?;
+            self.authorize(req, &to, Access::Create)?;
+            if replaced.as_ref().is_some_and(|m| m.is_file()) {
+                self.authorize(req, &to, Access::Delete)?;
+            }
+            // The key server's asset registry follows the file (and may refuse the move).
+            if let Ok(header) = File::open(&from_full)
+                .map_err(AssetError::from)
+                .and_then(|f| read_header(&f))
+            {
+                self.keys
+                    .renamed(
+                        &Self::caller(req),
+                        &header,
+                        &Self::asset_path(&from),
+                        &Self::asset_path(&to),
+                    )
+                    .map_err(|err| self.key_errno(&from, &err))?;
+            }
+        }
         if flags.contains(RenameFlags::RENAME_NOREPLACE) {
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
@@ -921,15 +1017,15 @@ impl Filesystem for CsapFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent.0, name, false) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(req, parent.0, name, false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent.0, name, true) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(req, parent.0, name, true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -951,7 +1047,7 @@ impl Filesystem for CsapFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -959,7 +1055,7 @@ impl Filesystem for CsapFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+        match self.do_rename(req, parent.0, name, newparent.0, newname, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
