@@ -112,7 +112,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         host
     };
-    println!("ARDS listening on https://{host}:{}", server.local_addr.port());
+    println!(
+        "ARDS listening on https://{host}:{}",
+        server.local_addr.port()
+    );
     println!("certificate: {}", identity.cert_path.display());
     let trusted: Vec<&str> = issuers.iter().map(|(n, _)| n.as_str()).collect();
     println!(

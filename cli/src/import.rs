@@ -33,7 +33,8 @@ const CREATES_IN_FLIGHT: usize = 8;
 const TMP_MARK: &str = ".csap-import-";
 
 #[derive(Args)]
-#[command(long_about = "Encrypt a directory tree of plaintext files into a backing store.
+#[command(
+    long_about = "Encrypt a directory tree of plaintext files into a backing store.
 
 Every regular file under SRC becomes an asset at the same relative path under BACKING, each under \
 its own content key: with --server, the key server registers the asset in --scope and licenses its \
@@ -53,7 +54,8 @@ create, not read) the asset's structure and size are checked. Anything else at a
 (another file, a different size) is reported as a failure and left untouched; move it away to \
 import that file again.
 
-Per-file errors are reported and counted; the exit status is non-zero if any file failed.")]
+Per-file errors are reported and counted; the exit status is non-zero if any file failed."
+)]
 pub struct ImportArgs {
     /// Directory tree of plaintext files to import.
     pub src: PathBuf,
@@ -133,7 +135,8 @@ pub fn write_asset(
     ));
     // A leftover of this very pid can only be from an earlier, failed attempt in this run.
     let _ = std::fs::remove_file(&tmp);
-    let file = File::create_new(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file =
+        File::create_new(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = (|| {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         let size = encrypt_stream(input, &mut out, header, key)?;
@@ -355,7 +358,9 @@ fn keys_from(args: &ImportArgs, params: NewAssetParams) -> Result<Keys> {
         return Ok(Keys::Local(KeyFileSource::new(seed, params)));
     }
     let Some(server) = &args.server else {
-        bail!("give --server URL (or CSAP_SERVER) and --scope, or --key-file FILE for offline import");
+        bail!(
+            "give --server URL (or CSAP_SERVER) and --scope, or --key-file FILE for offline import"
+        );
     };
     let Some(identity) = &args.identity else {
         bail!("--server needs --identity DIR (the device enrollment directory)");
@@ -472,8 +477,12 @@ fn remove_stale_temporaries(dir: &Path) {
         };
         if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
             match std::fs::remove_file(item.path()) {
-                Ok(()) => tracing::info!(file = %item.path().display(), "removed the temporary file of an interrupted import"),
-                Err(e) => tracing::warn!(file = %item.path().display(), error = %e, "cannot remove a stale temporary file"),
+                Ok(()) => {
+                    tracing::info!(file = %item.path().display(), "removed the temporary file of an interrupted import")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %item.path().display(), error = %e, "cannot remove a stale temporary file")
+                }
             }
         }
     }
@@ -482,9 +491,8 @@ fn remove_stale_temporaries(dir: &Path) {
 /// Whether an existing destination is this source's finished asset (see `--help`).
 fn verify_existing(dest: &Path, src_size: u64, keys: &Keys) -> Result<()> {
     let file = File::open(dest).context("exists and cannot be opened")?;
-    let header = csapfs::asset::read_header(&file).context(
-        "exists and is not an asset; move it away to import this file",
-    )?;
+    let header = csapfs::asset::read_header(&file)
+        .context("exists and is not an asset; move it away to import this file")?;
     let stored = file.metadata()?.len();
     if stored != header.layout().stored_len(src_size) {
         bail!(

@@ -157,13 +157,16 @@ mod tests {
         }
     }
 
-    fn request(name: &str, digests: &[&str], device: &str, action: &str) -> String {
-        let now = keyserver::now();
+    /// An authorization request for alice on `device`, assets `samples/**`, window from
+    /// `start` for an hour.
+    fn request(name: &str, digests: &[&str], device: &str, action: &str, start: i64) -> String {
         let apps: Vec<serde_json::Value> = digests
             .iter()
-            .map(|d| serde_json::json!({"entityType": "Application",
+            .map(|d| {
+                serde_json::json!({"entityType": "Application",
                 "identifier": [{"identifierScope": "blake3", "identifierValue": d}],
-                "name": name, "version": "1"}))
+                "name": name, "version": "1"})
+            })
             .collect();
         serde_json::json!({
             "entityType": "AuthorizationPolicyRequest",
@@ -175,7 +178,7 @@ mod tests {
             "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": device}]}],
             "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": "samples/**"}]}],
             "actions": [action],
-            "window": {"start": rfc3339_utc(now - 60), "end": rfc3339_utc(now + 3600)}
+            "window": {"start": rfc3339_utc(start), "end": rfc3339_utc(start + 3600)}
         })
         .to_string()
     }
@@ -194,14 +197,29 @@ mod tests {
     }
 
     impl Reader {
+        /// A perl that opened `file` and, per input line, re-reads its first 4 KiB (seek to
+        /// 0, sysread): after the first read those bytes sit in the page cache of a
+        /// `--cache page` mount, so only an invalidation makes the read reach the mount again.
+        fn rereading(file: &Path) -> Reader {
+            let script = r#"open(my $f, "<", $ARGV[0]) or exit 7; $| = 1; print "opened\n";
+while (<STDIN>) { sysseek($f, 0, 0); my $n = sysread($f, my $buf, 4096);
+  if (defined $n) { print "ok\n" } else { print "err $!\n" } }"#;
+            let cmd = Command::new("/usr/bin/perl");
+            Reader::spawn(cmd, &["-e", script], file)
+        }
+
         fn open(file: &Path) -> Reader {
             let script = r#"exec 3< "$1" || exit 7
 echo opened
 while read -r _; do
   if out=$(dd bs=4096 count=1 of=/dev/null <&3 2>&1); then echo ok; else echo "err $out"; fi
 done"#;
-            let mut child = Command::new("/bin/bash")
-                .args(["-c", script, "reader"])
+            Reader::spawn(Command::new("/bin/bash"), &["-c", script, "reader"], file)
+        }
+
+        fn spawn(mut cmd: Command, args: &[&str], file: &Path) -> Reader {
+            let mut child = cmd
+                .args(args)
                 .arg(file)
                 .env_remove("LD_LIBRARY_PATH")
                 .stdin(Stdio::piped())
@@ -213,8 +231,17 @@ done"#;
             let mut stdout = BufReader::new(child.stdout.take().unwrap());
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
-            assert_eq!(line.trim(), "opened", "the approved reader could not open {}", file.display());
-            Reader { child, stdin, stdout }
+            assert_eq!(
+                line.trim(),
+                "opened",
+                "the approved reader could not open {}",
+                file.display()
+            );
+            Reader {
+                child,
+                stdin,
+                stdout,
+            }
         }
 
         fn read(&mut self) -> String {
@@ -239,7 +266,10 @@ done"#;
             .env_remove("LD_LIBRARY_PATH")
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The mount as a policy enforcement point, end to end: the embedded server (authz, ARDS,
@@ -269,11 +299,22 @@ done"#;
         let admin = AdminClient::connect(&ks, &server.admin_dir).unwrap();
         let device = "ws-pep";
         let device_dir = dir.path().join("device");
-        rt.block_on(admin.enroll_device(device, &device_dir)).unwrap();
-        rt.block_on(admin.add_user("alice", "a long passphrase")).unwrap();
+        rt.block_on(admin.enroll_device(device, &device_dir))
+            .unwrap();
+        rt.block_on(admin.add_user("alice", "a long passphrase"))
+            .unwrap();
         let (bash_digest, rm_digest) = (digest_of("/bin/bash"), digest_of("/bin/rm"));
+        let cat_digest = digest_of("/bin/cat");
+        let perl_digest = digest_of("/usr/bin/perl");
         let importer = "cd".repeat(32);
-        for (digest, name) in [(&bash_digest, "bash"), (&rm_digest, "rm"), (&importer, "importer")] {
+        let earlier = keyserver::now() - 60;
+        for (digest, name) in [
+            (&bash_digest, "bash"),
+            (&rm_digest, "rm"),
+            (&cat_digest, "cat"),
+            (&perl_digest, "perl"),
+            (&importer, "importer"),
+        ] {
             rt.block_on(admin.register_app(&RegisterAppRequest {
                 digest: digest.clone(),
                 name: name.into(),
@@ -283,17 +324,27 @@ done"#;
             .unwrap();
         }
         rt.block_on(admin.create_scope("pep")).unwrap();
-        let client = rt.block_on(LicenseClient::connect(&ks, &device_dir)).unwrap();
-        let (token, _) = rt.block_on(client.login("alice", "a long passphrase")).unwrap();
+        let client = rt
+            .block_on(LicenseClient::connect(&ks, &device_dir))
+            .unwrap();
+        let (token, _) = rt
+            .block_on(client.login("alice", "a long passphrase"))
+            .unwrap();
         let token_file = dir.path().join("alice.token");
         token.save(&token_file).unwrap();
 
         // Readers may read; the importer may create (and is not a running program here).
         let view = rt
-            .block_on(server.authz.submit(request("view", &[&bash_digest, &rm_digest], device, "read").as_bytes()))
+            .block_on(server.authz.submit(
+                request("view", &[&bash_digest, &rm_digest, &perl_digest], device, "read", earlier).as_bytes(),
+            ))
             .unwrap();
         let import = rt
-            .block_on(server.authz.submit(request("import", &[&importer], device, "create").as_bytes()))
+            .block_on(
+                server
+                    .authz
+                    .submit(request("import", &[&importer], device, "create", earlier).as_bytes()),
+            )
             .unwrap();
         let ks_rules: Vec<String> = server
             .authz
@@ -356,6 +407,20 @@ done"#;
         };
         let mounted = csapfs::fs::mount(&backing, &mnt, source, &options).unwrap();
         let (f1, f2) = (mnt.join("samples/f1.raw"), mnt.join("samples/f2.raw"));
+        // The same volume through the page cache, where reads may never reach the mount:
+        // revocation must drop the cached plaintext too.
+        let mnt_page = dir.path().join("mnt-page");
+        std::fs::create_dir(&mnt_page).unwrap();
+        let page_source = args
+            .source(NewAssetParams::default(), &backing)
+            .unwrap()
+            .unwrap();
+        let page_options = MountOptions {
+            cache: CacheMode::Page,
+            ..options.clone()
+        };
+        let mounted_page =
+            csapfs::fs::mount(&backing, &mnt_page, page_source, &page_options).unwrap();
 
         // Local rules: an approved app without a create/delete rule is refused at once.
         let last_audit = || {
@@ -371,39 +436,66 @@ done"#;
         let new_file = mnt.join("samples/new.raw");
         let (ok, err) = bash(&format!(": > '{}'", new_file.display()));
         assert!(!ok && err.contains("Permission denied"), "create: {err}");
-        assert!(!backing.join("samples/new.raw").exists(), "denied create left a file");
+        assert!(
+            !backing.join("samples/new.raw").exists(),
+            "denied create left a file"
+        );
         let out = Command::new("/bin/rm")
             .arg(&f2)
             .env_remove("LD_LIBRARY_PATH")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("Permission denied"), "unlink: {err}");
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "unlink: {err}"
+        );
         assert!(backing.join("samples/f2.raw").exists());
-        assert_eq!(last_audit(), before, "local denials must not reach the key server");
+        assert_eq!(
+            last_audit(),
+            before,
+            "local denials must not reach the key server"
+        );
 
-        // Revocation: an open handle fails its next read within 1 s of the cancel.
+        // Revocation: an open handle fails its next read within 1 s of the cancel, on both
+        // mounts (the page-cache one has the next pages cached by readahead already).
         let mut reader = Reader::open(&f1);
+        let mut page_reader = Reader::rereading(&mnt_page.join("samples/f1.raw"));
         assert_eq!(reader.read(), "ok");
+        assert_eq!(page_reader.read(), "ok");
         let cancelled = Instant::now();
         rt.block_on(server.authz.cancel(&view.id)).unwrap();
-        let answer = loop {
-            let answer = reader.read();
-            if answer != "ok" || cancelled.elapsed() > Duration::from_secs(5) {
-                break answer;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let took = cancelled.elapsed();
-        assert!(answer.contains("Permission denied"), "after revocation: {answer:?}");
-        assert!(took < Duration::from_secs(1), "revocation took {took:?}");
-        drop(reader);
+        for (what, reader) in [("direct", &mut reader), ("page cache", &mut page_reader)] {
+            let answer = loop {
+                let answer = reader.read();
+                if answer != "ok" || cancelled.elapsed() > Duration::from_secs(5) {
+                    break answer;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let took = cancelled.elapsed();
+            eprintln!("revocation reached the open {what} handle in {took:?}");
+            assert!(
+                answer.contains("Permission denied"),
+                "{what}: after revocation: {answer:?}"
+            );
+            assert!(took < Duration::from_secs(1), "{what}: revocation took {took:?}");
+        }
+        drop((reader, page_reader));
+        mounted_page.unmount().unwrap();
         let (ok, err) = bash(&format!("exec 3< '{}'", f1.display()));
-        assert!(!ok && err.contains("Permission denied"), "open after revocation: {err}");
+        assert!(
+            !ok && err.contains("Permission denied"),
+            "open after revocation: {err}"
+        );
 
         // Outage: re-grant, license f1, then stop every service.
         let view2 = rt
-            .block_on(server.authz.submit(request("view2", &[&bash_digest], device, "read").as_bytes()))
+            .block_on(
+                server
+                    .authz
+                    .submit(request("view2", &[&bash_digest], device, "read", earlier).as_bytes()),
+            )
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut reader = loop {
@@ -412,16 +504,72 @@ done"#;
             if ok {
                 break Reader::open(&f1);
             }
-            assert!(Instant::now() < deadline, "new rule {view2:?} never took effect");
+            assert!(
+                Instant::now() < deadline,
+                "new rule {view2:?} never took effect"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         assert_eq!(reader.read(), "ok");
+
+        // Pre-loading: a rule for `cat` released ahead of its window (opens in 2 s); when the
+        // window opens the mount licenses the covered assets itself, so cat's first open of
+        // f2 makes no key server round trip.
+        let soon = keyserver::now() + 2;
+        rt.block_on(
+            server
+                .authz
+                .submit(request("pre", &[&cat_digest], device, "read", soon).as_bytes()),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !rt
+            .block_on(admin.audit_tail(50))
+            .unwrap()
+            .iter()
+            .any(|r| r.decision == "grant" && r.app_digest.as_deref() == Some(cat_digest.as_str()))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the mount never pre-loaded cat's licenses"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Let the batch land in the mount's cache (the grant is audited before it answers).
+        std::thread::sleep(Duration::from_millis(300));
+        let before = last_audit();
+        let out = Command::new("/bin/cat")
+            .arg(&f2)
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cat of a pre-loaded frame: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, frame);
+        assert_eq!(
+            last_audit(),
+            before,
+            "first open of a pre-loaded asset made a round trip"
+        );
+
         rt.block_on(server.shutdown());
         assert_eq!(reader.read(), "ok", "a held license must keep working");
-        let (ok, err) = bash(&format!("exec 3< '{}' && dd bs=4096 count=1 of=/dev/null <&3", f1.display()));
-        assert!(ok, "re-open of a licensed frame while the key server is down: {err}");
+        let (ok, err) = bash(&format!(
+            "exec 3< '{}' && dd bs=4096 count=1 of=/dev/null <&3",
+            f1.display()
+        ));
+        assert!(
+            ok,
+            "re-open of a licensed frame while the key server is down: {err}"
+        );
         let (ok, err) = bash(&format!("exec 3< '{}'", f2.display()));
-        assert!(!ok && err.contains("Permission denied"), "unlicensed frame while down: {err}");
+        assert!(
+            !ok && err.contains("Permission denied"),
+            "unlicensed frame while down: {err}"
+        );
         drop(reader);
         mounted.unmount().unwrap();
     }

@@ -170,11 +170,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     blocked.thread_block().context("blocking signals")?;
 
     // After blocking signals: the key server source starts runtime threads of its own.
-    let keys: Arc<dyn csapfs::keys::KeySource> = match (seed, args.key_server.source(params, &args.backing)?) {
-        (_, Some(source)) => source,
-        (Some(seed), None) => Arc::new(KeyFileSource::new(seed, params)),
-        (None, None) => bail!("give --key-file or --server"),
-    };
+    let keys: Arc<dyn csapfs::keys::KeySource> =
+        match (seed, args.key_server.source(params, &args.backing)?) {
+            (_, Some(source)) => source,
+            (Some(seed), None) => Arc::new(KeyFileSource::new(seed, params)),
+            (None, None) => bail!("give --key-file or --server"),
+        };
 
     let mounted = csapfs::fs::mount(&args.backing, &args.mountpoint, keys, &options)?;
     eprintln!(

@@ -96,7 +96,11 @@ fn key_file_import_decrypts_back_and_reruns_skip() {
     assert!(out.contains("imported 4 file(s)"), "{out}");
     for (rel, data) in &files {
         let asset = backing.join(rel);
-        assert_ne!(&std::fs::read(&asset).unwrap(), data, "{rel} stored in plaintext");
+        assert_ne!(
+            &std::fs::read(&asset).unwrap(),
+            data,
+            "{rel} stored in plaintext"
+        );
         assert_eq!(&decrypt(&key, &asset, dir.path()), data, "{rel} round trip");
     }
     assert!(temporaries(&backing).is_empty());
@@ -114,8 +118,14 @@ fn key_file_import_decrypts_back_and_reruns_skip() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a failed file must fail the run");
-    assert!(stdout.contains("skipped 4") && stdout.contains("1 failed"), "{stdout}");
-    assert!(stderr.contains("extra.bin") && stderr.contains("not an asset"), "{stderr}");
+    assert!(
+        stdout.contains("skipped 4") && stdout.contains("1 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("extra.bin") && stderr.contains("not an asset"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read(backing.join("extra.bin")).unwrap(),
         b"someone else's file"
@@ -165,19 +175,34 @@ fn killed_import_leaves_no_partial_asset_and_a_rerun_completes_it() {
     loop {
         if backing.exists() && !temporaries(&backing).is_empty() {
             let t = temporaries(&backing);
-            if t[0].file_name().unwrap().to_string_lossy().starts_with(".z.bin") {
+            if t[0]
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".z.bin")
+            {
                 break;
             }
         }
-        assert!(child.try_wait().unwrap().is_none(), "import finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "import finished before it could be killed"
+        );
         assert!(Instant::now() < deadline, "no temporary file appeared");
         std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap(); // SIGKILL: no cleanup of any kind
     child.wait().unwrap();
 
-    assert!(!backing.join("z.bin").exists(), "a partial asset under its final name");
-    assert_eq!(temporaries(&backing).len(), 1, "the killed run's temporary file");
+    assert!(
+        !backing.join("z.bin").exists(),
+        "a partial asset under its final name"
+    );
+    assert_eq!(
+        temporaries(&backing).len(),
+        1,
+        "the killed run's temporary file"
+    );
     assert!(backing.join("a.bin").exists() && backing.join("b.bin").exists());
 
     let out = ok(csap(&["import"])
@@ -191,7 +216,10 @@ fn killed_import_leaves_no_partial_asset_and_a_rerun_completes_it() {
         out.contains("imported 1 file(s)") && out.contains("skipped 2"),
         "{out}"
     );
-    assert!(temporaries(&backing).is_empty(), "stale temporary file removed");
+    assert!(
+        temporaries(&backing).is_empty(),
+        "stale temporary file removed"
+    );
     assert_eq!(decrypt(&key, &backing.join("z.bin"), dir.path()), big);
     assert_eq!(
         decrypt(&key, &backing.join("a.bin"), dir.path()),
@@ -235,6 +263,8 @@ fn start_server(data: &Path) -> Server {
             _ => panic!("server stopped early; printed:\n{printed}"),
         }
     }
+    // Keep reading: the server prints more, and a closed pipe would kill it.
+    std::thread::spawn(move || lines.for_each(drop));
     let url = |prefix: &str| {
         printed
             .lines()
@@ -263,9 +293,15 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         c
     };
     let device = dir.path().join("device");
-    ok(as_admin(&["device", "enroll", "ws-test", "--out", device.to_str().unwrap()])
-        .output()
-        .unwrap());
+    ok(as_admin(&[
+        "device",
+        "enroll",
+        "ws-test",
+        "--out",
+        device.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap());
     let mut add = as_admin(&["user", "add", "alice"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -278,9 +314,17 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         .write_all(b"a long passphrase\n")
         .unwrap();
     ok(add.wait_with_output().unwrap());
-    ok(as_admin(&["app", "register", CSAP, "--name", "csap-import", "--version", "1"])
-        .output()
-        .unwrap());
+    ok(as_admin(&[
+        "app",
+        "register",
+        CSAP,
+        "--name",
+        "csap-import",
+        "--version",
+        "1",
+    ])
+    .output()
+    .unwrap());
     let created = ok(as_admin(&["scope", "create", "shot010"]).output().unwrap());
     // "created scope shot010 (id HEX, version 1)"
     let scope_id = created

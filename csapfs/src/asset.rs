@@ -13,9 +13,8 @@ use tracing::warn;
 
 use crate::crypto::{AssetKeys, ContentKey};
 use crate::format::{
-    open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD, FLAG_APPENDING,
-    FLAG_SPARSE,
-    HEADER_LEN,
+    open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD,
+    FLAG_APPENDING, FLAG_SPARSE, HEADER_LEN,
 };
 
 /// A gap longer than this many chunks, opened by a write past EOF or a truncate up, is left as a

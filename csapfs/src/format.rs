@@ -224,7 +224,9 @@ impl Header {
         let chunk_size = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
         validate_chunk_size(chunk_size)?;
         let append_base = u64::from_le_bytes(bytes[52..60].try_into().expect("8 bytes"));
-        if bytes[60..64].iter().any(|&b| b != 0) || (flags & FLAG_APPENDING == 0 && append_base != 0) {
+        if bytes[60..64].iter().any(|&b| b != 0)
+            || (flags & FLAG_APPENDING == 0 && append_base != 0)
+        {
             return Err(FormatError::ReservedNotZero);
         }
         Ok(Header {

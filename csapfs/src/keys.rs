@@ -88,6 +88,9 @@ impl fmt::Debug for Licensed {
     }
 }
 
+/// Called after leases were revoked.
+pub type RevocationListener = Arc<dyn Fn() + Send + Sync>;
+
 /// A provider of content keys for the mount.
 pub trait KeySource: Send + Sync + 'static {
     /// The key of an existing asset whose (not yet authenticated) header is `header`, for
@@ -108,6 +111,10 @@ pub trait KeySource: Send + Sync + 'static {
     fn authorize(&self, _caller: &Caller, _path: &str, _access: Access) -> Result<(), KeyError> {
         Ok(())
     }
+    /// Registers `listener`, called after each revocation sweep that revoked something (the
+    /// mount drops cached plaintext pages of the affected files). The default never calls it:
+    /// the source never revokes.
+    fn on_revocation(&self, _listener: RevocationListener) {}
     /// Tells the source that an asset moved (so a key server's asset registry follows).
     /// The default does nothing.
     fn renamed(

@@ -31,7 +31,9 @@ use keyserver::{LicenseClient, UserToken};
 
 use crate::crypto::ContentKey;
 use crate::format::{AssetId, Header, KeyId, ScopeId};
-use crate::keys::{Access, Caller, KeyError, KeySource, Lease, Licensed, NewAssetParams};
+use crate::keys::{
+    Access, Caller, KeyError, KeySource, Lease, Licensed, NewAssetParams, RevocationListener,
+};
 
 use attest::{AttestError, Attestor};
 
@@ -215,6 +217,8 @@ struct MountRules {
     current: RwLock<Arc<LocalRules>>,
     /// Scope id → scope name, learned from licenses (rules name scopes, headers carry ids).
     scope_names: RwLock<HashMap<[u8; 16], String>>,
+    /// Called after a sweep that revoked something (page-cache invalidation).
+    listeners: std::sync::Mutex<Vec<RevocationListener>>,
     /// Ids of rules seen pending (released ahead of their window): pre-loaded once active.
     pending_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -315,10 +319,7 @@ impl MountRules {
     /// Active rules that were seen pending and are not pre-loaded yet (each is returned once);
     /// records the rules pending now.
     fn due_for_preload(&self) -> Vec<authz::Rule> {
-        let mut seen = self
-            .pending_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.pending_seen.lock().unwrap_or_else(|p| p.into_inner());
         for r in self.client.pending() {
             seen.insert(r.id);
         }
@@ -380,7 +381,9 @@ impl Preloader {
                 continue;
             };
             for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else { continue };
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
                 let path = entry.path();
                 if kind.is_dir() {
                     dirs.push(path);
@@ -419,7 +422,13 @@ impl Preloader {
     /// Licenses `assets` for (token, app) in batches, retrying briefly while the key server
     /// has not activated the rule yet (both sides switch at the same second). Returns how many
     /// were granted.
-    fn license(&self, token: &UserToken, user: &str, app: &str, assets: &[([u8; 16], String)]) -> usize {
+    fn license(
+        &self,
+        token: &UserToken,
+        user: &str,
+        app: &str,
+        assets: &[([u8; 16], String)],
+    ) -> usize {
         let session = session_of(token);
         let mut granted = 0;
         for batch in assets.chunks(PRELOAD_BATCH) {
@@ -585,6 +594,7 @@ impl KeyServerSource {
             device: device.to_string(),
             scope_names: RwLock::new(HashMap::new()),
             pending_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            listeners: std::sync::Mutex::new(Vec::new()),
         });
         tracing::info!(%pep_id, rules = rules.snapshot().evaluator.rules().len(), "subscribed to ARDS");
         let (weak, licenses, preload) = (Arc::downgrade(&rules), licenses.clone(), preload);
@@ -593,6 +603,19 @@ impl KeyServerSource {
                 if let Some(rules) = weak.upgrade() {
                     let revoked = rules.refresh(&licenses);
                     tracing::debug!(revoked, "rule set changed");
+                    if revoked > 0 {
+                        let listeners = rules
+                            .listeners
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        // Writes to /dev/fuse: kept off the async change loop.
+                        tokio::task::spawn_blocking(move || {
+                            for listener in listeners {
+                                listener();
+                            }
+                        });
+                    }
                     if let Some(preload) = preload.as_ref() {
                         let due = rules.due_for_preload();
                         if !due.is_empty() {
@@ -635,7 +658,13 @@ impl KeyServerSource {
         {
             return Ok(());
         }
-        tracing::info!(user, app, path, ?action, "denied by the mount's rules (no key server round trip)");
+        tracing::info!(
+            user,
+            app,
+            path,
+            ?action,
+            "denied by the mount's rules (no key server round trip)"
+        );
         Err(KeyError::Denied(format!(
             "no rule of this mount allows {action:?} on {path} for {user} with this application"
         )))
@@ -735,7 +764,13 @@ impl KeySource for KeyServerSource {
             let scope = rules.scope_name(&header.key_id.scope.0);
             self.local_check(&user, &who.app_digest, path, scope.as_deref(), Action::Read)?;
             if access == Access::Write {
-                self.local_check(&user, &who.app_digest, path, scope.as_deref(), Action::Write)?;
+                self.local_check(
+                    &user,
+                    &who.app_digest,
+                    path,
+                    scope.as_deref(),
+                    Action::Write,
+                )?;
             }
         }
         let cache_key = LicenseKey {
@@ -800,6 +835,16 @@ impl KeySource for KeyServerSource {
             key: held.key.clone(),
             lease: Lease::tied_to(held.revoked.clone()),
         })
+    }
+
+    fn on_revocation(&self, listener: RevocationListener) {
+        if let Some(rules) = &self.rules {
+            rules
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(listener);
+        }
     }
 
     fn authorize(&self, caller: &Caller, path: &str, access: Access) -> Result<(), KeyError> {

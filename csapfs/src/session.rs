@@ -35,6 +35,8 @@ use tracing::{info, warn};
 pub const MAX_MESSAGE: usize = 16 * 1024;
 /// How long one client may take to send its line, so a silent client cannot hold the server.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once.
+const MAX_CLIENTS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -127,11 +129,17 @@ impl SessionRegistry {
             Some(_) => {
                 sessions.remove(&uid);
                 if log {
-                    warn!(uid, "the session of uid {uid} expired: run `csap login` again");
+                    warn!(
+                        uid,
+                        "the session of uid {uid} expired: run `csap login` again"
+                    );
                 }
             }
             None if log => {
-                warn!(uid, "uid {uid} has no session: run `csap login` on this device")
+                warn!(
+                    uid,
+                    "uid {uid} has no session: run `csap login` on this device"
+                )
             }
             None => {}
         }
@@ -241,10 +249,10 @@ pub fn serve(path: &Path, registry: Arc<SessionRegistry>) -> Result<SessionServe
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(io_err(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io_err(path))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let thread = std::thread::Builder::new()
         .name("csap-sessions".into())
         .spawn(move || {
@@ -253,7 +261,29 @@ pub fn serve(path: &Path, registry: Arc<SessionRegistry>) -> Result<SessionServe
                     break;
                 }
                 match conn {
-                    Ok(stream) => handle(stream, &registry),
+                    // A thread per client, so one that connects and stays silent cannot delay
+                    // everyone's login; bounded, so connecting in a loop cannot exhaust threads.
+                    Ok(stream) if active.load(Ordering::SeqCst) < MAX_CLIENTS => {
+                        active.fetch_add(1, Ordering::SeqCst);
+                        let (registry, done) = (Arc::clone(&registry), Arc::clone(&active));
+                        let spawned = std::thread::Builder::new()
+                            .name("csap-session".into())
+                            .spawn(move || {
+                                handle(stream, &registry);
+                                done.fetch_sub(1, Ordering::SeqCst);
+                            });
+                        if spawned.is_err() {
+                            active.fetch_sub(1, Ordering::SeqCst);
+                            warn!("session socket: cannot start a client thread");
+                        }
+                    }
+                    Ok(stream) => {
+                        warn!(
+                            "session socket: {MAX_CLIENTS} clients already connected; refusing one"
+                        );
+                        let _ =
+                            (&stream).write_all(b"{\"ok\":false,\"error\":\"busy: try again\"}\n");
+                    }
                     Err(e) => warn!(error = %e, "session socket: accept failed"),
                 }
             }
@@ -386,9 +416,16 @@ mod tests {
         let me = nix::unistd::getuid().as_raw();
         assert_eq!(registry.token_for(me), None);
 
+        // A client that connects and says nothing does not hold up anyone else.
+        let _silent = UnixStream::connect(&path).unwrap();
         let token = token_expiring(now() + 3600);
+        let started = std::time::Instant::now();
         let bound = hand_over(&path, &token).unwrap();
-        assert_eq!(bound.uid, me, "bound to the kernel-reported uid of this process");
+        assert!(started.elapsed() < CLIENT_TIMEOUT / 2);
+        assert_eq!(
+            bound.uid, me,
+            "bound to the kernel-reported uid of this process"
+        );
         assert_eq!(registry.token_for(me).as_deref(), Some(token.as_str()));
         assert_eq!(registry.uids(), vec![me]);
         // No other uid got it.
@@ -437,7 +474,11 @@ mod tests {
         let registry = SessionRegistry::new();
         registry.insert(1001, UserToken::new("t1".into()), 1_000);
         registry.insert(1002, UserToken::new("t2".into()), 2_000);
-        let at = |uid, t| registry.lookup(uid, t, true).map(|t| t.as_str().to_string());
+        let at = |uid, t| {
+            registry
+                .lookup(uid, t, true)
+                .map(|t| t.as_str().to_string())
+        };
         assert_eq!(at(1001, 999).as_deref(), Some("t1"));
         assert_eq!(at(1001, 1_000), None);
         assert_eq!(registry.uids(), vec![1002], "the expired session is gone");

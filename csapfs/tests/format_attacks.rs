@@ -446,14 +446,28 @@ fn interrupted_extension_rolls_back_to_the_size_before_it() {
     let path = dir.path().join("a");
     let h = header(Suite::Gcm, CHUNK);
     let key = key_of(&h.asset_id);
-    let rw = || OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let rw = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap()
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     let mut asset = Asset::create(file, h, &key).unwrap();
     let before = pattern(2 * CHUNK as usize + 100);
     asset.write_at(0, &before).unwrap();
     asset.sync().unwrap();
     let a = std::fs::read(&path).unwrap();
-    asset.write_at(before.len() as u64, &vec![0xEE; 3 * CHUNK as usize]).unwrap();
+    asset
+        .write_at(before.len() as u64, &vec![0xEE; 3 * CHUNK as usize])
+        .unwrap();
     drop(asset);
     let b = std::fs::read(&path).unwrap();
     let old_final_at = H + 2 * STORED;
@@ -477,7 +491,11 @@ fn interrupted_extension_rolls_back_to_the_size_before_it() {
         drop(asset);
         let mut expected = before.clone();
         expected.push(b'!');
-        assert_eq!(decrypt(&std::fs::read(&path).unwrap()).unwrap(), expected, "{state}");
+        assert_eq!(
+            decrypt(&std::fs::read(&path).unwrap()).unwrap(),
+            expected,
+            "{state}"
+        );
     }
 
     // The finished extension is kept.

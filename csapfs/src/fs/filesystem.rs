@@ -79,7 +79,8 @@ pub struct CsapFs {
     read_only: bool,
     inodes: Mutex<InodeTable>,
     open: Mutex<HashMap<u64, OpenEntry>>,
-    handles: RwLock<HashMap<u64, Handle>>,
+    /// Shared with the revocation listener (see [`CsapFs::revoked_inodes`]).
+    handles: Arc<RwLock<HashMap<u64, Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     /// Inodes whose backing file is not a valid asset, already reported in the log.
@@ -167,7 +168,7 @@ impl CsapFs {
             read_only: options.read_only,
             inodes: Mutex::new(InodeTable::new(meta.ino())),
             open: Mutex::new(HashMap::new()),
-            handles: RwLock::new(HashMap::new()),
+            handles: Arc::new(RwLock::new(HashMap::new())),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             reported_invalid: Mutex::new(HashSet::new()),
@@ -216,6 +217,23 @@ impl CsapFs {
             .get(&fh.0)
             .map(|h| (h.ino, h.inode.clone(), h.writable))
             .ok_or(Errno::EBADF)
+    }
+
+    /// A function listing the inodes that have a handle whose license was revoked (for the
+    /// page-cache invalidation after a revocation; it outlives `self` inside the session).
+    pub(super) fn revoked_inodes(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
+        let handles = Arc::clone(&self.handles);
+        move || {
+            let handles = handles.read().unwrap_or_else(|p| p.into_inner());
+            let mut inos: Vec<u64> = handles
+                .values()
+                .filter(|h| h.lease.is_revoked())
+                .map(|h| h.ino)
+                .collect();
+            inos.sort_unstable();
+            inos.dedup();
+            inos
+        }
     }
 
     /// [`Self::handle`] for data I/O: refused with `EACCES` once the handle's license was
@@ -494,7 +512,11 @@ impl CsapFs {
         if writable && self.read_only {
             return Err(Errno::EROFS);
         }
-        let access = if writable { Access::Write } else { Access::Read };
+        let access = if writable {
+            Access::Write
+        } else {
+            Access::Read
+        };
         // Every open is an authorization decision, also when another handle already has the
         // asset open (the key is shared, the permission is not).
         let (fresh, lease) = match self.open_inode(ino) {
@@ -720,7 +742,10 @@ impl CsapFs {
         let to = self.child_rel(newparent, newname)?;
         let (from_full, to_full) = (self.full(&from), self.full(&to));
         let replaced = fs::symlink_metadata(&to_full).ok();
-        if fs::symlink_metadata(&from_full).map_err(io_errno)?.is_file() {
+        if fs::symlink_metadata(&from_full)
+            .map_err(io_errno)?
+            .is_file()
+        {
             // Moving an asset removes it from one path and creates it at another.
             self.authorize(req, &from, Access::Delete)?;
             self.authorize(req, &to, Access::Create)?;

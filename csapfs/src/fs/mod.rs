@@ -128,10 +128,13 @@ pub fn mount(
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    let fs = CsapFs::new(&backing, keys, options).map_err(|source| MountError::Backing {
-        path: backing.clone(),
-        source,
-    })?;
+    let fs =
+        CsapFs::new(&backing, keys.clone(), options).map_err(|source| MountError::Backing {
+            path: backing.clone(),
+            source,
+        })?;
+
+    let revoked = fs.revoked_inodes();
 
     use fuser::MountOption as O;
     let mut mount_options: Vec<O> = options.extra.iter().map(|o| kernel_option(o)).collect();
@@ -169,6 +172,18 @@ pub fn mount(
             path: mountpoint.to_path_buf(),
             source,
         })?;
+    if options.cache == CacheMode::Page {
+        // Reads served from the page cache never reach the handle's lease check: after a
+        // revocation, drop the cached plaintext of every file with a revoked handle.
+        let notifier = session.notifier();
+        keys.on_revocation(Arc::new(move || {
+            for ino in revoked() {
+                if let Err(err) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                    tracing::debug!(ino, %err, "page-cache invalidation failed");
+                }
+            }
+        }));
+    }
     let mounted = MountedFs {
         session,
         mountpoint: mountpoint.to_path_buf(),
