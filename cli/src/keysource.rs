@@ -335,9 +335,18 @@ done"#;
 
         // Readers may read; the importer may create (and is not a running program here).
         let view = rt
-            .block_on(server.authz.submit(
-                request("view", &[&bash_digest, &rm_digest, &perl_digest], device, "read", earlier).as_bytes(),
-            ))
+            .block_on(
+                server.authz.submit(
+                    request(
+                        "view",
+                        &[&bash_digest, &rm_digest, &perl_digest],
+                        device,
+                        "read",
+                        earlier,
+                    )
+                    .as_bytes(),
+                ),
+            )
             .unwrap();
         let import = rt
             .block_on(
@@ -451,6 +460,26 @@ done"#;
             "unlink: {err}"
         );
         assert!(backing.join("samples/f2.raw").exists());
+        // Rename (delete + create) and truncate (write) by an app that may only read.
+        let perl = |code: &str| {
+            let out = Command::new("/usr/bin/perl")
+                .args(["-e", code])
+                .arg(&f2)
+                .arg(mnt.join("samples/moved.raw"))
+                .env_remove("LD_LIBRARY_PATH")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, err) = perl(r#"rename($ARGV[0], $ARGV[1]) or die "$!\n""#);
+        assert!(!ok && err.contains("Permission denied"), "rename: {err}");
+        let (ok, err) = perl(r#"truncate($ARGV[0], 10) or die "$!\n""#);
+        assert!(!ok && err.contains("Permission denied"), "truncate: {err}");
+        assert!(backing.join("samples/f2.raw").exists());
+        assert!(!backing.join("samples/moved.raw").exists());
         assert_eq!(
             last_audit(),
             before,
@@ -479,7 +508,10 @@ done"#;
                 answer.contains("Permission denied"),
                 "{what}: after revocation: {answer:?}"
             );
-            assert!(took < Duration::from_secs(1), "{what}: revocation took {took:?}");
+            assert!(
+                took < Duration::from_secs(1),
+                "{what}: revocation took {took:?}"
+            );
         }
         drop((reader, page_reader));
         mounted_page.unmount().unwrap();

@@ -31,7 +31,10 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
 Key source: --key-file is the local development key source: every asset is keyed from that one \
 32-byte seed file exactly as `csap asset encrypt --key-file` does, so files written either way \
 are readable the other way. It sits behind the same KeySource interface that the key-server \
-client implements; production mounts will get per-asset licenses from the key server instead.
+client implements; production mounts get per-asset licenses from the key server instead \
+(--server, --identity, --scope, --token-file) and, with --ards/--ards-ca/--issuer-pub, enforce \
+their own rules from ARDS: local denials, gated create/unlink/rename/truncate, revocation of open \
+files within a second, pre-loading of licenses for rules released ahead of their window.
 
 Names are not encrypted (asset management must see them); contents are, chunk by chunk. A file \
 in BACKING that is not a valid asset is logged once and fails to open with EIO.
