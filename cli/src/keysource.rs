@@ -44,6 +44,18 @@ pub struct KeyServerArgs {
     /// Issuer name the rules carry (authz's `issuer` setting).
     #[arg(long, value_name = "NAME", default_value = "authz", requires = "ards")]
     pub issuer: String,
+    /// Accept user sessions from `csap login --socket PATH` on this Unix socket (mode 0666: the
+    /// user is the caller's uid from SO_PEERCRED, not the socket's permissions). Sessions are
+    /// used before token files. Example: /run/csap/mount.sock.
+    #[arg(long, value_name = "PATH", requires = "server")]
+    pub socket: Option<PathBuf>,
+}
+
+/// A key-server key source and, with `--socket`, the session socket that feeds it (it removes
+/// its socket file when dropped, so it must live as long as the mount).
+pub struct KeyServerKeys {
+    pub source: Arc<dyn KeySource>,
+    pub sessions: Option<csapfs::session::SessionServer>,
 }
 
 impl KeyServerArgs {
@@ -53,7 +65,7 @@ impl KeyServerArgs {
         &self,
         params: NewAssetParams,
         backing: &std::path::Path,
-    ) -> Result<Option<Arc<dyn KeySource>>> {
+    ) -> Result<Option<KeyServerKeys>> {
         let Some(url) = &self.server else {
             return Ok(None);
         };
@@ -67,6 +79,17 @@ impl KeyServerArgs {
                 .with_context(|| format!("cannot read token file {}", path.display()))?;
             tokens.insert(uid, path);
         }
+        let sessions = match &self.socket {
+            Some(path) => {
+                let registry = csapfs::session::SessionRegistry::new();
+                tokens.use_sessions(registry.clone());
+                let server = csapfs::session::serve(path, registry)
+                    .with_context(|| format!("cannot serve sessions on {}", path.display()))?;
+                tracing::info!(socket = %path.display(), "accepting `csap login` sessions");
+                Some(server)
+            }
+            None => None,
+        };
         let mut cfg = LicenseSourceConfig::new(url.clone(), identity.clone());
         cfg.scope = self.scope.clone();
         cfg.tokens = tokens;
@@ -79,7 +102,10 @@ impl KeyServerArgs {
             device = source.device(),
             "licensing keys from the key server"
         );
-        Ok(Some(Arc::new(source)))
+        Ok(Some(KeyServerKeys {
+            source: Arc::new(source),
+            sessions,
+        }))
     }
 }
 
@@ -402,11 +428,13 @@ done"#;
             ards_ca: Some(server.ards_cert.clone()),
             issuer_pub: Some(server.issuer_pub.clone()),
             issuer: "authz".into(),
+            socket: None,
         };
         let source = args
             .source(NewAssetParams::default(), &backing)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .source;
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let options = MountOptions {
@@ -423,7 +451,8 @@ done"#;
         let page_source = args
             .source(NewAssetParams::default(), &backing)
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .source;
         let page_options = MountOptions {
             cache: CacheMode::Page,
             ..options.clone()

@@ -173,10 +173,11 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     blocked.thread_block().context("blocking signals")?;
 
     // After blocking signals: the key server source starts runtime threads of its own.
-    let keys: Arc<dyn csapfs::keys::KeySource> =
+    // `_sessions` serves `csap login` handovers for as long as the mount runs.
+    let (keys, _sessions): (Arc<dyn csapfs::keys::KeySource>, _) =
         match (seed, args.key_server.source(params, &args.backing)?) {
-            (_, Some(source)) => source,
-            (Some(seed), None) => Arc::new(KeyFileSource::new(seed, params)),
+            (_, Some(k)) => (k.source, k.sessions),
+            (Some(seed), None) => (Arc::new(KeyFileSource::new(seed, params)), None),
             (None, None) => bail!("give --key-file or --server"),
         };
 

@@ -98,9 +98,17 @@ impl LicenseSourceConfig {
 #[derive(Debug, Clone, Default)]
 pub struct TokenMap {
     explicit: HashMap<u32, PathBuf>,
+    /// Sessions handed over by `csap login` on the mount's Unix socket (uid from SO_PEERCRED);
+    /// looked up before any token file.
+    sessions: Option<Arc<crate::session::SessionRegistry>>,
 }
 
 impl TokenMap {
+    /// Takes sessions from `registry` (served by [`crate::session::serve`]) before token files.
+    pub fn use_sessions(&mut self, registry: Arc<crate::session::SessionRegistry>) {
+        self.sessions = Some(registry);
+    }
+
     /// Token file for `uid` (a service account's token, or a test's).
     pub fn insert(&mut self, uid: u32, path: impl Into<PathBuf>) {
         self.explicit.insert(uid, path.into());
@@ -120,6 +128,16 @@ impl TokenMap {
     /// A token of `user` among the configured token files (explicit ones, then the mounting
     /// user's default), for work done before any of their processes opens a file.
     pub fn token_of_user(&self, user: &str) -> Option<UserToken> {
+        if let Some(registry) = &self.sessions {
+            let session = registry
+                .uids()
+                .into_iter()
+                .filter_map(|uid| registry.session(uid))
+                .find(|t| token_user(t).as_deref() == Some(user));
+            if session.is_some() {
+                return session;
+            }
+        }
         let me = nix::unistd::getuid().as_raw();
         let mut paths: Vec<PathBuf> = self.explicit.values().cloned().collect();
         paths.extend(self.path_for(me));
@@ -132,6 +150,9 @@ impl TokenMap {
     /// Reads the token of `uid` (re-read at every license request, so a new `csap login`
     /// takes effect without remounting).
     pub fn load(&self, uid: u32) -> Result<UserToken, KeyError> {
+        if let Some(token) = self.sessions.as_ref().and_then(|s| s.session(uid)) {
+            return Ok(token);
+        }
         let path = self
             .path_for(uid)
             .ok_or_else(|| KeyError::Denied(format!("no token location for uid {uid}")))?;

@@ -630,10 +630,13 @@ fn license_work(
     let mut grants = Vec::new();
     let mut denials = Vec::new();
     let mut events = Vec::new();
+    // One read transaction for all lookups: a consistent snapshot of the batch, and one SQLite
+    // lock instead of two per asset (locking showed up in the 1,000-key batch profile).
+    let tx = conn.transaction().map_err(db::StoreError::from)?;
     for id in &req.assets {
-        let outcome = match db::get_asset(conn, id)? {
+        let outcome = match db::get_asset(&tx, id)? {
             None => Err((Reason::UnknownAsset, Vec::new())),
-            Some(asset) => g.grant(conn, &asset)?,
+            Some(asset) => g.grant(&tx, &asset)?,
         };
         match outcome {
             Ok(grant) => {
@@ -654,6 +657,7 @@ fn license_work(
             }
         }
     }
+    tx.commit().map_err(db::StoreError::from)?;
     db::insert_audit(conn, &events)?;
     Ok(g.finish(grants, denials))
 }
