@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
 FIO_SECONDS=${FIO_SECONDS:-10}
 CSAP=${CSAP:-$PWD/target/release/csap}
-TREE=${TREE:-$(ls -d /usr/lib/python3.* 2>/dev/null | head -1)}
+TREE=${TREE:-/usr/share/doc}
 [ "$(id -u)" = 0 ] || { echo "run as root (tmpfs mounts, drop_caches)" >&2; exit 1; }
 [ -x "$CSAP" ] || { echo "build first: cargo build --release -p cli" >&2; exit 1; }
 for tool in gocryptfs bindfs fio fusermount3; do
