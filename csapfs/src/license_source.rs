@@ -948,6 +948,25 @@ mod tests {
     use keyserver::testing;
     use keyserver::SwappableRules;
 
+    /// A session handed over on the mount's socket wins over the uid's token file; without
+    /// either the caller is denied with a pointer to `csap login`.
+    #[test]
+    fn sessions_come_before_token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        UserToken::new("from-file".into()).save(&file).unwrap();
+        let mut tokens = TokenMap::default();
+        tokens.insert(4242, &file);
+        let registry = crate::session::SessionRegistry::new();
+        tokens.use_sessions(registry.clone());
+        assert_eq!(tokens.load(4242).unwrap().as_str(), "from-file");
+        let far_future = i64::MAX / 2;
+        registry.insert(4242, UserToken::new("from-session".into()), far_future);
+        assert_eq!(tokens.load(4242).unwrap().as_str(), "from-session");
+        let err = tokens.load(4343).unwrap_err();
+        assert!(err.to_string().contains("csap login"), "{err}");
+    }
+
     /// Against a real key server on loopback (TLS 1.3, mTLS, SQLite): a create license keys a
     /// new asset, the same caller then opens it from the license (and the cache), and a caller
     /// running an unregistered executable is refused.
