@@ -1,1 +1,2 @@
-//! Shared harness for the cross-crate end-to-end tests.
+//! Cross-crate tests live in `tests/tests/`; the end-to-end tests that need the `csap` binary
+//! (real processes, real mounts, real TLS) live in `cli/tests/`, where cargo builds it for them.
