@@ -615,6 +615,23 @@ done"#;
             before,
             "first open of a pre-loaded asset made a round trip"
         );
+        // The same approved binary with a library injected through the environment is not the
+        // approved application: denied, although its license is cached.
+        let injected = Command::new("/bin/cat")
+            .arg(&f2)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("LD_PRELOAD", "/lib/x86_64-linux-gnu/libm.so.6")
+            .output()
+            .unwrap();
+        assert!(
+            !injected.status.success() && injected.stdout.is_empty(),
+            "LD_PRELOAD injection into an approved app was allowed"
+        );
+        assert!(
+            String::from_utf8_lossy(&injected.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&injected.stderr)
+        );
 
         rt.block_on(server.shutdown());
         assert_eq!(reader.read(), "ok", "a held license must keep working");
