@@ -583,6 +583,18 @@ done"#;
                 .submit(request("pre", &[&cat_digest], device, "read", soon).as_bytes()),
         )
         .unwrap();
+        // Before the window opens, cat is not yet allowed.
+        let early = Command::new("/bin/cat")
+            .arg(&f2)
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        assert!(
+            !early.status.success()
+                && String::from_utf8_lossy(&early.stderr).contains("Permission denied"),
+            "cat before its rule's window: {}",
+            String::from_utf8_lossy(&early.stderr)
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !rt
             .block_on(admin.audit_tail(50))
