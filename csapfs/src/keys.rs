@@ -56,22 +56,41 @@ pub enum Access {
 /// when the license behind the key loses its allowing rule. Reads on open handles check it
 /// (one atomic load), so a revocation reaches handles that are already open.
 #[derive(Debug, Clone, Default)]
-pub struct Lease(Option<Arc<AtomicBool>>);
+pub struct Lease {
+    revoked: Option<Arc<AtomicBool>>,
+    /// Unix seconds after which the key may no longer be used (the license's `not_after`).
+    not_after: Option<i64>,
+}
 
 impl Lease {
-    /// A key that is never revoked (the local key-file source).
+    /// A key that is never revoked and never expires (the local key-file source).
     pub fn permanent() -> Lease {
-        Lease(None)
+        Lease::default()
     }
 
-    /// A lease tied to `flag` (true = revoked).
-    pub fn tied_to(flag: Arc<AtomicBool>) -> Lease {
-        Lease(Some(flag))
+    /// A lease tied to `flag` (true = revoked) that ends at `not_after` (unix seconds): a
+    /// handle opened under a license stops reading when the license ends, even if no rule
+    /// change ever revokes it and the key server is unreachable.
+    pub fn tied_to(flag: Arc<AtomicBool>, not_after: i64) -> Lease {
+        Lease {
+            revoked: Some(flag),
+            not_after: Some(not_after),
+        }
     }
 
+    /// Revoked, or past its end. One atomic load and one clock read (vDSO) per call.
     pub fn is_revoked(&self) -> bool {
-        self.0.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
+        self.revoked
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+            || self.not_after.is_some_and(|end| unix_now() >= end)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A content key with the lease it is held under.
@@ -217,5 +236,22 @@ impl fmt::Debug for KeyFileSource {
         f.debug_struct("KeyFileSource")
             .field("key_id", &self.key_id.to_string())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_ends_when_revoked_or_when_its_license_ends() {
+        assert!(!Lease::permanent().is_revoked());
+        let flag = Arc::new(AtomicBool::new(false));
+        let live = Lease::tied_to(flag.clone(), unix_now() + 3600);
+        assert!(!live.is_revoked());
+        flag.store(true, Ordering::Release);
+        assert!(live.is_revoked(), "revocation flag ignored");
+        let expired = Lease::tied_to(Arc::new(AtomicBool::new(false)), unix_now() - 1);
+        assert!(expired.is_revoked(), "a lease past not_after still reads");
     }
 }

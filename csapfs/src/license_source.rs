@@ -854,7 +854,7 @@ impl KeySource for KeyServerSource {
         }
         Ok(Licensed {
             key: held.key.clone(),
-            lease: Lease::tied_to(held.revoked.clone()),
+            lease: Lease::tied_to(held.revoked.clone(), held.not_after),
         })
     }
 
