@@ -4,10 +4,12 @@
 //! mount's `--key-file` uses it, so either can read what the other wrote.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::atomic::{write_atomically, Existing};
 use clap::{Subcommand, ValueEnum};
 use csapfs::format::{Layout, DEFAULT_CHUNK_SIZE, HEADER_LEN};
 use csapfs::keys::{KeyFileSource, NewAssetParams};
@@ -72,7 +74,7 @@ pub fn run(command: AssetCommand) -> Result<()> {
             );
             let (header, key) = source.new_asset()?;
             let reader = BufReader::new(open(&input)?);
-            write_atomically(&output, |out| {
+            write_atomically(&output, ".csap-tmp-", Existing::Replace, |out| {
                 encrypt_stream(reader, out, &header, &key)?;
                 Ok(())
             })
@@ -84,7 +86,7 @@ pub fn run(command: AssetCommand) -> Result<()> {
         } => {
             let source = KeyFileSource::new(Seed::from_file(&key_file)?, NewAssetParams::default());
             let reader = BufReader::with_capacity(1 << 20, open(&input)?);
-            write_atomically(&output, |out| {
+            write_atomically(&output, ".csap-tmp-", Existing::Replace, |out| {
                 decrypt_stream(reader, out, |header| {
                     source
                         .key_for(header)
@@ -100,38 +102,6 @@ pub fn run(command: AssetCommand) -> Result<()> {
 
 fn open(path: &Path) -> Result<File> {
     File::open(path).with_context(|| format!("cannot open {}", path.display()))
-}
-
-/// Writes through a temporary file beside `output` and renames it into place only on success,
-/// so a failure (above all a failed authentication) leaves no output file behind.
-fn write_atomically(
-    output: &Path,
-    write: impl FnOnce(&mut BufWriter<&File>) -> Result<()>,
-) -> Result<()> {
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = output
-        .file_name()
-        .context("the output path names no file")?;
-    let tmp = dir.join(format!(
-        ".{}.csap-tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        write(&mut out)?;
-        out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[derive(serde::Serialize)]

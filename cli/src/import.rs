@@ -8,9 +8,10 @@
 
 #![forbid(unsafe_code)]
 
+use crate::atomic::{write_atomically, Existing};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -123,42 +124,9 @@ pub fn write_asset(
     key: &ContentKey,
     input: impl Read,
 ) -> Result<u64> {
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest.file_name().context("the destination names no file")?;
-    let tmp = dir.join(format!(
-        ".{}{TMP_MARK}{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    // A leftover of this very pid can only be from an earlier, failed attempt in this run.
-    let _ = std::fs::remove_file(&tmp);
-    let file =
-        File::create_new(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let size = encrypt_stream(input, &mut out, header, key)?;
-        out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &tmp,
-            nix::fcntl::AT_FDCWD,
-            dest,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .with_context(|| format!("cannot rename into {}", dest.display()))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync directory {}", dir.display()))?;
-        Ok(size)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_atomically(dest, TMP_MARK, Existing::Keep, |out| {
+        Ok(encrypt_stream(input, out, header, key)?)
+    })
 }
 
 /// One source file.

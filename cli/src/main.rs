@@ -5,6 +5,7 @@
 
 mod ards;
 mod asset;
+mod atomic;
 mod authz;
 mod import;
 mod keyserver;
