@@ -608,15 +608,12 @@ impl CsapFs {
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let (ino, inode, _) = self.live_handle(fh)?;
+        let (_, inode, _) = self.live_handle(fh)?;
         let asset = inode.asset.read().unwrap_or_else(|p| p.into_inner());
-        asset.read_at(offset, buf).map_err(|err| {
-            if let AssetError::Authentication { chunk_index } = err {
-                warn!(asset = %asset.header().asset_id, ino, chunk_index,
-                    "read refused: chunk failed authentication");
-            }
-            Errno::from_i32(err.errno())
-        })
+        // An authentication failure is logged once, by `Asset`, with the asset and chunk.
+        asset
+            .read_at(offset, buf)
+            .map_err(|err| Errno::from_i32(err.errno()))
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32, Errno> {
