@@ -1,6 +1,7 @@
 //! The whole-system benchmark harness: `cargo run -p bench --release -- <evaluator|licenses|
-//! distribution|all>`. Each subcommand runs real components on 127.0.0.1 (TLS, SQLite files in a
-//! temp dir), stops by itself, and prints a Markdown table of figures against their goals.
+//! distribution|open|render|e2e|all>`. Each subcommand runs real components on 127.0.0.1 (TLS,
+//! SQLite files in a temp dir), stops by itself, and prints a Markdown table of figures against
+//! their goals. `open` and `render` (see [`e2e`]) drive the release `csap` binary as processes.
 //!
 //! Environment: `BENCH_QUICK=1` shrinks every run to a smoke test (seconds, not minutes; the
 //! figures are then not meaningful). Finer knobs are listed by `bench help`.
@@ -15,14 +16,26 @@ use authz::template::RuleSpec;
 use authz::testing::{synthetic_request, synthetic_rules, OwnedAccessRequest};
 use authz::{Action, Evaluator, IssuerKey, Rule};
 
+mod e2e;
+mod worker;
+
 const USAGE: &str = "\
-usage: bench <evaluator|licenses|distribution|all>
+usage: bench <evaluator|licenses|distribution|open|render|e2e|all>
 
   evaluator     authz evaluator: 10,000 synthetic rules, per-call decide() latency
   licenses      key server on loopback TLS: licenses/s and latency at 1/16/64/256 clients,
                 and the latency of a 1,000-key batch license
   distribution  ARDS on loopback TLS: 1,000 subscribed PEPs, publish/revoke → all have it;
                 one PEP's publish → receive latency
+  open          end to end (csap server + csap mount --server --ards as processes, FUSE):
+                warm open+close vs a bindfs passthrough, cold open (license round trip)
+  render        end to end: 1,000 frames of 8 MiB read by 2 worker processes, with and without
+                pre-loading, vs the mount's sequential read (dd); backing store on /dev/shm
+  e2e           open and render on one stack
+  all           evaluator, licenses, distribution, open (not render: it needs ~10 GiB of tmpfs)
+
+  open, render and e2e need root (or FUSE rights), bindfs, and the release csap binary next to
+  this one: cargo build --release -p cli && cargo run -p bench --release -- e2e
 
 environment (defaults in brackets):
   BENCH_QUICK=1          smoke-test sizes for every knob below
@@ -34,13 +47,30 @@ environment (defaults in brackets):
   BENCH_PEPS             distribution: subscribed PEPs [1000]
   BENCH_ROUNDS           distribution: publish and revoke rounds [5]
   BENCH_SOLO_ROUNDS      distribution: single-PEP rounds [50]
+  BENCH_WARM_OPENS       open: timed warm opens per mount [20000]
+  BENCH_COLD_OPENS       open: distinct assets opened cold [500]
+  BENCH_COLD_PACE_MS     open: pause before each cold open (key server rate limit) [8]
+  BENCH_FRAMES           render: frames [1000]
+  BENCH_FRAME_MIB        render: MiB per frame [8]
+  BENCH_WORKERS          render: worker processes [2]
+  BENCH_READ_KIB         render: read size of workers and dd [1024]
+  BENCH_SEQ_MIB          render: size of the dd file [2048]
+  BENCH_SEQ_RUNS         render: dd runs (median) [3]
+  BENCH_BACKING_DIR      open/render: where the backing store lives [/dev/shm]
+  BENCH_CSAP             open/render: the csap binary [next to this executable]
+  BENCH_PERF_DIR         open/render: record the mount with `perf record -g` into this dir
 ";
 
 fn main() -> Result<()> {
-    let what = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(worker::ARG) {
+        // A child of the e2e modes: the opening/reading application.
+        return worker::main(&args[2..]);
+    }
+    let what = args.get(1).cloned().unwrap_or_default();
     let run: &[&str] = match what.as_str() {
-        "evaluator" | "licenses" | "distribution" => &[],
-        "all" => &["evaluator", "licenses", "distribution"],
+        "evaluator" | "licenses" | "distribution" | "open" | "render" | "e2e" => &[],
+        "all" => &["evaluator", "licenses", "distribution", "open"],
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             return Ok(());
@@ -64,6 +94,9 @@ fn main() -> Result<()> {
         match w {
             "evaluator" => evaluator(&knobs)?,
             "licenses" => runtime()?.block_on(licenses(&knobs))?,
+            "open" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Open)?,
+            "render" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Render)?,
+            "e2e" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Both)?,
             _ => runtime()?.block_on(distribution(&knobs))?,
         }
     }
