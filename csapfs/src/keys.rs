@@ -52,13 +52,14 @@ pub enum Access {
     Delete,
 }
 
-/// The revocation flag of a key handed to the mount: shared with the source, which sets it
-/// when the license behind the key loses its allowing rule. Reads on open handles check it
-/// (one atomic load), so a revocation reaches handles that are already open.
+/// The revocation flags of the licenses a key is held under: shared with the source, which
+/// sets one when its license loses its allowing rule. Reads and writes on open handles check
+/// them (an atomic load each), so a revocation reaches handles that are already open. A handle
+/// opened for writing rests on two licenses (read and write) and ends with either.
 #[derive(Debug, Clone, Default)]
 pub struct Lease {
-    revoked: Option<Arc<AtomicBool>>,
-    /// Unix seconds after which the key may no longer be used (the license's `not_after`).
+    revoked: Vec<Arc<AtomicBool>>,
+    /// Unix seconds after which the key may no longer be used (the earliest license end).
     not_after: Option<i64>,
 }
 
@@ -73,16 +74,25 @@ impl Lease {
     /// change ever revokes it and the key server is unreachable.
     pub fn tied_to(flag: Arc<AtomicBool>, not_after: i64) -> Lease {
         Lease {
-            revoked: Some(flag),
+            revoked: vec![flag],
             not_after: Some(not_after),
         }
     }
 
-    /// Revoked, or past its end. One atomic load and one clock read (vDSO) per call.
+    /// A lease that holds only while both `self` and `other` hold (a key used under two
+    /// licenses at once).
+    pub fn and(mut self, other: Lease) -> Lease {
+        self.revoked.extend(other.revoked);
+        self.not_after = match (self.not_after, other.not_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self
+    }
+
+    /// Revoked, or past its end. An atomic load per license and one clock read (vDSO).
     pub fn is_revoked(&self) -> bool {
-        self.revoked
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Acquire))
+        self.revoked.iter().any(|f| f.load(Ordering::Acquire))
             || self.not_after.is_some_and(|end| unix_now() >= end)
     }
 }
@@ -122,8 +132,9 @@ pub trait KeySource: Send + Sync + 'static {
         header: &Header,
         access: Access,
     ) -> Result<Licensed, KeyError>;
-    /// A header and key for a new asset created at `path`.
-    fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, ContentKey), KeyError>;
+    /// A header for a new asset created at `path`, and its key with the lease the creator's
+    /// handle holds it under (the create license: it ends with that license's rule).
+    fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, Licensed), KeyError>;
     /// May `caller` do `access` on `path` (volume-relative)? Gates metadata operations
     /// (create, unlink, rename, truncate) before they touch the backing store. The default
     /// allows: a source without local rules leaves the decision to the key server.
@@ -226,8 +237,15 @@ impl KeySource for KeyFileSource {
         })
     }
 
-    fn create_key(&self, _caller: &Caller, _path: &str) -> Result<(Header, ContentKey), KeyError> {
-        self.new_asset()
+    fn create_key(&self, _caller: &Caller, _path: &str) -> Result<(Header, Licensed), KeyError> {
+        let (header, key) = self.new_asset()?;
+        Ok((
+            header,
+            Licensed {
+                key,
+                lease: Lease::permanent(),
+            },
+        ))
     }
 }
 
@@ -253,5 +271,25 @@ mod tests {
         assert!(live.is_revoked(), "revocation flag ignored");
         let expired = Lease::tied_to(Arc::new(AtomicBool::new(false)), unix_now() - 1);
         assert!(expired.is_revoked(), "a lease past not_after still reads");
+    }
+
+    #[test]
+    fn a_lease_on_two_licenses_ends_with_either() {
+        let (read, write) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let both = Lease::tied_to(read.clone(), unix_now() + 3600)
+            .and(Lease::tied_to(write.clone(), unix_now() + 7200));
+        assert!(!both.is_revoked());
+        write.store(true, Ordering::Release);
+        assert!(both.is_revoked(), "the second license's revocation ignored");
+        read.store(false, Ordering::Release);
+        let ends_early = Lease::tied_to(read, unix_now() + 3600).and(Lease::tied_to(
+            Arc::new(AtomicBool::new(false)),
+            unix_now() - 1,
+        ));
+        assert!(ends_early.is_revoked(), "the earlier license end ignored");
+        assert!(!Lease::permanent().and(Lease::permanent()).is_revoked());
     }
 }

@@ -7,7 +7,9 @@
 //! with the device identity. The key server re-checks everything (user, device, application,
 //! rules) itself; this side only decides what it asks for and holds what it was granted, until
 //! the license's `not_after`. Every failure is a denial (`EACCES`), never a hang: attestation
-//! and network calls are bounded by timeouts.
+//! and network calls are bounded by timeouts. An open for writing needs a `write` license
+//! besides the `read` one (the key that writes also reads); a file created through the mount
+//! is held under its `create` license, so a creator's handle ends like any other.
 //!
 //! With [`RulesConfig`] the source is also a policy enforcement point of its own: it subscribes
 //! to ARDS as `mount:<device>`, checks every open and metadata operation against those rules
@@ -200,6 +202,33 @@ struct Held {
     scope: String,
     /// Set when the license lost its allowing rule; shared with every handle opened under it.
     revoked: Arc<AtomicBool>,
+}
+
+impl Held {
+    /// A granted key of `user`, held until the grant or its license ends (`license_end`).
+    fn from_grant(user: &str, grant: &keyserver::license::OpenedGrant, license_end: i64) -> Held {
+        Held {
+            key: to_content_key(&grant.key),
+            key_id: KeyId {
+                scope: ScopeId(grant.scope_id),
+                version: grant.grant.key_version,
+            },
+            not_after: grant.grant.not_after.min(license_end),
+            user: user.to_string(),
+            path: grant.grant.path.clone(),
+            scope: grant.grant.scope.clone(),
+            revoked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Who asks for a license: the calling process, its user's session, the measured application.
+#[derive(Clone, Copy)]
+struct Asker<'a> {
+    caller: &'a Caller,
+    token: &'a UserToken,
+    user: &'a str,
+    app: &'a str,
 }
 
 /// Evicts each license at its own `not_after`.
@@ -477,18 +506,7 @@ impl Preloader {
                     }
                 };
                 for grant in &license.grants {
-                    let held = Arc::new(Held {
-                        key: to_content_key(&grant.key),
-                        key_id: KeyId {
-                            scope: ScopeId(grant.scope_id),
-                            version: grant.grant.key_version,
-                        },
-                        not_after: grant.grant.not_after.min(license.license.not_after),
-                        user: user.to_string(),
-                        path: grant.grant.path.clone(),
-                        scope: grant.grant.scope.clone(),
-                        revoked: Arc::new(AtomicBool::new(false)),
-                    });
+                    let held = Arc::new(Held::from_grant(user, grant, license.license.not_after));
                     self.licenses.insert(
                         LicenseKey {
                             session,
@@ -706,6 +724,76 @@ impl KeyServerSource {
         self.licenses.invalidate_all();
     }
 
+    /// The license of `token`/`app` for `action` on the asset of `header`: held already, or
+    /// asked for now (and then held until its `not_after`).
+    fn held(
+        &self,
+        asker: &Asker<'_>,
+        path: &str,
+        header: &Header,
+        action: Action,
+    ) -> Result<Arc<Held>, KeyError> {
+        let Asker {
+            caller,
+            token,
+            user,
+            app,
+        } = *asker;
+        let asset_id = header.asset_id.0;
+        let cache_key = LicenseKey {
+            session: session_of(token),
+            app_digest: app.into(),
+            asset_id,
+            action,
+        };
+        let held = match self.licenses.get(&cache_key) {
+            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
+            _ => {
+                let license = self.call(self.client.request(token, app, action, &[asset_id]))?;
+                let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
+                    let reason = license
+                        .license
+                        .denials
+                        .iter()
+                        .map(|d| d.reason.to_string())
+                        .next()
+                        .unwrap_or_else(|| "not granted".into());
+                    tracing::info!(uid = caller.uid, pid = caller.pid, app, path, ?action, %reason, "license denied");
+                    return Err(KeyError::Denied(format!("key server: {reason}")));
+                };
+                let held = self.hold(user, grant, license.license.not_after);
+                self.licenses.insert(cache_key, Arc::clone(&held));
+                held
+            }
+        };
+        // The header is not authenticated yet: a mismatch means tampering or a misfiled
+        // asset, and the key we hold would fail the header MAC anyway.
+        if header.key_id != held.key_id {
+            return Err(KeyError::WrongKey {
+                asset_key: header.key_id.to_string(),
+                source_key: held.key_id.to_string(),
+            });
+        }
+        Ok(held)
+    }
+
+    /// A granted key as held by the mount (learning its scope's name for the local rules).
+    fn hold(
+        &self,
+        user: &str,
+        grant: &keyserver::license::OpenedGrant,
+        license_end: i64,
+    ) -> Arc<Held> {
+        if let Some(rules) = &self.rules {
+            rules
+                .scope_names
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(grant.scope_id, grant.grant.scope.clone());
+        }
+        Arc::new(Held::from_grant(user, grant, license_end))
+    }
+
     /// Runs one key server call on the source's runtime, bounded by the request timeout.
     fn call<T>(
         &self,
@@ -794,67 +882,23 @@ impl KeySource for KeyServerSource {
                 )?;
             }
         }
-        let cache_key = LicenseKey {
-            session: session_of(&token),
-            app_digest: who.app_digest.as_str().into(),
-            asset_id: header.asset_id.0,
-            action: Action::Read,
+        // The content key that writes also reads: a write open needs both licenses, and its
+        // handle ends with either.
+        let asker = Asker {
+            caller,
+            token: &token,
+            user: &user,
+            app: &who.app_digest,
         };
-        let held = match self.licenses.get(&cache_key) {
-            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
-            _ => {
-                let asset_id = header.asset_id.0;
-                let license = self.call(self.client.request(
-                    &token,
-                    &who.app_digest,
-                    Action::Read,
-                    &[asset_id],
-                ))?;
-                let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
-                    let reason = license
-                        .license
-                        .denials
-                        .iter()
-                        .map(|d| d.reason.to_string())
-                        .next()
-                        .unwrap_or_else(|| "not granted".into());
-                    tracing::info!(uid = caller.uid, pid = caller.pid, app = %who.app_digest, path, %reason, "license denied");
-                    return Err(KeyError::Denied(format!("key server: {reason}")));
-                };
-                if let Some(rules) = &self.rules {
-                    rules
-                        .scope_names
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(grant.scope_id, grant.grant.scope.clone());
-                }
-                let held = Arc::new(Held {
-                    key: to_content_key(&grant.key),
-                    key_id: KeyId {
-                        scope: ScopeId(grant.scope_id),
-                        version: grant.grant.key_version,
-                    },
-                    not_after: grant.grant.not_after.min(license.license.not_after),
-                    user,
-                    path: grant.grant.path.clone(),
-                    scope: grant.grant.scope.clone(),
-                    revoked: Arc::new(AtomicBool::new(false)),
-                });
-                self.licenses.insert(cache_key, Arc::clone(&held));
-                held
-            }
-        };
-        // The header is not authenticated yet: a mismatch means tampering or a misfiled
-        // asset, and the key we hold would fail the header MAC anyway.
-        if header.key_id != held.key_id {
-            return Err(KeyError::WrongKey {
-                asset_key: header.key_id.to_string(),
-                source_key: held.key_id.to_string(),
-            });
+        let read = self.held(&asker, path, header, Action::Read)?;
+        let mut lease = Lease::tied_to(read.revoked.clone(), read.not_after);
+        if access == Access::Write {
+            let write = self.held(&asker, path, header, Action::Write)?;
+            lease = lease.and(Lease::tied_to(write.revoked.clone(), write.not_after));
         }
         Ok(Licensed {
-            key: held.key.clone(),
-            lease: Lease::tied_to(held.revoked.clone(), held.not_after),
+            key: read.key.clone(),
+            lease,
         })
     }
 
@@ -901,7 +945,7 @@ impl KeySource for KeyServerSource {
         Ok(())
     }
 
-    fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, ContentKey), KeyError> {
+    fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, Licensed), KeyError> {
         let scope = self.scope.as_deref().ok_or_else(|| {
             KeyError::Denied("this mount has no --scope, so it cannot create assets".into())
         })?;
@@ -909,6 +953,8 @@ impl KeySource for KeyServerSource {
         // them over rooted ("/show/f.exr").
         let path = path.trim_start_matches('/');
         let (token, who) = self.who(caller)?;
+        let user = token_user(&token)
+            .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
         let license = self.call(self.client.create(&token, &who.app_digest, path, scope))?;
         let grant = license
             .grants
@@ -924,7 +970,25 @@ impl KeySource for KeyServerSource {
             },
         )?;
         tracing::debug!(uid = caller.uid, pid = caller.pid, path, asset_id = %header.asset_id, "created asset under a create license");
-        Ok((header, to_content_key(&grant.key)))
+        // Held like any license, so the revocation sweep and `not_after` reach the creator's
+        // handle too.
+        let held = self.hold(&user, grant, license.license.not_after);
+        self.licenses.insert(
+            LicenseKey {
+                session: session_of(&token),
+                app_digest: who.app_digest.as_str().into(),
+                asset_id: grant.asset_id,
+                action: Action::Create,
+            },
+            Arc::clone(&held),
+        );
+        Ok((
+            header,
+            Licensed {
+                key: held.key.clone(),
+                lease: Lease::tied_to(held.revoked.clone(), held.not_after),
+            },
+        ))
     }
 }
 
@@ -1050,7 +1114,9 @@ mod tests {
             pid: app.id(),
         };
 
-        let (header, key) = source.create_key(&caller, "show/f0001.exr").unwrap();
+        let (header, created) = source.create_key(&caller, "show/f0001.exr").unwrap();
+        let key = created.key;
+        assert!(!created.lease.is_revoked());
         let opened = source
             .open_key(&caller, "show/f0001.exr", &header, Access::Read)
             .unwrap();

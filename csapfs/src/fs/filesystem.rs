@@ -571,16 +571,17 @@ impl CsapFs {
             fs::set_permissions(&full, fs::Permissions::from_mode(mode & !umask & 0o7777))
                 .map_err(io_errno)?;
             self.give_to_caller(&full, req)?;
-            let (header, key) = self
+            let (header, licensed) = self
                 .keys
                 .create_key(&Self::caller(req), &Self::asset_path(&rel))
                 .map_err(|err| self.key_errno(&rel, &err))?;
-            Asset::create(file, header, &key).map_err(|err| {
+            let asset = Asset::create(file, header, &licensed.key).map_err(|err| {
                 warn!(path = %Self::asset_path(&rel), error = %err, "creating an asset failed");
                 Errno::from_i32(err.errno())
-            })
+            })?;
+            Ok((asset, licensed.lease))
         })();
-        let asset = match created {
+        let (asset, lease) = match created {
             Ok(asset) => asset,
             Err(errno) => {
                 // Never leave a half-made, non-asset file behind.
@@ -602,8 +603,9 @@ impl CsapFs {
         // A stale open entry can exist only if the backing inode number was reused while the
         // old file was still open; the new file must not share it.
         lock(&self.open).remove(&ino);
-        // The creator's handle holds a create license, not a revocable read lease.
-        let fh = self.add_handle(ino, Some(inode), writable, Lease::permanent())?;
+        // The creator's handle lives under the create license: it ends when that license's
+        // rule is withdrawn or ends, like any other handle.
+        let fh = self.add_handle(ino, Some(inode), writable, lease)?;
         Ok((attr, fh))
     }
 
