@@ -44,6 +44,8 @@ environment (defaults in brackets):
   BENCH_CONCURRENCY      licenses: comma-separated client counts [1,16,64,256]
   BENCH_BATCH            licenses: keys in the batch license [1000]
   BENCH_BATCH_REPS       licenses: timed batch licenses [15]
+  BENCH_SPLIT=1          licenses: key server pinned to CPU 0, load generator to CPU 1
+                         (the server's capacity on one core, without the load generator)
   BENCH_PEPS             distribution: subscribed PEPs [1000]
   BENCH_ROUNDS           distribution: publish and revoke rounds [5]
   BENCH_SOLO_ROUNDS      distribution: single-PEP rounds [50]
@@ -93,6 +95,10 @@ fn main() -> Result<()> {
     for w in run {
         match w {
             "evaluator" => evaluator(&knobs)?,
+            "licenses" if knobs.split => {
+                pin_current_thread(LOAD_CPU)?;
+                runtime_on(Some(LOAD_CPU))?.block_on(licenses(&knobs))?
+            }
             "licenses" => runtime()?.block_on(licenses(&knobs))?,
             "open" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Open)?,
             "render" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Render)?,
@@ -104,10 +110,32 @@ fn main() -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    runtime_on(None)
+}
+
+/// CPUs of BENCH_SPLIT=1.
+const SERVER_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+/// A runtime whose threads (workers and blocking pool) all run on `cpu` when given.
+fn runtime_on(cpu: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(cpu) = cpu {
+        b.worker_threads(1).on_thread_start(move || {
+            if let Err(e) = pin_current_thread(cpu) {
+                eprintln!("pinning a thread to CPU {cpu}: {e}");
+            }
+        });
+    }
+    b.enable_all().build().context("starting the tokio runtime")
+}
+
+/// Restricts the calling thread (and threads it starts later) to `cpu`.
+fn pin_current_thread(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
 }
 
 /// Build profile, cores and load: the context every figure needs.
@@ -138,6 +166,7 @@ struct Knobs {
     peps: usize,
     rounds: usize,
     solo_rounds: usize,
+    split: bool,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
@@ -153,7 +182,8 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
 
 impl Knobs {
     fn from_env() -> Result<Self> {
-        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+        let flag = |name: &str| std::env::var(name).is_ok_and(|v| v != "0" && !v.is_empty());
+        let quick = flag("BENCH_QUICK");
         let q = |full: usize, small: usize| if quick { small } else { full };
         let concurrency = match std::env::var("BENCH_CONCURRENCY") {
             Ok(v) => v
@@ -176,6 +206,7 @@ impl Knobs {
             peps: env_num("BENCH_PEPS", q(1000, 50))?,
             rounds: env_num("BENCH_ROUNDS", q(5, 2))?,
             solo_rounds: env_num("BENCH_SOLO_ROUNDS", q(50, 5))?,
+            split: flag("BENCH_SPLIT"),
         };
         if k.calls == 0 || k.batch == 0 || k.batch_reps == 0 || k.peps == 0 || k.rounds == 0 {
             bail!("BENCH_* counts must be positive");
@@ -419,7 +450,17 @@ async fn licenses(k: &Knobs) -> Result<()> {
             k.batch
         );
     }
-    let lb = keyserver::testing::spawn_with(cfg).await?;
+    // BENCH_SPLIT: the server lives in its own runtime on its own CPU (kept alive until the
+    // end of this function); its tasks, blocking threads and audit thread inherit the pinning.
+    let server_rt = if k.split {
+        Some(runtime_on(Some(SERVER_CPU))?)
+    } else {
+        None
+    };
+    let lb = match &server_rt {
+        Some(rt) => rt.spawn(keyserver::testing::spawn_with(cfg)).await??,
+        None => keyserver::testing::spawn_with(cfg).await?,
+    };
     let dev = keyserver::testing::provision(
         &lb,
         KS_DEVICE,
@@ -472,9 +513,13 @@ async fn licenses(k: &Knobs) -> Result<()> {
     );
     let ids = Arc::new(ids);
 
+    let layout = if k.split {
+        "key server pinned to CPU 0, load generator to CPU 1"
+    } else {
+        "server and load generator share the machine"
+    };
     let mut tab = Table::new(format!(
-        "Key server licenses over TLS keep-alive (server and load generator share the machine; \
-         {:.0} s per level)",
+        "Key server licenses over TLS keep-alive ({layout}; {:.0} s per level)",
         k.secs
     ));
     for &c in &k.concurrency {
@@ -545,7 +590,13 @@ async fn licenses(k: &Knobs) -> Result<()> {
         format!("{} / {}", dur(s.pct(0.0)), dur(s.max())),
     );
     tab.print();
-    lb.server.shutdown().await;
+    match server_rt {
+        Some(rt) => {
+            rt.spawn(lb.server.shutdown()).await?;
+            rt.shutdown_background();
+        }
+        None => lb.server.shutdown().await,
+    }
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use crate::pki::{Principal, PrincipalKind};
 use crate::rules::RuleVerdict;
 use crate::seal::{HpkePublicKey, LicenseSealer};
 use crate::server::{Peer, State};
+use crate::session::{LicenseKeys, ServerSession};
 use crate::token::{hash_password, verify_password, Claims};
 use crate::wire::*;
 
@@ -43,6 +44,7 @@ pub(crate) fn router(state: S) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/login", post(login))
+        .route("/v1/sessions", post(open_session))
         .route("/v1/licenses", post(licenses))
         .route("/v1/assets", post(create_asset))
         .route("/v1/assets/{id}/rename", post(rename_asset))
@@ -228,7 +230,10 @@ fn authenticate(
     now: i64,
 ) -> Result<Subject, Reason> {
     let claims: Claims = st.tokens.verify(token, now)?;
-    let user = db::get_user(conn, &claims.user)
+    let user = st
+        .db
+        .cache
+        .user(conn, &claims.user)
         .map_err(|_| Reason::TokenInvalid)?
         .ok_or(Reason::UnknownUser)?;
     if user.disabled {
@@ -237,7 +242,10 @@ fn authenticate(
     if user.generation != claims.generation {
         return Err(Reason::TokenInvalid);
     }
-    let app = db::get_app(conn, app_digest)
+    let app = st
+        .db
+        .cache
+        .app(conn, app_digest)
         .map_err(|_| Reason::UnknownApplication)?
         .ok_or(Reason::UnknownApplication)?;
     if app.revoked_at.is_some() {
@@ -264,16 +272,45 @@ struct Grantor<'a> {
     device: &'a str,
     action: Action,
     license_id: &'a str,
-    recipient: &'a HpkePublicKey,
     now: i64,
     /// Upper bound of every grant's not_after.
     cap: i64,
     /// Admin break-glass: skip the rules check.
     break_glass: bool,
     seeds: HashMap<(String, u32), Seed>,
-    /// The license's one HPKE context, set up at the first grant (a license that grants
-    /// nothing costs no X25519 operation).
-    sealer: Option<LicenseSealer>,
+    wrap: KeyWrap,
+}
+
+/// How a license's content keys are wrapped, and how the license is authenticated.
+// Both variants hold key schedules (~0.8 KiB); one lives on the stack per request, so boxing
+// would only add an allocation per license.
+#[allow(clippy::large_enum_variant)]
+enum KeyWrap {
+    /// One HPKE context per license, set up at the first grant (a license that grants nothing
+    /// costs no X25519 operation); the license is Ed25519-signed.
+    Hpke {
+        recipient: HpkePublicKey,
+        sealer: Option<LicenseSealer>,
+    },
+    /// This license's keys within a license session; the license carries a MAC.
+    Session {
+        session: Arc<ServerSession>,
+        keys: LicenseKeys,
+    },
+}
+
+impl KeyWrap {
+    fn hpke(recipient: HpkePublicKey) -> Self {
+        KeyWrap::Hpke {
+            recipient,
+            sealer: None,
+        }
+    }
+
+    fn session(session: Arc<ServerSession>, license_id: &str) -> Self {
+        let keys = session.secret.license_keys(license_id);
+        KeyWrap::Session { session, keys }
+    }
 }
 
 type Refusal = (Reason, Vec<String>);
@@ -305,7 +342,11 @@ impl Grantor<'_> {
             }
             (v.rule_ids, v.until.unwrap_or(self.cap).min(self.cap))
         };
-        let ver = db::get_scope_version(conn, &asset.scope, asset.key_version)?;
+        let ver = self
+            .st
+            .db
+            .cache
+            .scope_version(conn, &asset.scope, asset.key_version)?;
         let Some(ver) = ver else {
             return Ok(Err((Reason::KeyRevoked, rule_ids)));
         };
@@ -326,18 +367,23 @@ impl Grantor<'_> {
         let asset_id = parse_id16(&asset.asset_id)
             .ok_or_else(|| ApiError::Internal("malformed asset id in store".into()))?;
         let key = self.seeds[&k].content_key(&asset_id);
-        // Sealing is the last fallible step, so the context's sequence number advances only
-        // for grants that end up in the license, in the order the callers append them.
-        let sealer = match &mut self.sealer {
-            Some(s) => s,
-            None => self.sealer.insert(
-                LicenseSealer::new(self.recipient)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?,
-            ),
+        // Sealing is the last fallible step, so the sequence number advances only for grants
+        // that end up in the license, in the order the callers append them.
+        let sealed = match &mut self.wrap {
+            KeyWrap::Hpke { recipient, sealer } => {
+                let sealer = match sealer {
+                    Some(s) => s,
+                    None => sealer.insert(
+                        LicenseSealer::new(recipient)
+                            .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    ),
+                };
+                sealer
+                    .seal_next(&key, self.license_id, &asset_id)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+            KeyWrap::Session { keys, .. } => keys.seal_next(&key, &asset_id),
         };
-        let sealed = sealer
-            .seal_next(&key, self.license_id, &asset_id)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Ok(Grant {
             asset_id: asset.asset_id.clone(),
             path: asset.path.clone(),
@@ -373,7 +419,22 @@ impl Grantor<'_> {
 
     fn finish(&self, grants: Vec<Grant>, denials: Vec<AssetDenial>) -> SignedLicense {
         let not_after = grants.iter().map(|g| g.not_after).min().unwrap_or(self.cap);
-        self.st.signer.sign(License {
+        let (recipient, enc, session) = match &self.wrap {
+            KeyWrap::Hpke { recipient, sealer } => (
+                recipient.to_hex(),
+                sealer
+                    .as_ref()
+                    .map(|s| hex::encode(s.enc()))
+                    .unwrap_or_default(),
+                None,
+            ),
+            KeyWrap::Session { session, .. } => (
+                session.recipient.to_hex(),
+                String::new(),
+                Some(session.id.clone()),
+            ),
+        };
+        let license = License {
             license_id: self.license_id.to_string(),
             issued_at: self.now,
             not_after,
@@ -381,16 +442,21 @@ impl Grantor<'_> {
             device: self.device.to_string(),
             app_digest: self.app_digest.to_string(),
             action: self.action,
-            recipient: self.recipient.to_hex(),
-            enc: self
-                .sealer
-                .as_ref()
-                .map(|s| hex::encode(s.enc()))
-                .unwrap_or_default(),
+            recipient,
+            enc,
             grants,
             denials,
             break_glass: self.break_glass,
-        })
+            session,
+        };
+        match &self.wrap {
+            KeyWrap::Hpke { .. } => self.st.signer.sign(license),
+            KeyWrap::Session { keys, .. } => {
+                let bytes = serde_json::to_vec(&license).expect("license serializes");
+                let signature = hex::encode(keys.tag(&bytes));
+                SignedLicense { license, signature }
+            }
+        }
     }
 }
 
@@ -533,12 +599,29 @@ async fn licenses(
 ) -> Result<Json<SignedLicense>, ApiError> {
     rate_limit(&st, &peer.name)?;
     check_digest("app_digest", &req.app_digest)?;
-    let recipient = HpkePublicKey::from_hex(&req.hpke_public_key).map_err(|_| {
-        ApiError::bad(
-            "hpke_public_key",
-            "must be an X25519 public key: 64 hex characters",
-        )
-    })?;
+    let wrap = match (&req.session, req.hpke_public_key.is_empty()) {
+        (Some(id), true) => {
+            let session = st
+                .sessions
+                .get(id, &peer.name, st.clock.now())
+                .ok_or(ApiError::SessionUnknown)?;
+            SessionOrKey::Session(session)
+        }
+        (None, false) => {
+            SessionOrKey::Key(HpkePublicKey::from_hex(&req.hpke_public_key).map_err(|_| {
+                ApiError::bad(
+                    "hpke_public_key",
+                    "must be an X25519 public key: 64 hex characters",
+                )
+            })?)
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "session",
+                "give either session or hpke_public_key",
+            ))
+        }
+    };
     match (&req.create, req.assets.is_empty()) {
         (Some(_), false) => {
             return Err(ApiError::bad(
@@ -574,10 +657,51 @@ async fn licenses(
         check_asset_id("assets", a)?;
     }
     let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| license_work(&st2, conn, &peer.name, &req, &recipient))
+    let (license, events) = st
+        .db
+        .call(move |conn| license_work(&st2, conn, &peer.name, &req, wrap))
+        .await?;
+    // No key leaves before its grant is on record.
+    st.audit
+        .record(events)
         .await
-        .map(Json)
+        .map_err(|e| ApiError::Internal(format!("audit write failed: {e}")))?;
+    Ok(Json(license))
+}
+
+/// Where a license request wants its keys: its license session, or a one-license HPKE key.
+enum SessionOrKey {
+    Session(Arc<ServerSession>),
+    Key(HpkePublicKey),
+}
+
+/// `POST /v1/sessions`: a license session for the calling device (see [`crate::session`]).
+async fn open_session(
+    AxState(st): AxState<S>,
+    DevicePeer(peer): DevicePeer,
+    ApiJson(req): ApiJson<SessionRequest>,
+) -> Result<Json<SignedSession>, ApiError> {
+    rate_limit(&st, &peer.name)?;
+    let recipient = HpkePublicKey::from_hex(&req.hpke_public_key).map_err(|_| {
+        ApiError::bad(
+            "hpke_public_key",
+            "must be an X25519 public key: 64 hex characters",
+        )
+    })?;
+    let now = st.clock.now();
+    let id = hex::encode(new_id()?);
+    let (session, enc) = st
+        .sessions
+        .open(id, &peer.name, recipient, now)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(st.signer.sign_session(Session {
+        session_id: session.id.clone(),
+        device: session.device.clone(),
+        recipient: session.recipient.to_hex(),
+        enc: hex::encode(enc),
+        issued_at: now,
+        not_after: session.not_after,
+    })))
 }
 
 fn license_work(
@@ -585,8 +709,8 @@ fn license_work(
     conn: &mut Connection,
     device: &str,
     req: &LicenseRequest,
-    recipient: &HpkePublicKey,
-) -> Result<SignedLicense, ApiError> {
+    wrap: SessionOrKey,
+) -> Result<(SignedLicense, Vec<AuditEvent>), ApiError> {
     let now = st.clock.now();
     let named: Vec<String> = match &req.create {
         Some(c) => vec![c.path.clone()],
@@ -610,6 +734,10 @@ fn license_work(
         }
     };
     let license_id = hex::encode(new_id()?);
+    let wrap = match wrap {
+        SessionOrKey::Session(s) => KeyWrap::session(s, &license_id),
+        SessionOrKey::Key(k) => KeyWrap::hpke(k),
+    };
     let mut g = Grantor {
         st,
         user: &subject.user,
@@ -617,26 +745,31 @@ fn license_work(
         device,
         action: req.action,
         license_id: &license_id,
-        recipient,
         now,
         cap: now + st.license_ttl,
         break_glass: false,
         seeds: HashMap::new(),
-        sealer: None,
+        wrap,
     };
     if let Some(create) = &req.create {
-        return create_work(&mut g, conn, create);
+        return create_work(&mut g, conn, create).map(|l| (l, Vec::new()));
     }
     let mut grants = Vec::new();
     let mut denials = Vec::new();
     let mut events = Vec::new();
-    // One read transaction for all lookups: a consistent snapshot of the batch, and one SQLite
-    // lock instead of two per asset (locking showed up in the 1,000-key batch profile).
-    let tx = conn.transaction().map_err(db::StoreError::from)?;
+    // A batch reads in one transaction: a consistent snapshot, and one SQLite lock instead of
+    // two per asset (locking showed up in the 1,000-key batch profile). A single key reads
+    // outside one, so its rows can enter the read cache (see `crate::readcache`).
+    let mut tx = None;
+    let reader: &Connection = if req.assets.len() > 1 {
+        tx.insert(conn.transaction().map_err(db::StoreError::from)?)
+    } else {
+        conn
+    };
     for id in &req.assets {
-        let outcome = match db::get_asset(&tx, id)? {
+        let outcome = match st.db.cache.asset(reader, id)? {
             None => Err((Reason::UnknownAsset, Vec::new())),
-            Some(asset) => g.grant(&tx, &asset)?,
+            Some(asset) => g.grant(reader, &asset)?,
         };
         match outcome {
             Ok(grant) => {
@@ -657,9 +790,10 @@ fn license_work(
             }
         }
     }
-    tx.commit().map_err(db::StoreError::from)?;
-    db::insert_audit(conn, &events)?;
-    Ok(g.finish(grants, denials))
+    if let Some(tx) = tx {
+        tx.commit().map_err(db::StoreError::from)?;
+    }
+    Ok((g.finish(grants, denials), events))
 }
 
 /// Allocates an asset id in the scope's current version, registers it and grants its key.
@@ -925,6 +1059,7 @@ async fn revoke_device(
         .await?;
     // After the commit: the next handshake (and every request on open connections) is refused.
     st.registry.revoke_name(PrincipalKind::Device, &name);
+    st.sessions.end_device(&name);
     Ok(Json(Revoked { revoked }))
 }
 
@@ -1255,12 +1390,11 @@ async fn issue_license(
                 device: &req.device,
                 action: req.action,
                 license_id: &license_id,
-                recipient: &recipient,
                 now,
                 cap: req.until,
                 break_glass: req.break_glass,
                 seeds: HashMap::new(),
-                sealer: None,
+                wrap: KeyWrap::hpke(recipient),
             };
             let how = if req.break_glass {
                 format!(

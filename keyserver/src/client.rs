@@ -2,12 +2,13 @@
 //! create/rename) and [`AdminClient`] for the admin identity. Both speak HTTPS with mTLS.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::license::{self, LicenseError, OpenedLicense};
+use crate::license::{self, DeviceSession, LicenseError, OpenedLicense};
 use crate::pki::{self, Identity, PkiError};
 use crate::seal::{HpkeKeyPair, SealError};
 use crate::token::UserToken;
@@ -103,13 +104,18 @@ fn read_identity(dir: &Path) -> Result<Identity, ClientError> {
 }
 
 /// The device side: each request carries the user's token and the caller's application digest;
-/// keys come back sealed to a fresh ephemeral X25519 key and are opened here.
+/// keys come back sealed in this client's license session (see [`crate::session`]) and are
+/// opened here. Clones share the connection pool and the session.
 #[derive(Debug, Clone)]
 pub struct LicenseClient {
     client: KsClient,
     server_key: String,
     device: String,
+    session: Arc<tokio::sync::Mutex<Option<Arc<DeviceSession>>>>,
 }
+
+/// A session is renewed this long before its end, so no request races its expiry.
+const SESSION_RENEW_MARGIN_SECS: i64 = 60;
 
 impl LicenseClient {
     /// Connects with the device identity in `identity_dir` and learns the license-signing key
@@ -126,6 +132,7 @@ impl LicenseClient {
             client,
             server_key: info.license_public_key,
             device: info.peer,
+            session: Arc::default(),
         })
     }
 
@@ -148,17 +155,63 @@ impl LicenseClient {
         Ok((UserToken::new(r.token.expose().to_string()), r.expires_at))
     }
 
+    /// The live license session, opened (one HPKE key agreement) when there is none or it is
+    /// about to end. Concurrent callers wait for the one being opened.
+    async fn session(&self) -> Result<Arc<DeviceSession>, ClientError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if crate::now() < s.not_after - SESSION_RENEW_MARGIN_SECS {
+                return Ok(Arc::clone(s));
+            }
+        }
+        let kp = HpkeKeyPair::generate();
+        let signed: SignedSession = self
+            .client
+            .post(
+                "/v1/sessions",
+                &SessionRequest {
+                    hpke_public_key: kp.public().to_hex(),
+                },
+            )
+            .await?;
+        let s = Arc::new(DeviceSession::accept(
+            &signed,
+            &kp,
+            &self.device,
+            &self.server_key,
+        )?);
+        *slot = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// Drops the session `id` if it is still the current one (the server no longer knows it).
+    async fn forget_session(&self, id: &str) {
+        let mut slot = self.session.lock().await;
+        if slot.as_ref().is_some_and(|s| s.id == id) {
+            *slot = None;
+        }
+    }
+
     async fn license(
         &self,
         mut req: LicenseRequest,
         path: &str,
     ) -> Result<OpenedLicense, ClientError> {
-        // A fresh ephemeral key per request: the server sets up one HPKE context to it for the
-        // whole license, and `license::open` opens the grants in order (see `crate::seal`).
-        let kp = HpkeKeyPair::generate();
-        req.hpke_public_key = kp.public().to_hex();
-        let signed: SignedLicense = self.client.post(path, &req).await?;
-        Ok(license::open(signed, &kp, &self.server_key)?)
+        // The server forgets sessions when it restarts: open a new one and ask once more.
+        let mut retried = false;
+        loop {
+            let session = self.session().await?;
+            req.session = Some(session.id.clone());
+            match self.client.post::<_, SignedLicense>(path, &req).await {
+                Err(ClientError::Server { body, .. })
+                    if !retried && body.reason == Some(Reason::SessionUnknown) =>
+                {
+                    self.forget_session(&session.id).await;
+                    retried = true;
+                }
+                answer => return Ok(license::open_in_session(answer?, &session)?),
+            }
+        }
     }
 
     /// Licenses a batch of existing assets; the result holds exactly the granted subset, and
@@ -177,6 +230,7 @@ impl LicenseClient {
             assets: asset_ids.iter().map(hex::encode).collect(),
             create: None,
             hpke_public_key: String::new(),
+            session: None,
         };
         self.license(req, "/v1/licenses").await
     }
@@ -199,6 +253,7 @@ impl LicenseClient {
                 scope: scope.into(),
             }),
             hpke_public_key: String::new(),
+            session: None,
         };
         self.license(req, "/v1/assets").await
     }

@@ -2,12 +2,14 @@
 //! from `spawn_blocking`, schema migrations via `PRAGMA user_version`, and every query.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::keys::SealedSeed;
 use crate::pki::{Principal, PrincipalKind};
+use crate::readcache::ReadCache;
 use crate::wire::{AppInfo, AssetInfo, AuditRecord, DeviceInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +94,42 @@ const MIGRATIONS: &[&str] = &[
 
 /// A fixed pool of connections; each call runs on the blocking thread pool.
 pub struct Db {
-    conns: Mutex<Vec<Connection>>,
+    conns: Mutex<Vec<Pooled>>,
     permits: tokio::sync::Semaphore,
     path: PathBuf,
+    /// Rows the license path reads, kept coherent by the pool's update hooks.
+    pub cache: ReadCache,
+}
+
+/// A pooled connection and the mark its update hook sets when it changes a cached table.
+struct Pooled {
+    conn: Connection,
+    dirty: Arc<AtomicBool>,
+}
+
+/// Whether a change can make a [`ReadCache`] entry stale. Inserts of assets cannot (only rows
+/// that exist are cached, and asset ids are new): skipping them keeps imports from voiding the
+/// cache at every file. Every other change to a cached table counts.
+fn changes_cached_rows(action: rusqlite::hooks::Action, table: &str) -> bool {
+    match table {
+        "assets" => action != rusqlite::hooks::Action::SQLITE_INSERT,
+        "users" | "applications" | "scopes" | "scope_versions" => true,
+        _ => false,
+    }
+}
+
+fn pooled(path: &Path) -> Result<Pooled, StoreError> {
+    let conn = open_conn(path)?;
+    let dirty = Arc::new(AtomicBool::new(false));
+    let mark = Arc::clone(&dirty);
+    conn.update_hook(Some(
+        move |action: rusqlite::hooks::Action, _db: &str, table: &str, _row: i64| {
+            if changes_cached_rows(action, table) {
+                mark.store(true, Ordering::SeqCst);
+            }
+        },
+    ));
+    Ok(Pooled { conn, dirty })
 }
 
 impl std::fmt::Debug for Db {
@@ -109,7 +144,16 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // The server checkpoints from a background task (`checkpoint`); a commit that
+    // checkpointed would make every request queued behind it wait for an fsync.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
+}
+
+/// Copies the write-ahead log into the database without waiting for readers or writers.
+pub fn checkpoint(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -131,16 +175,17 @@ impl Db {
     /// Opens (creating and migrating) the database with `size` pooled connections.
     pub fn open(path: &Path, size: usize) -> Result<Arc<Self>, StoreError> {
         let size = size.max(1);
-        let mut first = open_conn(path)?;
-        migrate(&mut first)?;
+        let mut first = pooled(path)?;
+        migrate(&mut first.conn)?;
         let mut conns = vec![first];
         for _ in 1..size {
-            conns.push(open_conn(path)?);
+            conns.push(pooled(path)?);
         }
         Ok(Arc::new(Db {
             conns: Mutex::new(conns),
             permits: tokio::sync::Semaphore::new(size),
             path: path.to_path_buf(),
+            cache: ReadCache::default(),
         }))
     }
 
@@ -157,22 +202,14 @@ impl Db {
             .await
             .map_err(|e| E::from(StoreError::Worker(e.to_string())))?;
         let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .ok_or_else(|| E::from(StoreError::Worker("pool empty".into())))?;
-            let out = f(&mut conn);
-            db.conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
-            out
-        })
-        .await
-        .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
+        tokio::task::spawn_blocking(move || db.with_conn(f).map_err(E::from)?)
+            .await
+            .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
+    }
+
+    /// A connection of its own, outside the pool (the audit writer's).
+    pub fn dedicated_connection(&self) -> Result<Connection, StoreError> {
+        open_conn(&self.path)
     }
 
     /// Runs `f` synchronously (start-up only, before the runtime serves requests).
@@ -180,18 +217,24 @@ impl Db {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self
+        self.with_conn(f)?
+    }
+
+    /// Runs `f` on a pooled connection; afterwards (its writes committed or rolled back) voids
+    /// the read cache if `f` changed a cached table. The outer error is the pool's own.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> Result<T, StoreError> {
+        let mut p = self
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .ok_or_else(|| StoreError::Worker("pool empty".into()))?;
-        let out = f(&mut conn);
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
-        out
+        let out = f(&mut p.conn);
+        if p.dirty.swap(false, Ordering::SeqCst) {
+            self.cache.changed();
+        }
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+        Ok(out)
     }
 }
 
@@ -317,19 +360,19 @@ pub fn add_user(
 }
 
 pub fn get_user(conn: &Connection, name: &str) -> Result<Option<UserRow>, StoreError> {
+    // Cached statements: these run on every license request.
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT name, password_hash, generation, disabled FROM users WHERE name = ?1",
-            params![name],
-            |r| {
-                Ok(UserRow {
-                    name: r.get(0)?,
-                    password_hash: r.get(1)?,
-                    generation: r.get::<_, i64>(2)? as u64,
-                    disabled: r.get::<_, i64>(3)? != 0,
-                })
-            },
-        )
+        )?
+        .query_row(params![name], |r| {
+            Ok(UserRow {
+                name: r.get(0)?,
+                password_hash: r.get(1)?,
+                generation: r.get::<_, i64>(2)? as u64,
+                disabled: r.get::<_, i64>(3)? != 0,
+            })
+        })
         .optional()?)
 }
 
@@ -369,8 +412,10 @@ fn app_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppInfo> {
 
 pub fn get_app(conn: &Connection, digest: &str) -> Result<Option<AppInfo>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT digest, name, version, vendor, registered_at, revoked_at FROM applications WHERE digest = ?1",
+        )?
+        .query_row(
             params![digest],
             app_from_row,
         )

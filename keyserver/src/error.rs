@@ -29,6 +29,8 @@ pub enum ApiError {
     RateLimited,
     #[error("request timed out")]
     Timeout,
+    #[error("license session unknown or ended: open a new one")]
+    SessionUnknown,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +53,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SessionUnknown => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +82,11 @@ impl IntoResponse for ApiError {
                 error: "denied".into(),
                 field: None,
                 reason: Some(*reason),
+            },
+            ApiError::SessionUnknown => ErrorBody {
+                error: self.to_string(),
+                field: Some("session".into()),
+                reason: Some(Reason::SessionUnknown),
             },
             ApiError::RateLimited => ErrorBody {
                 error: self.to_string(),

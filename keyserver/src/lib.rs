@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod db;
 pub mod error;
@@ -12,9 +13,11 @@ pub mod keys;
 pub mod license;
 pub mod pki;
 pub mod ratelimit;
+pub mod readcache;
 pub mod rules;
 pub mod seal;
 pub mod server;
+pub mod session;
 pub mod testing;
 pub mod token;
 pub mod wire;

@@ -10,7 +10,17 @@ use zeroize::Zeroizing;
 use crate::keys::ContentKey;
 use crate::pki::{HPKE_KEY_FILE, SERVER_KEY_FILE};
 use crate::seal::{HpkeKeyPair, SealError};
-use crate::wire::{Grant, License, SignedLicense};
+use crate::session::SessionSecret;
+use crate::wire::{Grant, License, Session, SignedLicense, SignedSession};
+
+/// Domain separation of session signatures from license signatures (same signing key).
+const SESSION_SIGNATURE_PREFIX: &[u8] = b"csap/v1/session\n";
+
+fn session_bytes(session: &Session) -> Vec<u8> {
+    let mut bytes = SESSION_SIGNATURE_PREFIX.to_vec();
+    bytes.extend(serde_json::to_vec(session).expect("session serializes"));
+    bytes
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LicenseError {
@@ -33,6 +43,10 @@ pub enum LicenseError {
     BadEnc,
     #[error("license grant for {0} is malformed")]
     BadGrant(String),
+    #[error("license belongs to another session")]
+    WrongSession,
+    #[error("license session announcement is not for this device and key")]
+    BadSession,
     #[error(transparent)]
     Seal(#[from] SealError),
 }
@@ -77,6 +91,53 @@ impl LicenseSigner {
         let bytes = serde_json::to_vec(&license).expect("license serializes");
         let signature = hex::encode(self.0.sign(&bytes).as_ref());
         SignedLicense { license, signature }
+    }
+
+    pub fn sign_session(&self, session: Session) -> SignedSession {
+        let signature = hex::encode(self.0.sign(&session_bytes(&session)).as_ref());
+        SignedSession { session, signature }
+    }
+}
+
+/// Checks the server's signature over a session announcement.
+pub fn verify_session(signed: &SignedSession, server_public_hex: &str) -> Result<(), LicenseError> {
+    let pk = hex::decode(server_public_hex.trim()).map_err(|_| LicenseError::BadSignature)?;
+    let sig = hex::decode(&signed.signature).map_err(|_| LicenseError::BadSignature)?;
+    UnparsedPublicKey::new(&ED25519, pk)
+        .verify(&session_bytes(&signed.session), &sig)
+        .map_err(|_| LicenseError::BadSignature)
+}
+
+/// The device's end of an established license session.
+#[derive(Debug)]
+pub struct DeviceSession {
+    pub id: String,
+    pub not_after: i64,
+    recipient: String,
+    secret: SessionSecret,
+}
+
+impl DeviceSession {
+    /// Accepts a signed session announcement made for `device` and `keypair`.
+    pub fn accept(
+        signed: &SignedSession,
+        keypair: &HpkeKeyPair,
+        device: &str,
+        server_public_hex: &str,
+    ) -> Result<Self, LicenseError> {
+        verify_session(signed, server_public_hex)?;
+        let s = &signed.session;
+        let recipient = keypair.public().to_hex();
+        if s.recipient != recipient || s.device != device {
+            return Err(LicenseError::BadSession);
+        }
+        let enc = hex::decode(&s.enc).map_err(|_| LicenseError::BadEnc)?;
+        Ok(DeviceSession {
+            id: s.session_id.clone(),
+            not_after: s.not_after,
+            recipient,
+            secret: SessionSecret::accept(keypair, &enc)?,
+        })
     }
 }
 
@@ -129,6 +190,10 @@ pub fn open(
     keypair: &HpkeKeyPair,
     server_public_hex: &str,
 ) -> Result<OpenedLicense, LicenseError> {
+    if signed.license.session.is_some() {
+        // A session license carries a MAC, not a signature: only `open_in_session` opens it.
+        return Err(LicenseError::BadSignature);
+    }
     verify(&signed, server_public_hex)?;
     let license = signed.license;
     if license.recipient != keypair.public().to_hex() {
@@ -142,10 +207,11 @@ pub fn open(
     let enc = hex::decode(&license.enc).map_err(|_| LicenseError::BadEnc)?;
     let mut opener = keypair.opener(&enc)?;
     for g in &license.grants {
-        let bad = || LicenseError::BadGrant(g.asset_id.clone());
-        let asset_id = parse_id16(&g.asset_id).ok_or_else(bad)?;
-        let scope_id = parse_id16(&g.scope_id).ok_or_else(bad)?;
-        let sealed = hex::decode(&g.sealed_key).map_err(|_| bad())?;
+        let GrantFields {
+            asset_id,
+            scope_id,
+            sealed,
+        } = grant_fields(g)?;
         let key = opener.open_next(&sealed, &license.license_id, &asset_id)?;
         grants.push(OpenedGrant {
             asset_id,
@@ -155,6 +221,58 @@ pub fn open(
         });
     }
     Ok(OpenedLicense { license, grants })
+}
+
+/// Verifies a session license's MAC and opens every grant with the session's keys.
+pub fn open_in_session(
+    signed: SignedLicense,
+    session: &DeviceSession,
+) -> Result<OpenedLicense, LicenseError> {
+    let license = signed.license;
+    if license.session.as_deref() != Some(session.id.as_str()) {
+        return Err(LicenseError::WrongSession);
+    }
+    let mut keys = session.secret.license_keys(&license.license_id);
+    let tag = hex::decode(&signed.signature).map_err(|_| LicenseError::BadSignature)?;
+    let bytes = serde_json::to_vec(&license).map_err(|e| LicenseError::Parse(e.to_string()))?;
+    if !keys.verify(&bytes, &tag) {
+        return Err(LicenseError::BadSignature);
+    }
+    if license.recipient != session.recipient {
+        return Err(LicenseError::WrongRecipient);
+    }
+    let mut grants = Vec::with_capacity(license.grants.len());
+    for g in &license.grants {
+        let GrantFields {
+            asset_id,
+            scope_id,
+            sealed,
+        } = grant_fields(g)?;
+        let key = keys.open_next(&sealed, &asset_id)?;
+        grants.push(OpenedGrant {
+            asset_id,
+            scope_id,
+            grant: g.clone(),
+            key,
+        });
+    }
+    Ok(OpenedLicense { license, grants })
+}
+
+/// A grant's hex fields, decoded.
+struct GrantFields {
+    asset_id: [u8; 16],
+    scope_id: [u8; 16],
+    sealed: Vec<u8>,
+}
+
+fn grant_fields(g: &Grant) -> Result<GrantFields, LicenseError> {
+    let bad = || LicenseError::BadGrant(g.asset_id.clone());
+    Ok(GrantFields {
+        asset_id: parse_id16(&g.asset_id).ok_or_else(bad)?,
+        scope_id: parse_id16(&g.scope_id).ok_or_else(bad)?,
+        sealed: hex::decode(&g.sealed_key).map_err(|_| bad())?,
+    })
 }
 
 /// Opens an admin-issued license file with the device's enrollment directory (its `hpke.key`
@@ -226,6 +344,7 @@ mod tests {
             grants,
             denials: Vec::new(),
             break_glass: false,
+            session: None,
         })
     }
 
@@ -274,5 +393,97 @@ mod tests {
         let mut body = lic1.license.clone();
         body.grants.remove(0);
         assert!(not_opening(open(signer.sign(body), &kp, &pk)));
+    }
+    #[test]
+    fn session_licenses_open_only_untampered_and_in_their_session() {
+        use crate::session::SessionSecret;
+        use crate::wire::Session;
+        let dir = tempfile::tempdir().unwrap();
+        let signer = LicenseSigner::load_or_create(&dir.path().join("license.key")).unwrap();
+        let pk = signer.public_hex();
+        let kp = HpkeKeyPair::generate();
+        let (enc, server_secret) = SessionSecret::establish(kp.public()).unwrap();
+        let announce = |device: &str| {
+            signer.sign_session(Session {
+                session_id: "s1".into(),
+                device: device.into(),
+                recipient: kp.public().to_hex(),
+                enc: hex::encode(&enc),
+                issued_at: 1_700_000_000,
+                not_after: 1_700_003_600,
+            })
+        };
+        // Announcements: for this device and key only, and signed.
+        assert!(matches!(
+            DeviceSession::accept(&announce("ws-08"), &kp, "ws-07", &pk),
+            Err(LicenseError::BadSession)
+        ));
+        let mut forged = announce("ws-07");
+        forged.session.not_after += 1;
+        assert!(matches!(
+            DeviceSession::accept(&forged, &kp, "ws-07", &pk),
+            Err(LicenseError::BadSignature)
+        ));
+        let session = DeviceSession::accept(&announce("ws-07"), &kp, "ws-07", &pk).unwrap();
+
+        let license_id = "1".repeat(32);
+        let mut keys = server_secret.license_keys(&license_id);
+        let a = [1u8; 16];
+        let body = License {
+            license_id: license_id.clone(),
+            issued_at: 1_700_000_000,
+            not_after: 1_700_000_900,
+            user: "alice".into(),
+            device: "ws-07".into(),
+            app_digest: "00".repeat(32),
+            action: Action::Read,
+            recipient: kp.public().to_hex(),
+            enc: String::new(),
+            grants: vec![Grant {
+                asset_id: hex::encode(a),
+                path: "show/1".into(),
+                scope: "s".into(),
+                scope_id: hex::encode([7u8; 16]),
+                key_version: 1,
+                rule_ids: vec!["r".into()],
+                not_after: 1_700_000_900,
+                sealed_key: hex::encode(keys.seal_next(&ContentKey::from_bytes([9u8; 32]), &a)),
+            }],
+            denials: Vec::new(),
+            break_glass: false,
+            session: Some("s1".into()),
+        };
+        let mac = |l: &License| SignedLicense {
+            license: l.clone(),
+            signature: hex::encode(keys.tag(&serde_json::to_vec(l).unwrap())),
+        };
+        let good = mac(&body);
+        let opened = open_in_session(good.clone(), &session).unwrap();
+        assert_eq!(opened.key_for(&a), Some(&ContentKey::from_bytes([9u8; 32])));
+
+        // A lengthened validity or a widened path without the MAC key: refused.
+        let mut t = good.clone();
+        t.license.not_after += 3600;
+        assert!(matches!(
+            open_in_session(t, &session),
+            Err(LicenseError::BadSignature)
+        ));
+        let mut t = good.clone();
+        t.license.grants[0].path = "show/2".into();
+        assert!(matches!(
+            open_in_session(t, &session),
+            Err(LicenseError::BadSignature)
+        ));
+        // Another session's license, or a session license given to the signature path.
+        let mut other = body.clone();
+        other.session = Some("s2".into());
+        assert!(matches!(
+            open_in_session(mac(&other), &session),
+            Err(LicenseError::WrongSession)
+        ));
+        assert!(matches!(
+            open(good, &kp, &pk),
+            Err(LicenseError::BadSignature)
+        ));
     }
 }

@@ -72,6 +72,9 @@ impl HpkePublicKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 /// An X25519 private key for HPKE; zeroized on drop, redacted in Debug.
@@ -118,6 +121,10 @@ impl HpkeKeyPair {
 
     pub fn public(&self) -> &HpkePublicKey {
         &self.public
+    }
+
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        self.secret.as_ref()
     }
 
     /// Loads a hex private key file (as written by [`HpkeKeyPair::save`]).

@@ -11,18 +11,20 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use zeroize::Zeroizing;
 
+use crate::audit::AuditLog;
 use crate::db::{self, AuditEvent, Db, StoreError};
 use crate::keys::{KeyError, RootKey};
 use crate::license::{LicenseError, LicenseSigner};
 use crate::pki::{self, Ca, Identity, PkiError, Principal, PrincipalKind, PrincipalRegistry};
 use crate::ratelimit::{RateLimit, RateLimiter};
 use crate::rules::RuleCheck;
+use crate::session::SessionStore;
 use crate::token::{PasswordCost, TokenError, TokenKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,8 @@ pub struct ServerConfig {
     pub password_cost: PasswordCost,
     pub clock: Clock,
     pub db_connections: usize,
+    /// Lifetime of a license session (devices renew before it ends).
+    pub session_ttl_secs: i64,
 }
 
 impl ServerConfig {
@@ -128,6 +132,7 @@ impl ServerConfig {
             password_cost: PasswordCost::default(),
             clock: Clock::default(),
             db_connections: 4,
+            session_ttl_secs: 3600,
         }
     }
 }
@@ -157,19 +162,22 @@ pub(crate) struct State {
     /// A hash of a random password, verified against when a login names an unknown user.
     pub dummy_hash: String,
     pub clock: Clock,
-    /// Audit events produced where SQLite must not be touched (TLS handshakes, middleware);
-    /// a writer task stores them. Bounded: under a flood, events are dropped and logged.
-    pub audit_tx: mpsc::Sender<AuditEvent>,
+    /// The audit writer (group commit); see [`crate::audit`].
+    pub audit: AuditLog,
+    /// Live license sessions (memory only); see [`crate::session`].
+    pub sessions: SessionStore,
 }
 
 impl State {
-    /// Queues an audit event without blocking.
+    /// Queues an audit event without blocking (where SQLite must not be touched: TLS
+    /// handshakes, middleware). Under a flood, events are dropped and that is logged.
     pub fn audit_async(&self, ev: AuditEvent) {
-        if self.audit_tx.try_send(ev).is_err() {
-            tracing::warn!("audit queue full: event dropped");
-        }
+        self.audit.record_later(ev);
     }
 }
+
+/// Live license sessions held at most (each is ~200 bytes; a device keeps one per connection).
+const SESSION_CAPACITY: u64 = 100_000;
 
 /// Paths inside the data directory.
 pub const ADMIN_DIR: &str = "admin";
@@ -183,10 +191,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
 }
 
 /// First start creates everything; a restart reuses it all.
-fn init_state(
-    cfg: &ServerConfig,
-    audit_tx: mpsc::Sender<AuditEvent>,
-) -> Result<State, ServerError> {
+fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError> {
     let dir = &cfg.data_dir;
     crate::fsutil::create_private_dir(dir).map_err(io(dir))?;
     let root = RootKey::load_or_create(
@@ -224,7 +229,8 @@ fn init_state(
             crate::token::hash_password(&hex::encode(pw), cfg.password_cost)?
         },
         clock: cfg.clock.clone(),
-        audit_tx,
+        audit,
+        sessions: SessionStore::new(cfg.session_ttl_secs, SESSION_CAPACITY),
     })
 }
 
@@ -303,9 +309,9 @@ impl RunningServer {
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let data_dir = cfg.data_dir.clone();
     let listen = cfg.listen;
-    let (audit_tx, audit_rx) = mpsc::channel(4096);
+    let (audit, audit_queue) = AuditLog::new();
     let (state, cfg) =
-        tokio::task::spawn_blocking(move || init_state(&cfg, audit_tx).map(|s| (s, cfg)))
+        tokio::task::spawn_blocking(move || init_state(&cfg, audit).map(|s| (s, cfg)))
             .await
             .map_err(|e| ServerError::Join(e.to_string()))??;
     let state = Arc::new(state);
@@ -318,7 +324,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let cert_pem = read("server.pem")?;
     let key_pem = Zeroizing::new(read("server.key")?);
-    let hook_tx = state.audit_tx.clone();
+    let hook_audit = state.audit.clone();
     let clock = state.clock.clone();
     let hook: pki::RefusalHook = Arc::new(move |info: &pki::CertInfo, revoked: bool| {
         let ev = AuditEvent {
@@ -337,9 +343,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             ),
             ..Default::default()
         };
-        if hook_tx.try_send(ev).is_err() {
-            tracing::warn!("audit queue full: event dropped");
-        }
+        hook_audit.record_later(ev);
     });
     let tls = pki::server_config(
         &cert_pem,
@@ -373,12 +377,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let url = format!("https://{host}:{}", addr.port());
     let router = crate::api::router(Arc::clone(&state));
     let (tx, rx) = watch::channel(false);
-    let writer = tokio::spawn(audit_writer(Arc::clone(&state.db), audit_rx));
+    let writer = audit_queue.start(&state.db)?;
+    let checkpointer = tokio::spawn(checkpoint_loop(Arc::clone(&state.db)));
     let loop_state = Arc::clone(&state);
     let task = tokio::spawn(async move {
         accept_loop(listener, acceptor, router, loop_state, rx).await;
+        checkpointer.abort();
         // Connections are gone and with them every sender: the writer drains and stops.
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
     });
     tracing::info!(%url, "key server listening");
     Ok(RunningServer {
@@ -390,18 +397,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
-/// Stores queued audit events in batches.
-async fn audit_writer(db: Arc<Db>, mut rx: mpsc::Receiver<AuditEvent>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(ev) => batch.push(ev),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = db.call(move |c| db::insert_audit(c, &batch)).await {
-            tracing::error!(error = %e, "audit write failed");
+/// Moves the write-ahead log into the database once a second, off every request's path:
+/// connections do not checkpoint on commit (see `db::open_conn`), so no request waits for the
+/// checkpoint's fsync. PASSIVE never blocks readers or the writer.
+async fn checkpoint_loop(db: Arc<Db>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = db.call(db::checkpoint).await {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
 }

@@ -23,6 +23,8 @@ pub enum Reason {
     UnknownScope,
     RateLimited,
     NotAdmin,
+    /// The license session named is unknown, ended, or another device's: open a new one.
+    SessionUnknown,
 }
 
 impl Reason {
@@ -43,6 +45,7 @@ impl Reason {
             Reason::UnknownScope => "unknown_scope",
             Reason::RateLimited => "rate_limited",
             Reason::NotAdmin => "not_admin",
+            Reason::SessionUnknown => "session_unknown",
         }
     }
 }
@@ -133,8 +136,44 @@ pub struct LicenseRequest {
     pub assets: Vec<String>,
     #[serde(default)]
     pub create: Option<CreateAsset>,
-    /// Ephemeral X25519 public key (64 hex characters) the content keys are sealed to.
+    /// Ephemeral X25519 public key (64 hex characters) the content keys are sealed to, in a
+    /// one-license HPKE context (an Ed25519-signed license). Give this or `session`.
+    #[serde(default)]
     pub hpke_public_key: String,
+    /// A license session (`POST /v1/sessions`): the keys are sealed under the session's
+    /// per-license keys and the license carries a MAC instead of a signature (see
+    /// [`crate::session`]).
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// Opens a license session to an ephemeral X25519 key of the device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub hpke_public_key: String,
+}
+
+/// A license session as the server announces it (signed: [`SignedSession`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub session_id: String,
+    /// The device (certificate name) the session is bound to.
+    pub device: String,
+    /// The device's X25519 session key (hex).
+    pub recipient: String,
+    /// The HPKE encapsulated key (hex) from which both ends derive the session secret.
+    pub enc: String,
+    pub issued_at: i64,
+    pub not_after: i64,
+}
+
+/// A session with the server's Ed25519 signature (hex) over
+/// `"csap/v1/session\n" ‖ serde_json::to_vec(&session)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSession {
+    pub session: Session,
+    pub signature: String,
 }
 
 /// One granted asset: its content key sealed in the license's HPKE context (see
@@ -180,9 +219,15 @@ pub struct License {
     /// Set on admin-issued licenses that bypassed the rules check.
     #[serde(default)]
     pub break_glass: bool,
+    /// The license session this license was issued in; `enc` is then empty and the grants are
+    /// sealed under the session's keys for this license id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
-/// A license with the server's Ed25519 signature (hex) over `serde_json::to_vec(&license)`.
+/// A license with the server's Ed25519 signature (hex) over `serde_json::to_vec(&license)` —
+/// or, for a session license (`license.session` set), the HMAC-SHA256 tag (hex) under that
+/// license's session MAC key over the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedLicense {
     pub license: License,

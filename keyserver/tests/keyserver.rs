@@ -466,6 +466,97 @@ fn aes_gcm_open(key: &[u8; 32], ct: &[u8]) -> Vec<u8> {
     .to_vec()
 }
 
+/// License sessions (see `keyserver::session`): the client opens one and uses it; a restart of
+/// the server (which forgets sessions) costs the client one transparent retry; another device
+/// cannot use a session id it learnt; the one-license HPKE form still works and is signed.
+#[tokio::test]
+async fn license_sessions_survive_restart_and_stay_with_their_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = dir.path().join("ks");
+    let rules = Arc::new(SwappableRules::new(base_rules()));
+    let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
+    let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
+        .await
+        .unwrap();
+    let created = dev
+        .client
+        .create(&dev.token, &dev.app_digest, "show/seq1/a.exr", SCOPE)
+        .await
+        .unwrap();
+    let id = created.grants[0].asset_id;
+    let first = dev
+        .client
+        .request(&dev.token, &dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    let session = first.license.session.clone().expect("a session license");
+    assert_eq!(created.license.session.as_deref(), Some(session.as_str()));
+    assert!(first.license.enc.is_empty());
+
+    // Another device presenting that session id is told the session is unknown.
+    let admin = lb.admin().unwrap();
+    let other_dir = dir.path().join("other");
+    admin.enroll_device("ws-08", &other_dir).await.unwrap();
+    let stolen = identity_client(&other_dir)
+        .post(format!("{}/v1/licenses", lb.url))
+        .json(
+            &serde_json::json!({"token": dev.token.as_str(), "app_digest": dev.app_digest,
+            "action": "read", "assets": [hex::encode(id)], "session": session}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status().as_u16(), 401);
+    let v: serde_json::Value = stolen.json().await.unwrap();
+    assert_eq!(v["reason"], "session_unknown", "{v}");
+
+    // Naming both a session and a key, or neither, is a 400 on the field.
+    let both = identity_client(&dev.device_dir)
+        .post(format!("{}/v1/licenses", lb.url))
+        .json(
+            &serde_json::json!({"token": dev.token.as_str(), "app_digest": dev.app_digest,
+            "action": "read", "assets": [hex::encode(id)], "session": session,
+            "hpke_public_key": "11".repeat(32)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status().as_u16(), 400);
+
+    // The one-license form: an Ed25519-signed license sealed to a key of the caller's choice.
+    let kp = keyserver::seal::HpkeKeyPair::generate();
+    let signed: keyserver::wire::SignedLicense = identity_client(&dev.device_dir)
+        .post(format!("{}/v1/licenses", lb.url))
+        .json(
+            &serde_json::json!({"token": dev.token.as_str(), "app_digest": dev.app_digest,
+            "action": "read", "assets": [hex::encode(id)],
+            "hpke_public_key": kp.public().to_hex()}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server_key = std::fs::read_to_string(dev.device_dir.join("server.pub")).unwrap();
+    let opened = license::open(signed, &kp, &server_key).unwrap();
+    assert_eq!(opened.grants[0].key, first.grants[0].key);
+
+    // Restart on the same address: the same client opens a new session and carries on.
+    let addr = lb.server.addr;
+    lb.server.shutdown().await;
+    let mut cfg = keyserver::testing::loopback_config(&ks, rules);
+    cfg.listen = addr;
+    let _lb = keyserver::testing::spawn_with(cfg).await.unwrap();
+    let after = dev
+        .client
+        .request(&dev.token, &dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    assert_eq!(after.grants[0].key, first.grants[0].key);
+    assert_ne!(after.license.session, Some(session));
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_bodies_get_json_4xx() {
     let e = env().await;
@@ -690,10 +781,11 @@ async fn per_device_rate_limit_answers_429_json() {
     let mut cfg = keyserver::testing::loopback_config(&dir.path().join("ks"), rules);
     cfg.limits.per_device = keyserver::ratelimit::RateLimit {
         rate: 0.001,
-        burst: 3.0,
+        burst: 4.0,
     };
     let lb = keyserver::testing::spawn_with(cfg).await.unwrap();
-    // provision() spends one token on login; two more requests fit, the next does not.
+    // provision() spends one token on login and the first create one on opening the license
+    // session; two creates fit, the next does not.
     let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
         .await
         .unwrap();
