@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::keys::{random_bytes, Seed};
 use crate::license::parse_id16;
 use crate::pki::{Principal, PrincipalKind};
+use crate::readcache::Reader;
 use crate::rules::RuleVerdict;
 use crate::seal::{HpkePublicKey, LicenseSealer};
 use crate::server::{Peer, State};
@@ -224,7 +225,7 @@ struct Subject {
 
 fn authenticate(
     st: &State,
-    conn: &Connection,
+    reader: Reader<'_>,
     token: &str,
     app_digest: &str,
     now: i64,
@@ -233,7 +234,7 @@ fn authenticate(
     let user = st
         .db
         .cache
-        .user(conn, &claims.user)
+        .user(reader, &claims.user)
         .map_err(|_| Reason::TokenInvalid)?
         .ok_or(Reason::UnknownUser)?;
     if user.disabled {
@@ -245,7 +246,7 @@ fn authenticate(
     let app = st
         .db
         .cache
-        .app(conn, app_digest)
+        .app(reader, app_digest)
         .map_err(|_| Reason::UnknownApplication)?
         .ok_or(Reason::UnknownApplication)?;
     if app.revoked_at.is_some() {
@@ -315,7 +316,36 @@ impl KeyWrap {
 
 type Refusal = (Reason, Vec<String>);
 
-impl Grantor<'_> {
+impl<'a> Grantor<'a> {
+    /// A device's license for `req` (not break-glass; capped at the license TTL).
+    fn new(
+        st: &'a State,
+        user: &'a str,
+        device: &'a str,
+        req: &'a LicenseRequest,
+        license_id: &'a str,
+        now: i64,
+        wrap: SessionOrKey,
+    ) -> Self {
+        let wrap = match wrap {
+            SessionOrKey::Session(s) => KeyWrap::session(s, license_id),
+            SessionOrKey::Key(k) => KeyWrap::hpke(k),
+        };
+        Grantor {
+            st,
+            user,
+            app_digest: &req.app_digest,
+            device,
+            action: req.action,
+            license_id,
+            now,
+            cap: now + st.license_ttl,
+            break_glass: false,
+            seeds: HashMap::new(),
+            wrap,
+        }
+    }
+
     fn rules(&self, path: &str, scope: &str, action: Action) -> RuleVerdict {
         self.st.rules.check(&authz::AccessRequest {
             participant: self.user,
@@ -330,7 +360,7 @@ impl Grantor<'_> {
 
     fn grant(
         &mut self,
-        conn: &Connection,
+        reader: Reader<'_>,
         asset: &AssetInfo,
     ) -> Result<Result<Grant, Refusal>, ApiError> {
         let (rule_ids, until) = if self.break_glass {
@@ -346,7 +376,7 @@ impl Grantor<'_> {
             .st
             .db
             .cache
-            .scope_version(conn, &asset.scope, asset.key_version)?;
+            .scope_version(reader, &asset.scope, asset.key_version)?;
         let Some(ver) = ver else {
             return Ok(Err((Reason::KeyRevoked, rule_ids)));
         };
@@ -656,11 +686,16 @@ async fn licenses(
     for a in &req.assets {
         check_asset_id("assets", a)?;
     }
-    let st2 = Arc::clone(&st);
-    let (license, events) = st
-        .db
-        .call(move |conn| license_work(&st2, conn, &peer.name, &req, wrap))
-        .await?;
+    let fast = license_cached(&st, &peer.name, &req, wrap.clone());
+    let (license, events) = match fast {
+        Some(done) => done,
+        None => {
+            let st2 = Arc::clone(&st);
+            st.db
+                .call(move |conn| license_work(&st2, conn, &peer.name, &req, wrap))
+                .await?
+        }
+    };
     // No key leaves before its grant is on record.
     st.audit
         .record(events)
@@ -670,6 +705,7 @@ async fn licenses(
 }
 
 /// Where a license request wants its keys: its license session, or a one-license HPKE key.
+#[derive(Clone)]
 enum SessionOrKey {
     Session(Arc<ServerSession>),
     Key(HpkePublicKey),
@@ -716,7 +752,13 @@ fn license_work(
         Some(c) => vec![c.path.clone()],
         None => req.assets.clone(),
     };
-    let subject = match authenticate(st, conn, req.token.expose(), &req.app_digest, now) {
+    let subject = match authenticate(
+        st,
+        Reader::Sql(conn),
+        req.token.expose(),
+        &req.app_digest,
+        now,
+    ) {
         Ok(s) => s,
         Err(reason) => {
             return Err(deny_request(
@@ -734,29 +776,10 @@ fn license_work(
         }
     };
     let license_id = hex::encode(new_id()?);
-    let wrap = match wrap {
-        SessionOrKey::Session(s) => KeyWrap::session(s, &license_id),
-        SessionOrKey::Key(k) => KeyWrap::hpke(k),
-    };
-    let mut g = Grantor {
-        st,
-        user: &subject.user,
-        app_digest: &req.app_digest,
-        device,
-        action: req.action,
-        license_id: &license_id,
-        now,
-        cap: now + st.license_ttl,
-        break_glass: false,
-        seeds: HashMap::new(),
-        wrap,
-    };
+    let mut g = Grantor::new(st, &subject.user, device, req, &license_id, now, wrap);
     if let Some(create) = &req.create {
         return create_work(&mut g, conn, create).map(|l| (l, Vec::new()));
     }
-    let mut grants = Vec::new();
-    let mut denials = Vec::new();
-    let mut events = Vec::new();
     // A batch reads in one transaction: a consistent snapshot, and one SQLite lock instead of
     // two per asset (locking showed up in the 1,000-key batch profile). A single key reads
     // outside one, so its rows can enter the read cache (see `crate::readcache`).
@@ -766,8 +789,59 @@ fn license_work(
     } else {
         conn
     };
-    for id in &req.assets {
-        let outcome = match st.db.cache.asset(reader, id)? {
+    let o = grant_assets(&mut g, Reader::Sql(reader), &req.assets)?;
+    if let Some(tx) = tx {
+        tx.commit().map_err(db::StoreError::from)?;
+    }
+    Ok((g.finish(o.grants, o.denials), o.events))
+}
+
+/// The license fast path: the same checks and grants as [`license_work`], on the async thread,
+/// from the read cache alone. `None` when anything is not cached or anything fails — the caller
+/// then takes the blocking-pool path, which reads SQLite and records request-level denials, so
+/// this path never decides anything the slow path would not.
+fn license_cached(
+    st: &State,
+    device: &str,
+    req: &LicenseRequest,
+    wrap: SessionOrKey,
+) -> Option<(SignedLicense, Vec<AuditEvent>)> {
+    if req.create.is_some() {
+        return None;
+    }
+    let now = st.clock.now();
+    let subject = authenticate(
+        st,
+        Reader::CacheOnly,
+        req.token.expose(),
+        &req.app_digest,
+        now,
+    )
+    .ok()?;
+    let license_id = hex::encode(new_id().ok()?);
+    let mut g = Grantor::new(st, &subject.user, device, req, &license_id, now, wrap);
+    let o = grant_assets(&mut g, Reader::CacheOnly, &req.assets).ok()?;
+    Some((g.finish(o.grants, o.denials), o.events))
+}
+
+/// What [`grant_assets`] decided: the grants, the per-asset denials, an audit event for each.
+struct Outcomes {
+    grants: Vec<Grant>,
+    denials: Vec<AssetDenial>,
+    events: Vec<AuditEvent>,
+}
+
+/// Grants or refuses each asset, in order.
+fn grant_assets(
+    g: &mut Grantor<'_>,
+    reader: Reader<'_>,
+    ids: &[String],
+) -> Result<Outcomes, ApiError> {
+    let mut grants = Vec::new();
+    let mut denials = Vec::new();
+    let mut events = Vec::new();
+    for id in ids {
+        let outcome = match g.st.db.cache.asset(reader, id)? {
             None => Err((Reason::UnknownAsset, Vec::new())),
             Some(asset) => g.grant(reader, &asset)?,
         };
@@ -790,10 +864,11 @@ fn license_work(
             }
         }
     }
-    if let Some(tx) = tx {
-        tx.commit().map_err(db::StoreError::from)?;
-    }
-    Ok((g.finish(grants, denials), events))
+    Ok(Outcomes {
+        grants,
+        denials,
+        events,
+    })
 }
 
 /// Allocates an asset id in the scope's current version, registers it and grants its key.
@@ -828,7 +903,7 @@ fn create_work(
         created_at: g.now,
     };
     // Grant before registering, so a refused create leaves no asset row behind.
-    match g.grant(conn, &asset)? {
+    match g.grant(Reader::Sql(conn), &asset)? {
         Err((reason, rule_ids)) => Err(deny(g, conn, reason, rule_ids)),
         Ok(grant) => {
             let tx = conn.transaction().map_err(db::StoreError::from)?;
@@ -876,7 +951,13 @@ async fn rename_asset(
         .call(move |conn| {
             let st = st2;
             let now = st.clock.now();
-            let subject = match authenticate(&st, conn, req.token.expose(), &req.app_digest, now) {
+            let subject = match authenticate(
+                &st,
+                Reader::Sql(conn),
+                req.token.expose(),
+                &req.app_digest,
+                now,
+            ) {
                 Ok(s) => s,
                 Err(reason) => {
                     return Err(deny_request(
@@ -1409,7 +1490,7 @@ async fn issue_license(
             let mut denials = Vec::new();
             let mut events = Vec::new();
             for a in &assets {
-                match g.grant(conn, a)? {
+                match g.grant(Reader::Sql(conn), a)? {
                     Ok(grant) => {
                         events.push(g.event(
                             Some(a.asset_id.clone()),

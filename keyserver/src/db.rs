@@ -24,6 +24,9 @@ pub enum StoreError {
     FutureSchema(i64),
     #[error("database worker failed: {0}")]
     Worker(String),
+    /// A cache-only lookup ([`crate::readcache::Reader::CacheOnly`]) missed.
+    #[error("row not in the read cache")]
+    NotCached,
 }
 
 /// Schema migrations; entry `i` moves `user_version` from `i` to `i + 1`. Append only.

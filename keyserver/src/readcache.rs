@@ -23,6 +23,16 @@ use rusqlite::Connection;
 use crate::db::{self, ScopeVersionRow, StoreError, UserRow};
 use crate::wire::{AppInfo, AssetInfo};
 
+/// Where a lookup may read from.
+#[derive(Clone, Copy)]
+pub enum Reader<'a> {
+    /// The cache, else SQLite through this connection.
+    Sql(&'a Connection),
+    /// The cache alone: a miss is [`StoreError::NotCached`] (the license fast path, which runs
+    /// on the async thread and falls back to the blocking pool on any miss).
+    CacheOnly,
+}
+
 /// Entries per table at most.
 const CAPACITY: u64 = 200_000;
 
@@ -64,7 +74,7 @@ impl ReadCache {
         &self,
         cache: &Cache<K, (u64, V)>,
         key: K,
-        conn: &Connection,
+        reader: Reader<'_>,
         load: impl FnOnce(&Connection) -> Result<Option<V>, StoreError>,
     ) -> Result<Option<V>, StoreError>
     where
@@ -77,6 +87,9 @@ impl ReadCache {
                 return Ok(Some(v));
             }
         }
+        let Reader::Sql(conn) = reader else {
+            return Err(StoreError::NotCached);
+        };
         let row = load(conn)?;
         if let Some(v) = &row {
             if conn.is_autocommit() {
@@ -86,32 +99,34 @@ impl ReadCache {
         Ok(row)
     }
 
-    pub fn user(&self, conn: &Connection, name: &str) -> Result<Option<UserRow>, StoreError> {
-        self.through(&self.users, name.to_string(), conn, |c| {
+    pub fn user(&self, reader: Reader<'_>, name: &str) -> Result<Option<UserRow>, StoreError> {
+        self.through(&self.users, name.to_string(), reader, |c| {
             db::get_user(c, name)
         })
     }
 
-    pub fn app(&self, conn: &Connection, digest: &str) -> Result<Option<AppInfo>, StoreError> {
-        self.through(&self.apps, digest.to_string(), conn, |c| {
+    pub fn app(&self, reader: Reader<'_>, digest: &str) -> Result<Option<AppInfo>, StoreError> {
+        self.through(&self.apps, digest.to_string(), reader, |c| {
             db::get_app(c, digest)
         })
     }
 
-    pub fn asset(&self, conn: &Connection, id: &str) -> Result<Option<AssetInfo>, StoreError> {
-        self.through(&self.assets, id.to_string(), conn, |c| db::get_asset(c, id))
+    pub fn asset(&self, reader: Reader<'_>, id: &str) -> Result<Option<AssetInfo>, StoreError> {
+        self.through(&self.assets, id.to_string(), reader, |c| {
+            db::get_asset(c, id)
+        })
     }
 
     pub fn scope_version(
         &self,
-        conn: &Connection,
+        reader: Reader<'_>,
         scope: &str,
         version: u32,
     ) -> Result<Option<ScopeVersionRow>, StoreError> {
         self.through(
             &self.scope_versions,
             (scope.to_string(), version),
-            conn,
+            reader,
             |c| db::get_scope_version(c, scope, version),
         )
     }
@@ -119,10 +134,11 @@ impl ReadCache {
 
 #[cfg(test)]
 mod tests {
-    use crate::db::{self, Db};
+    use super::Reader;
+    use crate::db::{self, Db, StoreError};
 
     fn disabled(db: &Db) -> bool {
-        db.call_sync(|c| db.cache.user(c, "alice"))
+        db.call_sync(|c| db.cache.user(Reader::Sql(c), "alice"))
             .unwrap()
             .unwrap()
             .disabled
@@ -148,7 +164,7 @@ mod tests {
         let stale = db
             .call_sync(|c| {
                 db.cache
-                    .through(&db.cache.users, "alice".to_string(), c, |c| {
+                    .through(&db.cache.users, "alice".to_string(), Reader::Sql(c), |c| {
                         let before = db::get_user(c, "alice")?;
                         // Another connection disables alice and commits, between our read and
                         // our store.
@@ -171,7 +187,7 @@ mod tests {
         db.call_sync(|c| db::add_user(c, "alice", "h", 1)).unwrap();
         db.call_sync(|c| {
             let tx = c.transaction()?;
-            db.cache.user(&tx, "alice")?;
+            db.cache.user(Reader::Sql(&tx), "alice")?;
             tx.commit()?;
             Ok(())
         })
@@ -179,7 +195,33 @@ mod tests {
         assert_eq!(db.cache.users.entry_count(), 0);
         db.cache.users.run_pending_tasks();
         assert!(db.cache.users.get("alice").is_none());
-        db.call_sync(|c| db.cache.user(c, "alice")).unwrap();
+        db.call_sync(|c| db.cache.user(Reader::Sql(c), "alice"))
+            .unwrap();
         assert!(db.cache.users.get("alice").is_some());
+    }
+
+    /// A cache-only lookup serves valid entries and reports a miss, never reads SQLite.
+    #[test]
+    fn cache_only_lookups_miss_instead_of_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("k.sqlite"), 2).unwrap();
+        db.call_sync(|c| db::add_user(c, "alice", "h", 1)).unwrap();
+        assert!(matches!(
+            db.cache.user(Reader::CacheOnly, "alice"),
+            Err(StoreError::NotCached)
+        ));
+        assert!(!disabled(&db));
+        assert!(
+            !db.cache
+                .user(Reader::CacheOnly, "alice")
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+        db.call_sync(|c| db::disable_user(c, "alice")).unwrap();
+        assert!(matches!(
+            db.cache.user(Reader::CacheOnly, "alice"),
+            Err(StoreError::NotCached)
+        ));
     }
 }
