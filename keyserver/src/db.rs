@@ -226,18 +226,41 @@ impl Db {
     /// Runs `f` on a pooled connection; afterwards (its writes committed or rolled back) voids
     /// the read cache if `f` changed a cached table. The outer error is the pool's own.
     fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> Result<T, StoreError> {
-        let mut p = self
+        let p = self
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .ok_or_else(|| StoreError::Worker("pool empty".into()))?;
-        let out = f(&mut p.conn);
-        if p.dirty.swap(false, Ordering::SeqCst) {
-            self.cache.changed();
+        let mut out = Checkout {
+            db: self,
+            p: Some(p),
+        };
+        let conn = &mut out.p.as_mut().expect("checked out").conn;
+        Ok(f(conn))
+    }
+}
+
+/// A connection out of the pool. Its drop — also when `f` panicked after committing — voids the
+/// read cache if the connection changed a cached table, and returns the connection (an open
+/// transaction was rolled back by its own drop), so the pool never shrinks.
+struct Checkout<'a> {
+    db: &'a Db,
+    p: Option<Pooled>,
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.p.take() {
+            if p.dirty.swap(false, Ordering::SeqCst) {
+                self.db.cache.changed();
+            }
+            self.db
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(p);
         }
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).push(p);
-        Ok(out)
     }
 }
 

@@ -224,4 +224,22 @@ mod tests {
             Err(StoreError::NotCached)
         ));
     }
+    /// A call that commits a change and then panics still voids the cache, and its connection
+    /// goes back to the pool.
+    #[test]
+    fn a_panic_after_a_commit_still_voids_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("k.sqlite"), 1).unwrap();
+        db.call_sync(|c| db::add_user(c, "alice", "h", 1)).unwrap();
+        assert!(!disabled(&db));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = db.call_sync(|c| -> Result<(), StoreError> {
+                db::disable_user(c, "alice")?;
+                panic!("after the commit");
+            });
+        }));
+        assert!(panicked.is_err());
+        // The one pooled connection is back, and the cached row is void.
+        assert!(disabled(&db));
+    }
 }
