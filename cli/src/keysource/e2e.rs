@@ -433,6 +433,27 @@ fn opening_for_write_needs_a_write_license() {
     let (ok, err) = bash_open(&f1);
     assert!(ok, "read open: {err}");
 
+    // Someone else's open handle lends nothing: with f1 open for reading by the approved
+    // bash, perl (registered, no rule at all) truncating it by path is refused by the key
+    // server, and the asset is untouched.
+    let mut holder = Reader::open(&f1);
+    assert_eq!(holder.read(), "ok");
+    let mut perl = Command::new("/usr/bin/perl");
+    perl.args(["-e", r#"truncate($ARGV[0], 10) or die "$!\n""#])
+        .arg(&f1);
+    let out = run(perl);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Permission denied"),
+        "truncate of an open asset without a write license: {err}"
+    );
+    let out = bash_as(None, &read_all(&f1));
+    assert!(
+        out.status.success() && out.stdout == env.frame,
+        "the asset changed"
+    );
+    drop(holder);
+
     let before = env.last_audit();
     let write = format!("exec 3<> '{}' && printf XYZ >&3", f1.display());
     let (ok, err) = bash(&write);

@@ -632,22 +632,34 @@ impl CsapFs {
     }
 
     /// Runs `f` on the inode's asset, exclusively: the shared open one if any, else a
-    /// temporary one (truncate of a file nobody has open).
+    /// temporary one (truncate of a file nobody has open). A size change is a write, decided
+    /// for this caller: by the handle it came with (`ftruncate`, `fallocate`: that handle's
+    /// own write license), else by the caller's own write license — also when the inode is
+    /// open through somebody else's handle, which must not lend its license to a caller that
+    /// holds none.
     fn with_asset_mut<T>(
         &self,
         req: &Request,
         ino: u64,
+        fh: Option<FileHandle>,
         f: impl FnOnce(&mut Asset) -> Result<T, AssetError>,
     ) -> Result<T, Errno> {
         if self.read_only {
             return Err(Errno::EROFS);
         }
-        if let Ok(rel) = self.rel_path(ino) {
-            self.authorize(req, &rel, Access::Write)?;
-        }
-        let inode = match self.open_inode(ino) {
-            Some(inode) => inode,
-            None => Arc::new(self.open_asset(req, ino, Access::Write)?.0),
+        let inode = match (fh, self.open_inode(ino)) {
+            (Some(fh), _) => {
+                let (handle_ino, inode, writable) = self.live_handle(fh)?;
+                if handle_ino != ino || !writable {
+                    return Err(Errno::EBADF);
+                }
+                inode
+            }
+            (None, Some(inode)) => {
+                self.license_open_inode(req, ino, &inode, Access::Write)?;
+                inode
+            }
+            (None, None) => Arc::new(self.open_asset(req, ino, Access::Write)?.0),
         };
         if !inode.writable {
             return Err(Errno::EACCES);
@@ -667,9 +679,10 @@ impl CsapFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
         if let Some(size) = size {
-            self.with_asset_mut(req, ino, |asset| asset.set_len(size))?;
+            self.with_asset_mut(req, ino, fh, |asset| asset.set_len(size))?;
         }
         let full = match self.rel_path(ino) {
             Ok(rel) => Some(self.full(&rel)),
@@ -879,6 +892,7 @@ impl CsapFs {
         &self,
         req: &Request,
         ino: u64,
+        fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
@@ -888,7 +902,7 @@ impl CsapFs {
             // Allocation that may grow the file: grow it (the new range reads as zeros).
             0 => {
                 let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-                self.with_asset_mut(req, ino, |asset| {
+                self.with_asset_mut(req, ino, Some(fh), |asset| {
                     if end > asset.plain_size() {
                         asset.set_len(end)
                     } else {
@@ -1003,14 +1017,14 @@ impl Filesystem for CsapFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime) {
+        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -1362,13 +1376,13 @@ impl Filesystem for CsapFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.do_fallocate(req, ino.0, offset, length, mode) {
+        match self.do_fallocate(req, ino.0, fh, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
