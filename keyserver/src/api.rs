@@ -490,7 +490,6 @@ impl<'a> Grantor<'a> {
     }
 }
 
-/// Records a request-level denial (one row per asset named, or one row) and returns the error.
 /// Who made a request that is being refused (for its audit rows).
 struct Who<'a> {
     user: Option<String>,
@@ -499,6 +498,7 @@ struct Who<'a> {
     action: Action,
 }
 
+/// Records a request-level denial (one row per asset named, or one row) and returns the error.
 fn deny_request(
     conn: &mut Connection,
     now: i64,
@@ -540,6 +540,25 @@ fn deny_request(
     }
     tracing::info!(device, reason = %reason, "request denied");
     ApiError::Denied(reason)
+}
+
+/// [`authenticate`] for a request served on the pool: a refusal is recorded against the
+/// user the token names (unverified) and `assets`, and becomes the error.
+fn authenticate_or_deny(
+    st: &State,
+    conn: &mut Connection,
+    now: i64,
+    token: &str,
+    asking: Who<'_>,
+    assets: &[String],
+) -> Result<Subject, ApiError> {
+    authenticate(st, Reader::Sql(conn), token, asking.app_digest, now).map_err(|reason| {
+        let who = Who {
+            user: token_user(token),
+            ..asking
+        };
+        deny_request(conn, now, who, assets, reason)
+    })
 }
 
 // ---------- device endpoints ----------
@@ -752,29 +771,13 @@ fn license_work(
         Some(c) => vec![c.path.clone()],
         None => req.assets.clone(),
     };
-    let subject = match authenticate(
-        st,
-        Reader::Sql(conn),
-        req.token.expose(),
-        &req.app_digest,
-        now,
-    ) {
-        Ok(s) => s,
-        Err(reason) => {
-            return Err(deny_request(
-                conn,
-                now,
-                Who {
-                    user: token_user(req.token.expose()),
-                    app_digest: &req.app_digest,
-                    device,
-                    action: req.action,
-                },
-                &named,
-                reason,
-            ));
-        }
+    let asking = Who {
+        user: None,
+        app_digest: &req.app_digest,
+        device,
+        action: req.action,
     };
+    let subject = authenticate_or_deny(st, conn, now, req.token.expose(), asking, &named)?;
     let license_id = hex::encode(new_id()?);
     let mut g = Grantor::new(st, &subject.user, device, req, &license_id, now, wrap);
     if let Some(create) = &req.create {
@@ -951,29 +954,20 @@ async fn rename_asset(
         .call(move |conn| {
             let st = st2;
             let now = st.clock.now();
-            let subject = match authenticate(
-                &st,
-                Reader::Sql(conn),
-                req.token.expose(),
-                &req.app_digest,
-                now,
-            ) {
-                Ok(s) => s,
-                Err(reason) => {
-                    return Err(deny_request(
-                        conn,
-                        now,
-                        Who {
-                            user: token_user(req.token.expose()),
-                            app_digest: &req.app_digest,
-                            device: &peer.name,
-                            action: Action::Write,
-                        },
-                        &[id],
-                        reason,
-                    ));
-                }
+            let asking = Who {
+                user: None,
+                app_digest: &req.app_digest,
+                device: &peer.name,
+                action: Action::Write,
             };
+            let subject = authenticate_or_deny(
+                &st,
+                conn,
+                now,
+                req.token.expose(),
+                asking,
+                std::slice::from_ref(&id),
+            )?;
             let Some(mut asset) = db::get_asset(conn, &id)? else {
                 return Err(deny_request(
                     conn,
@@ -1053,6 +1047,23 @@ fn admin_event(st: &State, admin: &Peer, action: &str, subject: &str) -> AuditEv
     }
 }
 
+/// Runs an admin change on the pool and records it in the audit log. `f` returns the answer and
+/// the change's subject as the audit row names it.
+async fn admin_change<T, F>(st: &S, admin: Peer, action: &'static str, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&State, &mut Connection) -> Result<(T, String), ApiError> + Send + 'static,
+{
+    let st2 = Arc::clone(st);
+    st.db
+        .call(move |conn| {
+            let (answer, subject) = f(&st2, conn)?;
+            db::insert_audit(conn, &[admin_event(&st2, &admin, action, &subject)])?;
+            Ok(answer)
+        })
+        .await
+}
+
 async fn enroll(
     AxState(st): AxState<S>,
     AdminPeer(admin): AdminPeer,
@@ -1065,49 +1076,39 @@ async fn enroll(
             "must be an X25519 public key: 64 hex characters",
         )
     })?;
-    let st2 = Arc::clone(&st);
-    let principal = st
-        .db
-        .call(move |conn| {
-            let st = st2;
-            if db::active_cert_exists(conn, PrincipalKind::Device, &req.name)? {
-                return Err(ApiError::Conflict(format!(
-                    "device {} (revoke it first to re-enroll)",
-                    req.name
-                )));
-            }
-            let (cert_pem, serial) = st
-                .ca
-                .issue_client_from_csr(&req.name, &req.csr_pem)
-                .map_err(|e| {
-                    ApiError::bad(
-                        "csr_pem",
-                        format!("not a valid certificate signing request: {e}"),
-                    )
-                })?;
-            let p = Principal {
-                name: req.name.clone(),
-                kind: PrincipalKind::Device,
-                serial: serial.clone(),
-                revoked: false,
-            };
-            let now = st.clock.now();
-            db::insert_cert(conn, &p, Some(&req.hpke_public_key), now)?;
-            db::insert_audit(
-                conn,
-                &[admin_event(&st, &admin, "device.enroll", &req.name)],
-            )?;
-            Ok((
-                p,
-                EnrollResponse {
-                    cert_pem,
-                    ca_pem: st.ca.pem().to_string(),
-                    serial,
-                    license_public_key: st.signer.public_hex(),
-                },
-            ))
-        })
-        .await?;
+    let principal = admin_change(&st, admin, "device.enroll", move |st, conn| {
+        if db::active_cert_exists(conn, PrincipalKind::Device, &req.name)? {
+            return Err(ApiError::Conflict(format!(
+                "device {} (revoke it first to re-enroll)",
+                req.name
+            )));
+        }
+        let (cert_pem, serial) = st
+            .ca
+            .issue_client_from_csr(&req.name, &req.csr_pem)
+            .map_err(|e| {
+                ApiError::bad(
+                    "csr_pem",
+                    format!("not a valid certificate signing request: {e}"),
+                )
+            })?;
+        let p = Principal {
+            name: req.name.clone(),
+            kind: PrincipalKind::Device,
+            serial: serial.clone(),
+            revoked: false,
+        };
+        let now = st.clock.now();
+        db::insert_cert(conn, &p, Some(&req.hpke_public_key), now)?;
+        let answer = EnrollResponse {
+            cert_pem,
+            ca_pem: st.ca.pem().to_string(),
+            serial,
+            license_public_key: st.signer.public_hex(),
+        };
+        Ok(((p, answer), req.name))
+    })
+    .await?;
     st.registry.upsert(principal.0);
     Ok(Json(principal.1))
 }
@@ -1125,19 +1126,15 @@ async fn revoke_device(
     Path(name): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
     check_name("name", &name)?;
-    let st2 = Arc::clone(&st);
     let n2 = name.clone();
-    let revoked = st
-        .db
-        .call(move |conn| {
-            let n = db::revoke_certs(conn, PrincipalKind::Device, &n2, st2.clock.now())?;
-            if n == 0 {
-                return Err(ApiError::NotFound(format!("active device {n2}")));
-            }
-            db::insert_audit(conn, &[admin_event(&st2, &admin, "device.revoke", &n2)])?;
-            Ok(n)
-        })
-        .await?;
+    let revoked = admin_change(&st, admin, "device.revoke", move |st, conn| {
+        let n = db::revoke_certs(conn, PrincipalKind::Device, &n2, st.clock.now())?;
+        if n == 0 {
+            return Err(ApiError::NotFound(format!("active device {n2}")));
+        }
+        Ok((n, n2))
+    })
+    .await?;
     // After the commit: the next handshake (and every request on open connections) is refused.
     st.registry.revoke_name(PrincipalKind::Device, &name);
     st.sessions.end_device(&name);
@@ -1153,16 +1150,16 @@ async fn add_user(
     if req.password.expose().chars().count() < 8 {
         return Err(ApiError::bad("password", "must be at least 8 characters"));
     }
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            let hash = hash_password(req.password.expose(), st2.password_cost)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            db::add_user(conn, &req.name, &hash, st2.clock.now())?;
-            db::insert_audit(conn, &[admin_event(&st2, &admin, "user.add", &req.name)])?;
-            Ok(Json(serde_json::json!({ "user": req.name })))
-        })
-        .await
+    admin_change(&st, admin, "user.add", move |st, conn| {
+        let hash = hash_password(req.password.expose(), st.password_cost)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        db::add_user(conn, &req.name, &hash, st.clock.now())?;
+        Ok((
+            Json(serde_json::json!({ "user": req.name })),
+            req.name.clone(),
+        ))
+    })
+    .await
 }
 
 async fn disable_user(
@@ -1171,14 +1168,14 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("name", &name)?;
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            db::disable_user(conn, &name)?;
-            db::insert_audit(conn, &[admin_event(&st2, &admin, "user.disable", &name)])?;
-            Ok(Json(serde_json::json!({ "user": name, "disabled": true })))
-        })
-        .await
+    admin_change(&st, admin, "user.disable", move |_, conn| {
+        db::disable_user(conn, &name)?;
+        Ok((
+            Json(serde_json::json!({ "user": name, "disabled": true })),
+            name,
+        ))
+    })
+    .await
 }
 
 async fn register_app(
@@ -1192,23 +1189,20 @@ async fn register_app(
     if let Some(v) = &req.vendor {
         check_name("vendor", v)?;
     }
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            let app = AppInfo {
-                digest: req.digest,
-                name: req.name,
-                version: req.version,
-                vendor: req.vendor,
-                registered_at: st2.clock.now(),
-                revoked_at: None,
-            };
-            db::register_app(conn, &app)?;
-            let what = format!("{} {} {}", app.name, app.version, app.digest);
-            db::insert_audit(conn, &[admin_event(&st2, &admin, "app.register", &what)])?;
-            Ok(Json(app))
-        })
-        .await
+    admin_change(&st, admin, "app.register", move |st, conn| {
+        let app = AppInfo {
+            digest: req.digest,
+            name: req.name,
+            version: req.version,
+            vendor: req.vendor,
+            registered_at: st.clock.now(),
+            revoked_at: None,
+        };
+        db::register_app(conn, &app)?;
+        let what = format!("{} {} {}", app.name, app.version, app.digest);
+        Ok((Json(app), what))
+    })
+    .await
 }
 
 async fn list_apps(AxState(st): AxState<S>, _a: AdminPeer) -> Result<Json<Vec<AppInfo>>, ApiError> {
@@ -1233,27 +1227,24 @@ async fn revoke_app(
             ))
         }
     }
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            let now = st2.clock.now();
-            let (n, what) = match (&req.digest, &req.name, &req.version) {
-                (Some(d), _, _) => (db::revoke_app_digest(conn, d, now)?, d.clone()),
-                (_, Some(n), Some(v)) => (
-                    db::revoke_app_name_version(conn, n, v, now)?,
-                    format!("{n} {v}"),
-                ),
-                _ => unreachable!("validated above"),
-            };
-            if n == 0 {
-                return Err(ApiError::NotFound(format!(
-                    "registered, unrevoked application {what}"
-                )));
-            }
-            db::insert_audit(conn, &[admin_event(&st2, &admin, "app.revoke", &what)])?;
-            Ok(Json(Revoked { revoked: n }))
-        })
-        .await
+    admin_change(&st, admin, "app.revoke", move |st, conn| {
+        let now = st.clock.now();
+        let (n, what) = match (&req.digest, &req.name, &req.version) {
+            (Some(d), _, _) => (db::revoke_app_digest(conn, d, now)?, d.clone()),
+            (_, Some(n), Some(v)) => (
+                db::revoke_app_name_version(conn, n, v, now)?,
+                format!("{n} {v}"),
+            ),
+            _ => unreachable!("validated above"),
+        };
+        if n == 0 {
+            return Err(ApiError::NotFound(format!(
+                "registered, unrevoked application {what}"
+            )));
+        }
+        Ok((Json(Revoked { revoked: n }), what))
+    })
+    .await
 }
 
 async fn create_scope(
@@ -1262,28 +1253,23 @@ async fn create_scope(
     ApiJson(req): ApiJson<CreateScopeRequest>,
 ) -> Result<Json<ScopeInfo>, ApiError> {
     check_name("name", &req.name)?;
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            let scope_id = new_id()?;
-            let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-            let sealed = st2
-                .root
-                .seal_seed(&req.name, 1, &seed)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            db::create_scope(conn, &req.name, &scope_id, &sealed, st2.clock.now())?;
-            db::insert_audit(
-                conn,
-                &[admin_event(&st2, &admin, "scope.create", &req.name)],
-            )?;
-            Ok(Json(ScopeInfo {
-                name: req.name,
-                scope_id: hex::encode(scope_id),
-                current_version: 1,
-                revoked_versions: Vec::new(),
-            }))
-        })
-        .await
+    admin_change(&st, admin, "scope.create", move |st, conn| {
+        let scope_id = new_id()?;
+        let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let sealed = st
+            .root
+            .seal_seed(&req.name, 1, &seed)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        db::create_scope(conn, &req.name, &scope_id, &sealed, st.clock.now())?;
+        let info = ScopeInfo {
+            name: req.name.clone(),
+            scope_id: hex::encode(scope_id),
+            current_version: 1,
+            revoked_versions: Vec::new(),
+        };
+        Ok((Json(info), req.name))
+    })
+    .await
 }
 
 fn scope_info(conn: &Connection, name: &str) -> Result<ScopeInfo, ApiError> {
@@ -1319,27 +1305,16 @@ async fn rotate_scope(
     Path(name): Path<String>,
 ) -> Result<Json<ScopeInfo>, ApiError> {
     check_name("name", &name)?;
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-            let root = &st2.root;
-            let v = db::rotate_scope(conn, &name, st2.clock.now(), |version| {
-                root.seal_seed(&name, version, &seed)
-                    .map_err(|e| db::StoreError::Worker(e.to_string()))
-            })?;
-            db::insert_audit(
-                conn,
-                &[admin_event(
-                    &st2,
-                    &admin,
-                    "keys.rotate",
-                    &format!("{name} v{v}"),
-                )],
-            )?;
-            scope_info(conn, &name).map(Json)
-        })
-        .await
+    admin_change(&st, admin, "keys.rotate", move |st, conn| {
+        let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let root = &st.root;
+        let v = db::rotate_scope(conn, &name, st.clock.now(), |version| {
+            root.seal_seed(&name, version, &seed)
+                .map_err(|e| db::StoreError::Worker(e.to_string()))
+        })?;
+        Ok((Json(scope_info(conn, &name)?), format!("{name} v{v}")))
+    })
+    .await
 }
 
 async fn revoke_key(
@@ -1349,22 +1324,12 @@ async fn revoke_key(
     ApiJson(req): ApiJson<RevokeKeyRequest>,
 ) -> Result<Json<ScopeInfo>, ApiError> {
     check_name("name", &name)?;
-    let st2 = Arc::clone(&st);
-    st.db
-        .call(move |conn| {
-            db::revoke_version(conn, &name, req.version, st2.clock.now())?;
-            db::insert_audit(
-                conn,
-                &[admin_event(
-                    &st2,
-                    &admin,
-                    "keys.revoke",
-                    &format!("{name} v{}", req.version),
-                )],
-            )?;
-            scope_info(conn, &name).map(Json)
-        })
-        .await
+    admin_change(&st, admin, "keys.revoke", move |st, conn| {
+        db::revoke_version(conn, &name, req.version, st.clock.now())?;
+        let subject = format!("{name} v{}", req.version);
+        Ok((Json(scope_info(conn, &name)?), subject))
+    })
+    .await
 }
 
 async fn list_assets(

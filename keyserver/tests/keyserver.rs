@@ -557,6 +557,65 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
     assert_ne!(after.license.session, Some(session));
 }
 
+/// Every admin change is an audit row naming the admin and the change's subject, and a
+/// refused change (here: revoking a device that is already revoked) writes none.
+#[tokio::test]
+async fn every_admin_change_is_audited() {
+    let e = env().await;
+    e.admin.rotate(SCOPE).await.unwrap();
+    e.admin.revoke_key(SCOPE, 1).await.unwrap();
+    e.admin
+        .revoke_app(&RevokeAppRequest {
+            digest: Some(app_digest(APP)),
+            name: None,
+            version: None,
+        })
+        .await
+        .unwrap();
+    e.admin.disable_user(USER).await.unwrap();
+    e.admin.revoke_device(DEVICE).await.unwrap();
+    let again = e.admin.revoke_device(DEVICE).await;
+    assert!(
+        matches!(again, Err(ClientError::Server { status: 404, .. })),
+        "{again:?}"
+    );
+    let log = e.audit().await;
+    let admin_rows: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|r| r.decision == "admin")
+        .map(|r| {
+            assert!(
+                r.user.as_deref().is_some_and(|u| u.starts_with("admin:")),
+                "{r:?}"
+            );
+            (r.action.as_str(), r.reason.as_deref().unwrap_or(""))
+        })
+        .collect();
+    let digest = app_digest(APP);
+    for (action, subject) in [
+        ("device.enroll", DEVICE.to_string()),
+        ("user.add", USER.to_string()),
+        ("scope.create", SCOPE.to_string()),
+        ("keys.rotate", format!("{SCOPE} v2")),
+        ("keys.revoke", format!("{SCOPE} v1")),
+        ("app.revoke", digest.clone()),
+        ("user.disable", USER.to_string()),
+        ("device.revoke", DEVICE.to_string()),
+    ] {
+        let n = admin_rows
+            .iter()
+            .filter(|(a, s)| *a == action && *s == subject)
+            .count();
+        assert_eq!(n, 1, "{action} {subject}: {admin_rows:?}");
+    }
+    assert!(
+        admin_rows
+            .iter()
+            .any(|(a, s)| *a == "app.register" && s.ends_with(&digest)),
+        "{admin_rows:?}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_bodies_get_json_4xx() {
     let e = env().await;
