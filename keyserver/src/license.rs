@@ -199,28 +199,19 @@ pub fn open(
     if license.recipient != keypair.public().to_hex() {
         return Err(LicenseError::WrongRecipient);
     }
-    let mut grants = Vec::with_capacity(license.grants.len());
     if license.grants.is_empty() {
-        return Ok(OpenedLicense { license, grants });
+        return Ok(OpenedLicense {
+            license,
+            grants: Vec::new(),
+        });
     }
     // One HPKE context for the whole license; grants open in their listed order.
     let enc = hex::decode(&license.enc).map_err(|_| LicenseError::BadEnc)?;
     let mut opener = keypair.opener(&enc)?;
-    for g in &license.grants {
-        let GrantFields {
-            asset_id,
-            scope_id,
-            sealed,
-        } = grant_fields(g)?;
-        let key = opener.open_next(&sealed, &license.license_id, &asset_id)?;
-        grants.push(OpenedGrant {
-            asset_id,
-            scope_id,
-            grant: g.clone(),
-            key,
-        });
-    }
-    Ok(OpenedLicense { license, grants })
+    let license_id = license.license_id.clone();
+    open_grants(license, |sealed, asset_id| {
+        opener.open_next(sealed, &license_id, asset_id)
+    })
 }
 
 /// Verifies a session license's MAC and opens every grant with the session's keys.
@@ -241,38 +232,28 @@ pub fn open_in_session(
     if license.recipient != session.recipient {
         return Err(LicenseError::WrongRecipient);
     }
+    open_grants(license, |sealed, asset_id| keys.open_next(sealed, asset_id))
+}
+
+/// Decodes each grant and opens its key with `open` (called in grant order).
+fn open_grants(
+    license: License,
+    mut open: impl FnMut(&[u8], &[u8; 16]) -> Result<ContentKey, SealError>,
+) -> Result<OpenedLicense, LicenseError> {
     let mut grants = Vec::with_capacity(license.grants.len());
     for g in &license.grants {
-        let GrantFields {
-            asset_id,
-            scope_id,
-            sealed,
-        } = grant_fields(g)?;
-        let key = keys.open_next(&sealed, &asset_id)?;
+        let bad = || LicenseError::BadGrant(g.asset_id.clone());
+        let asset_id = parse_id16(&g.asset_id).ok_or_else(bad)?;
+        let scope_id = parse_id16(&g.scope_id).ok_or_else(bad)?;
+        let sealed = hex::decode(&g.sealed_key).map_err(|_| bad())?;
         grants.push(OpenedGrant {
+            key: open(&sealed, &asset_id)?,
             asset_id,
             scope_id,
             grant: g.clone(),
-            key,
         });
     }
     Ok(OpenedLicense { license, grants })
-}
-
-/// A grant's hex fields, decoded.
-struct GrantFields {
-    asset_id: [u8; 16],
-    scope_id: [u8; 16],
-    sealed: Vec<u8>,
-}
-
-fn grant_fields(g: &Grant) -> Result<GrantFields, LicenseError> {
-    let bad = || LicenseError::BadGrant(g.asset_id.clone());
-    Ok(GrantFields {
-        asset_id: parse_id16(&g.asset_id).ok_or_else(bad)?,
-        scope_id: parse_id16(&g.scope_id).ok_or_else(bad)?,
-        sealed: hex::decode(&g.sealed_key).map_err(|_| bad())?,
-    })
 }
 
 /// Opens an admin-issued license file with the device's enrollment directory (its `hpke.key`

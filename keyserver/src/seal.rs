@@ -161,7 +161,8 @@ impl HpkeKeyPair {
     }
 }
 
-fn aad(license_id: &str, asset_id: &[u8; 16]) -> Vec<u8> {
+/// A grant's AAD: license id ‖ asset id (both key-wrapping formats bind a grant this way).
+pub(crate) fn aad(license_id: &str, asset_id: &[u8; 16]) -> Vec<u8> {
     let mut v = Vec::with_capacity(license_id.len() + 16);
     v.extend_from_slice(license_id.as_bytes());
     v.extend_from_slice(asset_id);

@@ -140,10 +140,10 @@ impl LicenseKeys {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());
         self.next += 1;
-        let mut aad = Vec::with_capacity(self.license_id.len() + 16);
-        aad.extend_from_slice(self.license_id.as_bytes());
-        aad.extend_from_slice(asset_id);
-        (Nonce::assume_unique_for_key(nonce), aad)
+        (
+            Nonce::assume_unique_for_key(nonce),
+            crate::seal::aad(&self.license_id, asset_id),
+        )
     }
 
     /// Seals the next grant's content key: ciphertext ‖ tag (48 bytes).
