@@ -386,28 +386,60 @@ fn only_a_and_b(d: &str) -> Evaluator {
     .unwrap()
 }
 
+/// A key server whose data lives in `dir/ks` (so it can be restarted), a provisioned device,
+/// and one asset it created.
+struct Restartable {
+    ks: std::path::PathBuf,
+    rules: Arc<SwappableRules>,
+    lb: Loopback,
+    dev: Provisioned,
+    created: license::OpenedLicense,
+}
+
+impl Restartable {
+    async fn start(dir: &Path) -> Restartable {
+        let ks = dir.join("ks");
+        let rules = Arc::new(SwappableRules::new(base_rules()));
+        let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
+        let dev = provision(&lb, DEVICE, &dir.join("dev"), USER, APP, SCOPE)
+            .await
+            .unwrap();
+        let created = dev
+            .client
+            .create(&dev.token, &dev.app_digest, "show/seq1/a.exr", SCOPE)
+            .await
+            .unwrap();
+        Restartable {
+            ks,
+            rules,
+            lb,
+            dev,
+            created,
+        }
+    }
+
+    /// Stops the server and starts it again on the same data directory and address.
+    async fn restart(self) -> Restartable {
+        let addr = self.lb.server.addr;
+        self.lb.server.shutdown().await;
+        let mut cfg = keyserver::testing::loopback_config(&self.ks, self.rules.clone());
+        cfg.listen = addr;
+        let lb = keyserver::testing::spawn_with(cfg).await.unwrap();
+        Restartable { lb, ..self }
+    }
+}
+
 #[tokio::test]
 async fn keys_survive_restart_and_decrypt_earlier_ciphertext() {
     let dir = tempfile::tempdir().unwrap();
-    let ks = dir.path().join("ks");
-    let rules = Arc::new(SwappableRules::new(base_rules()));
-    let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
-    let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
-        .await
-        .unwrap();
-    let created = dev
-        .client
-        .create(&dev.token, &dev.app_digest, "show/seq1/a.exr", SCOPE)
-        .await
-        .unwrap();
-    let g = &created.grants[0];
+    let r = Restartable::start(dir.path()).await;
+    let g = &r.created.grants[0];
     let (id, key_before) = (g.asset_id, g.key.clone());
     // Seal something under the content key (AES-256-GCM), as the mount would.
     let sealed = aes_gcm_seal(key_before.as_bytes(), b"frame 1 pixels");
+    let ks = r.ks.clone();
     let ca_before = std::fs::read_to_string(ks.join("ca.pem")).unwrap();
-    lb.server.shutdown().await;
-
-    let lb = spawn_loopback(&ks, rules).await.unwrap();
+    let Restartable { lb, dev, .. } = r.restart().await;
     assert_eq!(
         std::fs::read_to_string(ks.join("ca.pem")).unwrap(),
         ca_before
@@ -467,22 +499,14 @@ fn aes_gcm_open(key: &[u8; 32], ct: &[u8]) -> Vec<u8> {
 }
 
 /// License sessions (see `keyserver::session`): the client opens one and uses it; a restart of
-/// the server (which forgets sessions) costs the client one transparent retry; another device
-/// cannot use a session id it learnt; the one-license HPKE form still works and is signed.
+/// the server (which forgets sessions) or a session's end costs the client one transparent
+/// retry; another device cannot use a session id it learnt; the one-license HPKE form still
+/// works and is signed.
 #[tokio::test]
 async fn license_sessions_survive_restart_and_stay_with_their_device() {
     let dir = tempfile::tempdir().unwrap();
-    let ks = dir.path().join("ks");
-    let rules = Arc::new(SwappableRules::new(base_rules()));
-    let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
-    let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
-        .await
-        .unwrap();
-    let created = dev
-        .client
-        .create(&dev.token, &dev.app_digest, "show/seq1/a.exr", SCOPE)
-        .await
-        .unwrap();
+    let r = Restartable::start(dir.path()).await;
+    let (lb, dev, created) = (&r.lb, &r.dev, &r.created);
     let id = created.grants[0].asset_id;
     let first = dev
         .client
@@ -543,11 +567,8 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
     assert_eq!(opened.grants[0].key, first.grants[0].key);
 
     // Restart on the same address: the same client opens a new session and carries on.
-    let addr = lb.server.addr;
-    lb.server.shutdown().await;
-    let mut cfg = keyserver::testing::loopback_config(&ks, rules);
-    cfg.listen = addr;
-    let _lb = keyserver::testing::spawn_with(cfg).await.unwrap();
+    let r = r.restart().await;
+    let dev = &r.dev;
     let after = dev
         .client
         .request(&dev.token, &dev.app_digest, Action::Read, &[id])
@@ -555,6 +576,46 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
         .unwrap();
     assert_eq!(after.grants[0].key, first.grants[0].key);
     assert_ne!(after.license.session, Some(session));
+
+    // A session past its end is refused like an unknown one (the server's clock decides, not
+    // the client's): the client opens a new session and carries on.
+    r.lb.clock.advance(3600);
+    let later = dev
+        .client
+        .request(&dev.token, &dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    assert_eq!(later.grants[0].key, first.grants[0].key);
+    assert_ne!(later.license.session, after.license.session);
+}
+
+/// No key leaves without its audit record: when the audit log cannot be written, a license
+/// request fails with a 500 and carries no key — also on the fast path (rows cached).
+#[tokio::test]
+async fn no_license_without_its_audit_record() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    e.dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    // Another writer makes every audit insert fail from now on.
+    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
+    )
+    .unwrap();
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert!(
+        matches!(r, Err(ClientError::Server { status: 500, .. })),
+        "a license was answered without its audit record: {r:?}"
+    );
 }
 
 /// Every admin change is an audit row naming the admin and the change's subject, and a
