@@ -103,62 +103,61 @@ type Job = (u32, mpsc::SyncSender<Result<Attestation, AttestError>>);
 /// caller. The number of jobs queued or running is bounded by [`MAX_IN_FLIGHT`] in
 /// [`Attestor::attest`], which bounds the threads too.
 struct Helpers {
-    tx: Mutex<mpsc::Sender<Job>>,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    tx: mpsc::Sender<Job>,
+    shared: Arc<HelperQueue>,
+}
+
+/// What the helper threads share.
+struct HelperQueue {
+    rx: Mutex<mpsc::Receiver<Job>>,
     /// Helpers waiting for a job.
-    idle: Arc<AtomicUsize>,
+    idle: AtomicUsize,
     /// Jobs sent and not yet taken by a helper.
-    queued: Arc<AtomicUsize>,
+    queued: AtomicUsize,
 }
 
 impl Helpers {
     fn new() -> Helpers {
         let (tx, rx) = mpsc::channel();
         Helpers {
-            tx: Mutex::new(tx),
-            rx: Arc::new(Mutex::new(rx)),
-            idle: Arc::new(AtomicUsize::new(0)),
-            queued: Arc::new(AtomicUsize::new(0)),
+            tx,
+            shared: Arc::new(HelperQueue {
+                rx: Mutex::new(rx),
+                idle: AtomicUsize::new(0),
+                queued: AtomicUsize::new(0),
+            }),
         }
     }
 
     fn submit(&self, inner: &Arc<Inner>, job: Job) -> io::Result<()> {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        if self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .is_err()
-        {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+        let q = &self.shared;
+        q.queued.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(job).is_err() {
+            q.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(io::Error::other("attestation helpers stopped"));
         }
-        if self.queued.load(Ordering::SeqCst) > self.idle.load(Ordering::SeqCst) {
+        if q.queued.load(Ordering::SeqCst) > q.idle.load(Ordering::SeqCst) {
             self.spawn(inner)?;
         }
         Ok(())
     }
 
     fn spawn(&self, inner: &Arc<Inner>) -> io::Result<()> {
-        let (rx, idle, queued) = (
-            Arc::clone(&self.rx),
-            Arc::clone(&self.idle),
-            Arc::clone(&self.queued),
-        );
+        let q = Arc::clone(&self.shared);
         // The helper holds the attestor weakly: dropping the last Attestor ends the helpers.
         let inner = Arc::downgrade(inner);
         std::thread::Builder::new()
             .name("csap-attest".into())
             .spawn(move || loop {
-                idle.fetch_add(1, Ordering::SeqCst);
-                let job = rx
+                q.idle.fetch_add(1, Ordering::SeqCst);
+                let job = q
+                    .rx
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .recv_timeout(HELPER_IDLE);
-                idle.fetch_sub(1, Ordering::SeqCst);
+                q.idle.fetch_sub(1, Ordering::SeqCst);
                 let Ok((pid, answer)) = job else { return };
-                queued.fetch_sub(1, Ordering::SeqCst);
+                q.queued.fetch_sub(1, Ordering::SeqCst);
                 let Some(inner) = inner.upgrade() else { return };
                 let result = inner.attest_blocking(pid);
                 inner.in_flight.fetch_sub(1, Ordering::SeqCst);
