@@ -2,12 +2,13 @@
 //! `csap asset decrypt`), killed mid-run and resumed, and against a loopback `csap server`
 //! (key ids of the scope; `csap login` handing its token to a session socket).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const CSAP: &str = env!("CARGO_BIN_EXE_csap");
+mod common;
+use common::{Server, CSAP};
 
 fn csap(args: &[&str]) -> Command {
     let mut c = Command::new(CSAP);
@@ -227,66 +228,13 @@ fn killed_import_leaves_no_partial_asset_and_a_rerun_completes_it() {
     );
 }
 
-/// `csap server` on loopback ports; killed on drop.
-struct Server {
-    child: std::process::Child,
-    keyserver: String,
-    authz: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data: &Path) -> Server {
-    let mut child = csap(&["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = String::new();
-    while !printed.contains("authz issuer key") {
-        match lines.next() {
-            Some(Ok(line)) => printed.push_str(&(line + "\n")),
-            _ => panic!("server stopped early; printed:\n{printed}"),
-        }
-    }
-    // Keep reading: the server prints more, and a closed pipe would kill it.
-    std::thread::spawn(move || lines.for_each(drop));
-    let url = |prefix: &str| {
-        printed
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("https://")))
-            .unwrap_or_else(|| panic!("{prefix} URL missing in:\n{printed}"))
-            .to_string()
-    };
-    Server {
-        keyserver: url("key server"),
-        authz: url("authz "),
-        child,
-    }
-}
-
 #[test]
 fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let server = start_server(&data);
+    let server = Server::start(&data);
     let admin = data.join("keyserver/admin");
-    let ks = server.keyserver.as_str();
+    let ks = &server.url("key server");
     let as_admin = |args: &[&str]| {
         let mut c = csap(args);
         c.args(["--server", ks]).arg("--identity").arg(&admin);
@@ -357,7 +305,7 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
     std::fs::write(&req_file, request.to_string()).unwrap();
     ok(csap(&["request", "submit"])
         .arg(&req_file)
-        .args(["--authz", &server.authz])
+        .args(["--authz", &server.url("authz ")])
         .arg("--ca")
         .arg(data.join("authz/tls-cert.pem"))
         .output()

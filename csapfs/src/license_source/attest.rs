@@ -150,11 +150,10 @@ impl Helpers {
             .name("csap-attest".into())
             .spawn(move || loop {
                 q.idle.fetch_add(1, Ordering::SeqCst);
-                let job = q
-                    .rx
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .recv_timeout(HELPER_IDLE);
+                let job =
+                    q.rx.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .recv_timeout(HELPER_IDLE);
                 q.idle.fetch_sub(1, Ordering::SeqCst);
                 let Ok((pid, answer)) = job else { return };
                 q.queued.fetch_sub(1, Ordering::SeqCst);
