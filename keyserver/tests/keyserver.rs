@@ -92,6 +92,15 @@ impl Env {
         lic.grants[0].asset_id
     }
 
+    /// A single-asset read license (the request itself must be answered).
+    async fn read(&self, id: [u8; 16]) -> license::OpenedLicense {
+        self.dev
+            .client
+            .request(&self.dev.token, &self.dev.app_digest, Action::Read, &[id])
+            .await
+            .unwrap()
+    }
+
     async fn audit(&self) -> Vec<AuditRecord> {
         // Events from handshakes and middleware are written by a background task.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -291,7 +300,12 @@ async fn outside_rule_window_and_revoked_key_are_denied() {
     let s = e.admin.rotate(SCOPE).await.unwrap();
     assert_eq!(s.current_version, 2);
     let v2 = e.create("show/seq1/v2.exr").await;
+    // Licensed once before the revocation: its rows are in the server's read cache.
+    assert_eq!(e.read(v1).await.grants.len(), 1);
     e.admin.revoke_key(SCOPE, 1).await.unwrap();
+    let lic = e.read(v1).await;
+    assert!(lic.grants.is_empty());
+    assert_eq!(lic.license.denials[0].reason, Reason::KeyRevoked);
     let lic = e
         .dev
         .client
@@ -832,6 +846,40 @@ async fn admin_issued_license_opens_only_with_the_right_device_key() {
         e.admin.issue(&no_reason).await,
         Err(ClientError::Server { status: 400, .. })
     ));
+}
+
+/// A license is decided on the asset's registered path as it is now: after a rename into a
+/// folder the user may write into but not read, the asset is no longer licensed for reading,
+/// although its old path was (and sat in the server's read cache).
+#[tokio::test]
+async fn a_renamed_asset_is_licensed_by_its_new_path() {
+    let e = env().await;
+    let d = app_digest(APP);
+    let drop_box = RuleFor {
+        id: "r-drop",
+        user: USER,
+        device: DEVICE,
+        app_digest: &d,
+        path_like: "drop/*",
+        actions: &[Action::Create, Action::Write],
+        not_before: keyserver::now() - 60,
+        not_after: keyserver::now() + 3600,
+    }
+    .build();
+    let mut rules = base_rules().rules().to_vec();
+    rules.push(drop_box);
+    e.rules.replace(Evaluator::new(rules).unwrap());
+    let id = e.create("show/seq1/a.exr").await;
+    assert_eq!(e.read(id).await.grants.len(), 1);
+    assert_eq!(e.read(id).await.grants.len(), 1);
+    e.dev
+        .client
+        .rename(&e.dev.token, &e.dev.app_digest, &id, "drop/a.exr")
+        .await
+        .unwrap();
+    let lic = e.read(id).await;
+    assert!(lic.grants.is_empty(), "read licensed at the old path");
+    assert_eq!(lic.license.denials[0].reason, Reason::NoRule);
 }
 
 #[tokio::test]
