@@ -5,12 +5,14 @@
 //! - [`format`]: the byte format of an asset (pure codec, spec in `FORMAT.md`);
 //! - [`asset`]: one asset file on disk with random access; [`stream`]: whole-file streaming;
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
+//! - [`exec_watch`]: the kernel's exec notices and pidfds (lets attestations be remembered);
 //! - [`license_source`]: content keys from key server licenses for attested callers;
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
 
 pub mod asset;
 pub mod crypto;
+pub mod exec_watch;
 pub mod format;
 pub mod fs;
 pub mod keys;

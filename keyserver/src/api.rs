@@ -705,7 +705,19 @@ async fn licenses(
     for a in &req.assets {
         check_asset_id("assets", a)?;
     }
-    let fast = license_cached(&st, &peer.name, &req, wrap.clone());
+    // From the read cache alone; else, for one asset, the same reads inline if a connection
+    // is free (a first license for an asset: no blocking-pool round trip).
+    let fast = license_fast(&st, &peer.name, &req, &wrap, Reader::CacheOnly).or_else(|| {
+        let single = req.assets.len() == 1;
+        single
+            .then(|| {
+                st.db.try_read_inline(|conn| {
+                    license_fast(&st, &peer.name, &req, &wrap, Reader::Sql(conn))
+                })
+            })
+            .flatten()
+            .flatten()
+    });
     let (license, events) = match fast {
         Some(done) => done,
         None => {
@@ -800,30 +812,33 @@ fn license_work(
 }
 
 /// The license fast path: the same checks and grants as [`license_work`], on the async thread,
-/// from the read cache alone. `None` when anything is not cached or anything fails — the caller
-/// then takes the blocking-pool path, which reads SQLite and records request-level denials, so
-/// this path never decides anything the slow path would not.
-fn license_cached(
+/// through `reader` (the read cache alone, or a pooled connection used for reads only).
+/// `None` when anything is not cached or anything fails — the caller then takes the
+/// blocking-pool path, which reads SQLite and records request-level denials, so this path never
+/// decides anything the slow path would not.
+fn license_fast(
     st: &State,
     device: &str,
     req: &LicenseRequest,
-    wrap: SessionOrKey,
+    wrap: &SessionOrKey,
+    reader: Reader<'_>,
 ) -> Option<(SignedLicense, Vec<AuditEvent>)> {
     if req.create.is_some() {
         return None;
     }
     let now = st.clock.now();
-    let subject = authenticate(
-        st,
-        Reader::CacheOnly,
-        req.token.expose(),
-        &req.app_digest,
-        now,
-    )
-    .ok()?;
+    let subject = authenticate(st, reader, req.token.expose(), &req.app_digest, now).ok()?;
     let license_id = hex::encode(new_id().ok()?);
-    let mut g = Grantor::new(st, &subject.user, device, req, &license_id, now, wrap);
-    let o = grant_assets(&mut g, Reader::CacheOnly, &req.assets).ok()?;
+    let mut g = Grantor::new(
+        st,
+        &subject.user,
+        device,
+        req,
+        &license_id,
+        now,
+        wrap.clone(),
+    );
+    let o = grant_assets(&mut g, reader, &req.assets).ok()?;
     Some((g.finish(o.grants, o.denials), o.events))
 }
 

@@ -210,6 +210,14 @@ impl Db {
             .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
     }
 
+    /// Runs a short read `f` on the calling (async) thread if a pooled connection is free right
+    /// now, else `None`. WAL readers never wait for writers, so this blocks only for the read
+    /// itself; it saves the two thread hand-offs of [`Db::call`] (the license fast path).
+    pub fn try_read_inline<T>(&self, f: impl FnOnce(&Connection) -> T) -> Option<T> {
+        let _permit = self.permits.try_acquire().ok()?;
+        self.with_conn(|conn| f(conn)).ok()
+    }
+
     /// A connection of its own, outside the pool (the audit writer's).
     pub fn dedicated_connection(&self) -> Result<Connection, StoreError> {
         open_conn(&self.path)

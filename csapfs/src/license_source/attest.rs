@@ -20,6 +20,14 @@
 //! gives up after a timeout instead of stalling the FUSE loop. Helper threads are kept and
 //! reused ([`Helpers`]): starting a thread per open cost ~70 µs of the warm open (measured by
 //! `cargo run -p bench --release -- open`).
+//!
+//! Even so, handing a measurement to a helper and back costs ~95 µs of wake-ups on a small VM.
+//! So an attestation is remembered per calling thread ([`remembered`]) until its process
+//! execs or the thread dies, which the kernel tells us ([`crate::exec_watch`]); a remembered
+//! caller is answered on the request's own thread without touching `/proc`. Where exec notices
+//! are unavailable (no proc connector, no `PIDFD_THREAD`), every open measures its caller.
+
+mod remembered;
 
 use std::fs::File;
 use std::io;
@@ -28,6 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+
+use crate::exec_watch::{ExecWatch, Pidfd};
+use remembered::Remembered;
 
 /// Why a caller could not be attested. Every variant means "deny".
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +72,10 @@ pub enum AttestError {
 /// What attestation established about one caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attestation {
+    /// The calling thread (what the FUSE request names).
     pub pid: u32,
+    /// Its process (thread group).
+    pub tgid: u32,
     /// Clock ticks since boot at which the process started (`/proc/<pid>/stat` field 22).
     pub start_time: u64,
     /// Lowercase hex BLAKE3 of the executable.
@@ -183,6 +197,8 @@ struct Inner {
     /// Runs between the two start-time reads (tests use it to simulate PID reuse).
     between: Option<Hook>,
     helpers: Helpers,
+    /// Attestations kept until exec; `None` where exec notices are unavailable.
+    remembered: Option<Remembered>,
 }
 
 impl std::fmt::Debug for Attestor {
@@ -195,9 +211,21 @@ impl std::fmt::Debug for Attestor {
 }
 
 impl Attestor {
-    /// An attestor over the real `/proc`.
+    /// An attestor over the real `/proc`, remembering callers until they exec when the kernel
+    /// can say so.
     pub fn new(timeout: Duration) -> Attestor {
-        Self::build(PathBuf::from("/proc"), timeout, None)
+        let me = nix::unistd::gettid().as_raw() as u32;
+        let remembered = match ExecWatch::open().and_then(|w| Pidfd::open(me).map(|_| w)) {
+            Ok(watch) => Some(Remembered::new(watch)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "no exec notices from the kernel: every open measures its caller (slower)"
+                );
+                None
+            }
+        };
+        Self::build(PathBuf::from("/proc"), timeout, None, remembered)
     }
 
     /// An attestor over another proc-like tree, with a hook run mid-measurement (tests).
@@ -206,10 +234,15 @@ impl Attestor {
         timeout: Duration,
         between: Option<Hook>,
     ) -> Attestor {
-        Self::build(proc_root.into(), timeout, between)
+        Self::build(proc_root.into(), timeout, between, None)
     }
 
-    fn build(proc_root: PathBuf, timeout: Duration, between: Option<Hook>) -> Attestor {
+    fn build(
+        proc_root: PathBuf,
+        timeout: Duration,
+        between: Option<Hook>,
+        remembered: Option<Remembered>,
+    ) -> Attestor {
         Attestor {
             inner: Arc::new(Inner {
                 proc_root,
@@ -219,6 +252,7 @@ impl Attestor {
                 in_flight: AtomicUsize::new(0),
                 between,
                 helpers: Helpers::new(),
+                remembered,
             }),
         }
     }
@@ -228,11 +262,39 @@ impl Attestor {
         self.inner.hashes.load(Ordering::Relaxed)
     }
 
-    /// Attests `pid` on a helper thread, waiting at most the configured timeout.
+    /// Whether attestations are remembered until exec (see the module documentation).
+    pub fn remembers(&self) -> bool {
+        self.inner.remembered.is_some()
+    }
+
+    /// How many attestations were answered from memory.
+    pub fn remembered_hits(&self) -> u64 {
+        self.inner.remembered.as_ref().map_or(0, Remembered::hits)
+    }
+
+    /// Attests `pid`: from memory if its process has not exec'd since it was measured, else
+    /// on a helper thread, waiting at most the configured timeout.
     pub fn attest(&self, pid: u32) -> Result<Attestation, AttestError> {
         if pid == 0 {
             return Err(AttestError::NoPid);
         }
+        let Some(remembered) = &self.inner.remembered else {
+            return self.measure(pid);
+        };
+        let ticket = match remembered.lookup(pid) {
+            Ok(known) => return Ok(known),
+            Err(ticket) => ticket,
+        };
+        // Opened before measuring: alive at admission means it named the measured thread.
+        // (`PIDFD_THREAD` works here: `new` checked, so a failure means the thread is gone.)
+        let pidfd = Pidfd::open(pid).map_err(|e| unreadable(pid, "pidfd", e))?;
+        let attestation = self.measure(pid)?;
+        remembered.admit(ticket, pidfd, &attestation);
+        Ok(attestation)
+    }
+
+    /// Measures `pid` on a helper thread, waiting at most the configured timeout.
+    fn measure(&self, pid: u32) -> Result<Attestation, AttestError> {
         // A bound on threads left behind by timeouts, so a wedged process cannot make the
         // mount spawn threads without limit.
         if self.inner.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
@@ -267,6 +329,7 @@ impl Inner {
         }
         let dir = self.proc_root.join(pid.to_string());
         let before = start_time(&dir, pid)?;
+        let tgid = thread_group(&dir, pid)?;
         let environ =
             std::fs::read(dir.join("environ")).map_err(|e| unreadable(pid, "environment", e))?;
         check_environ(pid, &environ)?;
@@ -301,6 +364,7 @@ impl Inner {
         }
         Ok(Attestation {
             pid,
+            tgid,
             start_time: before,
             app_digest: digest.to_string(),
         })
@@ -329,6 +393,17 @@ pub fn start_time(proc_pid_dir: &Path, pid: u32) -> Result<u64, AttestError> {
     let stat = std::fs::read_to_string(proc_pid_dir.join("stat"))
         .map_err(|e| unreadable(pid, "stat", e))?;
     parse_start_time(&stat).ok_or(AttestError::BadStat { pid })
+}
+
+/// The `Tgid:` line of `DIR/status`: the process a thread belongs to.
+fn thread_group(proc_pid_dir: &Path, pid: u32) -> Result<u32, AttestError> {
+    let status = std::fs::read_to_string(proc_pid_dir.join("status"))
+        .map_err(|e| unreadable(pid, "status", e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(AttestError::BadStat { pid })
 }
 
 /// `pid (comm) state ppid …`: comm may hold spaces and parentheses, so fields are counted
@@ -540,13 +615,67 @@ mod tests {
         release.send(()).unwrap();
     }
 
+    /// The attack a remembered attestation invites: measured clean, then exec with
+    /// `LD_PRELOAD` under the same pid. The exec notice must end the memory.
+    #[test]
+    fn a_remembered_caller_is_measured_again_after_it_execs() {
+        use std::io::Write;
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "read go; exec env LD_PRELOAD=/nonexistent/libhook.so sleep 30",
+            ])
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("LD_PRELOAD")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_exec_done(pid);
+        let attestor = Attestor::new(Duration::from_secs(10));
+        assert!(
+            attestor.remembers(),
+            "exec notices are needed on this machine"
+        );
+        let shell = attestor.attest(pid).unwrap();
+        assert_eq!(attestor.attest(pid).unwrap(), shell);
+        assert_eq!(attestor.remembered_hits(), 1);
+
+        let before = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/exe")).unwrap() == before
+            || std::fs::read_link(format!("/proc/{pid}/exe"))
+                .unwrap()
+                .ends_with("env")
+        {
+            assert!(std::time::Instant::now() < deadline, "no exec");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait_exec_done(pid);
+        let result = attestor.attest(pid);
+        kill(child);
+        assert!(
+            matches!(
+                result,
+                Err(AttestError::Injection {
+                    var: "LD_PRELOAD",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(attestor.remembered_hits(), 1);
+    }
+
     /// Cost of one attestation with a warm digest cache (helper thread, stat, environ, fstat):
     /// `cargo test -p csapfs --lib attest_cost -- --ignored --nocapture`.
     #[test]
     #[ignore = "measurement, not a check"]
     fn attest_cost() {
         let child = sleeper(&[]);
-        let attestor = Attestor::new(Duration::from_secs(10));
+        let attestor = Attestor::with_proc_root("/proc", Duration::from_secs(10), None);
         attestor.attest(child.id()).unwrap();
         let n = 2000;
         let t = std::time::Instant::now();
@@ -559,8 +688,18 @@ mod tests {
             attestor.attest_blocking(child.id()).unwrap();
         }
         let inline = t.elapsed() / n;
+        let remembering = Attestor::new(Duration::from_secs(10));
+        remembering.attest(child.id()).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            remembering.attest(child.id()).unwrap();
+        }
+        let remembered = t.elapsed() / n;
         kill(child);
-        println!("attest (warm cache): {threaded:?} with the helper thread, {inline:?} inline");
+        println!(
+            "attest (warm cache): {threaded:?} with the helper thread, {inline:?} inline, \
+             {remembered:?} remembered"
+        );
     }
 
     #[test]
@@ -633,6 +772,7 @@ mod tests {
             let dir = root.join(pid.to_string());
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("stat"), fake_stat(pid, 123_456)).unwrap();
+            std::fs::write(dir.join("status"), format!("Name:\ttool\nTgid:\t{pid}\n")).unwrap();
             std::fs::write(dir.join("environ"), environ).unwrap();
             std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
             FakeProc { root }
