@@ -72,6 +72,8 @@ fn denied(out: &std::process::Output) -> bool {
 /// - cancelling the authz request makes an already-open handle's next read fail with
 ///   EACCES within 1 s;
 /// - a rule released ahead of its window is pre-loaded: the first open makes no round trip;
+/// - `LD_PRELOAD` injection is denied, also by exec under a pid whose attestation the mount
+///   remembers;
 /// - with the key server (and ARDS) stopped, an already-licensed frame still reads and
 ///   opens, an unlicensed one is denied.
 #[test]
@@ -230,6 +232,27 @@ fn mount_enforces_local_rules_revocation_and_outage() {
         denied(&injected),
         "LD_PRELOAD injection into an approved app: {}",
         String::from_utf8_lossy(&injected.stderr)
+    );
+    // The same injection by exec under a pid the mount already attested and remembers: the
+    // approved bash opens f1, then becomes bash with LD_PRELOAD (same pid, same binary).
+    let f = f1.display();
+    let same_pid = bash_as(
+        None,
+        &format!(
+            "exec 3< '{f}' && echo first-open; exec 3<&-; \
+             exec env LD_PRELOAD=/lib/x86_64-linux-gnu/libm.so.6 /bin/bash -c \
+             \"exec 4< '{f}' && echo second-open\""
+        ),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&same_pid.stdout),
+        String::from_utf8_lossy(&same_pid.stderr),
+    );
+    assert!(
+        stdout.contains("first-open")
+            && !stdout.contains("second-open")
+            && stderr.contains("Permission denied"),
+        "exec with LD_PRELOAD after an attested open: {stdout} / {stderr}"
     );
 
     env.stop();
