@@ -272,6 +272,11 @@ impl Drop for Checkout<'_> {
     }
 }
 
+/// SQLite's write lock was taken by another connection (and the busy timeout ran out).
+pub fn is_busy(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+}
+
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
@@ -726,7 +731,10 @@ pub struct AuditEvent {
     pub license_id: Option<String>,
 }
 
-pub fn insert_audit(conn: &mut Connection, events: &[AuditEvent]) -> Result<(), StoreError> {
+pub fn insert_audit<'a>(
+    conn: &mut Connection,
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut st = tx.prepare_cached(
