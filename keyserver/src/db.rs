@@ -154,9 +154,10 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Copies the write-ahead log into the database without waiting for readers or writers.
-pub fn checkpoint(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    Ok(())
+/// Returns how many frames (pages) the log held.
+pub fn checkpoint(conn: &mut Connection) -> Result<u64, StoreError> {
+    let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    Ok(frames.max(0) as u64)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
