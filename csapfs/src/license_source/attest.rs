@@ -351,6 +351,7 @@ impl Inner {
                     .map_err(|e| unreadable(pid, "executable", e))?
                     .into();
                 self.hashes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid, ino = key.ino, size = key.size, digest = %d, "executable hashed");
                 self.digests.insert(key, Arc::clone(&d));
                 d
             }
@@ -492,6 +493,19 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    fn assert_preload_refused(result: &Result<Attestation, AttestError>) {
+        assert!(
+            matches!(
+                result,
+                Err(AttestError::Injection {
+                    var: "LD_PRELOAD",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
     }
 
     fn kill(mut child: Child) {
@@ -642,13 +656,12 @@ mod tests {
         assert_eq!(attestor.attest(pid).unwrap(), shell);
         assert_eq!(attestor.remembered_hits(), 1);
 
-        let before = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        // Through `env` to `sleep`, under the same pid.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/exe")).unwrap() == before
-            || std::fs::read_link(format!("/proc/{pid}/exe"))
-                .unwrap()
-                .ends_with("env")
+        while !std::fs::read_link(format!("/proc/{pid}/exe"))
+            .unwrap()
+            .ends_with("sleep")
         {
             assert!(std::time::Instant::now() < deadline, "no exec");
             std::thread::sleep(Duration::from_millis(5));
@@ -656,16 +669,7 @@ mod tests {
         wait_exec_done(pid);
         let result = attestor.attest(pid);
         kill(child);
-        assert!(
-            matches!(
-                result,
-                Err(AttestError::Injection {
-                    var: "LD_PRELOAD",
-                    ..
-                })
-            ),
-            "{result:?}"
-        );
+        assert_preload_refused(&result);
         assert_eq!(attestor.remembered_hits(), 1);
     }
 
@@ -714,16 +718,7 @@ mod tests {
         let pid = child.id();
         let result = Attestor::new(Duration::from_secs(10)).attest(pid);
         kill(child);
-        assert!(
-            matches!(
-                result,
-                Err(AttestError::Injection {
-                    var: "LD_PRELOAD",
-                    ..
-                })
-            ),
-            "{result:?}"
-        );
+        assert_preload_refused(&result);
     }
 
     #[test]
