@@ -250,6 +250,10 @@ impl moka::Expiry<LicenseKey, Arc<Held>> for UntilNotAfter {
 pub struct KeyServerSource {
     runtime: Option<tokio::runtime::Runtime>,
     client: LicenseClient,
+    /// Open-time license requests run here, driven by the FUSE thread that asks
+    /// ([`KeyServerSource::request_here`]); `client` and `runtime` serve everything else.
+    here: Option<tokio::runtime::Runtime>,
+    here_client: LicenseClient,
     attestor: Attestor,
     tokens: TokenMap,
     scope: Option<String>,
@@ -591,9 +595,18 @@ impl KeyServerSource {
                 )?)
             }
         };
+        let here = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LicenseSourceError::Runtime)?;
+        let here_client = client
+            .with_own_connections()
+            .map_err(LicenseSourceError::Connect)?;
         Ok(KeyServerSource {
             runtime: Some(runtime),
             client,
+            here: Some(here),
+            here_client,
             attestor: Attestor::new(cfg.attest_timeout),
             tokens: cfg.tokens,
             scope: cfg.scope,
@@ -749,7 +762,7 @@ impl KeyServerSource {
         let held = match self.licenses.get(&cache_key) {
             Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
             _ => {
-                let license = self.call(self.client.request(token, app, action, &[asset_id]))?;
+                let license = self.request_here(token, app, action, asset_id)?;
                 let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
                     let reason = license
                         .license
@@ -792,6 +805,35 @@ impl KeyServerSource {
                 .insert(grant.scope_id, grant.grant.scope.clone());
         }
         Arc::new(Held::from_grant(user, grant, license_end))
+    }
+
+    /// The license for one asset, asked for on the calling thread: the FUSE thread drives the
+    /// request on the source's current-thread runtime, so a cold open wakes no other thread of
+    /// the mount (the hand-off to a runtime worker and back cost ~100 µs on the development VM).
+    /// A transport failure — say on a connection the server closed while no call was polling
+    /// it — is asked once more on the shared runtime.
+    fn request_here(
+        &self,
+        token: &UserToken,
+        app: &str,
+        action: Action,
+        asset_id: [u8; 16],
+    ) -> Result<keyserver::license::OpenedLicense, KeyError> {
+        let Some(here) = &self.here else {
+            return Err(KeyError::Unavailable("key source is shutting down".into()));
+        };
+        let ids = [asset_id];
+        let ask = self.here_client.request(token, app, action, &ids);
+        match here.block_on(async { tokio::time::timeout(self.request_timeout, ask).await }) {
+            Err(_) => Err(KeyError::Unavailable(
+                "key server did not answer in time".into(),
+            )),
+            Ok(Err(ClientError::Http(e))) => {
+                tracing::debug!(error = %chain(&e), "license request failed on this thread; asking again on the shared runtime");
+                self.call(self.client.request(token, app, action, &[asset_id]))
+            }
+            Ok(result) => result.map_err(client_error),
+        }
     }
 
     /// Runs one key server call on the source's runtime, bounded by the request timeout.
@@ -996,6 +1038,9 @@ impl Drop for KeyServerSource {
     fn drop(&mut self) {
         // Dropping a runtime from inside another runtime panics; this never blocks.
         if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+        if let Some(rt) = self.here.take() {
             rt.shutdown_background();
         }
     }

@@ -42,21 +42,43 @@ pub enum ClientError {
 pub struct KsClient {
     http: reqwest::Client,
     base: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
+
+/// Idle connections of a [`KsClient::own_pool`] client are not reused after this long: a
+/// server may close a connection that sends no request headers for a while (the key server's
+/// header timeout is 10 s), and a client whose connection tasks run only during its own calls
+/// would not notice until it used the connection again.
+const OWN_POOL_IDLE: Duration = Duration::from_secs(5);
 
 impl KsClient {
     pub fn new(server_url: &str, identity: &Identity) -> Result<Self, ClientError> {
-        let tls = identity.client_config()?;
+        Self::build(server_url, identity.client_config()?.into(), None)
+    }
+
+    fn build(
+        server_url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        idle: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+            .use_preconfigured_tls((*tls).clone())
             .https_only(true)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
+            .pool_idle_timeout(idle)
             .build()?;
         Ok(KsClient {
             http,
             base: server_url.trim_end_matches('/').to_string(),
+            tls,
         })
+    }
+
+    /// The same identity and server with a connection pool of its own (for use from another
+    /// runtime).
+    pub fn own_pool(&self) -> Result<Self, ClientError> {
+        Self::build(&self.base, std::sync::Arc::clone(&self.tls), Some(OWN_POOL_IDLE))
     }
 
     async fn answer<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, ClientError> {
@@ -139,6 +161,17 @@ impl LicenseClient {
     /// The device name the server identified us as.
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// A client with its own connections that shares this one's license session: for a
+    /// caller that drives its requests on a runtime of its own (the mount's FUSE threads, on
+    /// a current-thread runtime, so a license round trip wakes no other thread). Its idle
+    /// connections expire sooner, because its connection tasks run only during its calls.
+    pub fn with_own_connections(&self) -> Result<Self, ClientError> {
+        Ok(LicenseClient {
+            client: self.client.own_pool()?,
+            ..self.clone()
+        })
     }
 
     pub async fn login(&self, user: &str, password: &str) -> Result<(UserToken, i64), ClientError> {
