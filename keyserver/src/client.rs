@@ -78,7 +78,11 @@ impl KsClient {
     /// The same identity and server with a connection pool of its own (for use from another
     /// runtime).
     pub fn own_pool(&self) -> Result<Self, ClientError> {
-        Self::build(&self.base, std::sync::Arc::clone(&self.tls), Some(OWN_POOL_IDLE))
+        Self::build(
+            &self.base,
+            std::sync::Arc::clone(&self.tls),
+            Some(OWN_POOL_IDLE),
+        )
     }
 
     async fn answer<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, ClientError> {
