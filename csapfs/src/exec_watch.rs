@@ -40,7 +40,7 @@ const EXEC_TGID: usize = EXEC_PID + 4;
 const RECV_BUFFER: libc::c_int = 4 << 20;
 
 /// How long the start-up self test waits for the exec notice of a child it starts.
-const SELF_TEST_WAIT: Duration = Duration::from_secs(2);
+const SELF_TEST_WAIT: Duration = Duration::from_secs(5);
 
 /// One thing the kernel told us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +313,7 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         let mut seen = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + SELF_TEST_WAIT;
         while !seen.contains(&pid) && Instant::now() < deadline {
             watch.wait_readable(Duration::from_millis(50)).unwrap();
             watch
