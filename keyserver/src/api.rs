@@ -705,17 +705,15 @@ async fn licenses(
     for a in &req.assets {
         check_asset_id("assets", a)?;
     }
-    // From the read cache alone; else, for one asset, the same reads inline if a connection
-    // is free (a first license for an asset: no blocking-pool round trip).
+    // From the read cache alone (no pool checkout: the common case under load); on a miss, for
+    // one asset, the same reads inline if a connection is free (a first license for an asset:
+    // no blocking-pool round trip). The retry repeats only cached lookups.
     let fast = license_fast(&st, &peer.name, &req, &wrap, Reader::CacheOnly).or_else(|| {
-        let single = req.assets.len() == 1;
-        single
-            .then(|| {
-                st.db.try_read_inline(|conn| {
-                    license_fast(&st, &peer.name, &req, &wrap, Reader::Sql(conn))
-                })
-            })
-            .flatten()
+        if req.assets.len() != 1 {
+            return None;
+        }
+        st.db
+            .try_read_inline(|conn| license_fast(&st, &peer.name, &req, &wrap, Reader::Sql(conn)))
             .flatten()
     });
     let (license, events) = match fast {
