@@ -819,38 +819,38 @@ impl KeyServerSource {
         action: Action,
         asset_id: [u8; 16],
     ) -> Result<keyserver::license::OpenedLicense, KeyError> {
-        let Some(here) = &self.here else {
-            return Err(KeyError::Unavailable("key source is shutting down".into()));
-        };
         let ids = [asset_id];
         let ask = self.here_client.request(token, app, action, &ids);
-        match here.block_on(async { tokio::time::timeout(self.request_timeout, ask).await }) {
-            Err(_) => Err(KeyError::Unavailable(
-                "key server did not answer in time".into(),
-            )),
-            Ok(Err(ClientError::Http(e))) => {
+        match self.block_on(self.here.as_ref(), ask)? {
+            Err(ClientError::Http(e)) => {
                 tracing::debug!(error = %chain(&e), "license request failed on this thread; asking again on the shared runtime");
-                self.call(self.client.request(token, app, action, &[asset_id]))
+                self.call(self.client.request(token, app, action, &ids))
             }
-            Ok(result) => result.map_err(client_error),
+            answer => answer.map_err(client_error),
         }
     }
 
-    /// Runs one key server call on the source's runtime, bounded by the request timeout.
+    /// Runs one key server call on the source's shared runtime.
     fn call<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, ClientError>>,
     ) -> Result<T, KeyError> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| KeyError::Unavailable("key source is shutting down".into()))?;
-        match runtime.block_on(async { tokio::time::timeout(self.request_timeout, fut).await }) {
-            Err(_) => Err(KeyError::Unavailable(
-                "key server did not answer in time".into(),
-            )),
-            Ok(result) => result.map_err(client_error),
-        }
+        self.block_on(self.runtime.as_ref(), fut)?
+            .map_err(client_error)
+    }
+
+    /// Runs `fut` on `runtime` (`None` once the source is shutting down), bounded by the
+    /// request timeout; the inner result is the call's own.
+    fn block_on<T>(
+        &self,
+        runtime: Option<&tokio::runtime::Runtime>,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<Result<T, ClientError>, KeyError> {
+        let runtime =
+            runtime.ok_or_else(|| KeyError::Unavailable("key source is shutting down".into()))?;
+        runtime
+            .block_on(async { tokio::time::timeout(self.request_timeout, fut).await })
+            .map_err(|_| KeyError::Unavailable("key server did not answer in time".into()))
     }
 
     fn who(&self, caller: &Caller) -> Result<(UserToken, attest::Attestation), KeyError> {
