@@ -12,6 +12,7 @@
 //! queued on SQLite's write lock, whose busy handler sleeps in steps of milliseconds.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ struct Shared {
     /// The writer connection, once [`AuditQueue::start`] has opened it. Holding it is the
     /// right to commit.
     conn: Mutex<Option<Connection>>,
+    /// Transactions committed inline by recording callers (the rest were the writer's).
+    inline_commits: AtomicU64,
 }
 
 #[derive(Default)]
@@ -66,7 +69,6 @@ struct Queue {
     jobs: VecDeque<Job>,
     handed_off: bool,
     stopping: bool,
-    inline_commits: u64,
 }
 
 struct Alive(Arc<Shared>);
@@ -110,6 +112,7 @@ impl AuditLog {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             conn: Mutex::new(None),
+            inline_commits: AtomicU64::new(0),
         });
         let log = AuditLog {
             shared: Arc::clone(&shared),
@@ -151,7 +154,7 @@ impl AuditLog {
 
     /// Transactions committed inline by recording callers (the rest were the writer's).
     pub fn inline_commits(&self) -> u64 {
-        self.shared.lock_queue().inline_commits
+        self.shared.inline_commits.load(Ordering::Relaxed)
     }
 }
 
@@ -190,7 +193,9 @@ impl Shared {
                 }
                 rounds += 1;
                 match commit(conn, batch, Duration::ZERO) {
-                    Ok(()) => self.lock_queue().inline_commits += 1,
+                    Ok(()) => {
+                        self.inline_commits.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(busy) => {
                         self.requeue(busy);
                         rounds = INLINE_ROUNDS;
