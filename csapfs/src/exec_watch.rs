@@ -184,8 +184,9 @@ impl ExecWatch {
         };
         // SAFETY: one live pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if rc < 0 && err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
         Ok(())
     }

@@ -544,7 +544,9 @@ mod tests {
         assert_eq!(again, a);
         assert_eq!(attestor.hashes_computed(), 1);
         kill(child);
-        // Once reaped, the PID has no process: attestation fails closed.
+        // Once reaped, the PID has no process: attestation fails closed, also though the
+        // attestation is remembered (the pidfd says the thread is gone; this fails if the
+        // remembered entry ignores it — checked).
         assert!(matches!(
             attestor.attest(pid),
             Err(AttestError::Gone { .. }) | Err(AttestError::Unreadable { .. })
