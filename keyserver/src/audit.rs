@@ -8,7 +8,9 @@
 //! in its next transaction (flat combining). Two rules keep async threads from stalling:
 //! a caller commits at most [`INLINE_ROUNDS`] transactions, and it never waits for SQLite's
 //! write lock (busy timeout 0 inline). Either way the rest goes to the writer thread, which
-//! may wait. Why batching at all: with a transaction per request, concurrent license requests
+//! may wait. Events recorded where SQLite must not be touched at all (TLS handshakes,
+//! middleware: [`AuditLog::record_later`]) only queue and wake the writer thread.
+//! Why batching at all: with a transaction per request, concurrent license requests
 //! queued on SQLite's write lock, whose busy handler sleeps in steps of milliseconds.
 
 use std::collections::VecDeque;
@@ -121,22 +123,23 @@ impl AuditLog {
         (log, AuditQueue(shared))
     }
 
-    /// Queues an event without waiting for its commit. Under a flood the queue is full: the
+    /// Queues an event for the writer thread and returns at once: for callers that must not
+    /// touch SQLite at all (TLS handshakes, middleware). Under a flood the queue is full: the
     /// event is dropped and that is logged (used only where no key is released).
     pub fn record_later(&self, event: AuditEvent) {
-        {
-            let mut q = self.shared.lock_queue();
-            if q.jobs.len() >= MAX_QUEUED {
-                drop(q);
-                tracing::warn!("audit queue full: event dropped");
-                return;
-            }
-            q.jobs.push_back(Job {
-                events: vec![event],
-                done: None,
-            });
+        let mut q = self.shared.lock_queue();
+        if q.jobs.len() >= MAX_QUEUED {
+            drop(q);
+            tracing::warn!("audit queue full: event dropped");
+            return;
         }
-        self.shared.commit_inline();
+        q.jobs.push_back(Job {
+            events: vec![event],
+            done: None,
+        });
+        q.handed_off = true;
+        drop(q);
+        self.shared.wake.notify_one();
     }
 
     /// Stores `events` and returns once they are committed.
@@ -362,6 +365,28 @@ mod tests {
         assert_eq!(log.inline_commits(), 2);
         let rows = db.call(|c| db::audit_after(c, 0, 10)).await.unwrap();
         assert_eq!(rows.len(), 2);
+    }
+
+    /// `record_later` (TLS handshakes, middleware) never touches SQLite on the caller's
+    /// thread; the writer thread commits the event on its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn record_later_leaves_the_commit_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("a.sqlite"), 1).unwrap();
+        let (log, queue) = AuditLog::new();
+        let _writer = queue.start(&db).unwrap();
+        log.record_later(event("handshake"));
+        assert_eq!(log.inline_commits(), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let rows = db.call(|c| db::audit_after(c, 0, 10)).await.unwrap();
+            if rows.len() == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(log.inline_commits(), 0);
     }
 
     /// While another connection holds SQLite's write lock, a record waits on the writer
