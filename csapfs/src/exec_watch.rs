@@ -284,6 +284,35 @@ impl Pidfd {
 mod tests {
     use super::*;
 
+    /// Lost notices must be reported: with a receive buffer too small for a burst of execs,
+    /// draining yields [`Notice::Lost`] (the proc-connector crate would have hidden this by
+    /// switching `NETLINK_NO_ENOBUFS` on).
+    #[test]
+    fn an_overrun_is_reported_as_lost() {
+        let watch = ExecWatch::open().expect("proc connector (needs root, CONFIG_PROC_EVENTS)");
+        let tiny: libc::c_int = 1;
+        // SAFETY: the option value points at a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                watch.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&tiny as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        for _ in 0..100 {
+            std::process::Command::new("true").status().unwrap();
+        }
+        let mut lost = false;
+        watch.drain(|n| lost |= n == Notice::Lost).unwrap();
+        assert!(
+            lost,
+            "100 execs into a minimal buffer, and no overrun reported"
+        );
+    }
+
     #[test]
     fn parses_exec_notices_only() {
         let mut msg = vec![0u8; EXEC_TGID + 4];

@@ -6,7 +6,7 @@
 //! cost more than the commit itself (`cargo run -p bench --release -- open`, cold opens).
 //! Under load, records queue while one caller commits, and a caller commits everything queued
 //! in its next transaction (flat combining). Two rules keep async threads from stalling:
-//! a caller commits at most [`INLINE_ROUNDS`] transactions, and it never waits for SQLite's
+//! a caller commits at most `INLINE_ROUNDS` transactions, and it never waits for SQLite's
 //! write lock (busy timeout 0 inline). Either way the rest goes to the writer thread, which
 //! may wait. Events recorded where SQLite must not be touched at all (TLS handshakes,
 //! middleware: [`AuditLog::record_later`]) only queue and wake the writer thread.
