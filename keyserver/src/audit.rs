@@ -304,10 +304,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_records_are_all_committed_before_they_return() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("a.sqlite"), 2).unwrap();
-        let (log, queue) = AuditLog::new();
-        let writer = queue.start(&db).unwrap();
+        let (_dir, db, log, writer) = started(2);
         let mut tasks = Vec::new();
         for i in 0..64 {
             let log = log.clone();
@@ -344,6 +341,24 @@ mod tests {
         assert_eq!(rows.len(), 65);
     }
 
+    const DB_FILE: &str = "a.sqlite";
+
+    /// A database with `pool` connections in a temp dir, and a started audit log on it.
+    fn started(
+        pool: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Db>,
+        AuditLog,
+        std::thread::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join(DB_FILE), pool).unwrap();
+        let (log, queue) = AuditLog::new();
+        let writer = queue.start(&db).unwrap();
+        (dir, db, log, writer)
+    }
+
     fn event(license: &str) -> AuditEvent {
         AuditEvent {
             action: "read".into(),
@@ -356,10 +371,7 @@ mod tests {
     /// On an idle log the caller commits its own record: no hand-off to the writer thread.
     #[tokio::test(flavor = "current_thread")]
     async fn an_idle_log_commits_on_the_callers_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("a.sqlite"), 1).unwrap();
-        let (log, queue) = AuditLog::new();
-        let _writer = queue.start(&db).unwrap();
+        let (_dir, db, log, _writer) = started(1);
         log.record(vec![event("lic-1")]).await.unwrap();
         log.record(vec![event("lic-2")]).await.unwrap();
         assert_eq!(log.inline_commits(), 2);
@@ -371,10 +383,7 @@ mod tests {
     /// thread; the writer thread commits the event on its own.
     #[tokio::test(flavor = "current_thread")]
     async fn record_later_leaves_the_commit_to_the_writer_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("a.sqlite"), 1).unwrap();
-        let (log, queue) = AuditLog::new();
-        let _writer = queue.start(&db).unwrap();
+        let (_dir, db, log, _writer) = started(1);
         log.record_later(event("handshake"));
         assert_eq!(log.inline_commits(), 0);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -394,11 +403,8 @@ mod tests {
     /// committed (and only then returns) once the lock is free.
     #[tokio::test(flavor = "current_thread")]
     async fn a_locked_database_does_not_stall_the_async_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.sqlite");
-        let db = Db::open(&path, 1).unwrap();
-        let (log, queue) = AuditLog::new();
-        let _writer = queue.start(&db).unwrap();
+        let (dir, db, log, _writer) = started(1);
+        let path = dir.path().join(DB_FILE);
         let (locked_tx, locked_rx) = std::sync::mpsc::channel();
         let holder = std::thread::spawn(move || {
             let conn = Connection::open(&path).unwrap();
