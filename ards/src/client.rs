@@ -54,15 +54,21 @@ pub struct ArdsHttp {
 }
 
 impl ArdsHttp {
-    /// `url` is the ARDS base URL (`https://host:port`); `ca_pem` the certificate to trust.
-    pub fn new(url: &str, ca_pem: &str) -> Result<Self, ClientError> {
+    /// `url` is the ARDS base URL (`https://host:port`); `ca_pem` the certificate to trust;
+    /// `identity` the client certificate to present (ARDS refuses callers without one).
+    pub fn new(
+        url: &str,
+        ca_pem: &str,
+        identity: Option<&authz::tls::ClientIdentity>,
+    ) -> Result<Self, ClientError> {
         let base = url.trim_end_matches('/').to_owned();
         if !base.starts_with("https://") {
             return Err(ClientError::Config(format!(
                 "ARDS URL must start with https://, got {url:?}"
             )));
         }
-        let tls = authz::tls::client_config(ca_pem).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let tls = authz::tls::client_config_with(ca_pem, identity)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -158,6 +164,12 @@ impl ArdsHttp {
         self.send(req).await
     }
 
+    /// `GET /v1/health` (answers without a client certificate).
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(format!("{}/v1/health", self.base)))
+            .await
+    }
+
     /// `GET /v1/peps`.
     pub async fn peps(&self) -> Result<Vec<crate::wire::PepStatus>, ClientError> {
         self.send(self.http.get(format!("{}/v1/peps", self.base)))
@@ -184,6 +196,8 @@ pub struct ClientConfig {
     pub pep_id: String,
     /// Certificate (PEM) that ARDS's TLS certificate must chain to.
     pub ca_pem: String,
+    /// This PEP's client certificate (a device's, or the key server's service identity).
+    pub identity: authz::tls::ClientIdentity,
     /// Issuer name → key; rules from any other issuer are dropped.
     pub trusted_issuers: Vec<(String, IssuerPublicKey)>,
     /// The persistent rule cache (JSON, written atomically).
@@ -286,7 +300,7 @@ impl RulesClient {
     pub async fn start_with(cfg: ClientConfig, opts: ClientOptions) -> Result<Self, ClientError> {
         crate::service::check_pep_id(&cfg.pep_id, "pep_id")
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        let http = ArdsHttp::new(&cfg.url, &cfg.ca_pem)?;
+        let http = ArdsHttp::new(&cfg.url, &cfg.ca_pem, Some(&cfg.identity))?;
         let issuers = cfg.trusted_issuers.iter().cloned().collect();
         let shared = Arc::new(Shared {
             cfg,

@@ -41,6 +41,15 @@ pub enum ArdsError {
     /// Anything else internal (HTTP 500, detail only in the log).
     #[error("internal error: {0}")]
     Internal(String),
+    /// No active client certificate (401) or a role that may not do this (403).
+    #[error("{}", .0.message())]
+    Caller(authz::principal::Refusal),
+}
+
+impl From<authz::principal::Refusal> for ArdsError {
+    fn from(r: authz::principal::Refusal) -> Self {
+        ArdsError::Caller(r)
+    }
 }
 
 impl ArdsError {
@@ -63,6 +72,7 @@ impl ArdsError {
             ArdsError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ArdsError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
             ArdsError::Store(_) | ArdsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ArdsError::Caller(r) => r.status(),
         }
     }
 

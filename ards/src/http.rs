@@ -11,6 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
+use authz::principal::{Caller, Role};
+
 use crate::error::ArdsError;
 use crate::service::Ards;
 use crate::wire::{DenialReport, ExceptionOutcome};
@@ -29,6 +31,9 @@ pub const SMALL_BODY_LIMIT: usize = 64 << 10;
 /// - `GET /v1/rules?pep=ID` → [`crate::wire::RuleList`]
 /// - `GET /v1/peps` → `[`[`crate::wire::PepStatus`]`]`
 /// - `GET /v1/health` → `{"status":"ok"}`
+///
+/// Every route but health needs a client certificate from the installation's CA
+/// ([`authz::principal::Caller`]); [`ROUTES`] says which roles may call what.
 pub fn app(state: Ards) -> Router {
     Router::new()
         .route(
@@ -46,6 +51,32 @@ pub fn app(state: Ards) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
         .with_state(state)
+}
+
+/// Who may call what. `"pep"`: only the policy enforcement point the path names (an admin may
+/// read any stream, but files no exception as a PEP); `"issuer"`: an admin, or the service
+/// principal of a trusted rule issuer (rules and revocations are signed as well).
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("POST", "/v1/publish", "issuer"),
+    ("POST", "/v1/revoke", "issuer"),
+    ("GET", "/v1/pep/{pep_id}/changes", "pep"),
+    ("POST", "/v1/pep/{pep_id}/exceptions", "pep itself"),
+    ("GET", "/v1/exceptions", "admin, auditor"),
+    ("GET", "/v1/rules", "admin, auditor"),
+    ("GET", "/v1/peps", "admin, auditor"),
+    ("GET", "/v1/health", "anyone"),
+];
+
+const INSPECTORS: &[Role] = &[Role::Admin, Role::Auditor];
+
+/// An admin, or the service principal named like a trusted issuer.
+fn require_issuer(ards: &Ards, caller: &Caller, what: &str) -> Result<(), ArdsError> {
+    let p = &caller.0;
+    if p.role == Role::Service && ards.trusts_issuer(&p.name) {
+        return Ok(());
+    }
+    caller.require(&[Role::Admin], what)?;
+    Ok(())
 }
 
 async fn not_found(uri: Uri) -> ArdsError {
@@ -164,24 +195,30 @@ fn pep_path(p: PepPath) -> Result<String, ArdsError> {
 
 async fn publish(
     State(ards): State<Ards>,
+    caller: Caller,
     JsonBody(body): JsonBody<authz::wire::PublishRules>,
 ) -> Result<Json<crate::wire::PublishOutcome>, ArdsError> {
+    require_issuer(&ards, &caller, "publish rules")?;
     ards.publish(body).await.map(Json)
 }
 
 async fn revoke(
     State(ards): State<Ards>,
+    caller: Caller,
     JsonBody(body): JsonBody<authz::wire::Revocation>,
 ) -> Result<Json<crate::wire::RevokeOutcome>, ArdsError> {
+    require_issuer(&ards, &caller, "revoke rules")?;
     ards.revoke(body).await.map(Json)
 }
 
 async fn changes(
     State(ards): State<Ards>,
+    caller: Caller,
     pep: PepPath,
     q: Params,
 ) -> Result<Json<crate::wire::RawChanges>, ArdsError> {
     let pep = pep_path(pep)?;
+    caller.require_pep(&pep, "read the rule stream")?;
     let p = params(q)?;
     reject_unknown(&p, &["since", "wait"])?;
     let since = param_u64(&p, "since", 0)?;
@@ -193,18 +230,28 @@ async fn changes(
 
 async fn report_exception(
     State(ards): State<Ards>,
+    caller: Caller,
     pep: PepPath,
     JsonBody(report): JsonBody<DenialReport>,
 ) -> Result<(StatusCode, Json<ExceptionOutcome>), ArdsError> {
     let pep = pep_path(pep)?;
+    if caller.0.pep_id().as_deref() != Some(pep.as_str()) {
+        return Err(authz::principal::Refusal::Forbidden(format!(
+            "{} may file exception reports only as itself, not as PEP {pep}",
+            caller.0.label()
+        ))
+        .into());
+    }
     let outcome = ards.report_exception(&pep, report).await?;
     Ok((StatusCode::ACCEPTED, Json(outcome)))
 }
 
 async fn exceptions(
     State(ards): State<Ards>,
+    caller: Caller,
     q: Params,
 ) -> Result<Json<crate::wire::ExceptionList>, ArdsError> {
+    caller.require(INSPECTORS, "read exception reports")?;
     let p = params(q)?;
     reject_unknown(&p, &["after", "all"])?;
     let after = param_u64(&p, "after", 0)?;
@@ -215,13 +262,19 @@ async fn exceptions(
 
 async fn rules(
     State(ards): State<Ards>,
+    caller: Caller,
     q: Params,
 ) -> Result<Json<crate::wire::RuleList>, ArdsError> {
+    caller.require(INSPECTORS, "list rules")?;
     let p = params(q)?;
     reject_unknown(&p, &["pep"])?;
     ards.list_rules(p.get("pep").cloned()).await.map(Json)
 }
 
-async fn peps(State(ards): State<Ards>) -> Result<Json<Vec<crate::wire::PepStatus>>, ArdsError> {
+async fn peps(
+    State(ards): State<Ards>,
+    caller: Caller,
+) -> Result<Json<Vec<crate::wire::PepStatus>>, ArdsError> {
+    caller.require(INSPECTORS, "list PEPs")?;
     ards.peps().await.map(Json)
 }

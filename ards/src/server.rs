@@ -127,13 +127,15 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Binds `addr` and serves `router` over TLS with `identity` (TLS 1.3 only, HTTP/1.1).
+/// Binds `addr` and serves `router` over TLS with `identity` (TLS 1.3 only, HTTP/1.1),
+/// authenticating clients with `auth` (every request carries the caller's certificate).
 pub async fn serve_tls(
     addr: &str,
     identity: &TlsIdentity,
     router: Router,
+    auth: &authz::tls::ClientAuth,
 ) -> Result<ServerHandle, ServeError> {
-    let mut config = authz::tls::server_config(&identity.cert_pem, &identity.key_pem)
+    let mut config = authz::tls::mtls_server_config(&identity.cert_pem, &identity.key_pem, auth)
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     // This loop speaks HTTP/1.1 only; never let ALPN pick h2.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -148,11 +150,16 @@ pub async fn serve_tls(
         source,
     })?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let task = tokio::spawn(accept_loop(listener, acceptor, router));
+    let task = tokio::spawn(accept_loop(listener, acceptor, router, auth.handle()));
     Ok(ServerHandle { local_addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    directory: authz::principal::DirectoryHandle,
+) {
     // Connection tasks live in the set so aborting this loop aborts them too.
     let mut conns = JoinSet::new();
     loop {
@@ -167,7 +174,8 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Route
             }
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
+        let directory = directory.clone();
         conns.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls =
@@ -182,6 +190,17 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Route
                         return;
                     }
                 };
+            let cert = authz::tls::peer_cert(tls.get_ref().1);
+            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                router,
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(directory.clone());
+                    if let Some(c) = &cert {
+                        req.extensions_mut().insert(c.clone());
+                    }
+                    req
+                },
+            ));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

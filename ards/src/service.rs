@@ -265,6 +265,11 @@ impl Ards {
         })
     }
 
+    /// True if rules signed by `issuer` are accepted here (its principal may publish).
+    pub fn trusts_issuer(&self, issuer: &str) -> bool {
+        self.inner.issuers.contains_key(issuer)
+    }
+
     fn issuer_key(&self, issuer: &str, field: String) -> Result<&IssuerPublicKey, ArdsError> {
         self.inner
             .issuers

@@ -17,6 +17,8 @@ pub struct LoopbackOptions {
     pub trusted_issuers: Vec<(String, IssuerPublicKey)>,
     pub lead_time_secs: i64,
     pub clock: Arc<dyn Clock>,
+    /// How callers are authenticated (e.g. `authz::testing::pki::TestPki::client_auth`).
+    pub client_auth: authz::tls::ClientAuth,
 }
 
 impl LoopbackOptions {
@@ -24,10 +26,12 @@ impl LoopbackOptions {
     pub fn new(
         data_dir: impl Into<PathBuf>,
         trusted_issuers: Vec<(String, IssuerPublicKey)>,
+        client_auth: authz::tls::ClientAuth,
     ) -> Self {
         Self {
             data_dir: data_dir.into(),
             trusted_issuers,
+            client_auth,
             lead_time_secs: crate::service::DEFAULT_LEAD_TIME_SECS,
             clock: Arc::new(crate::clock::SystemClock),
         }
@@ -77,7 +81,13 @@ pub async fn spawn_on(opts: LoopbackOptions, addr: &str) -> Result<LoopbackArds,
     cfg.lead_time_secs = opts.lead_time_secs;
     let ards = Ards::open(cfg, opts.clock)?;
     let scheduler = ards.spawn_scheduler();
-    let server = serve_tls(addr, &identity, crate::http::app(ards.clone())).await?;
+    let server = serve_tls(
+        addr,
+        &identity,
+        crate::http::app(ards.clone()),
+        &opts.client_auth,
+    )
+    .await?;
     Ok(LoopbackArds {
         url: format!("https://127.0.0.1:{}", server.local_addr.port()),
         ca_pem: identity.cert_pem.clone(),

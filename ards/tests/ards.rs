@@ -454,11 +454,12 @@ async fn pep_restarted_while_ards_is_down_enforces_from_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exception_flood_is_throttled_and_duplicates_are_counted() {
     let h = Harness::start().await;
+    let ws07 = h.http_as(&h.pep_identity("mount:ws-07"));
+    let ws08 = h.http_as(&h.pep_identity("mount:ws-08"));
     let mut accepted = 0;
     let mut throttled = 0;
     for i in 0..1000 {
-        match h
-            .http
+        match ws07
             .report(
                 "mount:ws-07",
                 &denial("alice", "ws-07", &format!("show/x/{i}.exr")),
@@ -482,8 +483,7 @@ async fn exception_flood_is_throttled_and_duplicates_are_counted() {
 
     // Another PEP has its own bucket; identical reports fold into one record.
     for n in 1..=5 {
-        let out = h
-            .http
+        let out = ws08
             .report("mount:ws-08", &denial("bob", "ws-08", "show/y.exr"))
             .await
             .unwrap();
@@ -503,14 +503,12 @@ async fn exception_flood_is_throttled_and_duplicates_are_counted() {
     assert_eq!(bob[0].count, 5);
     // After the dedup window the same report is a new record; the bucket refills with time.
     h.clock.advance(301);
-    let out = h
-        .http
+    let out = ws08
         .report("mount:ws-08", &denial("bob", "ws-08", "show/y.exr"))
         .await
         .unwrap();
     assert!(matches!(out, ExceptionOutcome::Recorded { .. }), "{out:?}");
-    assert!(h
-        .http
+    assert!(ws07
         .report("mount:ws-07", &denial("alice", "ws-07", "show/z.exr"))
         .await
         .is_ok());
@@ -582,13 +580,22 @@ async fn malformed_input_gets_400_json_naming_the_field() {
 
     let h = Harness::start().await;
     let app = ards::app(h.ards().clone());
+    // Reports are filed by the PEP itself; everything else is called as the admin.
+    let ws07 = h.pep_identity("mount:ws-07");
     let call = |method: &str, uri: &str, body: &str| {
-        Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header("content-type", "application/json")
             .body(Body::from(body.to_owned()))
-            .unwrap()
+            .unwrap();
+        let who = if uri.starts_with("/v1/pep/mount:ws-07/exceptions") {
+            &ws07
+        } else {
+            &h.admin
+        };
+        h.pki.attach(&mut req, who);
+        req
     };
     let good =
         serde_json::to_value(h.sign(rule("r-1", "alice", "ws-07", &["keyserver"], T0, T0 + 60)))
@@ -851,7 +858,9 @@ async fn many_peps_get_a_publish_and_a_revocation() {
 async fn authz_http_sink_publishes_and_revokes() {
     use authz::wire::{HttpSink, PublishRules, RuleSink};
     let h = Harness::start().await;
-    let sink = HttpSink::new(&h.url, Some(&h.ca_pem)).unwrap();
+    // The issuer's service principal (named like the issuer) may publish.
+    let issuer = h.pki.issue(util::ISSUER, authz::principal::Role::Service);
+    let sink = HttpSink::new(&h.url, &h.ca_pem, &issuer.identity).unwrap();
     let r = h.sign(rule(
         "r-sink",
         "alice",
@@ -889,5 +898,98 @@ async fn authz_http_sink_publishes_and_revokes() {
     match sink.publish(&bad).await {
         Err(authz::wire::SinkError::Status { status: 403, .. }) => {}
         other => panic!("expected 403, got {other:?}"),
+    }
+}
+
+/// Attack: any peer reads any PEP's rules (who works on which shot, with which application, on
+/// which device), files exceptions as another PEP, or publishes. Over real TLS: every route but
+/// health refuses a caller without a certificate; a PEP reads and reports only as itself; only
+/// an admin or the trusted issuer's service principal publishes; inventories are for admins and
+/// auditors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_anonymous_and_wrong_principal_callers() {
+    let h = Harness::start().await;
+    let anonymous = ards::ArdsHttp::new(&h.url, &h.ca_pem, None).unwrap();
+    let ws07 = h.http_as(&h.pep_identity("mount:ws-07"));
+    let ws08 = h.http_as(&h.pep_identity("mount:ws-08"));
+    let keyserver = h.http_as(&h.pep_identity("keyserver"));
+    let auditor = h.http_as(&h.pki.issue("audit-1", authz::principal::Role::Auditor));
+    let workflow = h.http_as(&h.pki.issue("wf-1", authz::principal::Role::Workflow));
+    let issuer = h.http_as(&h.pki.issue(ISSUER, authz::principal::Role::Service));
+    fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
+        match r {
+            Ok(_) => 200,
+            Err(ClientError::Status { status, .. }) => status,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    let signed = h.sign(rule(
+        "r-acl",
+        "alice",
+        "ws-07",
+        &["mount:ws-07"],
+        T0 - 10,
+        T0 + 60,
+    ));
+    let rev = authz::wire::Revocation::sign("r-acl", ISSUER, "test", T0, &h.key);
+    let report = || denial("alice", "ws-07", "show/a.exr");
+
+    // Publishing and revoking: the issuer's principal and admins only.
+    for c in [&anonymous, &ws07, &keyserver, &auditor, &workflow] {
+        let want = if std::ptr::eq(c, &anonymous) {
+            401
+        } else {
+            403
+        };
+        assert_eq!(status(c.publish(std::slice::from_ref(&signed)).await), want);
+        assert_eq!(status(c.revoke(&rev).await), want);
+    }
+    assert_eq!(
+        status(issuer.publish(std::slice::from_ref(&signed)).await),
+        200
+    );
+
+    // Streams: only the PEP itself (and admins).
+    let z = Duration::ZERO;
+    assert_eq!(status(ws07.changes("mount:ws-07", 0, z).await), 200);
+    assert_eq!(status(h.http.changes("mount:ws-07", 0, z).await), 200);
+    for c in [&ws08, &keyserver, &auditor, &workflow, &issuer] {
+        assert_eq!(status(c.changes("mount:ws-07", 0, z).await), 403);
+    }
+    assert_eq!(status(anonymous.changes("mount:ws-07", 0, z).await), 401);
+    assert_eq!(status(ws07.changes("keyserver", 0, z).await), 403);
+
+    // Exceptions: only as itself — not even an admin files one for a PEP.
+    assert_eq!(status(ws07.report("mount:ws-07", &report()).await), 200);
+    for c in [&ws08, &keyserver, &h.http, &auditor] {
+        assert_eq!(status(c.report("mount:ws-07", &report()).await), 403);
+    }
+
+    // Inventories: admins and auditors.
+    for c in [&h.http, &auditor] {
+        assert_eq!(status(c.exceptions(0, true).await), 200);
+        assert_eq!(status(c.rules(None).await), 200);
+        assert_eq!(status(c.peps().await), 200);
+    }
+    for c in [&ws07, &keyserver, &workflow, &issuer] {
+        assert_eq!(status(c.exceptions(0, true).await), 403);
+        assert_eq!(status(c.rules(None).await), 403);
+        assert_eq!(status(c.peps().await), 403);
+    }
+    assert_eq!(status(anonymous.rules(None).await), 401);
+
+    // Health answers anyone; every route is in the table the handlers follow.
+    assert_eq!(status(anonymous.health().await), 200);
+    assert_eq!(ards::http::ROUTES.len(), 8);
+
+    // A revoked device's next request is refused, also on a connection opened before.
+    let dev = h.pep_identity("mount:ws-09");
+    let ws09 = h.http_as(&dev);
+    assert_eq!(status(ws09.changes("mount:ws-09", 0, z).await), 200);
+    h.pki.revoke(&dev);
+    match ws09.changes("mount:ws-09", 0, z).await {
+        Err(ClientError::Status { status, .. }) => assert_eq!(status, 401),
+        Err(ClientError::Http(_)) => {} // a new connection: refused in the handshake
+        other => panic!("a revoked device was served: {other:?}"),
     }
 }

@@ -12,8 +12,12 @@
 //! | DELETE | /v1/policies/{id} | 200 `{id, removed: true}` |
 //! | GET | /v1/rules?pep=ID | 200 `{rules: [SignedRule...]}` |
 //! | GET | /v1/issuer | 200 `{issuer, public_key}` |
+//! | GET | /v1/health | 200 `{status: "ok"}` (the only route that needs no certificate) |
 //!
-//! Every error is JSON `{"error": "...", "field"?: "..."}`; bad input is 400 and names the field.
+//! Every caller presents a client certificate from the installation's CA (see
+//! [`crate::principal`]); [`ROUTES`] says which roles may call what. Every error is JSON
+//! `{"error": "...", "field"?: "..."}`; bad input is 400 and names the field; no certificate is
+//! 401, a wrong role 403.
 
 use std::sync::Arc;
 
@@ -28,7 +32,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::model::check_name;
-use crate::service::{Authz, ServiceError};
+use crate::principal::{Caller, Principal, Refusal, Role};
+use crate::service::{Authz, ServiceError, Submitter};
 
 /// Largest request body accepted (a request naming 256 entities per list fits easily).
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -69,6 +74,7 @@ impl From<ServiceError> for ApiError {
                 }),
             ),
             ServiceError::Conflict(m) => ApiError(StatusCode::CONFLICT, json!({"error": m})),
+            ServiceError::Forbidden(m) => ApiError(StatusCode::FORBIDDEN, json!({"error": m})),
             other => {
                 tracing::error!(error = %other, "internal error");
                 ApiError(
@@ -101,9 +107,48 @@ fn id_param(id: &str) -> Result<(), ApiError> {
 
 type AppState = Arc<Authz>;
 
-/// Builds the router; serve it with `crate::tls::serve` (or test it with `oneshot`).
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError(
+            r.status(),
+            json!({"error": r.message(), "field": "client_certificate"}),
+        )
+    }
+}
+
+/// Every route and the roles that may call it (`None`: anyone, no certificate needed). The
+/// handlers enforce it; a test walks this table against the router.
+pub const ROUTES: &[(&str, &str, Option<&[Role]>)] = &[
+    ("POST", "/v1/requests", Some(SUBMITTERS)),
+    ("GET", "/v1/requests/{id}", Some(READERS)),
+    ("PUT", "/v1/requests/{id}", Some(SUBMITTERS)),
+    ("DELETE", "/v1/requests/{id}", Some(SUBMITTERS)),
+    ("GET", "/v1/policies", Some(INSPECTORS)),
+    ("POST", "/v1/policies", Some(ADMINS)),
+    ("DELETE", "/v1/policies/{id}", Some(ADMINS)),
+    ("GET", "/v1/rules", Some(INSPECTORS)),
+    ("GET", "/v1/issuer", Some(ANY_PRINCIPAL)),
+    ("GET", "/v1/health", None),
+];
+
+const ADMINS: &[Role] = &[Role::Admin];
+/// Request authors: a workflow only within its grant and on its own requests.
+const SUBMITTERS: &[Role] = &[Role::Admin, Role::Workflow];
+const READERS: &[Role] = &[Role::Admin, Role::Workflow, Role::Auditor];
+/// Who may see the policy and rule inventory (it says who works on what).
+const INSPECTORS: &[Role] = &[Role::Admin, Role::Auditor];
+const ANY_PRINCIPAL: &[Role] = &[
+    Role::Admin,
+    Role::Workflow,
+    Role::Auditor,
+    Role::Device,
+    Role::Service,
+];
+
+/// Builds the router; serve it with `crate::tls::serve` and a directory (or test it with
+/// `oneshot`, inserting `PeerCert` and `DirectoryHandle` extensions).
 pub fn app(state: Arc<Authz>) -> Router {
-    let protected = Router::new()
+    Router::new()
         .route("/v1/requests", axum::routing::post(submit))
         .route(
             "/v1/requests/{id}",
@@ -112,92 +157,124 @@ pub fn app(state: Arc<Authz>) -> Router {
         .route("/v1/policies", get(list_policies).post(add_policy))
         .route("/v1/policies/{id}", delete(remove_policy))
         .route("/v1/rules", get(list_rules))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ));
-    Router::new()
-        .merge(protected)
         .route("/v1/issuer", get(issuer))
+        .route("/v1/health", get(health))
         .fallback(|| async {
             ApiError(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"}))
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed on this endpoint"}),
+            )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <token>` when the service has a token configured.
-async fn require_token(
-    State(s): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(token) = s.api_token() {
-        let presented = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| token.matches(p)) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "missing or wrong bearer token (see DATA_DIR/api-token)", "field": "authorization"}),
-            )
-            .into_response();
+/// The roles of `method path` in [`ROUTES`], checked against the caller.
+fn allow(caller: &Caller, method: &str, path: &str) -> Result<(), ApiError> {
+    let roles = ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .and_then(|(_, _, roles)| *roles)
+        .unwrap_or(&[]);
+    caller.require(roles, &format!("{method} {path}"))?;
+    Ok(())
+}
+
+/// The submitter a caller acts as: an admin without limits, a workflow with its grant.
+fn submitter(s: &Authz, p: &Principal) -> Result<Submitter, ApiError> {
+    match p.role {
+        Role::Workflow => {
+            let grant = s.workflow_grant(&p.name).ok_or_else(|| {
+                ApiError::from(Refusal::Forbidden(format!(
+                    "{} has no grant (add it with `csap workflow add {} --scopes … --paths …`)",
+                    p.label(),
+                    p.name
+                )))
+            })?;
+            Ok(Submitter::workflow(&p.name, grant))
         }
+        // Auditors read requests too; they hold no grant, so reading is all they reach.
+        Role::Auditor => Ok(Submitter {
+            label: p.label(),
+            grant: None,
+        }),
+        _ => Ok(Submitter::admin(&p.name)),
     }
-    next.run(req).await
+}
+
+async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
 }
 
 async fn submit(
     State(s): State<AppState>,
+    caller: Caller,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let issued = s.submit(&body(b)?).await?;
+    allow(&caller, "POST", "/v1/requests")?;
+    let by = submitter(&s, &caller.0)?;
+    let issued = s.submit(&body(b)?, &by).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
 async fn get_request(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, "GET", "/v1/requests/{id}")?;
     id_param(&id)?;
-    Ok(Json(s.get(&id)?).into_response())
+    let by = submitter(&s, &caller.0)?;
+    Ok(Json(s.get(&id, &by)?).into_response())
 }
 
 async fn change_request(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, "PUT", "/v1/requests/{id}")?;
     id_param(&id)?;
-    Ok(Json(s.change(&id, &body(b)?).await?).into_response())
+    let by = submitter(&s, &caller.0)?;
+    Ok(Json(s.change(&id, &body(b)?, &by).await?).into_response())
 }
 
 async fn cancel_request(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, "DELETE", "/v1/requests/{id}")?;
     id_param(&id)?;
-    Ok(Json(s.cancel(&id).await?).into_response())
+    let by = submitter(&s, &caller.0)?;
+    Ok(Json(s.cancel(&id, &by).await?).into_response())
 }
 
-async fn list_policies(State(s): State<AppState>) -> Result<Response, ApiError> {
+async fn list_policies(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    allow(&caller, "GET", "/v1/policies")?;
     Ok(Json(json!({"policies": s.policies()?})).into_response())
 }
 
 async fn add_policy(
     State(s): State<AppState>,
+    caller: Caller,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, "POST", "/v1/policies")?;
     let added = s.add_policy(&body(b)?).await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
 async fn remove_policy(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, "DELETE", "/v1/policies/{id}")?;
     id_param(&id)?;
     s.remove_policy(&id)?;
     Ok(Json(json!({"id": id, "removed": true})).into_response())
@@ -211,8 +288,10 @@ struct RulesQuery {
 
 async fn list_rules(
     State(s): State<AppState>,
+    caller: Caller,
     q: Result<Query<RulesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    allow(&caller, "GET", "/v1/rules")?;
     let Query(q) = q.map_err(|r| ApiError::bad("query", r.body_text()))?;
     if let Some(p) = &q.pep {
         pep_param(p)?;
@@ -235,6 +314,7 @@ fn pep_param(p: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn issuer(State(s): State<AppState>) -> Response {
-    Json(json!({"issuer": s.issuer(), "public_key": s.public_key().to_hex()})).into_response()
+async fn issuer(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    allow(&caller, "GET", "/v1/issuer")?;
+    Ok(Json(json!({"issuer": s.issuer(), "public_key": s.public_key().to_hex()})).into_response())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::global::{self, Block, GlobalPolicy, Reason};
+use crate::principal::{Directory, Standing, WorkflowGrant};
 use crate::request::{InputError, PolicyRequest};
 use crate::rule::{sign, IssuerKey, IssuerPublicKey, RuleError, SignedRule};
 use crate::store::{Outgoing, RequestRow, Status, Store, StoreError};
@@ -26,6 +27,9 @@ pub enum ServiceError {
     Refused { id: String, reasons: Vec<Reason> },
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a workflow outside its grant or another's request).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -44,8 +48,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Issuer name written into every rule (ARDS/PEPs map it to `issuer.pub`).
     pub issuer: String,
-    /// When set, every API call except `GET /v1/issuer` needs `Authorization: Bearer <token>`.
-    pub api_token: Option<ApiToken>,
 }
 
 impl Config {
@@ -53,58 +55,35 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             issuer: "authz".into(),
-            api_token: None,
         }
     }
 }
 
-/// The bearer token workflow management and admins present. Zeroized; `Debug` redacts it.
-#[derive(Clone)]
-pub struct ApiToken(zeroize::Zeroizing<String>);
-
-impl std::fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiToken(<redacted>)")
-    }
+/// Who submits, changes or cancels a request, as the HTTP layer authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitter {
+    /// `role:name` of the principal; recorded as the request's owner.
+    pub label: String,
+    /// `None`: an admin (no limit). `Some`: a workflow principal, limited to its grant and to
+    /// the requests it submitted itself.
+    pub grant: Option<WorkflowGrant>,
 }
 
-impl ApiToken {
-    pub fn new(token: String) -> Self {
-        Self(zeroize::Zeroizing::new(token))
-    }
-
-    /// Reads the token file, or creates one (32 random bytes as hex, mode 0600).
-    pub fn load_or_create(path: &Path) -> Result<Self, ServiceError> {
-        let io = |source| ServiceError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        if path.exists() {
-            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-            return Ok(Self::new(text.trim().to_string()));
+impl Submitter {
+    /// An admin principal (`admin:<name>`).
+    pub fn admin(name: &str) -> Self {
+        Submitter {
+            label: format!("admin:{name}"),
+            grant: None,
         }
-        let token = Self::new(random_id("", 32)?);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+    }
+
+    /// A workflow principal with what an admin granted it.
+    pub fn workflow(name: &str, grant: WorkflowGrant) -> Self {
+        Submitter {
+            label: format!("workflow:{name}"),
+            grant: Some(grant),
         }
-        let mut f = opts.open(path).map_err(io)?;
-        std::io::Write::write_all(&mut f, format!("{}\n", token.expose()).as_bytes())
-            .map_err(io)?;
-        Ok(token)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Constant-time comparison with a presented token.
-    pub fn matches(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.len() == presented.len() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
     }
 }
 
@@ -163,8 +142,9 @@ pub struct Authz {
     store: Mutex<Store>,
     key: IssuerKey,
     issuer: String,
-    api_token: Option<ApiToken>,
     sink: Arc<dyn RuleSink>,
+    /// Users, devices and application builds requests may name (the key server's).
+    directory: Arc<dyn Directory>,
     /// Serializes outbox delivery so entries go out once and in order.
     flushing: tokio::sync::Mutex<()>,
 }
@@ -194,7 +174,11 @@ fn random_id(prefix: &str, bytes: usize) -> Result<String, RuleError> {
 impl Authz {
     /// Opens the service state in `cfg.data_dir` (created if missing): `authz.sqlite`,
     /// `issuer.key` (0600, generated on first start) and `issuer.pub` (hex public key).
-    pub fn open(cfg: &Config, sink: Arc<dyn RuleSink>) -> Result<Self, ServiceError> {
+    pub fn open(
+        cfg: &Config,
+        sink: Arc<dyn RuleSink>,
+        directory: Arc<dyn Directory>,
+    ) -> Result<Self, ServiceError> {
         crate::model::check_name(&cfg.issuer).map_err(|m| InputError::new("issuer", m))?;
         let io = |p: &Path| {
             let path = p.display().to_string();
@@ -209,8 +193,8 @@ impl Authz {
             store: Mutex::new(store),
             key,
             issuer: cfg.issuer.clone(),
-            api_token: cfg.api_token.clone(),
             sink,
+            directory,
             flushing: tokio::sync::Mutex::new(()),
         })
     }
@@ -219,12 +203,13 @@ impl Authz {
         &self.issuer
     }
 
-    pub fn api_token(&self) -> Option<&ApiToken> {
-        self.api_token.as_ref()
-    }
-
     pub fn public_key(&self) -> IssuerPublicKey {
         self.key.public()
+    }
+
+    /// What an admin granted workflow principal `name` (from the directory).
+    pub fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
+        self.directory.workflow_grant(name)
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -234,10 +219,11 @@ impl Authz {
     }
 
     /// Submits a new authorization policy request (wire JSON).
-    pub async fn submit(&self, body: &[u8]) -> Result<Issued, ServiceError> {
+    pub async fn submit(&self, body: &[u8], by: &Submitter) -> Result<Issued, ServiceError> {
         let now = now();
         let wire: serde_json::Value = crate::request::parse_json(body)?;
         let req = PolicyRequest::from_json(body, now)?;
+        self.admit(&req, by)?;
         let id = random_id("req-", 12)?;
         let issued = {
             let mut store = self.store();
@@ -257,6 +243,7 @@ impl Authz {
             };
             if !reasons.is_empty() {
                 tx.put_request(&row)?;
+                tx.set_owner(&id, &by.label)?;
                 tx.commit()?;
                 tracing::info!(request = %id, reasons = reasons.len(), "request refused");
                 return Err(ServiceError::Refused { id, reasons });
@@ -265,9 +252,10 @@ impl Authz {
             row.status = Status::Active;
             row.next_rule = 1 + signed.len() as u64;
             tx.put_request(&row)?;
+            tx.set_owner(&id, &by.label)?;
             tx.issue_rules(&signed, now)?;
             tx.commit()?;
-            tracing::info!(request = %id, rules = signed.len(), "request approved");
+            tracing::info!(request = %id, owner = %by.label, rules = signed.len(), "request approved");
             Issued {
                 id,
                 status: Status::Active,
@@ -282,6 +270,34 @@ impl Authz {
             delivered,
             ..issued
         })
+    }
+
+    /// A request may only name principals the directory knows and, from a workflow principal,
+    /// only assets inside its grant.
+    fn admit(&self, req: &PolicyRequest, by: &Submitter) -> Result<(), ServiceError> {
+        check_names(req, self.directory.as_ref())?;
+        if let Some(grant) = &by.grant {
+            check_grant(req, grant).map_err(|m| {
+                tracing::info!(submitter = %by.label, "refused: {m}");
+                ServiceError::Forbidden(format!("{}: {m}", by.label))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A workflow principal acts only on requests it submitted (unknown ids stay 404 below,
+    /// so nobody learns which ids exist).
+    fn check_owner(&self, id: &str, by: &Submitter) -> Result<(), ServiceError> {
+        if by.grant.is_none() {
+            return Ok(());
+        }
+        match self.store().owner(id)? {
+            Some(owner) if owner != by.label => Err(ServiceError::NotFound {
+                what: "request",
+                id: id.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn sign_rules(&self, req: &PolicyRequest, id: &str, first: u64) -> Vec<SignedRule> {
@@ -312,10 +328,17 @@ impl Authz {
     /// Replaces a request: its live rules are revoked and new ones issued. A change refused by
     /// global policies leaves the request as it was (the reasons are returned and recorded in
     /// `change_refused`). Cancelled requests cannot be changed.
-    pub async fn change(&self, id: &str, body: &[u8]) -> Result<Issued, ServiceError> {
+    pub async fn change(
+        &self,
+        id: &str,
+        body: &[u8],
+        by: &Submitter,
+    ) -> Result<Issued, ServiceError> {
         let now = now();
         let wire: serde_json::Value = crate::request::parse_json(body)?;
         let req = PolicyRequest::from_json(body, now)?;
+        self.check_owner(id, by)?;
+        self.admit(&req, by)?;
         let issued = {
             let mut store = self.store();
             let policies = store.policies()?;
@@ -384,8 +407,9 @@ impl Authz {
     }
 
     /// Cancels a request and revokes its live rules. Cancelling twice is harmless.
-    pub async fn cancel(&self, id: &str) -> Result<Cancelled, ServiceError> {
+    pub async fn cancel(&self, id: &str, by: &Submitter) -> Result<Cancelled, ServiceError> {
         let now = now();
+        self.check_owner(id, by)?;
         let revoked = {
             let mut store = self.store();
             let tx = store.transaction()?;
@@ -412,7 +436,9 @@ impl Authz {
         })
     }
 
-    pub fn get(&self, id: &str) -> Result<RequestView, ServiceError> {
+    /// The request's view; a workflow principal sees only its own requests.
+    pub fn get(&self, id: &str, by: &Submitter) -> Result<RequestView, ServiceError> {
+        self.check_owner(id, by)?;
         let store = self.store();
         let row = store.request(id)?.ok_or_else(|| ServiceError::NotFound {
             what: "request",
@@ -548,6 +574,89 @@ impl Authz {
             }
         }
     }
+}
+
+/// Every person, device and application build a request names must be active in the
+/// directory: a rule naming someone who does not exist would be issued and never match.
+fn check_names(req: &PolicyRequest, dir: &dyn Directory) -> Result<(), InputError> {
+    let verdict =
+        |field: String, what: &str, value: &str, standing: Standing, hint: &str| match standing {
+            Standing::Active => Ok(()),
+            Standing::Inactive => Err(InputError::new(
+                field,
+                format!("{what} {value:?} is disabled or revoked"),
+            )),
+            Standing::Unknown => Err(InputError::new(
+                field,
+                format!("unknown {what} {value:?} (add it with `{hint}`)"),
+            )),
+        };
+    for (i, p) in req.participants.iter().enumerate() {
+        // Organizations and services are not accounts of the key server (yet): only people
+        // log in and hold licenses.
+        if p.kind == crate::request::ParticipantKind::Person {
+            let hint = format!("csap user add {}", p.id);
+            verdict(
+                format!("participants[{i}]"),
+                "user",
+                &p.id,
+                dir.user(&p.id),
+                &hint,
+            )?;
+        }
+    }
+    for (i, d) in req.devices.iter().enumerate() {
+        let hint = format!("csap device enroll {d}");
+        verdict(format!("devices[{i}]"), "device", d, dir.device(d), &hint)?;
+    }
+    for (i, a) in req.applications.iter().enumerate() {
+        verdict(
+            format!("applications[{i}]"),
+            "application build",
+            &a.digest,
+            dir.application(&a.digest),
+            "csap app register PATH --name NAME --version VERSION",
+        )?;
+    }
+    Ok(())
+}
+
+/// Every asset selector of a workflow's request must lie inside its grant: a named scope must
+/// be granted (or the grant allows every scope), a path pattern must lie under a granted
+/// prefix (or the grant allows every path). A selector without a scope covers every scope, and
+/// one without a path every path, so each needs the corresponding unrestricted grant.
+fn check_grant(req: &PolicyRequest, grant: &WorkflowGrant) -> Result<(), String> {
+    let every_scope = grant.scopes.iter().any(|s| s == "*");
+    for (i, a) in req.assets.iter().enumerate() {
+        match &a.scope {
+            Some(s) if every_scope || grant.scopes.contains(s) => {}
+            Some(s) => return Err(format!("assets[{i}]: key scope {s:?} is not granted to it")),
+            None if every_scope => {}
+            None => {
+                return Err(format!(
+                    "assets[{i}]: names no key scope, and it is granted only scopes {:?}",
+                    grant.scopes
+                ))
+            }
+        }
+        match &a.path {
+            Some(p) if crate::principal::path_within(p, &grant.paths) => {}
+            Some(p) => {
+                return Err(format!(
+                    "assets[{i}]: path {p:?} is outside its granted paths {:?}",
+                    grant.paths
+                ))
+            }
+            None if grant.paths.iter().any(|p| p == "**") => {}
+            None => {
+                return Err(format!(
+                    "assets[{i}]: names no path, and it is granted only paths {:?}",
+                    grant.paths
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -137,7 +137,18 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        add_owner_column(&conn)?;
         Ok(Self { conn })
+    }
+
+    /// Who submitted request `id` (`role:name` of the principal), if it exists.
+    pub fn owner(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT owner FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     pub fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
@@ -236,6 +247,20 @@ impl Store {
     }
 }
 
+/// Requests made before principals existed were made with the (then only) API token, which
+/// only admins held: they belong to `admin:admin`.
+fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'owner'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE requests ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin:admin'",
+        )?;
+    }
+    Ok(())
+}
+
 fn get_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, StoreError> {
     type Raw = (
         String,
@@ -321,6 +346,15 @@ impl Tx<'_> {
 
     pub fn rules_of(&self, request_id: &str) -> Result<Vec<RuleRow>, StoreError> {
         rules_of(&self.0, request_id)
+    }
+
+    /// Records who submitted request `id` (written once, at submission).
+    pub fn set_owner(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE requests SET owner = ?2 WHERE id = ?1",
+            params![id, owner],
+        )?;
+        Ok(())
     }
 
     pub fn put_request(&self, row: &RequestRow) -> Result<(), StoreError> {

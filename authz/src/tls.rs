@@ -1,13 +1,20 @@
 //! Shared TLS plumbing for every csap service: self-signed certificates (rcgen), rustls server
-//! and client configs (ring provider, TLS 1.3 only), and an HTTPS accept loop for axum routers.
+//! and client configs (ring provider, TLS 1.3 only), client-certificate verification against
+//! the installation's CA and its [`Principals`], and an HTTPS accept loop for axum routers that
+//! attaches each connection's verified certificate to its requests.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use zeroize::Zeroizing;
+
+use crate::principal::{parse_cert, CertInfo, Directory, DirectoryHandle, PeerCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -60,19 +67,229 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConf
     Ok(cfg)
 }
 
-/// Client config trusting exactly the given certificate(s) (a self-signed service cert or a CA).
-pub fn client_config(trusted_cert_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
+fn root_store(trusted_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in certs(trusted_cert_pem)? {
+    for c in certs(trusted_pem)? {
         roots
             .add(c)
             .map_err(|e| TlsError::Config(format!("trusted certificate: {e}")))?;
     }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    Ok(roots)
+}
+
+/// Client config trusting exactly the given certificate(s) (a self-signed service cert or a CA).
+pub fn client_config(trusted_cert_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with(trusted_cert_pem, None)
+}
+
+/// A client certificate and key (PEM) from the installation's CA: how a caller proves who it
+/// is to authz, ARDS and the key server.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientIdentity {
+    /// Reads `cert.pem` and `key.pem` from an identity directory.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let read = |f: &str| {
+            let p = dir.join(f);
+            std::fs::read_to_string(&p).map_err(|source| TlsError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        Ok(ClientIdentity {
+            cert_pem: read("cert.pem")?,
+            key_pem: Zeroizing::new(read("key.pem")?),
+        })
+    }
+}
+
+/// Client config trusting `trusted_cert_pem`, presenting `identity` when given.
+pub fn client_config_with(
+    trusted_cert_pem: &str,
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(root_store(trusted_cert_pem)?);
+    let mut cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
+                .map_err(|e| TlsError::Pem(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(certs(&id.cert_pem)?, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Called (without blocking) when a certificate that chains to the CA is refused: with the
+/// certificate's fields and whether it was revoked (true) or unknown.
+pub type RefusalHook = Arc<dyn Fn(&CertInfo, bool) + Send + Sync>;
+
+/// How a listener authenticates its clients: certificates chaining to `ca_pem` whose serial
+/// and name are active in `directory`.
+#[derive(Clone)]
+pub struct ClientAuth {
+    pub ca_pem: String,
+    pub directory: Arc<dyn Directory>,
+    /// Let connections without any certificate through the handshake (their requests carry no
+    /// [`PeerCert`], so only routes that need no caller answer them: health).
+    pub allow_anonymous: bool,
+    pub on_refusal: Option<RefusalHook>,
+}
+
+impl ClientAuth {
+    /// The handle requests carry, for [`crate::principal::Caller`].
+    pub fn handle(&self) -> DirectoryHandle {
+        DirectoryHandle(Arc::clone(&self.directory))
+    }
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Chain verification by webpki, then the principals check: a certificate that chains to the
+/// CA but whose serial is unknown, revoked, or whose name differs from the record is refused
+/// in the handshake.
+struct PrincipalVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    principals: Arc<dyn Directory>,
+    on_refusal: Option<RefusalHook>,
+}
+
+impl std::fmt::Debug for PrincipalVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for PrincipalVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let info = parse_cert(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self
+            .principals
+            .principal(&info.serial, &info.common_name)
+            .is_some()
+        {
+            return Ok(verified);
+        }
+        let revoked = self.principals.is_revoked(&info.serial);
+        tracing::info!(serial = %info.serial, name = %info.common_name, revoked, "client certificate refused");
+        if let Some(hook) = &self.on_refusal {
+            hook(&info, revoked);
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Server config with client authentication: TLS 1.3, certificates from `auth.ca_pem` checked
+/// against `auth.principals`, no session resumption (a resumed session would skip the check,
+/// so a revocation takes effect on the next connection).
+pub fn mtls_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    auth: &ClientAuth,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let roots = Arc::new(root_store(&auth.ca_pem)?);
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = if auth.allow_anonymous {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let inner = builder
+        .build()
+        .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(PrincipalVerifier {
+        inner,
+        principals: Arc::clone(&auth.directory),
+        on_refusal: auth.on_refusal.clone(),
+    });
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("private key: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert_pem)?, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The verified client certificate of an accepted connection, if it presented one.
+pub fn peer_cert(conn: &rustls::ServerConnection) -> Option<PeerCert> {
+    // Only certificates the verifier accepted get here: the handshake failed otherwise.
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| parse_cert(der).ok())
+        .map(PeerCert)
 }
 
 /// Loads `tls-cert.pem`/`tls-key.pem` from `dir`, creating a self-signed pair for `names` on
@@ -109,10 +326,13 @@ pub fn load_or_create(
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves. Each connection runs on its
 /// own task; handshake failures are logged and dropped (a bad client never stops the server).
+/// With `directory`, every request carries the connection's verified [`PeerCert`] (when it
+/// presented one) and the [`DirectoryHandle`], for [`crate::principal::Caller`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
     app: axum::Router,
+    directory: Option<DirectoryHandle>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -132,6 +352,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let directory = directory.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(
                 std::time::Duration::from_secs(10),
@@ -149,6 +370,19 @@ pub async fn serve(
                     return;
                 }
             };
+            let cert = peer_cert(tls.get_ref().1);
+            let app = tower::ServiceExt::map_request(
+                app,
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(d) = &directory {
+                        req.extensions_mut().insert(d.clone());
+                        if let Some(c) = &cert {
+                            req.extensions_mut().insert(c.clone());
+                        }
+                    }
+                    req
+                },
+            );
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)

@@ -108,15 +108,18 @@ pub struct HttpSink {
 
 impl HttpSink {
     /// `ards_url` like `https://127.0.0.1:7443`; `ca_pem` is the ARDS certificate (or its CA) to
-    /// trust — without it the system's web PKI roots are used.
-    pub fn new(ards_url: &str, ca_pem: Option<&str>) -> Result<Self, SinkError> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
-        if let Some(pem) = ca_pem {
-            let cfg =
-                crate::tls::client_config(pem).map_err(|e| SinkError::Setup(e.to_string()))?;
-            builder = builder.use_preconfigured_tls(cfg);
-        }
-        let client = builder
+    /// trust; `identity` this issuer's client certificate (a `service` principal named like the
+    /// issuer, which ARDS lets publish).
+    pub fn new(
+        ards_url: &str,
+        ca_pem: &str,
+        identity: &crate::tls::ClientIdentity,
+    ) -> Result<Self, SinkError> {
+        let cfg = crate::tls::client_config_with(ca_pem, Some(identity))
+            .map_err(|e| SinkError::Setup(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .use_preconfigured_tls(cfg)
             .build()
             .map_err(|e| SinkError::Setup(e.to_string()))?;
         Ok(Self {

@@ -4,8 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use authz::model::Action;
+use authz::principal::{Role, Standing, WorkflowGrant};
+use authz::testing::pki::{Issued, TestDirectory, TestPki};
 use authz::wire::{MemorySink, PublishRules, Revocation, RuleSink};
-use authz::{AccessRequest, Authz, Config, Evaluator, IssuerPublicKey, SignedRule};
+use authz::{AccessRequest, Authz, Config, Evaluator, IssuerPublicKey, SignedRule, Submitter};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -19,23 +21,61 @@ struct Harness {
     dir: tempfile::TempDir,
     sink: Arc<MemorySink>,
     authz: Arc<Authz>,
+    /// Every caller's certificate comes from here; names not set explicitly are active.
+    pki: Arc<TestPki>,
+    admin: Issued,
 }
 
 impl Harness {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = Arc::new(MemorySink::new());
-        let authz = Arc::new(Authz::open(&Config::new(dir.path()), sink.clone()).unwrap());
-        Self { dir, sink, authz }
+        Self::with_directory(TestDirectory::new(Standing::Active))
     }
 
+    fn with_directory(directory: TestDirectory) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let pki = Arc::new(TestPki::new(directory));
+        let authz = Arc::new(
+            Authz::open(
+                &Config::new(dir.path()),
+                sink.clone(),
+                pki.directory.clone(),
+            )
+            .unwrap(),
+        );
+        let admin = pki.issue("admin", Role::Admin);
+        Self {
+            dir,
+            sink,
+            authz,
+            pki,
+            admin,
+        }
+    }
+
+    /// Calls as the admin.
     async fn call(&self, method: Method, uri: &str, body: Option<String>) -> (StatusCode, Value) {
-        let req = Request::builder()
+        let admin = self.admin.clone();
+        self.call_as(Some(&admin), method, uri, body).await
+    }
+
+    /// Calls as `who` (`None`: a connection without a client certificate).
+    async fn call_as(
+        &self,
+        who: Option<&Issued>,
+        method: Method,
+        uri: &str,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header("content-type", "application/json")
             .body(body.map(Body::from).unwrap_or_else(Body::empty))
             .unwrap();
+        if let Some(w) = who {
+            self.pki.attach(&mut req, w);
+        }
         let resp = authz::app(self.authz.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
@@ -475,9 +515,23 @@ async fn state_and_issuer_key_survive_restart() {
         .await;
     let id = v["id"].as_str().unwrap().to_string();
     let pk = h.authz.public_key();
-    let reopened = Arc::new(Authz::open(&Config::new(h.dir.path()), h.sink.clone()).unwrap());
+    let reopened = Arc::new(
+        Authz::open(
+            &Config::new(h.dir.path()),
+            h.sink.clone(),
+            h.pki.directory.clone(),
+        )
+        .unwrap(),
+    );
     assert_eq!(reopened.public_key(), pk);
-    assert_eq!(reopened.get(&id).unwrap().rule_ids.len(), 2);
+    assert_eq!(
+        reopened
+            .get(&id, &Submitter::admin("admin"))
+            .unwrap()
+            .rule_ids
+            .len(),
+        2
+    );
     assert!(h.dir.path().join("authz.sqlite").exists());
 }
 
@@ -501,8 +555,12 @@ async fn service_over_real_tls_on_loopback_delivers_to_ards_over_tls() {
         "https://127.0.0.1:{}",
         ards_listener.local_addr().unwrap().port()
     );
-    let sink = Arc::new(authz::wire::HttpSink::new(&ards_url, Some(&ards_cert)).unwrap());
-    let service = Arc::new(Authz::open(&Config::new(dir.path()), sink).unwrap());
+    let pki = TestPki::new(TestDirectory::new(Standing::Active));
+    let publisher = pki.issue("authz", Role::Service);
+    let sink =
+        Arc::new(authz::wire::HttpSink::new(&ards_url, &ards_cert, &publisher.identity).unwrap());
+    let service =
+        Arc::new(Authz::open(&Config::new(dir.path()), sink, pki.directory.clone()).unwrap());
     let pk =
         IssuerPublicKey::from_hex(&std::fs::read_to_string(dir.path().join("issuer.pub")).unwrap())
             .unwrap();
@@ -536,6 +594,7 @@ async fn service_over_real_tls_on_loopback_delivers_to_ards_over_tls() {
         ards_listener,
         authz::tls::server_config(&ards_cert, &ards_key).unwrap(),
         ards_app,
+        None,
         std::future::pending(),
     ));
 
@@ -547,17 +606,22 @@ async fn service_over_real_tls_on_loopback_delivers_to_ards_over_tls() {
         listener.local_addr().unwrap().port()
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let auth = pki.client_auth();
     let server = tokio::spawn(authz::tls::serve(
         listener,
-        authz::tls::server_config(&cert, &key).unwrap(),
+        authz::tls::mtls_server_config(&cert, &key, &auth).unwrap(),
         authz::app(service.clone()),
+        Some(auth.handle()),
         async {
             let _ = stop_rx.await;
         },
     ));
 
+    let admin = pki.issue("admin", Role::Admin);
     let client = reqwest::Client::builder()
-        .use_preconfigured_tls(authz::tls::client_config(&cert).unwrap())
+        .use_preconfigured_tls(
+            authz::tls::client_config_with(&cert, Some(&admin.identity)).unwrap(),
+        )
         .build()
         .unwrap();
     let resp = client
@@ -581,6 +645,60 @@ async fn service_over_real_tls_on_loopback_delivers_to_ards_over_tls() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(fake.revoked.lock().unwrap().len(), 2);
 
+    // Without a client certificate only health answers; a revoked one fails its handshake; a
+    // certificate of another CA fails too.
+    let anonymous = reqwest::Client::builder()
+        .use_preconfigured_tls(authz::tls::client_config(&cert).unwrap())
+        .build()
+        .unwrap();
+    let r = anonymous
+        .get(format!("{url}/v1/policies"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("client certificate"));
+    let r = anonymous
+        .get(format!("{url}/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    pki.revoke(&admin);
+    let revoked = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            authz::tls::client_config_with(&cert, Some(&admin.identity)).unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(revoked
+        .get(format!("{url}/v1/policies"))
+        .send()
+        .await
+        .is_err());
+    // The connection opened before the revocation (if the pool reuses it) is refused at its
+    // next request; a new one fails its handshake.
+    if let Ok(r) = client.get(format!("{url}/v1/policies")).send().await {
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let other = TestPki::new(TestDirectory::new(Standing::Active));
+    let foreign = other.issue("admin", Role::Admin);
+    let stranger_ca = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            authz::tls::client_config_with(&cert, Some(&foreign.identity)).unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(stranger_ca
+        .get(format!("{url}/v1/policies"))
+        .send()
+        .await
+        .is_err());
+
     // A client that does not trust the cert cannot talk to the service.
     let (other_cert, _) = authz::tls::self_signed(&names).unwrap();
     let stranger = reqwest::Client::builder()
@@ -602,49 +720,233 @@ fn sinks_are_object_safe() {
     let _: Arc<dyn RuleSink> = Arc::new(MemorySink::new());
 }
 
+/// One principal of every role (names chosen so a role's principal never matches another's).
+fn principals(h: &Harness) -> Vec<Issued> {
+    [
+        ("admin2", Role::Admin),
+        ("wf-render", Role::Workflow),
+        ("audit-1", Role::Auditor),
+        ("ws-07", Role::Device),
+        ("keyserver", Role::Service),
+    ]
+    .into_iter()
+    .map(|(n, r)| h.pki.issue(n, r))
+    .collect()
+}
+
+/// Attack: anyone who can connect issues rules for themselves. Every route of the router but
+/// health refuses a caller without a certificate (401) and each role it does not list (403),
+/// and answers a role it lists (neither 401 nor 403).
 #[tokio::test]
-async fn api_token_is_required_when_configured() {
-    let dir = tempfile::tempdir().unwrap();
-    let token_path = dir.path().join("api-token");
-    let token = authz::ApiToken::load_or_create(&token_path).unwrap();
-    assert_eq!(
-        authz::ApiToken::load_or_create(&token_path)
-            .unwrap()
-            .expose(),
-        token.expose()
+async fn every_route_refuses_anonymous_and_wrong_role_callers() {
+    let h = Harness::new();
+    h.pki.directory.set_grant(
+        "wf-render",
+        WorkflowGrant {
+            scopes: vec!["*".into()],
+            paths: vec!["**".into()],
+        },
     );
-    let mut cfg = Config::new(dir.path());
-    cfg.api_token = Some(token.clone());
-    let service = Arc::new(Authz::open(&cfg, Arc::new(MemorySink::new())).unwrap());
-    let send = |auth: Option<String>, uri: &str| {
-        let mut b = Request::builder().method(Method::GET).uri(uri);
-        if let Some(a) = auth {
-            b = b.header("authorization", a);
+    let all = principals(&h);
+    for (method, path, roles) in authz::http::ROUTES {
+        let uri = path.replace("{id}", "req-000000000000000000000000");
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = (*method == "POST" || *method == "PUT").then(|| "{}".to_string());
+        let (status, v) = h.call_as(None, m.clone(), &uri, body.clone()).await;
+        let Some(roles) = roles else {
+            assert_eq!(status, StatusCode::OK, "{method} {path} anonymous: {v}");
+            continue;
+        };
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} anonymous: {v}"
+        );
+        assert!(v["error"].as_str().is_some(), "{v}");
+        for p in &all {
+            let (status, v) = h.call_as(Some(p), m.clone(), &uri, body.clone()).await;
+            if roles.contains(&p.principal.role) {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{method} {path} as {:?}: {status} {v}",
+                    p.principal.role
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} as {:?}: {v}",
+                    p.principal.role
+                );
+            }
         }
-        authz::app(service.clone()).oneshot(b.body(Body::empty()).unwrap())
+    }
+    // A certificate the directory never issued, and one revoked, are refused per request.
+    let stranger = h.pki.issue_unregistered("mallory");
+    let (status, _) = h
+        .call_as(Some(&stranger), Method::GET, "/v1/policies", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let admin = h.pki.issue("admin3", Role::Admin);
+    let (status, _) = h
+        .call_as(Some(&admin), Method::GET, "/v1/policies", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.pki.revoke(&admin);
+    let (status, _) = h
+        .call_as(Some(&admin), Method::GET, "/v1/policies", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// One asset with both a path and a scope, so a grant can cover it.
+fn granted_request(path: &str, scope: &str) -> String {
+    request_json(|v| {
+        v["assets"] = json!([{
+            "entityType": "Asset",
+            "identifier": [
+                {"identifierScope": "path", "identifierValue": path},
+                {"identifierScope": "scope", "identifierValue": scope}
+            ]
+        }]);
+    })
+}
+
+/// Attack: a workflow principal granted `show/seq1` in scope `shot010` authorizes itself (or
+/// anyone) for other paths or scopes, or cancels another workflow's request.
+#[tokio::test]
+async fn a_workflow_authorizes_only_inside_its_grant_and_only_its_own_requests() {
+    let h = Harness::new();
+    let grant = WorkflowGrant {
+        scopes: vec!["shot010".into()],
+        paths: vec!["show/seq1".into()],
     };
-    assert_eq!(
-        send(None, "/v1/policies").await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(Some("Bearer wrong".into()), "/v1/policies")
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(Some(format!("Bearer {}", token.expose())), "/v1/policies")
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    // The issuer's public key stays readable without a token.
-    assert_eq!(
-        send(None, "/v1/issuer").await.unwrap().status(),
-        StatusCode::OK
-    );
-    assert!(!format!("{token:?}").contains(token.expose()));
+    h.pki.directory.set_grant("wf-a", grant.clone());
+    h.pki.directory.set_grant("wf-b", grant);
+    let a = h.pki.issue("wf-a", Role::Workflow);
+    let b = h.pki.issue("wf-b", Role::Workflow);
+
+    let (status, v) = h
+        .call_as(
+            Some(&a),
+            Method::POST,
+            "/v1/requests",
+            Some(granted_request("show/seq1/shot010/**", "shot010")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+
+    for (path, scope) in [
+        ("show/seq2/**", "shot010"),
+        ("show/**", "shot010"),
+        ("show/seq10/**", "shot010"),
+        ("show/seq1/shot010/**", "shot020"),
+    ] {
+        let (status, v) = h
+            .call_as(
+                Some(&a),
+                Method::POST,
+                "/v1/requests",
+                Some(granted_request(path, scope)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path} {scope}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("workflow:wf-a"),
+            "{v}"
+        );
+    }
+    // The example's scope-only and path-only selectors cover every path / every scope.
+    let (status, _) = h
+        .call_as(
+            Some(&a),
+            Method::POST,
+            "/v1/requests",
+            Some(request_json(|_| {})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A workflow without a grant is refused outright.
+    let nogrant = h.pki.issue("wf-none", Role::Workflow);
+    let (status, v) = h
+        .call_as(
+            Some(&nogrant),
+            Method::POST,
+            "/v1/requests",
+            Some(granted_request("show/seq1/**", "shot010")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+
+    // Another workflow neither sees, changes nor cancels it; the owner and an admin do.
+    let uri = format!("/v1/requests/{id}");
+    for m in [Method::GET, Method::DELETE] {
+        let (status, _) = h.call_as(Some(&b), m, &uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = h
+        .call_as(
+            Some(&b),
+            Method::PUT,
+            &uri,
+            Some(granted_request("show/seq1/**", "shot010")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, v) = h.call_as(Some(&a), Method::GET, &uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["status"], "active");
+    let (status, v) = h.call(Method::DELETE, &uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// A request naming a user, device or application build the directory does not know (or has
+/// disabled) is refused with the field, the value and how to fix it — not issued as rules that
+/// never match.
+#[tokio::test]
+async fn requests_naming_unknown_or_disabled_principals_are_refused() {
+    let dir = TestDirectory::new(Standing::Unknown);
+    dir.set_user("alice", Standing::Active);
+    dir.set_device("ws-07", Standing::Active);
+    dir.set_application(DIGEST, Standing::Active);
+    let h = Harness::with_directory(dir);
+    let (status, v) = h
+        .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
+        (
+            Box::new(|v| v["participants"][0]["identifier"][0]["identifierValue"] = "bob".into()),
+            "participants[0]",
+            "csap user add bob",
+        ),
+        (
+            Box::new(|v| v["devices"][0]["identifier"][0]["identifierValue"] = "ws-99".into()),
+            "devices[0]",
+            "csap device enroll ws-99",
+        ),
+        (
+            Box::new(|v| {
+                v["applications"][0]["identifier"][0]["identifierValue"] = "ab".repeat(32).into()
+            }),
+            "applications[0]",
+            "csap app register",
+        ),
+    ];
+    for (edit, field, hint) in cases {
+        let (status, v) = h
+            .call(Method::POST, "/v1/requests", Some(request_json(edit)))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["field"], field, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(hint), "{v}");
+    }
+    h.pki.directory.set_user("alice", Standing::Inactive);
+    let (status, v) = h
+        .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("disabled"), "{v}");
 }

@@ -694,11 +694,13 @@ async fn start_pep(
     key: &IssuerKey,
     dir: &Path,
     pep: &str,
+    identity: authz::tls::ClientIdentity,
 ) -> Result<ards::RulesClient> {
     let cfg = ards::ClientConfig {
         url: url.to_owned(),
         pep_id: pep.to_owned(),
         ca_pem: ca_pem.to_owned(),
+        identity,
         trusted_issuers: vec![(ISSUER.to_owned(), key.public())],
         cache_path: dir.join(format!("{}.json", pep.replace(':', "_"))),
     };
@@ -776,12 +778,18 @@ where
 async fn distribution(k: &Knobs) -> Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let key = IssuerKey::generate()?;
+    // Every PEP and the publisher authenticate with a certificate of one CA, as in production.
+    let pki = authz::testing::pki::TestPki::new(authz::testing::pki::TestDirectory::new(
+        authz::principal::Standing::Unknown,
+    ));
     let opts = ards::testing::LoopbackOptions::new(
         dir.path().join("ards"),
         vec![(ISSUER.to_owned(), key.public())],
+        pki.client_auth(),
     );
     let server = ards::testing::spawn_loopback(opts).await?;
-    let http = ards::ArdsHttp::new(&server.url, &server.ca_pem)?;
+    let publisher = pki.issue(ISSUER, authz::principal::Role::Service);
+    let http = ards::ArdsHttp::new(&server.url, &server.ca_pem, Some(&publisher.identity))?;
     // Each PEP writes its rule cache with fsync on every change. Real PEPs do that on their
     // own machines in parallel; 1,000 of them in one process on one disk would queue their
     // fsyncs behind each other and measure the disk, not distribution. So the PEP caches live
@@ -804,7 +812,16 @@ async fn distribution(k: &Knobs) -> Result<()> {
     for chunk in names.chunks(16) {
         let mut starting = Vec::new();
         for n in chunk {
-            starting.push(start_pep(&server.url, &server.ca_pem, &key, &caches, n));
+            let device = n.strip_prefix("mount:").unwrap_or(n);
+            let identity = pki.issue(device, authz::principal::Role::Device).identity;
+            starting.push(start_pep(
+                &server.url,
+                &server.ca_pem,
+                &key,
+                &caches,
+                n,
+                identity,
+            ));
         }
         for s in starting {
             peps.push(Arc::new(s.await?));
@@ -859,7 +876,18 @@ async fn distribution(k: &Knobs) -> Result<()> {
     drop(peps);
 
     // One PEP alone: publish → receive.
-    let solo = Arc::new(start_pep(&server.url, &server.ca_pem, &key, &caches, "mount:solo").await?);
+    let solo_identity = pki.issue("solo", authz::principal::Role::Device).identity;
+    let solo = Arc::new(
+        start_pep(
+            &server.url,
+            &server.ca_pem,
+            &key,
+            &caches,
+            "mount:solo",
+            solo_identity,
+        )
+        .await?,
+    );
     if !solo.wait_synced(limit).await {
         bail!("the single PEP did not sync with ARDS within {limit:?}");
     }

@@ -34,6 +34,13 @@ pub struct ServeArgs {
     /// Extra DNS names or IPs for the self-signed certificate (first start only).
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
+    /// Key server base URL: its directory authenticates every caller (PEPs read only their
+    /// own stream; issuers publish; admins and auditors inspect).
+    #[arg(long, env = "CSAP_SERVER")]
+    keyserver: String,
+    /// This service's identity directory (cert.pem, key.pem, ca.pem) from `csap service add`.
+    #[arg(long, value_name = "DIR")]
+    identity: PathBuf,
 }
 
 pub fn run(cmd: ArdsCommand) -> Result<()> {
@@ -99,9 +106,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let service = ards::Ards::open(cfg, Arc::new(ards::SystemClock))
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let _scheduler = service.spawn_scheduler();
-    let server = ards::server::serve_tls(&args.listen.to_string(), &identity, ards::app(service))
-        .await
-        .context("cannot start the HTTPS listener")?;
+    let (directory, follow) = crate::directory::mirror(&args.keyserver, &args.identity).await?;
+    let ca_pem = std::fs::read_to_string(args.identity.join("ca.pem"))
+        .with_context(|| format!("cannot read {}/ca.pem", args.identity.display()))?;
+    let auth = authz::tls::ClientAuth {
+        ca_pem,
+        directory,
+        allow_anonymous: true,
+        on_refusal: None,
+    };
+    let _follow = tokio::spawn(follow);
+    let server = ards::server::serve_tls(
+        &args.listen.to_string(),
+        &identity,
+        ards::app(service),
+        &auth,
+    )
+    .await
+    .context("cannot start the HTTPS listener")?;
     let host = if args.listen.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {

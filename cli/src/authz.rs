@@ -29,19 +29,23 @@ pub struct ServeArgs {
     /// Base URL of the ARDS that receives rules and revocations, e.g. https://127.0.0.1:7401.
     #[arg(long, env = "CSAP_ARDS")]
     ards: String,
-    /// PEM certificate (or CA) to trust for the ARDS; default: the system's web PKI roots.
+    /// PEM certificate (or CA) to trust for the ARDS (its DATA_DIR/ards-cert.pem).
     #[arg(long, env = "CSAP_ARDS_CA")]
-    ards_ca: Option<PathBuf>,
+    ards_ca: PathBuf,
+    /// Key server base URL: its directory authenticates every caller and says which users,
+    /// devices and application builds requests may name.
+    #[arg(long, env = "CSAP_SERVER")]
+    keyserver: String,
+    /// This service's identity directory (cert.pem, key.pem, ca.pem) from
+    /// `csap service add NAME` — NAME must equal --issuer (ARDS lets that principal publish).
+    #[arg(long, value_name = "DIR")]
+    identity: PathBuf,
     /// Issuer name written into every rule.
     #[arg(long, default_value = "authz")]
     issuer: String,
     /// Extra DNS names or IPs for the self-signed certificate (first start only).
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
-    /// Serve without a bearer token (only for a loopback-only demo; anyone who can connect
-    /// could then issue rules). By default DATA_DIR/api-token is created and required.
-    #[arg(long)]
-    no_token: bool,
 }
 
 /// Where the client commands find the service.
@@ -53,9 +57,10 @@ pub struct ClientArgs {
     /// The service's certificate PEM (DATA_DIR/tls-cert.pem) to trust.
     #[arg(long, env = "CSAP_CA", global = true)]
     ca: Option<PathBuf>,
-    /// File holding the bearer token (the service's DATA_DIR/api-token).
-    #[arg(long, env = "CSAP_AUTHZ_TOKEN_FILE", global = true)]
-    token_file: Option<PathBuf>,
+    /// Your identity directory (cert.pem, key.pem): the admin identity, or a workflow's from
+    /// `csap workflow add`, or an auditor's.
+    #[arg(long, value_name = "DIR", env = "CSAP_IDENTITY", global = true)]
+    identity: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -166,27 +171,19 @@ pub fn run_authz(cmd: AuthzCommand) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let ards_ca = match &args.ards_ca {
-        Some(p) => Some(read(p)?),
-        None => None,
-    };
-    let sink = authz::wire::HttpSink::new(&args.ards, ards_ca.as_deref())
+    let identity = authz::tls::ClientIdentity::load(&args.identity)
+        .with_context(|| format!("cannot read the identity in {}", args.identity.display()))?;
+    let sink = authz::wire::HttpSink::new(&args.ards, &read(&args.ards_ca)?, &identity)
         .context("cannot set up the ARDS client")?;
+    let (directory, follow) = crate::directory::mirror(&args.keyserver, &args.identity).await?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let token_path = args.data_dir.join("api-token");
-    let api_token = if args.no_token {
-        None
-    } else {
-        Some(authz::ApiToken::load_or_create(&token_path)?)
-    };
     let cfg = authz::Config {
         data_dir: args.data_dir.clone(),
         issuer: args.issuer.clone(),
-        api_token,
     };
     let service = Arc::new(
-        authz::Authz::open(&cfg, Arc::new(sink))
+        authz::Authz::open(&cfg, Arc::new(sink), directory.clone())
             .with_context(|| format!("cannot open authz state in {}", args.data_dir.display()))?,
     );
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
@@ -197,7 +194,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     names.dedup();
     let (cert, key) = authz::tls::load_or_create(&args.data_dir, &names)
         .context("cannot create or load the TLS certificate")?;
-    let tls = authz::tls::server_config(&cert, &key)?;
+    let auth = authz::tls::ClientAuth {
+        ca_pem: read(&args.identity.join("ca.pem"))?,
+        directory,
+        allow_anonymous: true,
+        on_refusal: None,
+    };
+    let tls = authz::tls::mtls_server_config(&cert, &key, &auth)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -211,22 +214,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         args.data_dir.join("issuer.pub").display()
     );
     println!(
-        "authz listening on https://{} (trust {})",
+        "authz listening on https://{} (trust {}); callers present certificates of the key server's CA",
         listener.local_addr()?,
         args.data_dir.join("tls-cert.pem").display()
     );
-    if args.no_token {
-        println!("authz API is open (--no-token): no bearer token required");
-    } else {
-        println!(
-            "authz API token in {} (clients: --token-file or CSAP_AUTHZ_TOKEN_FILE)",
-            token_path.display()
-        );
-    }
+    tokio::spawn(follow);
     tokio::spawn(service.clone().run_outbox_retry());
-    authz::tls::serve(listener, tls, authz::app(service), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    authz::tls::serve(
+        listener,
+        tls,
+        authz::app(service),
+        Some(auth.handle()),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await?;
     Ok(())
 }
@@ -238,25 +240,28 @@ fn read(p: &Path) -> Result<String> {
 struct Client {
     base: String,
     http: reqwest::Client,
-    token: Option<String>,
 }
 
 impl Client {
     fn new(args: &ClientArgs) -> Result<Self> {
-        let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-        if let Some(ca) = &args.ca {
-            let cfg = authz::tls::client_config(&read(ca)?)
-                .with_context(|| format!("bad certificate in {}", ca.display()))?;
-            b = b.use_preconfigured_tls(cfg);
-        }
-        let token = match &args.token_file {
-            Some(p) => Some(read(p)?.trim().to_string()),
-            None => None,
-        };
+        let ca = args
+            .ca
+            .as_ref()
+            .context("give --ca (or CSAP_CA): authz's certificate, DATA_DIR/authz/tls-cert.pem")?;
+        let dir = args.identity.as_ref().context(
+            "give --identity DIR (or CSAP_IDENTITY): authz answers only callers with a certificate",
+        )?;
+        let identity = authz::tls::ClientIdentity::load(dir)
+            .with_context(|| format!("cannot read the identity in {}", dir.display()))?;
+        let cfg = authz::tls::client_config_with(&read(ca)?, Some(&identity))
+            .with_context(|| format!("bad certificate in {} or {}", ca.display(), dir.display()))?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .use_preconfigured_tls(cfg)
+            .build()?;
         Ok(Self {
             base: args.url.trim_end_matches('/').to_string(),
-            http: b.build()?,
-            token,
+            http,
         })
     }
 
@@ -267,9 +272,6 @@ impl Client {
         body: Option<String>,
     ) -> Result<Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }

@@ -88,6 +88,52 @@ pub enum DeviceCommand {
 }
 
 #[derive(Subcommand)]
+pub enum WorkflowCommand {
+    /// Issue a workflow-management certificate: it may submit, change and cancel its own
+    /// authorization requests, only for the key scopes and path prefixes given here. Writes
+    /// cert.pem, key.pem (0600) and ca.pem to DIR.
+    Add {
+        name: String,
+        /// Key scopes its requests may name, comma-separated (`*`: every scope).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Path prefixes its requests' patterns must lie under, comma-separated, e.g.
+        /// `show/seq1,show/seq2` (`**`: every path).
+        #[arg(long, value_delimiter = ',', required = true)]
+        paths: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a workflow's certificates (refused by authz at its next request).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `csap auditor …` and `csap service …`.
+#[derive(Subcommand)]
+pub enum RoleCommand {
+    /// Issue a certificate of this role; writes cert.pem, key.pem (0600) and ca.pem to DIR.
+    Add {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke its certificates (refused at its next request everywhere).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum UserCommand {
     /// Add a user; the password is read from standard input (first line).
     Add {
@@ -261,7 +307,15 @@ fn read_password(prompt: &str) -> Result<zeroize::Zeroizing<String>> {
 pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
     let KeyserverCommand::Serve(args) = cmd;
     runtime()?.block_on(async move {
-        let rules: Arc<dyn keyserver::RuleCheck> = match &args.ards_url {
+        let late_rules = keyserver::rules::LateRules::default();
+        let rules: Arc<dyn keyserver::RuleCheck> = Arc::new(late_rules.clone());
+        let mut cfg = keyserver::ServerConfig::new(&args.data_dir, args.listen, rules);
+        cfg.server_names.extend(args.names.iter().cloned());
+        if let Ok(hex) = std::env::var("CSAP_ROOT_KEY") {
+            cfg.root_key_hex = Some(zeroize::Zeroizing::new(hex));
+        }
+        let server = keyserver::start(cfg).await.context("cannot start the key server")?;
+        match &args.ards_url {
             Some(url) => {
                 let ca_path = args.ards_ca.as_ref().context("--ards-ca is required with --ards-url")?;
                 let pub_path = args.issuer_pub.as_ref().context("--issuer-pub is required with --ards-url")?;
@@ -271,28 +325,25 @@ pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
                     .with_context(|| format!("cannot read {}", pub_path.display()))?;
                 let issuer = authz::IssuerPublicKey::from_hex(issuer_hex.trim())
                     .with_context(|| format!("{} is not an issuer public key", pub_path.display()))?;
+                // ARDS authenticates the key server with its own service certificate.
+                let identity = authz::tls::ClientIdentity::load(&server.service_dir())
+                    .context("cannot read the key server's service identity")?;
                 let client = ards::RulesClient::start(ards::ClientConfig {
                     url: url.clone(),
                     pep_id: authz::template::KEYSERVER_PEP.to_string(),
                     ca_pem,
+                    identity,
                     trusted_issuers: vec![(args.issuer_name.clone(), issuer)],
                     cache_path: args.data_dir.join("rules-cache.json"),
                 })
                 .await
                 .context("cannot start the ARDS subscription")?;
-                Arc::new(keyserver::rules::ArdsRules(client))
+                late_rules.set(Arc::new(client));
             }
             None => {
                 eprintln!("csap: no --ards-url: the key server holds no rules and will license nothing (break-glass issues only)");
-                Arc::new(authz::Evaluator::new(Vec::new()).context("empty rule set")?)
             }
-        };
-        let mut cfg = keyserver::ServerConfig::new(&args.data_dir, args.listen, rules);
-        cfg.server_names.extend(args.names.iter().cloned());
-        if let Ok(hex) = std::env::var("CSAP_ROOT_KEY") {
-            cfg.root_key_hex = Some(zeroize::Zeroizing::new(hex));
         }
-        let server = keyserver::start(cfg).await.context("cannot start the key server")?;
         println!("{}", server.url);
         eprintln!(
             "key server on {} — admin identity: {}",
@@ -309,6 +360,59 @@ pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
 
 async fn server_wait(server: keyserver::RunningServer) {
     server.wait().await
+}
+
+pub fn run_workflow(cmd: WorkflowCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            WorkflowCommand::Add {
+                name,
+                scopes,
+                paths,
+                out,
+                conn,
+            } => {
+                let grant = authz::principal::WorkflowGrant { scopes, paths };
+                let r = conn
+                    .admin()?
+                    .add_principal("workflow", &name, Some(&grant), &out)
+                    .await?;
+                println!(
+                    "workflow {name} (serial {}) may authorize scopes {} under {} — identity in {}",
+                    r.serial,
+                    grant.scopes.join(","),
+                    grant.paths.join(","),
+                    out.display()
+                );
+            }
+            WorkflowCommand::Revoke { name, conn } => {
+                let r = conn.admin()?.revoke_principal("workflow", &name).await?;
+                println!("revoked {} certificate(s) of workflow {name}", r.revoked);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `csap auditor …` (`kind` = "auditor") and `csap service …` (`kind` = "service").
+pub fn run_role(kind: &'static str, cmd: RoleCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            RoleCommand::Add { name, out, conn } => {
+                let r = conn.admin()?.add_principal(kind, &name, None, &out).await?;
+                println!(
+                    "{kind} {name} (serial {}) — identity in {}",
+                    r.serial,
+                    out.display()
+                );
+            }
+            RoleCommand::Revoke { name, conn } => {
+                let r = conn.admin()?.revoke_principal(kind, &name).await?;
+                println!("revoked {} certificate(s) of {kind} {name}", r.revoked);
+            }
+        }
+        Ok(())
+    })
 }
 
 pub fn run_device(cmd: DeviceCommand) -> Result<()> {

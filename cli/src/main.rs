@@ -7,6 +7,7 @@ mod ards;
 mod asset;
 mod atomic;
 mod authz;
+mod directory;
 mod import;
 mod keyserver;
 mod keysource;
@@ -61,6 +62,15 @@ enum Command {
     /// Enroll, revoke and list devices (client certificates from the key server's CA).
     #[command(subcommand)]
     Device(keyserver::DeviceCommand),
+    /// Workflow-management principals: who may submit authorization requests, for what.
+    #[command(subcommand)]
+    Workflow(keyserver::WorkflowCommand),
+    /// Auditor principals: read the audit trail, rules and policies; change nothing.
+    #[command(subcommand)]
+    Auditor(keyserver::RoleCommand),
+    /// Service principals: authz or ARDS running as their own processes.
+    #[command(subcommand)]
+    Service(keyserver::RoleCommand),
     /// Add and disable users.
     #[command(subcommand)]
     User(keyserver::UserCommand),
@@ -104,6 +114,9 @@ fn main() -> std::process::ExitCode {
         Command::Keyserver(cmd) => keyserver::run_keyserver(cmd),
         Command::Device(cmd) => keyserver::run_device(cmd),
         Command::User(cmd) => keyserver::run_user(cmd),
+        Command::Workflow(cmd) => keyserver::run_workflow(cmd),
+        Command::Auditor(cmd) => keyserver::run_role("auditor", cmd),
+        Command::Service(cmd) => keyserver::run_role("service", cmd),
         Command::Login(args) => keyserver::run_login(args),
         Command::App(cmd) => keyserver::run_app(cmd),
         Command::Scope(cmd) => keyserver::run_scope(cmd),

@@ -145,7 +145,10 @@ fn demo(
         let file = requests_dir.join(format!("{name}.json"));
         std::fs::write(&file, serde_json::to_string_pretty(&body)?)?;
         let issued = rt
-            .block_on(server.authz.submit(body.to_string().as_bytes()))
+            .block_on(server.authz.submit(
+                body.to_string().as_bytes(),
+                &authz::Submitter::admin("admin"),
+            ))
             .with_context(|| format!("authz refused the {name} request"))?;
         let live = server
             .authz

@@ -3,10 +3,14 @@
 //! Each service keeps its own state under `DATA_DIR` (`authz/`, `ards/`, `keyserver/`: SQLite
 //! files, keys, certificates) and its own TLS listener on loopback-derived ports, so the three
 //! can later be split onto separate hosts without changing any client. What the composition adds:
+//! - the key server starts first: its CA and directory authenticate every caller of authz and
+//!   ARDS too (client certificates from the installation's CA, roles from its registry), and
+//!   authz checks the names in requests against its users, devices and application builds;
 //! - authz delivers rules to the in-process ARDS directly (no HTTP hop), and ARDS trusts
 //!   authz's issuer key without anyone copying `issuer.pub`;
 //! - the key server is an ARDS policy enforcement point (`keyserver`) that subscribes over
-//!   HTTPS like any remote PEP would, so the path exercised is the production one.
+//!   HTTPS with its own service certificate like any remote PEP would, so the path exercised is
+//!   the production one. Until that subscription exists it holds no rules: it denies.
 
 #![forbid(unsafe_code)]
 
@@ -65,16 +69,6 @@ impl RuleSink for DirectSink {
                 .map(|_| ())
                 .map_err(|e| SinkError::Unavailable(e.to_string()))
         })
-    }
-}
-
-/// The key server's rule check backed by a shared ARDS subscription (shared so the embedding
-/// code can also watch it, e.g. to wait until a new rule has arrived).
-struct SharedRules(Arc<ards::RulesClient>);
-
-impl keyserver::RuleCheck for SharedRules {
-    fn check(&self, req: &authz::AccessRequest<'_>) -> keyserver::RuleVerdict {
-        keyserver::rules::verdict(&self.0.evaluator(), req)
     }
 }
 
@@ -144,7 +138,27 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     }
     let names = tls_names(opts.listen);
 
-    // The issuer key first: ARDS must trust it before authz can deliver anything.
+    // The key server first: its CA and directory authenticate the callers of all three.
+    let late_rules = keyserver::rules::LateRules::default();
+    let ks_addr = port_plus(opts.listen, 2)?;
+    let mut ks_cfg = keyserver::ServerConfig::new(&ks_dir, ks_addr, Arc::new(late_rules.clone()));
+    ks_cfg.server_names = names.clone();
+    ks_cfg.root_key_hex = opts.root_key_hex.clone();
+    let ks = keyserver::start(ks_cfg)
+        .await
+        .context("cannot start the key server")?;
+    let keyserver_url = format!("https://{}:{}", url_host(ks.addr), ks.addr.port());
+    let directory: Arc<dyn authz::principal::Directory> = Arc::new(ks.directory());
+    let ca_pem = std::fs::read_to_string(ks.admin_dir().join(keyserver::pki::CA_FILE))
+        .context("cannot read the key server's CA certificate")?;
+    let client_auth = authz::tls::ClientAuth {
+        ca_pem,
+        directory: directory.clone(),
+        allow_anonymous: true,
+        on_refusal: None,
+    };
+
+    // The issuer key: ARDS must trust it before authz can deliver anything.
     let authz_cfg = authz::Config::new(&authz_dir);
     let issuer_key = authz::IssuerKey::load_or_generate(&authz_dir.join("issuer.key"))
         .context("cannot load or create authz's issuer key")?;
@@ -161,9 +175,14 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     let ards_identity = ards::server::load_or_create_identity(&ards_dir, &names)
         .context("cannot create or load ARDS's TLS certificate")?;
     let ards_addr = port_plus(opts.listen, 1)?.to_string();
-    let ards_server = ards::server::serve_tls(&ards_addr, &ards_identity, ards::app(ards.clone()))
-        .await
-        .context("cannot start ARDS")?;
+    let ards_server = ards::server::serve_tls(
+        &ards_addr,
+        &ards_identity,
+        ards::app(ards.clone()),
+        &client_auth,
+    )
+    .await
+    .context("cannot start ARDS")?;
     let ards_url = format!(
         "https://{}:{}",
         url_host(ards_server.local_addr),
@@ -172,12 +191,16 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
 
     // authz, delivering into ARDS in-process; its HTTP API for workflow management.
     let service = Arc::new(
-        authz::Authz::open(&authz_cfg, Arc::new(DirectSink(ards.clone())))
-            .with_context(|| format!("cannot open authz state in {}", authz_dir.display()))?,
+        authz::Authz::open(
+            &authz_cfg,
+            Arc::new(DirectSink(ards.clone())),
+            directory.clone(),
+        )
+        .with_context(|| format!("cannot open authz state in {}", authz_dir.display()))?,
     );
     let (cert, key) = authz::tls::load_or_create(&authz_dir, &names)
         .context("cannot create or load authz's TLS certificate")?;
-    let tls = authz::tls::server_config(&cert, &key)?;
+    let tls = authz::tls::mtls_server_config(&cert, &key, &client_auth)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("authz cannot listen on {}", opts.listen))?;
@@ -188,33 +211,28 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
         listener,
         tls,
         authz::app(service.clone()),
+        Some(client_auth.handle()),
         async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         },
     ));
     let outbox = tokio::spawn(service.clone().run_outbox_retry());
 
-    // The key server, a PEP of ARDS like any other.
+    // The key server's subscription, as PEP `keyserver` with its service certificate.
     let rules = Arc::new(
         ards::RulesClient::start(ards::ClientConfig {
             url: ards_url.clone(),
             pep_id: authz::template::KEYSERVER_PEP.to_string(),
             ca_pem: ards_identity.cert_pem.clone(),
+            identity: authz::tls::ClientIdentity::load(&ks.service_dir())
+                .context("cannot read the key server's service identity")?,
             trusted_issuers: trusted,
             cache_path: dir.join("keyserver-rules.json"),
         })
         .await
         .context("cannot start the key server's ARDS subscription")?,
     );
-    let ks_addr = port_plus(opts.listen, 2)?;
-    let mut ks_cfg =
-        keyserver::ServerConfig::new(&ks_dir, ks_addr, Arc::new(SharedRules(rules.clone())));
-    ks_cfg.server_names = names;
-    ks_cfg.root_key_hex = opts.root_key_hex.clone();
-    let ks = keyserver::start(ks_cfg)
-        .await
-        .context("cannot start the key server")?;
-    let keyserver_url = format!("https://{}:{}", url_host(ks.addr), ks.addr.port());
+    late_rules.set(rules.clone());
 
     Ok(EmbeddedServer {
         authz_url,
@@ -382,7 +400,10 @@ mod tests {
         });
         let issued = server
             .authz
-            .submit(body.to_string().as_bytes())
+            .submit(
+                body.to_string().as_bytes(),
+                &authz::Submitter::admin("admin"),
+            )
             .await
             .unwrap();
         assert!(issued.delivered, "in-process delivery must succeed at once");

@@ -589,6 +589,7 @@ impl KeyServerSource {
                 Some(Self::subscribe(
                     &runtime,
                     rc,
+                    &cfg.identity_dir,
                     client.device(),
                     &licenses,
                     preload,
@@ -622,16 +623,24 @@ impl KeyServerSource {
     fn subscribe(
         runtime: &tokio::runtime::Runtime,
         rc: RulesConfig,
+        identity_dir: &Path,
         device: &str,
         licenses: &moka::sync::Cache<LicenseKey, Arc<Held>>,
         preload: Option<Preloader>,
     ) -> Result<Arc<MountRules>, LicenseSourceError> {
         let pep_id = authz::template::mount_pep(device);
+        // ARDS authenticates the mount with the device's certificate (PEP `mount:<device>`).
+        let identity = authz::tls::ClientIdentity::load(identity_dir).map_err(|e| {
+            LicenseSourceError::Ards(ards::ClientError::Config(format!(
+                "device identity for ARDS: {e}"
+            )))
+        })?;
         let client = runtime
             .block_on(ards::RulesClient::start(ards::ClientConfig {
                 url: rc.ards_url.clone(),
                 pep_id: pep_id.clone(),
                 ca_pem: rc.ards_ca_pem,
+                identity,
                 trusted_issuers: rc.trusted_issuers,
                 cache_path: rc.cache_path,
             }))

@@ -41,7 +41,9 @@ pub(crate) fn router(state: S) -> Router {
         .route("/scopes/{name}/revoke", post(revoke_key))
         .route("/assets", get(list_assets))
         .route("/licenses", post(issue_license))
-        .route("/audit", get(audit));
+        .route("/audit", get(audit))
+        .route("/principals", post(add_principal))
+        .route("/principals/{kind}/{name}/revoke", post(revoke_principal));
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/login", post(login))
@@ -49,6 +51,7 @@ pub(crate) fn router(state: S) -> Router {
         .route("/v1/licenses", post(licenses))
         .route("/v1/assets", post(create_asset))
         .route("/v1/assets/{id}/rename", post(rename_asset))
+        .route("/v1/directory", get(directory))
         .nest("/v1/admin", admin)
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
@@ -130,6 +133,28 @@ fn refuse_peer(st: &State, peer: &Peer, parts: &Parts, reason: Reason) {
 }
 
 struct AdminPeer(Peer);
+
+/// An admin or an auditor: may read the audit trail, changes nothing.
+struct AuditReader;
+
+impl FromRequestParts<S> for AuditReader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, ApiError> {
+        let peer = peer_of(parts)?;
+        match st.registry.get(&peer.serial) {
+            Some(p)
+                if !p.revoked
+                    && matches!(p.kind, PrincipalKind::Admin | PrincipalKind::Auditor) =>
+            {
+                Ok(AuditReader)
+            }
+            _ => {
+                refuse_peer(st, &peer, parts, Reason::NotAdmin);
+                Err(ApiError::Denied(Reason::NotAdmin))
+            }
+        }
+    }
+}
 
 impl FromRequestParts<S> for AdminPeer {
     type Rejection = ApiError;
@@ -1126,6 +1151,155 @@ async fn enroll(
     Ok(Json(principal.1))
 }
 
+/// The control-plane roles an admin issues certificates for here (devices enroll through
+/// `/devices`, with their HPKE key; the admin and the key server's own identity are made at
+/// first start).
+fn issuable_kind(kind: &str) -> Result<PrincipalKind, ApiError> {
+    match PrincipalKind::parse(kind) {
+        Some(k @ (PrincipalKind::Workflow | PrincipalKind::Auditor | PrincipalKind::Service)) => {
+            Ok(k)
+        }
+        _ => Err(ApiError::bad(
+            "kind",
+            "must be \"workflow\", \"auditor\" or \"service\" (devices: `csap device enroll`)",
+        )),
+    }
+}
+
+async fn add_principal(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    ApiJson(req): ApiJson<AddPrincipalRequest>,
+) -> Result<Json<AddPrincipalResponse>, ApiError> {
+    let kind = issuable_kind(&req.kind)?;
+    check_name("name", &req.name)?;
+    let grant =
+        if kind == PrincipalKind::Workflow {
+            if req.scopes.is_empty() || req.paths.is_empty() {
+                return Err(ApiError::bad(
+                if req.scopes.is_empty() { "scopes" } else { "paths" },
+                "a workflow needs at least one key scope and one path prefix (`*` / `**` for all)",
+            ));
+            }
+            for (i, s) in req.scopes.iter().enumerate() {
+                if s != "*" {
+                    check_name(&format!("scopes[{i}]"), s)?;
+                }
+            }
+            for (i, p) in req.paths.iter().enumerate() {
+                if p != "**" {
+                    authz::model::normalize_pattern(p)
+                        .ok()
+                        .filter(|_| !p.contains('*'))
+                        .ok_or_else(|| {
+                            ApiError::bad(
+                                &format!("paths[{i}]"),
+                                "must be a path prefix without wildcards (e.g. show/seq1), or **",
+                            )
+                        })?;
+                }
+            }
+            Some(authz::principal::WorkflowGrant {
+                scopes: req.scopes.clone(),
+                paths: req.paths.clone(),
+            })
+        } else {
+            if !req.scopes.is_empty() || !req.paths.is_empty() {
+                return Err(ApiError::bad(
+                    "scopes",
+                    "only a workflow takes scopes and paths",
+                ));
+            }
+            None
+        };
+    let action = match kind {
+        PrincipalKind::Workflow => "workflow.add",
+        PrincipalKind::Auditor => "auditor.add",
+        _ => "service.add",
+    };
+    let (principal, answer) = admin_change(&st, admin, action, move |st, conn| {
+        if db::active_cert_exists(conn, kind, &req.name)? {
+            return Err(ApiError::Conflict(format!(
+                "{} {} (revoke it first to issue a new certificate)",
+                kind.as_str(),
+                req.name
+            )));
+        }
+        let (cert_pem, serial) = st
+            .ca
+            .issue_client_from_csr(&req.name, &req.csr_pem)
+            .map_err(|e| {
+                ApiError::bad(
+                    "csr_pem",
+                    format!("not a valid certificate signing request: {e}"),
+                )
+            })?;
+        let p = Principal {
+            name: req.name.clone(),
+            kind,
+            serial: serial.clone(),
+            revoked: false,
+        };
+        let now = st.clock.now();
+        db::insert_cert(conn, &p, None, now)?;
+        if let Some(g) = &grant {
+            db::put_workflow(conn, &req.name, g, now)?;
+        }
+        let answer = AddPrincipalResponse {
+            cert_pem,
+            ca_pem: st.ca.pem().to_string(),
+            serial,
+        };
+        let subject = match &grant {
+            Some(g) => format!("{} scopes={:?} paths={:?}", req.name, g.scopes, g.paths),
+            None => req.name.clone(),
+        };
+        Ok(((p, answer), subject))
+    })
+    .await?;
+    st.registry.upsert(principal);
+    Ok(Json(answer))
+}
+
+async fn revoke_principal(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<Revoked>, ApiError> {
+    let kind = issuable_kind(&kind)?;
+    check_name("name", &name)?;
+    let n2 = name.clone();
+    let revoked = admin_change(&st, admin, "principal.revoke", move |st, conn| {
+        let n = db::revoke_certs(conn, kind, &n2, st.clock.now())?;
+        if n == 0 {
+            return Err(ApiError::NotFound(format!("active {} {n2}", kind.as_str())));
+        }
+        Ok((n, format!("{}:{n2}", kind.as_str())))
+    })
+    .await?;
+    // After the commit: authz, ARDS and this server refuse it at the next request.
+    st.registry.revoke_name(kind, &name);
+    Ok(Json(Revoked { revoked }))
+}
+
+/// The directory for authz and ARDS running as their own processes: only admins and service
+/// principals read it (it names every user, device and build).
+async fn directory(
+    AxState(st): AxState<S>,
+    parts: Parts,
+) -> Result<Json<DirectorySnapshot>, ApiError> {
+    let peer = peer_of(&parts)?;
+    match st.registry.get(&peer.serial) {
+        Some(p)
+            if !p.revoked && matches!(p.kind, PrincipalKind::Admin | PrincipalKind::Service) => {}
+        _ => {
+            refuse_peer(&st, &peer, &parts, Reason::NotAdmin);
+            return Err(ApiError::Denied(Reason::NotAdmin));
+        }
+    }
+    Ok(Json(st.db.call(|c| db::directory_snapshot(c)).await?))
+}
+
 async fn list_devices(
     AxState(st): AxState<S>,
     _a: AdminPeer,
@@ -1508,7 +1682,7 @@ struct AuditQuery {
 
 async fn audit(
     AxState(st): AxState<S>,
-    _a: AdminPeer,
+    _a: AuditReader,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest {

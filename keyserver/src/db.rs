@@ -93,6 +93,26 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT,
         license_id TEXT
     );",
+    // 2: control-plane principals (workflow, auditor, service certificates) and what an admin
+    // granted each workflow. SQLite cannot widen a CHECK in place: rebuild `certs`.
+    "CREATE TABLE certs_v2 (
+        serial TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('device', 'admin', 'workflow', 'auditor', 'service')),
+        hpke_public TEXT,
+        issued_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    INSERT INTO certs_v2 SELECT serial, name, kind, hpke_public, issued_at, revoked_at FROM certs;
+    DROP TABLE certs;
+    ALTER TABLE certs_v2 RENAME TO certs;
+    CREATE INDEX certs_name ON certs(name);
+    CREATE TABLE workflows (
+        name TEXT PRIMARY KEY,
+        scopes TEXT NOT NULL,
+        paths TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 /// A fixed pool of connections; each call runs on the blocking thread pool.
@@ -284,6 +304,99 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 
 // ---------- certificates ----------
 
+/// Everything [`crate::wire::DirectorySnapshot`] holds, read in one transaction.
+pub fn directory_snapshot(
+    conn: &mut Connection,
+) -> Result<crate::wire::DirectorySnapshot, StoreError> {
+    let tx = conn.transaction()?;
+    let mut snap = crate::wire::DirectorySnapshot {
+        principals: all_principals(&tx)?
+            .into_iter()
+            .map(|p| crate::wire::PrincipalEntry {
+                serial: p.serial,
+                name: p.name,
+                kind: p.kind,
+                revoked: p.revoked,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for p in &snap.principals {
+        if p.kind == PrincipalKind::Device {
+            *snap.devices.entry(p.name.clone()).or_insert(false) |= !p.revoked;
+        }
+    }
+    let mut st = tx.prepare("SELECT name, disabled FROM users")?;
+    for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (name, disabled) = row?;
+        snap.users.insert(name, disabled == 0);
+    }
+    let mut st = tx.prepare("SELECT digest, revoked_at FROM applications")?;
+    for row in st.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+    })? {
+        let (digest, revoked) = row?;
+        snap.applications.insert(digest, revoked.is_none());
+    }
+    let mut st = tx.prepare("SELECT name, scopes, paths FROM workflows")?;
+    for row in st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })? {
+        let (name, scopes, paths) = row?;
+        if let (Ok(scopes), Ok(paths)) =
+            (serde_json::from_str(&scopes), serde_json::from_str(&paths))
+        {
+            snap.workflows
+                .insert(name, authz::principal::WorkflowGrant { scopes, paths });
+        }
+    }
+    Ok(snap)
+}
+
+/// Records (or replaces) what workflow principal `name` may authorize.
+pub fn put_workflow(
+    conn: &Connection,
+    name: &str,
+    grant: &authz::principal::WorkflowGrant,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO workflows (name, scopes, paths, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(name) DO UPDATE SET scopes = ?2, paths = ?3, updated_at = ?4",
+        params![
+            name,
+            serde_json::to_string(&grant.scopes).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&grant.paths).unwrap_or_else(|_| "[]".into()),
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// What workflow principal `name` may authorize (`None`: no grant recorded).
+pub fn get_workflow(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<authz::principal::WorkflowGrant>, StoreError> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            "SELECT scopes, paths FROM workflows WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.and_then(|(scopes, paths)| {
+        Some(authz::principal::WorkflowGrant {
+            scopes: serde_json::from_str(&scopes).ok()?,
+            paths: serde_json::from_str(&paths).ok()?,
+        })
+    }))
+}
+
 pub fn insert_cert(
     conn: &Connection,
     p: &Principal,
@@ -306,6 +419,18 @@ pub fn active_cert_exists(
     Ok(conn
         .query_row(
             "SELECT 1 FROM certs WHERE kind = ?1 AND name = ?2 AND revoked_at IS NULL",
+            params![kind.as_str(), name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// A certificate of `kind` was ever issued to `name` (revoked or not).
+pub fn cert_exists(conn: &Connection, kind: PrincipalKind, name: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM certs WHERE kind = ?1 AND name = ?2",
             params![kind.as_str(), name],
             |_| Ok(()),
         )

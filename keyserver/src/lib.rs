@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 pub mod client;
 pub mod db;
+pub mod directory;
 pub mod error;
 pub mod fsutil;
 pub mod keys;

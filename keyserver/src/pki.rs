@@ -10,15 +10,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName as TlsDn, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use crate::fsutil;
@@ -65,29 +59,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Who a certificate belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrincipalKind {
-    Device,
-    Admin,
-}
-
-impl PrincipalKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PrincipalKind::Device => "device",
-            PrincipalKind::Admin => "admin",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "device" => Some(PrincipalKind::Device),
-            "admin" => Some(PrincipalKind::Admin),
-            _ => None,
-        }
-    }
-}
+/// Who a certificate belongs to: the control plane's roles (one vocabulary for every service).
+pub use authz::principal::Role as PrincipalKind;
 
 /// A client certificate the server issued, as remembered for handshake checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,34 +117,26 @@ impl PrincipalRegistry {
     }
 }
 
-/// The fields of a client certificate the server identifies a peer by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    /// Lowercase hex of the DER serial number bytes.
-    pub serial: String,
-    pub common_name: String,
+impl authz::principal::Principals for PrincipalRegistry {
+    fn principal(&self, serial: &str, common_name: &str) -> Option<authz::principal::Principal> {
+        self.get(serial)
+            .filter(|p| !p.revoked && p.name == common_name)
+            .map(|p| authz::principal::Principal {
+                name: p.name,
+                role: p.kind,
+                serial: p.serial,
+            })
+    }
+
+    fn is_revoked(&self, serial: &str) -> bool {
+        self.get(serial).is_some_and(|p| p.revoked)
+    }
 }
 
+pub use authz::principal::CertInfo;
+
 pub fn parse_cert(der: &[u8]) -> Result<CertInfo, PkiError> {
-    let (rest, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(PkiError::BadCertificate(
-            "trailing bytes after certificate".into(),
-        ));
-    }
-    let serial = hex::encode(cert.tbs_certificate.raw_serial());
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| PkiError::BadCertificate("no common name".into()))?
-        .to_string();
-    Ok(CertInfo {
-        serial,
-        common_name,
-    })
+    authz::principal::parse_cert(der).map_err(PkiError::BadCertificate)
 }
 
 /// 16 random serial bytes, positive and without a leading zero so the DER bytes equal them.
@@ -399,76 +364,8 @@ fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
     Ok(roots)
 }
 
-/// Chain verification by webpki, then the registry check: a certificate that chains to our CA
-/// but whose serial is unknown, revoked, or whose CN differs from the record is refused.
-pub struct RevocationCheckingVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    registry: Arc<PrincipalRegistry>,
-    on_refusal: Option<RefusalHook>,
-}
-
-/// Called (without blocking) when a certificate that chains to the CA is refused: the audit
-/// log records it with the certificate's name and whether it was revoked (true) or unknown.
-pub type RefusalHook = Arc<dyn Fn(&CertInfo, bool) + Send + Sync>;
-
-impl fmt::Debug for RevocationCheckingVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RevocationCheckingVerifier")
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientCertVerifier for RevocationCheckingVerifier {
-    fn root_hint_subjects(&self) -> &[TlsDn] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let info = parse_cert(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        match self.registry.active(&info) {
-            Some(_) => Ok(verified),
-            None => {
-                let revoked = self.registry.get(&info.serial).is_some_and(|p| p.revoked);
-                tracing::info!(serial = %info.serial, name = %info.common_name, revoked, "client certificate refused");
-                if let Some(hook) = &self.on_refusal {
-                    hook(&info, revoked);
-                }
-                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
+/// Called (without blocking) when a certificate that chains to the CA is refused.
+pub use authz::tls::RefusalHook;
 
 /// The server's rustls configuration: TLS 1.3, mandatory client certificates from our CA checked
 /// against the registry, no session resumption (so every connection re-runs the revocation check).
@@ -476,31 +373,19 @@ pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
     ca_pem: &str,
-    registry: Arc<PrincipalRegistry>,
+    directory: Arc<dyn authz::principal::Directory>,
     on_refusal: Option<RefusalHook>,
 ) -> Result<rustls::ServerConfig, PkiError> {
-    let roots = Arc::new(root_store(ca_pem)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
-    let verifier = Arc::new(RevocationCheckingVerifier {
-        inner,
-        registry,
+    let auth = authz::tls::ClientAuth {
+        ca_pem: ca_pem.to_string(),
+        directory,
+        allow_anonymous: false,
         on_refusal,
-    });
-    let certs = certs_from_pem(cert_pem, "server certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::Pem {
-        what: "server key",
+    };
+    authz::tls::mtls_server_config(cert_pem, key_pem, &auth).map_err(|e| PkiError::Pem {
+        what: "server TLS configuration",
         detail: e.to_string(),
-    })?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    // Resumed TLS 1.3 sessions skip certificate verification; disable them so revocation
-    // takes effect on the next connection.
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.send_tls13_tickets = 0;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
+    })
 }
 
 #[cfg(test)]

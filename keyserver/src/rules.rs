@@ -89,3 +89,25 @@ impl RuleCheck for ArdsRules {
         verdict(&self.0.evaluator(), req)
     }
 }
+
+/// Rules from an ARDS subscription made after the key server started (ARDS authenticates the
+/// key server with the service certificate the key server makes at first start). Until the
+/// subscription is set, every check is denied.
+#[derive(Debug, Default, Clone)]
+pub struct LateRules(pub Arc<std::sync::OnceLock<Arc<ards::client::RulesClient>>>);
+
+impl LateRules {
+    /// Sets the subscription (once; later calls are ignored).
+    pub fn set(&self, rules: Arc<ards::client::RulesClient>) {
+        let _ = self.0.set(rules);
+    }
+}
+
+impl RuleCheck for LateRules {
+    fn check(&self, req: &AccessRequest<'_>) -> RuleVerdict {
+        match self.0.get() {
+            Some(rules) => verdict(&rules.evaluator(), req),
+            None => RuleVerdict::deny(),
+        }
+    }
+}

@@ -181,6 +181,8 @@ const SESSION_CAPACITY: u64 = 100_000;
 
 /// Paths inside the data directory.
 pub const ADMIN_DIR: &str = "admin";
+/// The key server's own client identity (service `keyserver`), for its ARDS subscription.
+pub const SERVICE_DIR: &str = "service";
 const DB_FILE: &str = "keyserver.sqlite";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
@@ -209,6 +211,16 @@ fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError>
     let db = Db::open(&db_path, cfg.db_connections)?;
     ensure_server_cert(&ca, dir, &cfg.server_names)?;
     ensure_admin_identity(&ca, &db, &signer, dir, cfg.clock.now())?;
+    // The key server's own identity as a policy enforcement point: it reads its ARDS stream
+    // (PEP `keyserver`) with this certificate.
+    ensure_identity(
+        &ca,
+        &db,
+        &dir.join(SERVICE_DIR),
+        authz::template::KEYSERVER_PEP,
+        PrincipalKind::Service,
+        cfg.clock.now(),
+    )?;
     let principals = db.call_sync(|c| db::all_principals(c))?;
     Ok(State {
         db,
@@ -258,13 +270,31 @@ fn ensure_admin_identity(
     now: i64,
 ) -> Result<(), ServerError> {
     let admin = dir.join(ADMIN_DIR);
-    if admin.join(pki::CERT_FILE).exists() {
+    if !ensure_identity(ca, db, &admin, "admin", PrincipalKind::Admin, now)? {
         return Ok(());
     }
-    let (cert_pem, key_pem, serial) = ca.issue_client_with_key("admin")?;
+    let pubfile = admin.join(pki::SERVER_KEY_FILE);
+    crate::fsutil::write_public(&pubfile, signer.public_hex().as_bytes()).map_err(io(&pubfile))?;
+    Ok(())
+}
+
+/// Creates the identity directory `at` for principal `name` of `kind` unless it exists.
+/// Returns true if it was created now.
+fn ensure_identity(
+    ca: &Ca,
+    db: &Db,
+    at: &Path,
+    name: &str,
+    kind: PrincipalKind,
+    now: i64,
+) -> Result<bool, ServerError> {
+    if at.join(pki::CERT_FILE).exists() {
+        return Ok(false);
+    }
+    let (cert_pem, key_pem, serial) = ca.issue_client_with_key(name)?;
     let principal = Principal {
-        name: "admin".into(),
-        kind: PrincipalKind::Admin,
+        name: name.into(),
+        kind,
         serial,
         revoked: false,
     };
@@ -274,10 +304,8 @@ fn ensure_admin_identity(
         key_pem,
         ca_pem: ca.pem().to_string(),
     }
-    .save(&admin)?;
-    let pubfile = admin.join(pki::SERVER_KEY_FILE);
-    crate::fsutil::write_public(&pubfile, signer.public_hex().as_bytes()).map_err(io(&pubfile))?;
-    Ok(())
+    .save(at)?;
+    Ok(true)
 }
 
 /// A running key server.
@@ -285,6 +313,7 @@ pub struct RunningServer {
     pub url: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    directory: crate::directory::KeyServerDirectory,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -293,6 +322,14 @@ impl RunningServer {
     /// The admin identity directory created at first start.
     pub fn admin_dir(&self) -> PathBuf {
         self.data_dir.join(ADMIN_DIR)
+    }
+    /// The key server's own client identity directory (service `keyserver`).
+    pub fn service_dir(&self) -> PathBuf {
+        self.data_dir.join(SERVICE_DIR)
+    }
+    /// The installation's directory of principals and identities, for authz and ARDS.
+    pub fn directory(&self) -> crate::directory::KeyServerDirectory {
+        self.directory.clone()
     }
     /// Stops accepting, closes every connection and waits for the loop to end.
     pub async fn shutdown(self) {
@@ -345,11 +382,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         };
         hook_audit.record_later(ev);
     });
+    let directory = crate::directory::KeyServerDirectory {
+        db: Arc::clone(&state.db),
+        registry: Arc::clone(&state.registry),
+    };
     let tls = pki::server_config(
         &cert_pem,
         &key_pem,
         state.ca.pem(),
-        Arc::clone(&state.registry),
+        Arc::new(directory.clone()),
         Some(hook),
     )?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -392,6 +433,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         url,
         addr,
         data_dir,
+        directory,
         shutdown: tx,
         task,
     })

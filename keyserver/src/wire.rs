@@ -273,6 +273,52 @@ pub struct EnrollRequest {
     pub hpke_public_key: String,
 }
 
+/// `GET /v1/directory`: what authz and ARDS need to know about identities when they run apart
+/// from the key server (they poll it; see `keyserver::directory::MirroredDirectory`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectorySnapshot {
+    pub principals: Vec<PrincipalEntry>,
+    /// User name → active (not disabled).
+    pub users: std::collections::BTreeMap<String, bool>,
+    /// Device name → has an active certificate.
+    pub devices: std::collections::BTreeMap<String, bool>,
+    /// Application digest → registered and not revoked.
+    pub applications: std::collections::BTreeMap<String, bool>,
+    pub workflows: std::collections::BTreeMap<String, authz::principal::WorkflowGrant>,
+}
+
+/// One issued client certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrincipalEntry {
+    pub serial: String,
+    pub name: String,
+    pub kind: crate::pki::PrincipalKind,
+    pub revoked: bool,
+}
+
+/// `POST /v1/admin/principals`: a control-plane principal that is not a device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPrincipalRequest {
+    /// `workflow`, `auditor` or `service`.
+    pub kind: String,
+    pub name: String,
+    pub csr_pem: String,
+    /// Workflow only: key scopes it may authorize (`*`: every scope).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Workflow only: path prefixes it may authorize (`**`: every path).
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddPrincipalResponse {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub serial: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrollResponse {
     pub cert_pem: String,

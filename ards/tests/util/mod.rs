@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use ards::testing::{spawn_loopback, spawn_on, LoopbackArds, LoopbackOptions};
 use ards::{ArdsHttp, ClientConfig, ClientOptions, ManualClock, RulesClient};
+use authz::principal::{Role, Standing};
 use authz::template::RuleSpec;
+use authz::testing::pki::{Issued, TestDirectory, TestPki};
 use authz::{AccessRequest, Action, IssuerKey, Rule, SignedRule};
 
 pub const T0: i64 = 1_795_000_000;
@@ -15,6 +17,10 @@ pub const ISSUER: &str = "authz";
 pub const DIGEST: &str = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233";
 
 pub struct Harness {
+    /// The CA and directory every caller's certificate comes from.
+    pub pki: Arc<TestPki>,
+    /// An admin principal: `http` calls as it.
+    pub admin: Issued,
     pub dir: tempfile::TempDir,
     pub clock: ManualClock,
     pub key: IssuerKey,
@@ -30,11 +36,15 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let key = IssuerKey::from_seed([7; 32]);
-        let server = spawn_loopback(Self::options(dir.path().join("ards"), &clock, &key))
+        let pki = Arc::new(TestPki::new(TestDirectory::new(Standing::Unknown)));
+        let admin = pki.issue("admin", Role::Admin);
+        let server = spawn_loopback(Self::options(dir.path().join("ards"), &clock, &key, &pki))
             .await
             .unwrap();
-        let http = ArdsHttp::new(&server.url, &server.ca_pem).unwrap();
+        let http = ArdsHttp::new(&server.url, &server.ca_pem, Some(&admin.identity)).unwrap();
         Self {
+            pki,
+            admin,
             url: server.url.clone(),
             ca_pem: server.ca_pem.clone(),
             dir,
@@ -45,8 +55,17 @@ impl Harness {
         }
     }
 
-    fn options(dir: PathBuf, clock: &ManualClock, key: &IssuerKey) -> LoopbackOptions {
-        let mut opts = LoopbackOptions::new(dir, vec![(ISSUER.to_owned(), key.public())]);
+    fn options(
+        dir: PathBuf,
+        clock: &ManualClock,
+        key: &IssuerKey,
+        pki: &TestPki,
+    ) -> LoopbackOptions {
+        let mut opts = LoopbackOptions::new(
+            dir,
+            vec![(ISSUER.to_owned(), key.public())],
+            pki.client_auth(),
+        );
         opts.lead_time_secs = 300;
         opts.clock = Arc::new(clock.clone());
         opts
@@ -67,10 +86,28 @@ impl Harness {
     pub async fn restart(&mut self) {
         self.stop().await;
         let addr = self.url.trim_start_matches("https://").to_owned();
-        let opts = Self::options(self.dir.path().join("ards"), &self.clock, &self.key);
+        let opts = Self::options(
+            self.dir.path().join("ards"),
+            &self.clock,
+            &self.key,
+            &self.pki,
+        );
         self.server = Some(spawn_on(opts, &addr).await.unwrap());
         // Pooled connections died with the old server; start clean.
-        self.http = ArdsHttp::new(&self.url, &self.ca_pem).unwrap();
+        self.http = ArdsHttp::new(&self.url, &self.ca_pem, Some(&self.admin.identity)).unwrap();
+    }
+
+    /// A certificate for the PEP `pep` (`mount:<device>` or a service name).
+    pub fn pep_identity(&self, pep: &str) -> Issued {
+        match pep.strip_prefix("mount:") {
+            Some(device) => self.pki.issue(device, Role::Device),
+            None => self.pki.issue(pep, Role::Service),
+        }
+    }
+
+    /// An HTTP client that calls as `issued`.
+    pub fn http_as(&self, issued: &Issued) -> ArdsHttp {
+        ArdsHttp::new(&self.url, &self.ca_pem, Some(&issued.identity)).unwrap()
     }
 
     pub fn client_config(&self, pep: &str) -> ClientConfig {
@@ -78,6 +115,7 @@ impl Harness {
             url: self.url.clone(),
             pep_id: pep.to_owned(),
             ca_pem: self.ca_pem.clone(),
+            identity: self.pep_identity(pep).identity,
             trusted_issuers: vec![(ISSUER.to_owned(), self.key.public())],
             cache_path: self
                 .dir

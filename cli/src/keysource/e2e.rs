@@ -189,6 +189,7 @@ fn mount_enforces_local_rules_revocation_and_outage() {
                 }
                 .json()
                 .as_bytes(),
+                &authz::Submitter::admin("admin"),
             ),
         )
         .unwrap();

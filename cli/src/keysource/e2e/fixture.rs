@@ -213,7 +213,11 @@ impl Env {
         let server = self.server();
         let issued = self
             .rt
-            .block_on(server.authz.submit(req.json().as_bytes()))
+            .block_on(
+                server
+                    .authz
+                    .submit(req.json().as_bytes(), &authz::Submitter::admin("admin")),
+            )
             .unwrap();
         let ks_rules: Vec<String> = server
             .authz
@@ -233,7 +237,11 @@ impl Env {
     /// Withdraws a request's rules.
     pub fn cancel(&self, issued: &authz::service::Issued) {
         self.rt
-            .block_on(self.server().authz.cancel(&issued.id))
+            .block_on(
+                self.server()
+                    .authz
+                    .cancel(&issued.id, &authz::Submitter::admin("admin")),
+            )
             .unwrap();
     }
 

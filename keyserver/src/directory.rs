@@ -1,0 +1,174 @@
+//! The key server as the installation's directory for the rest of the control plane: which
+//! certificates are active (the in-memory [`PrincipalRegistry`], as the handshake sees it) and
+//! which users, devices, application builds and workflow grants exist (SQLite). authz checks
+//! requests against it; authz and ARDS authenticate their callers with it.
+
+use std::sync::Arc;
+
+use authz::principal::{Directory, Principal, Principals, Standing, WorkflowGrant};
+
+use crate::db::{self, Db};
+use crate::pki::{PrincipalKind, PrincipalRegistry};
+
+/// Directory backed by the key server's registry and database. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyServerDirectory {
+    pub(crate) db: Arc<Db>,
+    pub(crate) registry: Arc<PrincipalRegistry>,
+}
+
+impl std::fmt::Debug for KeyServerDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyServerDirectory").finish_non_exhaustive()
+    }
+}
+
+impl KeyServerDirectory {
+    /// A lookup that fails (the database is unavailable) counts as unknown: fail closed.
+    fn standing(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<Standing, db::StoreError>,
+    ) -> Standing {
+        self.db.call_sync(f).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "directory lookup failed; treating the name as unknown");
+            Standing::Unknown
+        })
+    }
+}
+
+impl Principals for KeyServerDirectory {
+    fn principal(&self, serial: &str, common_name: &str) -> Option<Principal> {
+        self.registry.principal(serial, common_name)
+    }
+
+    fn is_revoked(&self, serial: &str) -> bool {
+        self.registry.is_revoked(serial)
+    }
+}
+
+impl Directory for KeyServerDirectory {
+    fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
+        self.db
+            .call_sync(|c| db::get_workflow(c, name))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "workflow grant lookup failed; treating it as none");
+                None
+            })
+    }
+
+    fn user(&self, name: &str) -> Standing {
+        self.standing(|c| {
+            Ok(match db::get_user(c, name)? {
+                Some(u) if !u.disabled => Standing::Active,
+                Some(_) => Standing::Inactive,
+                None => Standing::Unknown,
+            })
+        })
+    }
+
+    fn device(&self, name: &str) -> Standing {
+        self.standing(|c| {
+            if db::active_cert_exists(c, PrincipalKind::Device, name)? {
+                Ok(Standing::Active)
+            } else if db::cert_exists(c, PrincipalKind::Device, name)? {
+                Ok(Standing::Inactive)
+            } else {
+                Ok(Standing::Unknown)
+            }
+        })
+    }
+
+    fn application(&self, digest: &str) -> Standing {
+        self.standing(|c| {
+            Ok(match db::get_app(c, digest)? {
+                Some(a) if a.revoked_at.is_none() => Standing::Active,
+                Some(_) => Standing::Inactive,
+                None => Standing::Unknown,
+            })
+        })
+    }
+}
+
+/// The directory as last fetched from a key server (`GET /v1/directory`), for authz and ARDS
+/// running as their own processes. [`MirroredDirectory::follow`] refreshes it every second, so
+/// a revocation reaches them within about a second; while the key server is unreachable the
+/// last snapshot stays in force (a revoked principal stays refused: revocations only add up).
+#[derive(Debug, Default)]
+pub struct MirroredDirectory {
+    snapshot: std::sync::RwLock<Arc<crate::wire::DirectorySnapshot>>,
+}
+
+impl MirroredDirectory {
+    /// Fetches the first snapshot (fails if the key server cannot be reached).
+    pub async fn fetch(client: &crate::AdminClient) -> Result<Arc<Self>, crate::ClientError> {
+        let snap = client.directory().await?;
+        Ok(Arc::new(MirroredDirectory {
+            snapshot: std::sync::RwLock::new(Arc::new(snap)),
+        }))
+    }
+
+    /// Refreshes every `period` until the task is dropped.
+    pub async fn follow(self: Arc<Self>, client: crate::AdminClient, period: std::time::Duration) {
+        loop {
+            tokio::time::sleep(period).await;
+            match client.directory().await {
+                Ok(snap) => self.replace(snap),
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory refresh failed; keeping the last one")
+                }
+            }
+        }
+    }
+
+    pub fn replace(&self, snap: crate::wire::DirectorySnapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+    }
+
+    fn current(&self) -> Arc<crate::wire::DirectorySnapshot> {
+        Arc::clone(&self.snapshot.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn standing_of(entry: Option<&bool>) -> Standing {
+    match entry {
+        Some(true) => Standing::Active,
+        Some(false) => Standing::Inactive,
+        None => Standing::Unknown,
+    }
+}
+
+impl Principals for MirroredDirectory {
+    fn principal(&self, serial: &str, common_name: &str) -> Option<Principal> {
+        self.current()
+            .principals
+            .iter()
+            .find(|p| p.serial == serial && !p.revoked && p.name == common_name)
+            .map(|p| Principal {
+                name: p.name.clone(),
+                role: p.kind,
+                serial: p.serial.clone(),
+            })
+    }
+
+    fn is_revoked(&self, serial: &str) -> bool {
+        self.current()
+            .principals
+            .iter()
+            .any(|p| p.serial == serial && p.revoked)
+    }
+}
+
+impl Directory for MirroredDirectory {
+    fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
+        self.current().workflows.get(name).cloned()
+    }
+    fn user(&self, name: &str) -> Standing {
+        standing_of(self.current().users.get(name))
+    }
+    fn device(&self, name: &str) -> Standing {
+        standing_of(self.current().devices.get(name))
+    }
+    fn application(&self, digest: &str) -> Standing {
+        standing_of(self.current().applications.get(digest))
+    }
+}
