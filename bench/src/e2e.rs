@@ -570,6 +570,8 @@ impl Stack {
             .args(["--authz", &self.info.authz_url])
             .arg("--ca")
             .arg(&self.info.authz_cert)
+            .arg("--identity")
+            .arg(&self.info.admin_dir)
             .output()?;
         ensure!(
             out.status.success(),

@@ -384,6 +384,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = start(opts(dir.path())).await.unwrap();
         assert!(server.admin_dir.join("cert.pem").exists());
+        // authz takes requests only for principals the key server knows.
+        let admin =
+            keyserver::AdminClient::connect(&server.keyserver_url, &server.admin_dir).unwrap();
+        admin.add_user("alice", "a long passphrase").await.unwrap();
+        admin
+            .enroll_device("ws-1", &dir.path().join("ws-1"))
+            .await
+            .unwrap();
+        admin
+            .register_app(&keyserver::wire::RegisterAppRequest {
+                digest: "ab".repeat(32),
+                name: "viewer".into(),
+                version: "1".into(),
+                vendor: None,
+            })
+            .await
+            .unwrap();
         let now = keyserver::now();
         let body = serde_json::json!({
             "entityType": "AuthorizationPolicyRequest",

@@ -308,6 +308,8 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         .args(["--authz", &server.url("authz ")])
         .arg("--ca")
         .arg(data.join("authz/tls-cert.pem"))
+        .arg("--identity")
+        .arg(&admin)
         .output()
         .unwrap());
 
