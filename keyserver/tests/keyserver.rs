@@ -1005,3 +1005,82 @@ async fn license_throughput() {
         );
     }
 }
+
+/// Control-plane principals: a workflow, an auditor and a service get certificates with their
+/// grant; the auditor reads the audit trail but changes nothing; only a service (or an admin)
+/// reads the directory that standalone authz and ARDS mirror, and a revocation reaches that
+/// mirror at its next refresh. A device is none of these.
+#[tokio::test]
+async fn control_plane_principals_and_the_mirrored_directory() {
+    use authz::principal::{Directory, Principals, Role, Standing, WorkflowGrant};
+    let e = env().await;
+    let dir = e.dir.path();
+    let grant = WorkflowGrant {
+        scopes: vec![SCOPE.into()],
+        paths: vec!["show/seq1".into()],
+    };
+    let wf = e
+        .admin
+        .add_principal("workflow", "render", Some(&grant), &dir.join("wf"))
+        .await
+        .unwrap();
+    e.admin
+        .add_principal("auditor", "sec-1", None, &dir.join("auditor"))
+        .await
+        .unwrap();
+    e.admin
+        .add_principal("service", "authz", None, &dir.join("svc"))
+        .await
+        .unwrap();
+    // A workflow needs a grant; devices enroll elsewhere; names are checked.
+    for (kind, name, grant) in [
+        ("workflow", "nogrant", None),
+        ("device", "ws-99", None),
+        ("admin", "root2", None),
+        ("auditor", "bad name", None),
+        ("auditor", "sec-2", Some(&grant)),
+    ] {
+        let r = e
+            .admin
+            .add_principal(kind, name, grant, &dir.join(format!("x-{kind}-{name}")))
+            .await;
+        assert!(
+            matches!(r, Err(ClientError::Server { status: 400, .. })),
+            "{kind} {name}: {r:?}"
+        );
+    }
+
+    let auditor = AdminClient::connect(&e.lb.url, &dir.join("auditor")).unwrap();
+    assert!(!auditor.audit_tail(10).await.unwrap().is_empty());
+    assert_eq!(
+        denied(auditor.create_scope("sneaky").await),
+        Reason::NotAdmin
+    );
+    let device = AdminClient::connect(&e.lb.url, &dir.join("dev")).unwrap();
+    assert_eq!(denied(device.directory().await), Reason::NotAdmin);
+    assert_eq!(denied(auditor.directory().await), Reason::NotAdmin);
+
+    let svc = AdminClient::connect(&e.lb.url, &dir.join("svc")).unwrap();
+    let mirror = keyserver::directory::MirroredDirectory::fetch(&svc)
+        .await
+        .unwrap();
+    let found = mirror.principal(&wf.serial, "render").unwrap();
+    assert_eq!(found.role, Role::Workflow);
+    assert!(mirror.principal(&wf.serial, "someone-else").is_none());
+    assert_eq!(mirror.workflow_grant("render"), Some(grant));
+    assert_eq!(mirror.user(USER), Standing::Active);
+    assert_eq!(mirror.user("bob"), Standing::Unknown);
+    assert_eq!(mirror.device(DEVICE), Standing::Active);
+    assert_eq!(mirror.application(&app_digest(APP)), Standing::Active);
+    assert_eq!(mirror.application(&app_digest("other")), Standing::Unknown);
+
+    e.admin.revoke_principal("workflow", "render").await.unwrap();
+    e.admin.disable_user(USER).await.unwrap();
+    mirror.replace(svc.directory().await.unwrap());
+    assert!(mirror.principal(&wf.serial, "render").is_none());
+    assert!(mirror.is_revoked(&wf.serial));
+    assert_eq!(mirror.user(USER), Standing::Inactive);
+    // The key server itself refuses the revoked workflow's certificate in the handshake.
+    let revoked = AdminClient::connect(&e.lb.url, &dir.join("wf")).unwrap();
+    assert!(revoked.audit_tail(1).await.is_err());
+}
