@@ -1115,29 +1115,15 @@ async fn enroll(
         )
     })?;
     let principal = admin_change(&st, admin, "device.enroll", move |st, conn| {
-        if db::active_cert_exists(conn, PrincipalKind::Device, &req.name)? {
-            return Err(ApiError::Conflict(format!(
-                "device {} (revoke it first to re-enroll)",
-                req.name
-            )));
-        }
-        let (cert_pem, serial) = st
-            .ca
-            .issue_client_from_csr(&req.name, &req.csr_pem)
-            .map_err(|e| {
-                ApiError::bad(
-                    "csr_pem",
-                    format!("not a valid certificate signing request: {e}"),
-                )
-            })?;
-        let p = Principal {
-            name: req.name.clone(),
-            kind: PrincipalKind::Device,
-            serial: serial.clone(),
-            revoked: false,
-        };
-        let now = st.clock.now();
-        db::insert_cert(conn, &p, Some(&req.hpke_public_key), now)?;
+        let (p, cert_pem) = issue_cert(
+            st,
+            conn,
+            PrincipalKind::Device,
+            &req.name,
+            &req.csr_pem,
+            Some(&req.hpke_public_key),
+        )?;
+        let serial = p.serial.clone();
         let answer = EnrollResponse {
             cert_pem,
             ca_pem: st.ca.pem().to_string(),
@@ -1149,6 +1135,38 @@ async fn enroll(
     .await?;
     st.registry.upsert(principal.0);
     Ok(Json(principal.1))
+}
+
+/// Issues and records a client certificate for `name` of `kind` from a CSR (only its public
+/// key is taken); refused while the name holds an active certificate of that kind.
+fn issue_cert(
+    st: &State,
+    conn: &mut Connection,
+    kind: PrincipalKind,
+    name: &str,
+    csr_pem: &str,
+    hpke_public: Option<&str>,
+) -> Result<(Principal, String), ApiError> {
+    if db::active_cert_exists(conn, kind, name)? {
+        return Err(ApiError::Conflict(format!(
+            "{} {name} (revoke it first to issue a new certificate)",
+            kind.as_str()
+        )));
+    }
+    let (cert_pem, serial) = st.ca.issue_client_from_csr(name, csr_pem).map_err(|e| {
+        ApiError::bad(
+            "csr_pem",
+            format!("not a valid certificate signing request: {e}"),
+        )
+    })?;
+    let p = Principal {
+        name: name.to_string(),
+        kind,
+        serial,
+        revoked: false,
+    };
+    db::insert_cert(conn, &p, hpke_public, st.clock.now())?;
+    Ok((p, cert_pem))
 }
 
 /// The control-plane roles an admin issues certificates for here (devices enroll through
@@ -1218,30 +1236,9 @@ async fn add_principal(
         _ => "service.add",
     };
     let (principal, answer) = admin_change(&st, admin, action, move |st, conn| {
-        if db::active_cert_exists(conn, kind, &req.name)? {
-            return Err(ApiError::Conflict(format!(
-                "{} {} (revoke it first to issue a new certificate)",
-                kind.as_str(),
-                req.name
-            )));
-        }
-        let (cert_pem, serial) = st
-            .ca
-            .issue_client_from_csr(&req.name, &req.csr_pem)
-            .map_err(|e| {
-                ApiError::bad(
-                    "csr_pem",
-                    format!("not a valid certificate signing request: {e}"),
-                )
-            })?;
-        let p = Principal {
-            name: req.name.clone(),
-            kind,
-            serial: serial.clone(),
-            revoked: false,
-        };
+        let (p, cert_pem) = issue_cert(st, conn, kind, &req.name, &req.csr_pem, None)?;
+        let serial = p.serial.clone();
         let now = st.clock.now();
-        db::insert_cert(conn, &p, None, now)?;
         if let Some(g) = &grant {
             db::put_workflow(conn, &req.name, g, now)?;
         }
@@ -1297,7 +1294,7 @@ async fn directory(
             return Err(ApiError::Denied(Reason::NotAdmin));
         }
     }
-    Ok(Json(st.db.call(|c| db::directory_snapshot(c)).await?))
+    Ok(Json(st.db.call(db::directory_snapshot).await?))
 }
 
 async fn list_devices(

@@ -315,51 +315,6 @@ impl LicenseClient {
     }
 
     /// The raw client, for requests this API does not wrap.
-    /// Issues a `workflow`, `auditor` or `service` certificate: creates the key (CSR) locally
-    /// and writes cert.pem, key.pem and ca.pem to `out`. A workflow takes its grant.
-    pub async fn add_principal(
-        &self,
-        kind: &str,
-        name: &str,
-        grant: Option<&authz::principal::WorkflowGrant>,
-        out: &Path,
-    ) -> Result<AddPrincipalResponse, ClientError> {
-        let (csr_pem, key_pem) = pki::new_csr(name)?;
-        let resp: AddPrincipalResponse = self
-            .client
-            .post(
-                "/v1/admin/principals",
-                &AddPrincipalRequest {
-                    kind: kind.into(),
-                    name: name.into(),
-                    csr_pem,
-                    scopes: grant.map(|g| g.scopes.clone()).unwrap_or_default(),
-                    paths: grant.map(|g| g.paths.clone()).unwrap_or_default(),
-                },
-            )
-            .await?;
-        Identity {
-            cert_pem: resp.cert_pem.clone(),
-            key_pem,
-            ca_pem: resp.ca_pem.clone(),
-        }
-        .save(out)?;
-        Ok(resp)
-    }
-    /// Revokes every certificate of principal `kind:name`.
-    pub async fn revoke_principal(&self, kind: &str, name: &str) -> Result<Revoked, ClientError> {
-        self.client
-            .post(
-                &format!("/v1/admin/principals/{kind}/{name}/revoke"),
-                &serde_json::json!({}),
-            )
-            .await
-    }
-    /// The installation's directory (principals, users, devices, applications, grants), for
-    /// authz and ARDS running apart from the key server.
-    pub async fn directory(&self) -> Result<DirectorySnapshot, ClientError> {
-        self.client.get("/v1/directory").await
-    }
     pub fn raw(&self) -> &KsClient {
         &self.client
     }
