@@ -16,6 +16,10 @@
 //! before any round trip (a deny needs no network), and on every change of the rule set drops
 //! held licenses that lost their allowing rule and flags their leases revoked, so reads on
 //! handles already open fail with `EACCES` (revocation in well under a second).
+//!
+//! With or without rules, the key server's identity revocations (a disabled user, a revoked
+//! application digest, key version or this device) reach held licenses the same way, through
+//! the long-poll subscription in [`revocations`].
 
 #![forbid(unsafe_code)]
 
