@@ -916,7 +916,8 @@ async fn requests_naming_unknown_or_disabled_principals_are_refused() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
 
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             Box::new(|v| v["participants"][0]["identifier"][0]["identifierValue"] = "bob".into()),
             "participants[0]",
