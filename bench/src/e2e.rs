@@ -25,6 +25,8 @@ use keyserver::{AdminClient, LicenseClient, UserToken};
 
 use crate::{dur, env_num, Samples};
 
+pub mod revoke;
+
 const USER: &str = "alice";
 const PASSWORD: &str = "a long bench passphrase";
 const SCOPE: &str = "bench";
@@ -447,6 +449,19 @@ fn request_json(
     action: &str,
     start: i64,
 ) -> Result<String> {
+    request_json_for(USER, name, apps, device, assets, action, start)
+}
+
+/// [`request_json`] for another participant than alice.
+fn request_json_for(
+    user: &str,
+    name: &str,
+    apps: &[&str],
+    device: &str,
+    assets: &str,
+    action: &str,
+    start: i64,
+) -> Result<String> {
     let apps: Vec<serde_json::Value> = apps
         .iter()
         .map(|d| {
@@ -459,7 +474,7 @@ fn request_json(
         "entityType": "AuthorizationPolicyRequest",
         "identifier": [{"identifierScope": "workflow", "identifierValue": format!("bench-{name}")}],
         "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": name}], "name": name},
-        "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": USER}],
+        "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": user}],
                           "structuralCharacteristics": {"structuralType": "person"}}],
         "applications": apps,
         "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": device}]}],
@@ -644,6 +659,12 @@ impl Stack {
     }
 
     fn mount(&mut self) -> Result<()> {
+        self.mount_csap()?;
+        self.mount_passthrough()
+    }
+
+    /// `csap mount --server … --ards …` of the backing store.
+    fn mount_csap(&mut self) -> Result<()> {
         let mnt = self.dir.path().join("mnt");
         std::fs::create_dir_all(&mnt)?;
         let log = self.dir.path().join("mount.log");
@@ -673,7 +694,11 @@ impl Stack {
         };
         wait_mounted(&mut proc, &mnt, &log)?;
         self.csap_mount = Some(FuseMount { mnt, proc });
+        Ok(())
+    }
 
+    /// A bindfs passthrough of the same backing store, the baseline of the open figures.
+    fn mount_passthrough(&mut self) -> Result<()> {
         let pass = self.dir.path().join("passthrough");
         std::fs::create_dir_all(&pass)?;
         let log = self.dir.path().join("bindfs.log");

@@ -1,5 +1,5 @@
 //! The whole-system benchmark harness: `cargo run -p bench --release -- <evaluator|licenses|
-//! distribution|open|render|e2e|all>`. Each subcommand runs real components on 127.0.0.1 (TLS,
+//! distribution|open|render|e2e|revoke|all>`. Each subcommand runs real components on 127.0.0.1 (TLS,
 //! SQLite files in a temp dir), stops by itself, and prints a Markdown table of figures against
 //! their goals. `open` and `render` (see [`e2e`]) drive the release `csap` binary as processes.
 //!
@@ -20,7 +20,7 @@ mod e2e;
 mod worker;
 
 const USAGE: &str = "\
-usage: bench <evaluator|licenses|distribution|open|render|e2e|all>
+usage: bench <evaluator|licenses|distribution|open|render|e2e|revoke|all>
 
   evaluator     authz evaluator: 10,000 synthetic rules, per-call decide() latency
   licenses      key server on loopback TLS: licenses/s and latency at 1/16/64/256 clients,
@@ -32,6 +32,8 @@ usage: bench <evaluator|licenses|distribution|open|render|e2e|all>
   render        end to end: 1,000 frames of 8 MiB read by 2 worker processes, with and without
                 pre-loading, vs the mount's sequential read (dd); backing store on /dev/shm
   e2e           open and render on one stack
+  revoke        end to end: user disable → a handle held open through the mount fails its
+                next read (EACCES); a new user per trial
   all           evaluator, licenses, distribution, open (not render: it needs ~10 GiB of tmpfs)
 
   open, render and e2e need root (or FUSE rights), bindfs, and the release csap binary next to
@@ -58,6 +60,7 @@ environment (defaults in brackets):
   BENCH_READ_KIB         render: read size of workers and dd [1024]
   BENCH_SEQ_MIB          render: size of the dd file [2048]
   BENCH_SEQ_RUNS         render: dd runs (median) [3]
+  BENCH_REVOKE_TRIALS    revoke: trials, a user each [100]
   BENCH_BACKING_DIR      open/render: where the backing store lives [/dev/shm]
   BENCH_CSAP             open/render: the csap binary [next to this executable]
   BENCH_PERF_DIR         open/render: record the mount with `perf record -g` into this dir
@@ -71,7 +74,7 @@ fn main() -> Result<()> {
     }
     let what = args.get(1).cloned().unwrap_or_default();
     let run: &[&str] = match what.as_str() {
-        "evaluator" | "licenses" | "distribution" | "open" | "render" | "e2e" => &[],
+        "evaluator" | "licenses" | "distribution" | "open" | "render" | "e2e" | "revoke" => &[],
         "all" => &["evaluator", "licenses", "distribution", "open"],
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
@@ -103,6 +106,10 @@ fn main() -> Result<()> {
             "open" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Open)?,
             "render" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Render)?,
             "e2e" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Both)?,
+            "revoke" => e2e::revoke::run(
+                &e2e::E2eKnobs::from_env(knobs.quick)?,
+                env_num("BENCH_REVOKE_TRIALS", if knobs.quick { 10 } else { 100 })?,
+            )?,
             _ => runtime()?.block_on(distribution(&knobs))?,
         }
     }

@@ -13,6 +13,9 @@
 //! - `read --index W --stride N --buf-kib K LIST`: prints `ready`, waits for a line on stdin,
 //!   then reads every N-th frame of LIST from the W-th (open, read to EOF in K KiB reads,
 //!   check the frame number in its first 8 bytes, close) and prints `done BYTES`.
+//! - `hold PATH`: opens PATH, reads its first 4 KiB and prints `opened`; at a line on stdin,
+//!   re-reads those 4 KiB through the same handle every millisecond until a read fails with
+//!   `EACCES` (prints `refused`) or 5 s pass (prints `still-open`).
 
 #![forbid(unsafe_code)]
 
@@ -26,7 +29,7 @@ pub const ARG: &str = "__worker";
 
 pub fn main(args: &[String]) -> Result<()> {
     let Some((cmd, rest)) = args.split_first() else {
-        bail!("__worker needs a command: opens, cold or read");
+        bail!("__worker needs a command: opens, cold, read or hold");
     };
     let mut opts = std::collections::HashMap::new();
     let mut positional = Vec::new();
@@ -56,6 +59,7 @@ pub fn main(args: &[String]) -> Result<()> {
             num("stride")? as usize,
             num("buf-kib")? as usize,
         ),
+        "hold" => hold(&positional),
         other => bail!("unknown worker command {other:?}"),
     }
 }
@@ -146,4 +150,35 @@ fn read(frames: &[PathBuf], index: usize, stride: usize, buf_kib: usize) -> Resu
     }
     writeln!(out, "done {bytes}")?;
     Ok(())
+}
+
+fn hold(positional: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let [path] = positional else {
+        bail!("give exactly one path");
+    };
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut buf = vec![0u8; 4096];
+    f.read_at(&mut buf, 0)
+        .with_context(|| format!("read {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "opened")?;
+    out.flush()?;
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f.read_at(&mut buf, 0) {
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(_) => {
+                writeln!(out, "still-open")?;
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(13) => {
+                writeln!(out, "refused")?;
+                return Ok(());
+            }
+            Err(e) => bail!("read {}: {e} (not EACCES)", path.display()),
+        }
+    }
 }

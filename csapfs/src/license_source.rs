@@ -16,10 +16,15 @@
 //! before any round trip (a deny needs no network), and on every change of the rule set drops
 //! held licenses that lost their allowing rule and flags their leases revoked, so reads on
 //! handles already open fail with `EACCES` (revocation in well under a second).
+//!
+//! With or without rules, the key server's identity revocations (a disabled user, a revoked
+//! application digest, key version or this device) reach held licenses the same way, through
+//! the long-poll subscription in [`revocations`].
 
 #![forbid(unsafe_code)]
 
 pub mod attest;
+mod revocations;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -178,6 +183,8 @@ pub enum LicenseSourceError {
     Timeout,
     #[error("cannot subscribe to ARDS: {0}")]
     Ards(ards::ClientError),
+    #[error("cannot subscribe to the key server's revocations: {0}")]
+    Revocations(ClientError),
 }
 
 /// License cache key: whose session, which executable, which asset, what for.
@@ -262,6 +269,10 @@ pub struct KeyServerSource {
     licenses: moka::sync::Cache<LicenseKey, Arc<Held>>,
     /// The mount's ARDS subscription and its current rules (with the scope names they name).
     rules: Option<Arc<MountRules>>,
+    /// The key server's identity revocations, applied as they come ([`revocations`]).
+    revocations: Arc<revocations::Revocations>,
+    /// Called after a sweep (rules or identities) revoked something.
+    listeners: revocations::Listeners,
 }
 
 /// The mount's rule set as last seen, and the subscription that updates it.
@@ -272,7 +283,7 @@ struct MountRules {
     /// Scope id → scope name, learned from licenses (rules name scopes, headers carry ids).
     scope_names: RwLock<HashMap<[u8; 16], String>>,
     /// Called after a sweep that revoked something (page-cache invalidation).
-    listeners: std::sync::Mutex<Vec<RevocationListener>>,
+    listeners: revocations::Listeners,
     /// Ids of rules seen pending (released ahead of their window): pre-loaded once active.
     pending_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -575,6 +586,15 @@ impl KeyServerSource {
             .max_capacity(100_000)
             .expire_after(UntilNotAfter)
             .build();
+        let listeners = revocations::Listeners::default();
+        let revocations = revocations::Subscription {
+            client: client.clone(),
+            device: client.device().to_string(),
+            licenses: licenses.clone(),
+            listeners: Arc::clone(&listeners),
+            request_timeout: cfg.request_timeout,
+        }
+        .start(&runtime)?;
         let rules = match cfg.rules {
             None => None,
             Some(rc) => {
@@ -593,6 +613,7 @@ impl KeyServerSource {
                     client.device(),
                     &licenses,
                     preload,
+                    Arc::clone(&listeners),
                 )?)
             }
         };
@@ -615,6 +636,8 @@ impl KeyServerSource {
             request_timeout: cfg.request_timeout,
             licenses,
             rules,
+            revocations,
+            listeners,
         })
     }
 
@@ -627,6 +650,7 @@ impl KeyServerSource {
         device: &str,
         licenses: &moka::sync::Cache<LicenseKey, Arc<Held>>,
         preload: Option<Preloader>,
+        listeners: revocations::Listeners,
     ) -> Result<Arc<MountRules>, LicenseSourceError> {
         let pep_id = authz::template::mount_pep(device);
         // ARDS authenticates the mount with the device's certificate (PEP `mount:<device>`).
@@ -655,7 +679,7 @@ impl KeyServerSource {
             device: device.to_string(),
             scope_names: RwLock::new(HashMap::new()),
             pending_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
-            listeners: std::sync::Mutex::new(Vec::new()),
+            listeners,
         });
         tracing::info!(%pep_id, rules = rules.snapshot().evaluator.rules().len(), "subscribed to ARDS");
         let (weak, licenses, preload) = (Arc::downgrade(&rules), licenses.clone(), preload);
@@ -755,12 +779,7 @@ impl KeyServerSource {
         header: &Header,
         action: Action,
     ) -> Result<Arc<Held>, KeyError> {
-        let Asker {
-            caller,
-            token,
-            user,
-            app,
-        } = *asker;
+        let Asker { token, app, .. } = *asker;
         let asset_id = header.asset_id.0;
         let cache_key = LicenseKey {
             session: session_of(token),
@@ -770,23 +789,7 @@ impl KeyServerSource {
         };
         let held = match self.licenses.get(&cache_key) {
             Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
-            _ => {
-                let license = self.request_here(token, app, action, asset_id)?;
-                let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
-                    let reason = license
-                        .license
-                        .denials
-                        .iter()
-                        .map(|d| d.reason.to_string())
-                        .next()
-                        .unwrap_or_else(|| "not granted".into());
-                    tracing::info!(uid = caller.uid, pid = caller.pid, app, path, ?action, %reason, "license denied");
-                    return Err(KeyError::Denied(format!("key server: {reason}")));
-                };
-                let held = self.hold(user, grant, license.license.not_after);
-                self.licenses.insert(cache_key, Arc::clone(&held));
-                held
-            }
+            _ => self.fetch_unrevoked(asker, path, &cache_key)?,
         };
         // The header is not authenticated yet: a mismatch means tampering or a misfiled
         // asset, and the key we hold would fail the header MAC anyway.
@@ -796,6 +799,64 @@ impl KeyServerSource {
                 source_key: held.key_id.to_string(),
             });
         }
+        Ok(held)
+    }
+
+    /// Asks for the license of `cache_key` and holds it. A grant cached while an identity
+    /// revocation sweep ran may predate that revocation and have escaped the sweep: it is
+    /// dropped and asked for again (the key server has the revocation by then).
+    fn fetch_unrevoked(
+        &self,
+        asker: &Asker<'_>,
+        path: &str,
+        cache_key: &LicenseKey,
+    ) -> Result<Arc<Held>, KeyError> {
+        for _ in 0..3 {
+            let sweeps = self.revocations.sweeps();
+            let held = self.fetch(asker, path, cache_key)?;
+            if self.revocations.sweeps() == sweeps {
+                return Ok(held);
+            }
+            held.revoked.store(true, Ordering::Release);
+            self.licenses.invalidate(cache_key);
+            tracing::debug!(
+                path,
+                "a revocation arrived during the license request; asking again"
+            );
+        }
+        Err(KeyError::Unavailable(
+            "identity revocations kept arriving during the license request".into(),
+        ))
+    }
+
+    /// One license request for `cache_key`; the grant is held in the cache.
+    fn fetch(
+        &self,
+        asker: &Asker<'_>,
+        path: &str,
+        cache_key: &LicenseKey,
+    ) -> Result<Arc<Held>, KeyError> {
+        let Asker {
+            caller,
+            token,
+            user,
+            app,
+        } = *asker;
+        let (asset_id, action) = (cache_key.asset_id, cache_key.action);
+        let license = self.request_here(token, app, action, asset_id)?;
+        let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
+            let reason = license
+                .license
+                .denials
+                .iter()
+                .map(|d| d.reason.to_string())
+                .next()
+                .unwrap_or_else(|| "not granted".into());
+            tracing::info!(uid = caller.uid, pid = caller.pid, app, path, ?action, %reason, "license denied");
+            return Err(KeyError::Denied(format!("key server: {reason}")));
+        };
+        let held = self.hold(user, grant, license.license.not_after);
+        self.licenses.insert(cache_key.clone(), Arc::clone(&held));
         Ok(held)
     }
 
@@ -954,13 +1015,10 @@ impl KeySource for KeyServerSource {
     }
 
     fn on_revocation(&self, listener: RevocationListener) {
-        if let Some(rules) = &self.rules {
-            rules
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(listener);
-        }
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     fn authorize(&self, caller: &Caller, path: &str, access: Access) -> Result<(), KeyError> {

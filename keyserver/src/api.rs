@@ -19,6 +19,7 @@ use crate::keys::{random_bytes, Seed};
 use crate::license::parse_id16;
 use crate::pki::{Principal, PrincipalKind};
 use crate::readcache::Reader;
+use crate::revocation::{self, RevocationKind};
 use crate::rules::RuleVerdict;
 use crate::seal::{HpkePublicKey, LicenseSealer};
 use crate::server::{Peer, State};
@@ -52,6 +53,7 @@ pub(crate) fn router(state: S) -> Router {
         .route("/v1/assets", post(create_asset))
         .route("/v1/assets/{id}/rename", post(rename_asset))
         .route("/v1/directory", get(directory))
+        .route("/v1/revocations", get(crate::revocation::list))
         .nest("/v1/admin", admin)
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
@@ -97,7 +99,7 @@ fn peer_of(parts: &Parts) -> Result<Peer, ApiError> {
 
 /// The calling device; its certificate must still be active (revocation also cuts off
 /// connections that were established before it).
-struct DevicePeer(Peer);
+pub(crate) struct DevicePeer(pub(crate) Peer);
 
 impl FromRequestParts<S> for DevicePeer {
     type Rejection = ApiError;
@@ -1312,16 +1314,21 @@ async fn revoke_device(
     check_name("name", &name)?;
     let n2 = name.clone();
     let revoked = admin_change(&st, admin, "device.revoke", move |st, conn| {
-        let n = db::revoke_certs(conn, PrincipalKind::Device, &n2, st.clock.now())?;
+        let now = st.clock.now();
+        let tx = conn.transaction().map_err(db::StoreError::from)?;
+        let n = db::revoke_certs(&tx, PrincipalKind::Device, &n2, now)?;
         if n == 0 {
             return Err(ApiError::NotFound(format!("active device {n2}")));
         }
+        revocation::record(&tx, now, RevocationKind::Device, &n2, None)?;
+        tx.commit().map_err(db::StoreError::from)?;
         Ok((n, n2))
     })
     .await?;
     // After the commit: the next handshake (and every request on open connections) is refused.
     st.registry.revoke_name(PrincipalKind::Device, &name);
     st.sessions.end_device(&name);
+    st.revocations.committed();
     Ok(Json(Revoked { revoked }))
 }
 
@@ -1352,14 +1359,19 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("name", &name)?;
-    admin_change(&st, admin, "user.disable", move |_, conn| {
-        db::disable_user(conn, &name)?;
+    let answer = admin_change(&st, admin, "user.disable", move |st, conn| {
+        let tx = conn.transaction().map_err(db::StoreError::from)?;
+        db::disable_user(&tx, &name)?;
+        revocation::record(&tx, st.clock.now(), RevocationKind::User, &name, None)?;
+        tx.commit().map_err(db::StoreError::from)?;
         Ok((
             Json(serde_json::json!({ "user": name, "disabled": true })),
             name,
         ))
     })
-    .await
+    .await?;
+    st.revocations.committed();
+    Ok(answer)
 }
 
 async fn register_app(
@@ -1411,14 +1423,23 @@ async fn revoke_app(
             ))
         }
     }
-    admin_change(&st, admin, "app.revoke", move |st, conn| {
+    let answer = admin_change(&st, admin, "app.revoke", move |st, conn| {
         let now = st.clock.now();
-        let (n, what) = match (&req.digest, &req.name, &req.version) {
-            (Some(d), _, _) => (db::revoke_app_digest(conn, d, now)?, d.clone()),
-            (_, Some(n), Some(v)) => (
-                db::revoke_app_name_version(conn, n, v, now)?,
-                format!("{n} {v}"),
+        let tx = conn.transaction().map_err(db::StoreError::from)?;
+        let (n, what, digests) = match (&req.digest, &req.name, &req.version) {
+            (Some(d), _, _) => (
+                db::revoke_app_digest(&tx, d, now)?,
+                d.clone(),
+                vec![d.clone()],
             ),
+            (_, Some(n), Some(v)) => {
+                let digests = revocation::unrevoked_digests(&tx, n, v)?;
+                (
+                    db::revoke_app_name_version(&tx, n, v, now)?,
+                    format!("{n} {v}"),
+                    digests,
+                )
+            }
             _ => unreachable!("validated above"),
         };
         if n == 0 {
@@ -1426,9 +1447,15 @@ async fn revoke_app(
                 "registered, unrevoked application {what}"
             )));
         }
+        for digest in &digests {
+            revocation::record(&tx, now, RevocationKind::App, digest, None)?;
+        }
+        tx.commit().map_err(db::StoreError::from)?;
         Ok((Json(Revoked { revoked: n }), what))
     })
-    .await
+    .await?;
+    st.revocations.committed();
+    Ok(answer)
 }
 
 async fn create_scope(
@@ -1508,12 +1535,25 @@ async fn revoke_key(
     ApiJson(req): ApiJson<RevokeKeyRequest>,
 ) -> Result<Json<ScopeInfo>, ApiError> {
     check_name("name", &name)?;
-    admin_change(&st, admin, "keys.revoke", move |st, conn| {
-        db::revoke_version(conn, &name, req.version, st.clock.now())?;
+    let answer = admin_change(&st, admin, "keys.revoke", move |st, conn| {
+        let now = st.clock.now();
+        let tx = conn.transaction().map_err(db::StoreError::from)?;
+        db::revoke_version(&tx, &name, req.version, now)?;
+        revocation::record(
+            &tx,
+            now,
+            RevocationKind::KeyVersion,
+            &name,
+            Some(req.version),
+        )?;
+        let info = scope_info(&tx, &name)?;
+        tx.commit().map_err(db::StoreError::from)?;
         let subject = format!("{name} v{}", req.version);
-        Ok((Json(scope_info(conn, &name)?), subject))
+        Ok((Json(info), subject))
     })
-    .await
+    .await?;
+    st.revocations.committed();
+    Ok(answer)
 }
 
 async fn list_assets(

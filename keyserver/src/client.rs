@@ -314,6 +314,21 @@ impl LicenseClient {
             .await
     }
 
+    /// Identity revocations after `since` (see [`crate::revocation`]), waiting up to `wait`
+    /// (whole seconds, at most [`crate::revocation::MAX_WAIT_SECS`]) for one when there is
+    /// none yet; `since: None` asks only for the head, to start a subscription from.
+    pub async fn revocations(
+        &self,
+        since: Option<i64>,
+        wait: Duration,
+    ) -> Result<crate::revocation::RevocationsResponse, ClientError> {
+        let path = match since {
+            Some(since) => format!("/v1/revocations?since={since}&wait={}", wait.as_secs()),
+            None => "/v1/revocations".to_string(),
+        };
+        self.client.get(&path).await
+    }
+
     /// The raw client, for requests this API does not wrap.
     pub fn raw(&self) -> &KsClient {
         &self.client

@@ -113,6 +113,8 @@ const MIGRATIONS: &[&str] = &[
         paths TEXT NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 3: identity revocation events (see crate::revocation)
+    crate::revocation::MIGRATION,
 ];
 
 /// A fixed pool of connections; each call runs on the blocking thread pool.

@@ -15,6 +15,7 @@ pub mod license;
 pub mod pki;
 pub mod ratelimit;
 pub mod readcache;
+pub mod revocation;
 pub mod rules;
 pub mod seal;
 pub mod server;

@@ -166,6 +166,8 @@ pub(crate) struct State {
     pub audit: AuditLog,
     /// Live license sessions (memory only); see [`crate::session`].
     pub sessions: SessionStore,
+    /// Wakes the long polls of `GET /v1/revocations`; see [`crate::revocation`].
+    pub revocations: crate::revocation::Notifier,
 }
 
 impl State {
@@ -243,6 +245,7 @@ fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError>
         clock: cfg.clock.clone(),
         audit,
         sessions: SessionStore::new(cfg.session_ttl_secs, SESSION_CAPACITY),
+        revocations: crate::revocation::Notifier::default(),
     })
 }
 

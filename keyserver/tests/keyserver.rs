@@ -1087,3 +1087,149 @@ async fn control_plane_principals_and_the_mirrored_directory() {
     let revoked = AdminClient::connect(&e.lb.url, &dir.join("wf")).unwrap();
     assert!(revoked.audit_tail(1).await.is_err());
 }
+
+/// `GET /v1/revocations`: every identity revocation is an event, in commit order; a long poll
+/// is woken by the commit (not by its own timeout); a failed change records nothing; a
+/// sequence number beyond the head (a gap) is answered at once; only enrolled, unrevoked
+/// devices may read the stream; bad queries get JSON 400s naming the field.
+#[tokio::test]
+async fn revocation_events_stream_in_order_and_wake_long_polls() {
+    use keyserver::revocation::{RevocationKind, RevocationsResponse};
+    use std::time::{Duration, Instant};
+    let e = env().await;
+    let start = e
+        .dev
+        .client
+        .revocations(None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        start,
+        RevocationsResponse {
+            head: 0,
+            events: vec![]
+        }
+    );
+
+    // A long poll from the head, woken by the commit of a user disable.
+    let client = e.dev.client.clone();
+    let poll = tokio::spawn(async move {
+        let asked = Instant::now();
+        let r = client.revocations(Some(0), Duration::from_secs(10)).await;
+        (r, asked.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.admin.disable_user(USER).await.unwrap();
+    let (r, took) = poll.await.unwrap();
+    let r = r.unwrap();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "the long poll answered after {took:?}, not at the commit"
+    );
+    assert_eq!(r.events.len(), 1, "{r:?}");
+    assert_eq!(r.events[0].kind, RevocationKind::User);
+    assert_eq!(r.events[0].subject, USER);
+    assert_eq!(r.head, r.events[0].seq);
+
+    // A change that fails records no event.
+    assert!(e.admin.disable_user("nobody").await.is_err());
+    // Application by name and version (one event per digest), key version, another device.
+    let maya = [app_digest("maya-a"), app_digest("maya-b")];
+    for (i, digest) in maya.iter().enumerate() {
+        e.admin
+            .register_app(&RegisterAppRequest {
+                digest: digest.clone(),
+                name: "maya".into(),
+                version: "2025".into(),
+                vendor: Some(format!("build-{i}")),
+            })
+            .await
+            .unwrap();
+    }
+    e.admin
+        .revoke_app(&RevokeAppRequest {
+            digest: None,
+            name: Some("maya".into()),
+            version: Some("2025".into()),
+        })
+        .await
+        .unwrap();
+    e.admin.rotate(SCOPE).await.unwrap();
+    e.admin.revoke_key(SCOPE, 1).await.unwrap();
+    e.admin
+        .enroll_device("ws-08", &e.dir.path().join("dev8"))
+        .await
+        .unwrap();
+    e.admin.revoke_device("ws-08").await.unwrap();
+
+    let all = e
+        .dev
+        .client
+        .revocations(Some(0), Duration::ZERO)
+        .await
+        .unwrap();
+    let got: Vec<(RevocationKind, String, Option<u32>)> = all
+        .events
+        .iter()
+        .map(|ev| (ev.kind, ev.subject.clone(), ev.version))
+        .collect();
+    let mut apps: Vec<_> = got[1..3].to_vec();
+    apps.sort();
+    assert_eq!(got[0], (RevocationKind::User, USER.into(), None));
+    let mut want_apps: Vec<_> = maya
+        .iter()
+        .map(|d| (RevocationKind::App, d.clone(), None))
+        .collect();
+    want_apps.sort();
+    assert_eq!(apps, want_apps);
+    assert_eq!(got[3], (RevocationKind::KeyVersion, SCOPE.into(), Some(1)));
+    assert_eq!(got[4], (RevocationKind::Device, "ws-08".into(), None));
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(all.events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all.head, all.events[4].seq);
+
+    // Nothing after the head: an empty answer (after the wait); from beyond the head (a gap):
+    // at once, with the head, even when asked to wait.
+    let tail = e
+        .dev
+        .client
+        .revocations(Some(all.head), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(tail.events.is_empty());
+    let asked = Instant::now();
+    let gap = e
+        .dev
+        .client
+        .revocations(Some(all.head + 100), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    assert_eq!(gap.head, all.head);
+    assert!(gap.events.is_empty());
+
+    // Bad queries.
+    for (query, field) in [("since=-1", "since"), ("since=0&wait=31", "wait")] {
+        let r: Result<RevocationsResponse, _> = e
+            .dev
+            .client
+            .raw()
+            .get(&format!("/v1/revocations?{query}"))
+            .await;
+        match r {
+            Err(ClientError::Server { status: 400, body }) => {
+                assert_eq!(body.field.as_deref(), Some(field), "{body:?}")
+            }
+            other => panic!("{query}: expected a 400, got {other:?}"),
+        }
+    }
+    // Not a device: the admin identity is refused.
+    let r: Result<RevocationsResponse, _> = e.admin.raw().get("/v1/revocations").await;
+    assert_eq!(denied(r), Reason::UnknownDevice);
+    // A revoked device may not read the stream any more.
+    e.admin.revoke_device(DEVICE).await.unwrap();
+    match e.dev.client.revocations(Some(0), Duration::ZERO).await {
+        Err(ClientError::Denied(Reason::DeviceRevoked)) | Err(ClientError::Http(_)) => {}
+        other => panic!("a revoked device read the stream: {other:?}"),
+    }
+}
