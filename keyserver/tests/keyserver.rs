@@ -1074,7 +1074,10 @@ async fn control_plane_principals_and_the_mirrored_directory() {
     assert_eq!(mirror.application(&app_digest(APP)), Standing::Active);
     assert_eq!(mirror.application(&app_digest("other")), Standing::Unknown);
 
-    e.admin.revoke_principal("workflow", "render").await.unwrap();
+    e.admin
+        .revoke_principal("workflow", "render")
+        .await
+        .unwrap();
     e.admin.disable_user(USER).await.unwrap();
     mirror.replace(svc.directory().await.unwrap());
     assert!(mirror.principal(&wf.serial, "render").is_none());
@@ -1084,3 +1087,5 @@ async fn control_plane_principals_and_the_mirrored_directory() {
     let revoked = AdminClient::connect(&e.lb.url, &dir.join("wf")).unwrap();
     assert!(revoked.audit_tail(1).await.is_err());
 }
+#[path = "keyserver/audit_trail.rs"]
+mod audit_trail;
