@@ -831,3 +831,24 @@ pub fn run_audit(cmd: AuditCommand) -> Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_past;
+
+    #[test]
+    fn audit_query_times_are_ages_or_instants() {
+        let now = 1_000_000;
+        assert_eq!(parse_past("7d", now).unwrap(), now - 7 * 86_400);
+        assert_eq!(parse_past("24h", now).unwrap(), now - 24 * 3600);
+        assert_eq!(parse_past("30m", now).unwrap(), now - 1800);
+        assert_eq!(parse_past("2w", now).unwrap(), now - 14 * 86_400);
+        assert_eq!(
+            parse_past("2026-12-01T00:00:00Z", now).unwrap(),
+            1_796_083_200
+        );
+        assert_eq!(parse_past("1700000000", now).unwrap(), 1_700_000_000);
+        let err = parse_past("last tuesday", now).unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+}
