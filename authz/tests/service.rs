@@ -916,6 +916,7 @@ async fn requests_naming_unknown_or_disabled_principals_are_refused() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
 
+    #[allow(clippy::type_complexity)] // a table of (mutation, field, message), read once
     let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
         (
             Box::new(|v| v["participants"][0]["identifier"][0]["identifierValue"] = "bob".into()),

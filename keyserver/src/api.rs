@@ -1303,7 +1303,7 @@ async fn directory(
             return Err(ApiError::Denied(Reason::NotAdmin));
         }
     }
-    Ok(Json(st.db.call(|c| db::directory_snapshot(c)).await?))
+    Ok(Json(st.db.call(db::directory_snapshot).await?))
 }
 
 async fn list_devices(
