@@ -26,6 +26,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
@@ -178,6 +179,7 @@ impl AuditSpool {
             .create(true)
             .read(true)
             .append(true)
+            .mode(0o600) // user names and paths: the mount's business only
             .open(&spool_path)
             .map_err(io_err(&spool_path))?;
         let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
@@ -341,7 +343,13 @@ fn load_state(path: &Path) -> Result<Option<State>, SpoolError> {
 fn save_state(path: &Path, state: &State) -> Result<(), SpoolError> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(state).expect("state serializes");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     f.write_all(&bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -744,6 +752,12 @@ mod tests {
         }
         eventually("spooled", || spool.stats().spooled == 3);
         assert_eq!(spool.stats().unshipped, 3);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("spool").join(SPOOL_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the spool names users and paths");
         drop(spool);
         assert!(sink.got.lock().unwrap().is_empty());
 
