@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use csapfs::audit_spool::SpoolConfig;
 use csapfs::keys::{KeySource, NewAssetParams};
 use csapfs::license_source::{KeyServerSource, LicenseSourceConfig, RulesConfig, TokenMap};
 
@@ -49,6 +50,11 @@ pub struct KeyServerArgs {
     /// used before token files. Example: /run/csap/mount.sock.
     #[arg(long, value_name = "PATH", requires = "server")]
     pub socket: Option<PathBuf>,
+    /// Directory of the mount's audit spool: decisions the mount makes itself (local denials,
+    /// failed attestation, opens from held licenses) are kept here until the key server has
+    /// them. Default: IDENTITY/audit/<hash of the mountpoint>, one per mount.
+    #[arg(long, value_name = "DIR", requires = "server")]
+    pub audit_spool: Option<PathBuf>,
 }
 
 /// A key-server key source and, with `--socket`, the session socket that feeds it (it removes
@@ -60,11 +66,12 @@ pub struct KeyServerKeys {
 
 impl KeyServerArgs {
     /// The key server source, or `None` when `--server` was not given. `backing` is walked
-    /// for pre-loading when `--ards` is given.
+    /// for pre-loading when `--ards` is given; `mountpoint` names the default audit spool.
     pub fn source(
         &self,
         params: NewAssetParams,
         backing: &std::path::Path,
+        mountpoint: &std::path::Path,
     ) -> Result<Option<KeyServerKeys>> {
         let Some(url) = &self.server else {
             return Ok(None);
@@ -96,6 +103,11 @@ impl KeyServerArgs {
         cfg.params = params;
         cfg.rules = self.rules_config(identity)?;
         cfg.backing = Some(backing.to_path_buf());
+        // The device name is filled in from the key server's answer on connecting.
+        cfg.audit = Some(SpoolConfig::new(
+            self.audit_spool_dir(identity, mountpoint)?,
+            String::new(),
+        ));
         let source = KeyServerSource::connect(cfg)
             .with_context(|| format!("key server {url} with identity {}", identity.display()))?;
         tracing::info!(
@@ -110,6 +122,23 @@ impl KeyServerArgs {
 }
 
 impl KeyServerArgs {
+    /// `--audit-spool`, or `IDENTITY/audit/<first 16 hex of BLAKE3(canonical mountpoint)>`:
+    /// a remount on the same mountpoint finds what the last run did not ship.
+    fn audit_spool_dir(
+        &self,
+        identity: &std::path::Path,
+        mountpoint: &std::path::Path,
+    ) -> Result<PathBuf> {
+        if let Some(dir) = &self.audit_spool {
+            return Ok(dir.clone());
+        }
+        let canonical = mountpoint
+            .canonicalize()
+            .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+        let hash = blake3::hash(canonical.as_os_str().as_encoded_bytes());
+        Ok(identity.join("audit").join(&hash.to_hex()[..16]))
+    }
+
     /// The mount's ARDS subscription, when `--ards` was given. Its rule cache lives in the
     /// device directory (`mount-rules.json`), so a restart while ARDS is down enforces the
     /// last rules seen.

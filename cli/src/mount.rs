@@ -174,12 +174,15 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 
     // After blocking signals: the key server source starts runtime threads of its own.
     // `_sessions` serves `csap login` handovers for as long as the mount runs.
-    let (keys, _sessions): (Arc<dyn csapfs::keys::KeySource>, _) =
-        match (seed, args.key_server.source(params, &args.backing)?) {
-            (_, Some(k)) => (k.source, k.sessions),
-            (Some(seed), None) => (Arc::new(KeyFileSource::new(seed, params)), None),
-            (None, None) => bail!("give --key-file or --server"),
-        };
+    let (keys, _sessions): (Arc<dyn csapfs::keys::KeySource>, _) = match (
+        seed,
+        args.key_server
+            .source(params, &args.backing, &args.mountpoint)?,
+    ) {
+        (_, Some(k)) => (k.source, k.sessions),
+        (Some(seed), None) => (Arc::new(KeyFileSource::new(seed, params)), None),
+        (None, None) => bail!("give --key-file or --server"),
+    };
 
     let mounted = csapfs::fs::mount(&args.backing, &args.mountpoint, keys, &options)?;
     eprintln!(

@@ -249,10 +249,28 @@ fn demo(
         );
     }
 
-    step(9, "The key server's audit trail (every grant and denial)");
-    for r in rt.block_on(admin.audit_tail(8))? {
+    step(
+        9,
+        &format!("The audit trail of {first_path} (`csap audit query --path {first_path}`)"),
+    );
+    // The mount ships its own decisions (cat's denial) every 250 ms: wait for that row.
+    let query = keyserver::wire::AuditQuery {
+        path: Some(first_path.clone()),
+        limit: Some(8),
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let rows = loop {
+        let rows = rt.block_on(admin.audit_query(&query))?;
+        if rows.iter().any(|r| r.source == "mount") || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for r in rows {
         println!(
-            "    {} {:<5} user={} app={} asset={} {}",
+            "    {:<9} {:<5} {:<6} user={} app={} {}",
+            r.source,
             r.decision,
             r.action,
             r.user.as_deref().unwrap_or("-"),
@@ -260,7 +278,6 @@ fn demo(
                 .as_deref()
                 .map(|d| &d[..d.len().min(12)])
                 .unwrap_or("-"),
-            r.asset.as_deref().unwrap_or("-"),
             r.reason.as_deref().unwrap_or(""),
         );
     }
@@ -460,7 +477,7 @@ fn print_next_steps(dir: &Path, device_dir: &Path, token_file: &Path, password_f
         "\nContinue by hand (same state, fixed ports 7400-7402):
     csap server --data-dir {d}/server &
     export CSAP_SERVER=https://127.0.0.1:7402 CSAP_IDENTITY={d}/server/keyserver/admin
-    csap audit tail
+    csap audit query --path 'samples/**' --since 1h
     csap request submit {d}/requests/viewer.json --authz https://127.0.0.1:7400 --ca {d}/server/authz/tls-cert.pem
     csap login --user {USER} --token-file {token} --identity {dev} < {pw}
     csap mount {d}/backing {d}/mnt --server https://127.0.0.1:7402 --identity {dev} --scope {SCOPE} --token-file {token} \\

@@ -37,6 +37,13 @@ fn quickstart_allows_the_viewer_and_denies_cat() {
         stdout.contains("Permission denied"),
         "cat denial missing:\n{stdout}"
     );
+    // The mount's own denial of cat is in the audit trail under the frame's path.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("mount     deny  read")),
+        "the mount's denial of cat missing from the audit query:\n{stdout}"
+    );
     // Cleaned up: nothing is mounted on the mountpoint any more.
     let mnt = work.join("mnt").canonicalize().unwrap();
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

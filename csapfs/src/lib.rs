@@ -7,10 +7,12 @@
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
 //! - [`exec_watch`]: the kernel's exec notices and pidfds (lets attestations be remembered);
 //! - [`license_source`]: content keys from key server licenses for attested callers;
+//! - [`audit_spool`]: the mount's own decisions, spooled durably and shipped to the key server;
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
 
 pub mod asset;
+pub mod audit_spool;
 pub mod crypto;
 pub mod exec_watch;
 pub mod format;

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+mod decisions;
 mod revocations;
 
 use std::collections::HashMap;
@@ -66,6 +67,9 @@ pub struct LicenseSourceConfig {
     /// The mount's backing directory: walked for pre-loading (assets a rule released ahead of
     /// its window covers get their licenses when the window opens, before the first open).
     pub backing: Option<PathBuf>,
+    /// Where the mount spools its own decisions for the key server's audit trail
+    /// ([`crate::audit_spool`]); `None` records nothing locally.
+    pub audit: Option<crate::audit_spool::SpoolConfig>,
 }
 
 /// How the mount subscribes to its rules (PEP id `mount:<device>`).
@@ -95,6 +99,7 @@ impl LicenseSourceConfig {
             request_timeout: Duration::from_secs(15),
             rules: None,
             backing: None,
+            audit: None,
         }
     }
 }
@@ -185,6 +190,8 @@ pub enum LicenseSourceError {
     Ards(ards::ClientError),
     #[error("cannot subscribe to the key server's revocations: {0}")]
     Revocations(ClientError),
+    #[error(transparent)]
+    AuditSpool(#[from] crate::audit_spool::SpoolError),
 }
 
 /// License cache key: whose session, which executable, which asset, what for.
@@ -273,6 +280,8 @@ pub struct KeyServerSource {
     revocations: Arc<revocations::Revocations>,
     /// Called after a sweep (rules or identities) revoked something.
     listeners: revocations::Listeners,
+    /// The mount's own decisions on their way to the audit trail (see [`decisions`]).
+    trail: Option<crate::audit_spool::AuditSpool>,
 }
 
 /// The mount's rule set as last seen, and the subscription that updates it.
@@ -624,6 +633,15 @@ impl KeyServerSource {
         let here_client = client
             .with_own_connections()
             .map_err(LicenseSourceError::Connect)?;
+        let trail = match cfg.audit {
+            Some(spool) => Some(decisions::open_trail(
+                spool,
+                &runtime,
+                &client,
+                cfg.request_timeout,
+            )?),
+            None => None,
+        };
         Ok(KeyServerSource {
             runtime: Some(runtime),
             client,
@@ -638,6 +656,7 @@ impl KeyServerSource {
             rules,
             revocations,
             listeners,
+            trail,
         })
     }
 
@@ -778,6 +797,7 @@ impl KeyServerSource {
         path: &str,
         header: &Header,
         action: Action,
+        seen: &mut decisions::Seen,
     ) -> Result<Arc<Held>, KeyError> {
         let Asker { token, app, .. } = *asker;
         let asset_id = header.asset_id.0;
@@ -788,8 +808,11 @@ impl KeyServerSource {
             action,
         };
         let held = match self.licenses.get(&cache_key) {
-            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
-            _ => self.fetch_unrevoked(asker, path, &cache_key)?,
+            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => {
+                seen.used_cached(action);
+                h
+            }
+            _ => self.fetch_unrevoked(asker, path, &cache_key, seen)?,
         };
         // The header is not authenticated yet: a mismatch means tampering or a misfiled
         // asset, and the key we hold would fail the header MAC anyway.
@@ -810,10 +833,11 @@ impl KeyServerSource {
         asker: &Asker<'_>,
         path: &str,
         cache_key: &LicenseKey,
+        seen: &mut decisions::Seen,
     ) -> Result<Arc<Held>, KeyError> {
         for _ in 0..3 {
             let sweeps = self.revocations.sweeps();
-            let held = self.fetch(asker, path, cache_key)?;
+            let held = self.fetch(asker, path, cache_key, seen)?;
             if self.revocations.sweeps() == sweeps {
                 return Ok(held);
             }
@@ -835,6 +859,7 @@ impl KeyServerSource {
         asker: &Asker<'_>,
         path: &str,
         cache_key: &LicenseKey,
+        seen: &mut decisions::Seen,
     ) -> Result<Arc<Held>, KeyError> {
         let Asker {
             caller,
@@ -843,8 +868,11 @@ impl KeyServerSource {
             app,
         } = *asker;
         let (asset_id, action) = (cache_key.asset_id, cache_key.action);
-        let license = self.request_here(token, app, action, asset_id)?;
+        let license = self
+            .request_here(token, app, action, asset_id)
+            .inspect_err(|e| seen.asked(e))?;
         let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
+            seen.refused_by_key_server();
             let reason = license
                 .license
                 .denials
@@ -969,18 +997,22 @@ fn to_content_key(key: &keyserver::ContentKey) -> ContentKey {
     ContentKey::from_bytes(*key.as_bytes())
 }
 
-impl KeySource for KeyServerSource {
-    fn open_key(
+impl KeyServerSource {
+    /// [`KeySource::open_key`], noting in `seen` who the caller turned out to be and who
+    /// decided (for the audit record [`decisions`] makes of it).
+    fn open_key_seen(
         &self,
         caller: &Caller,
         path: &str,
         header: &Header,
         access: Access,
+        seen: &mut decisions::Seen,
     ) -> Result<Licensed, KeyError> {
-        let path = path.trim_start_matches('/');
         let (token, who) = self.who(caller)?;
+        seen.app = Some(who.app_digest.clone());
         let user = token_user(&token)
             .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
+        seen.user = Some(user.clone());
         if let Some(rules) = &self.rules {
             let scope = rules.scope_name(&header.key_id.scope.0);
             self.local_check(&user, &who.app_digest, path, scope.as_deref(), Action::Read)?;
@@ -1002,16 +1034,53 @@ impl KeySource for KeyServerSource {
             user: &user,
             app: &who.app_digest,
         };
-        let read = self.held(&asker, path, header, Action::Read)?;
+        let read = self.held(&asker, path, header, Action::Read, seen)?;
         let mut lease = Lease::tied_to(read.revoked.clone(), read.not_after);
         if access == Access::Write {
-            let write = self.held(&asker, path, header, Action::Write)?;
+            let write = self.held(&asker, path, header, Action::Write, seen)?;
             lease = lease.and(Lease::tied_to(write.revoked.clone(), write.not_after));
         }
         Ok(Licensed {
             key: read.key.clone(),
             lease,
         })
+    }
+
+    /// [`KeySource::authorize`] with local rules, noting the caller in `seen`.
+    fn authorize_seen(
+        &self,
+        caller: &Caller,
+        path: &str,
+        access: Access,
+        seen: &mut decisions::Seen,
+    ) -> Result<(), KeyError> {
+        let (token, who) = self.who(caller)?;
+        seen.app = Some(who.app_digest.clone());
+        let user = token_user(&token)
+            .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
+        seen.user = Some(user.clone());
+        let (action, scope) = match access {
+            Access::Read => (Action::Read, None),
+            Access::Write => (Action::Write, None),
+            Access::Create => (Action::Create, self.scope.as_deref()),
+            Access::Delete => (Action::Delete, None),
+        };
+        self.local_check(&user, &who.app_digest, path, scope, action)
+    }
+}
+
+impl KeySource for KeyServerSource {
+    fn open_key(
+        &self,
+        caller: &Caller,
+        path: &str,
+        header: &Header,
+        access: Access,
+    ) -> Result<Licensed, KeyError> {
+        let path = path.trim_start_matches('/');
+        let mut seen = decisions::Seen::default();
+        let result = self.open_key_seen(caller, path, header, access, &mut seen);
+        self.audit_open(caller, path, header, access, seen, result)
     }
 
     fn on_revocation(&self, listener: RevocationListener) {
@@ -1026,16 +1095,9 @@ impl KeySource for KeyServerSource {
             return Ok(());
         }
         let path = path.trim_start_matches('/');
-        let (token, who) = self.who(caller)?;
-        let user = token_user(&token)
-            .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
-        let (action, scope) = match access {
-            Access::Read => (Action::Read, None),
-            Access::Write => (Action::Write, None),
-            Access::Create => (Action::Create, self.scope.as_deref()),
-            Access::Delete => (Action::Delete, None),
-        };
-        self.local_check(&user, &who.app_digest, path, scope, action)
+        let mut seen = decisions::Seen::default();
+        let result = self.authorize_seen(caller, path, access, &mut seen);
+        self.audit_authorize(caller, path, access, seen, result)
     }
 
     fn renamed(
@@ -1103,6 +1165,8 @@ impl KeySource for KeyServerSource {
 
 impl Drop for KeyServerSource {
     fn drop(&mut self) {
+        // First: its last shipping attempt runs on the runtime.
+        drop(self.trail.take());
         // Dropping a runtime from inside another runtime panics; this never blocks.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();

@@ -27,7 +27,7 @@ use crate::session::{LicenseKeys, ServerSession};
 use crate::token::{hash_password, verify_password, Claims};
 use crate::wire::*;
 
-type S = Arc<State>;
+pub(crate) type S = Arc<State>;
 
 pub(crate) fn router(state: S) -> Router {
     let admin = Router::new()
@@ -43,6 +43,7 @@ pub(crate) fn router(state: S) -> Router {
         .route("/assets", get(list_assets))
         .route("/licenses", post(issue_license))
         .route("/audit", get(audit))
+        .route("/audit/query", get(crate::audit_api::query))
         .route("/principals", post(add_principal))
         .route("/principals/{kind}/{name}/revoke", post(revoke_principal));
     Router::new()
@@ -54,6 +55,7 @@ pub(crate) fn router(state: S) -> Router {
         .route("/v1/assets/{id}/rename", post(rename_asset))
         .route("/v1/directory", get(directory))
         .route("/v1/revocations", get(crate::revocation::list))
+        .route("/v1/audit", post(crate::audit_api::ship))
         .nest("/v1/admin", admin)
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
@@ -134,10 +136,10 @@ fn refuse_peer(st: &State, peer: &Peer, parts: &Parts, reason: Reason) {
     });
 }
 
-struct AdminPeer(Peer);
+pub(crate) struct AdminPeer(pub(crate) Peer);
 
 /// An admin or an auditor: may read the audit trail, changes nothing.
-struct AuditReader;
+pub(crate) struct AuditReader;
 
 impl FromRequestParts<S> for AuditReader {
     type Rejection = ApiError;
@@ -172,7 +174,7 @@ impl FromRequestParts<S> for AdminPeer {
     }
 }
 
-fn rate_limit(st: &State, device: &str) -> Result<(), ApiError> {
+pub(crate) fn rate_limit(st: &State, device: &str) -> Result<(), ApiError> {
     if st.limiter.allow(device) {
         Ok(())
     } else {
@@ -183,7 +185,7 @@ fn rate_limit(st: &State, device: &str) -> Result<(), ApiError> {
 
 // ---------- validation ----------
 
-fn check_name(field: &str, s: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(field: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
         && s.len() <= 128
         && s.bytes()
@@ -199,7 +201,7 @@ fn check_name(field: &str, s: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_digest(field: &str, s: &str) -> Result<(), ApiError> {
+pub(crate) fn check_digest(field: &str, s: &str) -> Result<(), ApiError> {
     if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(())
     } else {
@@ -211,7 +213,7 @@ fn check_digest(field: &str, s: &str) -> Result<(), ApiError> {
 }
 
 /// Asset paths are relative, "/"-separated, without empty, "." or ".." segments.
-fn check_path(field: &str, s: &str) -> Result<(), ApiError> {
+pub(crate) fn check_path(field: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
         && s.len() <= 4096
         && !s.contains('\0')
@@ -227,7 +229,7 @@ fn check_path(field: &str, s: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_asset_id(field: &str, s: &str) -> Result<[u8; 16], ApiError> {
+pub(crate) fn check_asset_id(field: &str, s: &str) -> Result<[u8; 16], ApiError> {
     if s.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(ApiError::bad(
             field,
@@ -283,7 +285,7 @@ fn authenticate(
 }
 
 /// The user named by a token whether or not it verifies, for the audit record of a denial.
-fn token_user(token: &str) -> Option<String> {
+pub(crate) fn token_user(token: &str) -> Option<String> {
     let (body, _) = token.rsplit_once('.')?;
     let json = hex::decode(body.strip_prefix("v1.")?).ok()?;
     let claims: Claims = serde_json::from_slice(&json).ok()?;
@@ -471,6 +473,7 @@ impl<'a> Grantor<'a> {
             rule_ids,
             reason,
             license_id: Some(self.license_id.to_string()),
+            path: None,
         }
     }
 
@@ -550,6 +553,7 @@ fn deny_request(
         rule_ids: Vec::new(),
         reason: Some(reason.as_str().to_string()),
         license_id: None,
+        path: None,
     };
     let events: Vec<AuditEvent> = if assets.is_empty() {
         vec![base]
@@ -680,7 +684,7 @@ async fn licenses(
             let session = st
                 .sessions
                 .get(id, &peer.name, st.clock.now())
-                .ok_or(ApiError::SessionUnknown)?;
+                .ok_or_else(|| crate::audit_api::refuse_session(&st, &peer.name, &req))?;
             SessionOrKey::Session(session)
         }
         (None, false) => {
@@ -921,12 +925,13 @@ fn create_work(
     create: &CreateAsset,
 ) -> Result<SignedLicense, ApiError> {
     let deny = |g: &Grantor<'_>, conn: &mut Connection, reason: Reason, rule_ids: Vec<String>| {
-        let ev = g.event(
+        let mut ev = g.event(
             Some(create.path.clone()),
             "deny",
             rule_ids,
             Some(reason.as_str().into()),
         );
+        ev.path = Some(create.path.clone());
         match db::insert_audit(conn, &[ev]) {
             Ok(()) => ApiError::Denied(reason),
             Err(e) => ApiError::Internal(format!("audit write failed: {e}")),
@@ -1066,6 +1071,7 @@ async fn rename_asset(
                     rule_ids,
                     reason: Some(format!("{} -> {}", asset.path, req.new_path)),
                     license_id: None,
+                    path: Some(req.new_path.clone()),
                 }],
             )?;
             asset.path = req.new_path.clone();

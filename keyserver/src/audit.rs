@@ -127,16 +127,19 @@ impl AuditLog {
     /// touch SQLite at all (TLS handshakes, middleware). Under a flood the queue is full: the
     /// event is dropped and that is logged (used only where no key is released).
     pub fn record_later(&self, event: AuditEvent) {
+        self.record_all_later(vec![event]);
+    }
+
+    /// [`Self::record_later`] for the events of one refusal (one row per asset), committed
+    /// together.
+    pub fn record_all_later(&self, events: Vec<AuditEvent>) {
         let mut q = self.shared.lock_queue();
         if q.jobs.len() >= MAX_QUEUED {
             drop(q);
-            tracing::warn!("audit queue full: event dropped");
+            tracing::warn!(events = events.len(), "audit queue full: events dropped");
             return;
         }
-        q.jobs.push_back(Job {
-            events: vec![event],
-            done: None,
-        });
+        q.jobs.push_back(Job { events, done: None });
         q.handed_off = true;
         drop(q);
         self.shared.wake.notify_one();

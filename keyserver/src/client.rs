@@ -123,6 +123,21 @@ impl KsClient {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
         Self::answer(resp).await
     }
+
+    /// A GET with `query` as its URL-encoded query string.
+    pub async fn get_query<Q: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<R, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await?;
+        Self::answer(resp).await
+    }
 }
 
 fn read_identity(dir: &Path) -> Result<Identity, ClientError> {
@@ -314,6 +329,11 @@ impl LicenseClient {
             .await
     }
 
+    /// Ships a batch of the mount's own decisions (`POST /v1/audit`).
+    pub async fn ship_audit(&self, batch: &AuditBatch) -> Result<AuditBatchAck, ClientError> {
+        self.client.post("/v1/audit", batch).await
+    }
+
     /// Identity revocations after `since` (see [`crate::revocation`]), waiting up to `wait`
     /// (whole seconds, at most [`crate::revocation::MAX_WAIT_SECS`]) for one when there is
     /// none yet; `since: None` asks only for the head, to start a subscription from.
@@ -474,6 +494,10 @@ impl AdminClient {
         self.client
             .get(&format!("/v1/admin/audit?after={after}&limit={limit}"))
             .await
+    }
+    /// The newest records matching `q`, oldest first (`GET /v1/admin/audit/query`).
+    pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, ClientError> {
+        self.client.get_query("/v1/admin/audit/query", q).await
     }
     /// Issues a `workflow`, `auditor` or `service` certificate: creates the key (CSR) locally
     /// and writes cert.pem, key.pem and ca.pem to `out`. A workflow takes its grant.

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::keys::SealedSeed;
 use crate::pki::{Principal, PrincipalKind};
 use crate::readcache::ReadCache;
-use crate::wire::{AppInfo, AssetInfo, AuditRecord, DeviceInfo};
+use crate::wire::{AppInfo, AssetInfo, AuditRecord, DeviceInfo, MountAuditRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -115,6 +115,21 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: identity revocation events (see crate::revocation)
     crate::revocation::MIGRATION,
+    // 4: one audit trail for every enforcement point: the asset's path at decision time, who
+    // decided (`source`), the caller's uid, aggregated counts, and the (spool, seq) of rows a
+    // mount shipped, unique per device so a resend is recognised.
+    "ALTER TABLE audit ADD COLUMN path TEXT;
+    ALTER TABLE audit ADD COLUMN source TEXT NOT NULL DEFAULT 'keyserver';
+    ALTER TABLE audit ADD COLUMN uid INTEGER;
+    ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE audit ADD COLUMN spool TEXT;
+    ALTER TABLE audit ADD COLUMN seq INTEGER;
+    UPDATE audit SET path = (SELECT a.path FROM assets a WHERE a.asset_id = audit.asset)
+        WHERE asset IS NOT NULL;
+    CREATE INDEX audit_time ON audit(time);
+    CREATE INDEX audit_path ON audit(path);
+    CREATE INDEX audit_user ON audit(user, time);
+    CREATE UNIQUE INDEX audit_spool_seq ON audit(device, spool, seq) WHERE seq IS NOT NULL;",
 ];
 
 /// A fixed pool of connections; each call runs on the blocking thread pool.
@@ -857,6 +872,9 @@ pub struct AuditEvent {
     pub rule_ids: Vec<String>,
     pub reason: Option<String>,
     pub license_id: Option<String>,
+    /// The asset's path, when the recorder knows it; else the registry's path of `asset` is
+    /// filled in at insert time.
+    pub path: Option<String>,
 }
 
 pub fn insert_audit<'a>(
@@ -866,8 +884,9 @@ pub fn insert_audit<'a>(
     let tx = conn.transaction()?;
     {
         let mut st = tx.prepare_cached(
-            "INSERT INTO audit (time, user, app_digest, device, asset, action, decision, rule_ids, reason, license_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO audit (time, user, app_digest, device, asset, action, decision, rule_ids, reason, license_id, path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                     COALESCE(?11, (SELECT a.path FROM assets a WHERE a.asset_id = ?5)))",
         )?;
         for e in events {
             let rule_ids = serde_json::to_string(&e.rule_ids).unwrap_or_else(|_| "[]".into());
@@ -881,7 +900,8 @@ pub fn insert_audit<'a>(
                 e.decision,
                 rule_ids,
                 e.reason,
-                e.license_id
+                e.license_id,
+                e.path
             ])?;
         }
     }
@@ -903,11 +923,15 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         rule_ids: serde_json::from_str(&rule_ids).unwrap_or_default(),
         reason: r.get(9)?,
         license_id: r.get(10)?,
+        path: r.get(11)?,
+        source: r.get(12)?,
+        uid: r.get(13)?,
+        count: r.get(14)?,
     })
 }
 
-const AUDIT_COLS: &str =
-    "id, time, user, app_digest, device, asset, action, decision, rule_ids, reason, license_id";
+const AUDIT_COLS: &str = "id, time, user, app_digest, device, asset, action, decision, rule_ids, \
+     reason, license_id, path, source, uid, count";
 
 /// Records with id > `after`, oldest first, at most `limit`.
 pub fn audit_after(
@@ -928,6 +952,151 @@ pub fn audit_tail(conn: &Connection, n: u32) -> Result<Vec<AuditRecord>, StoreEr
         "SELECT {AUDIT_COLS} FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id"
     ))?;
     let rows = st.query_map(params![n], audit_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What [`insert_shipped`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    pub accepted: u32,
+    pub duplicates: u32,
+}
+
+/// Stores a batch a mount shipped, as `device` (the peer certificate's name), in one
+/// transaction. A record whose (device, spool, seq) is on record already is a resend and is
+/// skipped (the unique index `audit_spool_seq`), so resending after a lost answer is harmless.
+pub fn insert_shipped(
+    conn: &mut Connection,
+    device: &str,
+    spool: &str,
+    records: &[MountAuditRecord],
+) -> Result<Shipped, StoreError> {
+    let tx = conn.transaction()?;
+    let mut done = Shipped {
+        accepted: 0,
+        duplicates: 0,
+    };
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO audit (time, user, app_digest, device, asset, action, decision, rule_ids,
+                                reason, path, source, uid, count, spool, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '[]', ?8, ?9, 'mount', ?10, ?11, ?12, ?13)
+             ON CONFLICT (device, spool, seq) WHERE seq IS NOT NULL DO NOTHING",
+        )?;
+        for r in records {
+            let n = st.execute(params![
+                r.time,
+                r.user,
+                r.app_digest,
+                device,
+                r.asset,
+                r.action.as_str(),
+                r.decision,
+                r.reason,
+                r.path,
+                r.uid,
+                r.count,
+                spool,
+                r.seq as i64
+            ])?;
+            if n == 1 {
+                done.accepted += 1;
+            } else {
+                done.duplicates += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(done)
+}
+
+/// [`AuditQuery`] filters as the store applies them (validated, resolved by the API).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Literal prefix of the path glob (narrows the scan through `audit_path`); the glob
+    /// itself is matched by the caller's `path_matches`.
+    pub path_prefix: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    /// Any of these digests (an app name resolves to every digest registered under it).
+    pub app_digests: Option<Vec<String>>,
+    pub decision: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: u32,
+}
+
+/// The newest `filter.limit` records that pass `filter` and `path_matches`, oldest first.
+/// A user filter also finds denials recorded against the user a token names unverified.
+pub fn audit_query(
+    conn: &Connection,
+    filter: &AuditFilter,
+    path_matches: impl Fn(&str) -> bool,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(prefix) = &filter.path_prefix {
+        arg(&mut sql, " AND path >= ?", prefix.clone().into());
+        // U+10FFFF sorts after every character a path can continue with (binary collation).
+        arg(
+            &mut sql,
+            " AND path < ?",
+            format!("{prefix}\u{10FFFF}").into(),
+        );
+    }
+    if let Some(user) = &filter.user {
+        arg(&mut sql, " AND (user = ?", user.clone().into());
+        arg(
+            &mut sql,
+            " OR user = ?)",
+            format!("{user} (unverified)").into(),
+        );
+    }
+    if let Some(device) = &filter.device {
+        arg(&mut sql, " AND device = ?", device.clone().into());
+    }
+    if let Some(digests) = &filter.app_digests {
+        sql.push_str(" AND app_digest IN (NULL");
+        for d in digests {
+            arg(&mut sql, ", ?", d.clone().into());
+        }
+        sql.push(')');
+    }
+    if let Some(decision) = &filter.decision {
+        arg(&mut sql, " AND decision = ?", decision.clone().into());
+    }
+    if let Some(since) = filter.since {
+        arg(&mut sql, " AND time >= ?", since.into());
+    }
+    if let Some(until) = filter.until {
+        arg(&mut sql, " AND time < ?", until.into());
+    }
+    sql.push_str(" ORDER BY id DESC");
+    let mut st = conn.prepare(&sql)?;
+    let rows = st.query_map(rusqlite::params_from_iter(args), audit_from_row)?;
+    let mut found = Vec::new();
+    for row in rows {
+        let row = row?;
+        if filter.path_prefix.is_some() && !row.path.as_deref().is_some_and(&path_matches) {
+            continue;
+        }
+        found.push(row);
+        if found.len() >= filter.limit as usize {
+            break;
+        }
+    }
+    found.reverse();
+    Ok(found)
+}
+
+/// Digests of the applications registered under `name` (any version, revoked or not).
+pub fn app_digests_named(conn: &Connection, name: &str) -> Result<Vec<String>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT digest FROM applications WHERE name = ?1")?;
+    let rows = st.query_map(params![name], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

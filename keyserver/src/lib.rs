@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_api;
 pub mod client;
 pub mod db;
 pub mod directory;

@@ -435,6 +435,93 @@ pub struct AuditRecord {
     pub rule_ids: Vec<String>,
     pub reason: Option<String>,
     pub license_id: Option<String>,
+    /// The asset's registered path when the decision was made (rows before the path column:
+    /// the path at migration time).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Which enforcement point decided: "keyserver" or "mount".
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// The calling process's uid (mount decisions).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Identical decisions a mount aggregated into this row (1 for key server rows).
+    #[serde(default = "default_count")]
+    pub count: u32,
+}
+
+fn default_source() -> String {
+    "keyserver".into()
+}
+
+fn default_count() -> u32 {
+    1
+}
+
+/// One decision a mount made itself (`POST /v1/audit`), as it sits in the mount's spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountAuditRecord {
+    /// Position in the mount's spool: 1, 2, 3, … without gaps; a resend is recognised by it.
+    pub seq: u64,
+    /// Unix seconds of the first of `count` identical decisions.
+    pub time: i64,
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub app_digest: Option<String>,
+    /// The device the mount believes it is. Ignored: the key server stamps the device from
+    /// the peer certificate.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Volume-relative path.
+    pub path: String,
+    /// Asset id (32 hex) when the mount had read the header.
+    pub asset: Option<String>,
+    pub action: Action,
+    /// "grant" or "deny".
+    pub decision: String,
+    pub reason: String,
+    /// Identical decisions (same everything but time) aggregated into this record.
+    pub count: u32,
+}
+
+/// `POST /v1/audit`: a batch of a mount's own decisions, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditBatch {
+    /// The spool's id (32 hex), fixed when the spool was created: sequence numbers count
+    /// within it.
+    pub spool: String,
+    pub records: Vec<MountAuditRecord>,
+}
+
+/// The answer to an [`AuditBatch`]: every record up to `through_seq` is on record (new ones
+/// `accepted`, resent ones `duplicates`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditBatchAck {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub through_seq: u64,
+}
+
+/// `GET /v1/admin/audit/query`: filters, all optional, combined with AND.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Glob over asset paths: `*` within a segment, `**` across segments.
+    pub path: Option<String>,
+    pub user: Option<String>,
+    pub device: Option<String>,
+    /// A BLAKE3 digest, or the name of registered applications.
+    pub app: Option<String>,
+    /// "grant" or "deny".
+    pub decision: Option<String>,
+    /// Unix seconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub until: Option<i64>,
+    /// Most rows returned (the newest that match), default 100, at most 10,000.
+    pub limit: Option<u32>,
 }
 
 /// Formats unix seconds as RFC 3339 UTC (for CLI output).

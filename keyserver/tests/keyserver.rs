@@ -1233,3 +1233,6 @@ async fn revocation_events_stream_in_order_and_wake_long_polls() {
         other => panic!("a revoked device read the stream: {other:?}"),
     }
 }
+
+#[path = "keyserver/audit_trail.rs"]
+mod audit_trail;

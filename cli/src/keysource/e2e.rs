@@ -541,3 +541,149 @@ fn revoking_the_create_rule_ends_the_creators_handle() {
     drop(creator);
     mounted.unmount().unwrap();
 }
+
+/// The mount's own decisions reach the one audit trail, through outages and restarts:
+/// - an unregistered program (`head`) and a registered one without a rule (`cat`) are denied
+///   by the mount's local rules: both appear under their path with user, uid, app, device;
+/// - a re-open served from the held license is a mount grant (`license_cache`);
+/// - after a key server restart, the mount's stale license session is refused with 401
+///   `session_unknown`, which the key server records under the asset's path;
+/// - with the key server down, the mount's denials (local rules, key server unreachable) are
+///   spooled; the mount is unmounted and mounted again, the server restarted: each record
+///   arrives exactly once, and another remount sends nothing twice.
+#[test]
+fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
+    let Some(mut env) = Env::start() else {
+        return; // no FUSE here (never under CI=true)
+    };
+    env.submit(&Req::now("view", &[&env.apps.bash], &["read"]));
+    env.with_frames(&["f1.raw", "f2.raw", "f3.raw"]);
+    let head = fixture::digest_of("/usr/bin/head");
+    let args = env.args();
+    let (mnt, mounted) = env.mount("mnt", &args, &direct());
+    let frame = |n: u32| mnt.join(format!("samples/f{n}.raw"));
+    wait_until_bash_opens(&frame(1));
+    let program = |prog: &str, file: &std::path::Path| {
+        let mut cmd = Command::new(prog);
+        if prog.ends_with("head") {
+            cmd.args(["-c", "16"]);
+        }
+        run({
+            cmd.arg(file);
+            cmd
+        })
+    };
+    assert!(
+        denied(&program("/usr/bin/head", &frame(1))),
+        "unregistered head"
+    );
+    assert!(
+        denied(&program("/bin/cat", &frame(1))),
+        "cat without a rule"
+    );
+    let (ok, err) = bash_open(&frame(1));
+    assert!(ok, "re-open from the held license: {err}");
+
+    let me = nix::unistd::getuid().as_raw();
+    let mount_rows = |env: &Env, glob: &str| -> Vec<keyserver::wire::AuditRecord> {
+        env.audit_at(glob)
+            .into_iter()
+            .filter(|r| r.source == "mount")
+            .collect()
+    };
+    let by_app = |rows: &[keyserver::wire::AuditRecord], app: &str, decision: &str| {
+        rows.iter()
+            .filter(|r| r.app_digest.as_deref() == Some(app) && r.decision == decision)
+            .map(|r| r.count)
+            .sum::<u32>()
+    };
+    eventually(
+        "the mount's records at the key server",
+        Duration::from_secs(10),
+        || {
+            let rows = mount_rows(&env, "samples/f1.raw");
+            by_app(&rows, &head, "deny") >= 1
+                && by_app(&rows, &env.apps.cat, "deny") >= 1
+                && by_app(&rows, &env.apps.bash, "grant") >= 1
+        },
+    );
+    for r in mount_rows(&env, "samples/f1.raw") {
+        assert_eq!(r.path.as_deref(), Some("samples/f1.raw"), "{r:?}");
+        assert_eq!(r.user.as_deref(), Some("alice"), "{r:?}");
+        assert_eq!(r.uid, Some(me), "{r:?}");
+        assert_eq!(r.device.as_deref(), Some(fixture::DEVICE), "{r:?}");
+        assert!(r.asset.is_some(), "{r:?}");
+        if r.decision == "grant" {
+            assert_eq!(r.reason.as_deref(), Some("license_cache"), "{r:?}");
+        }
+    }
+
+    // A restarted key server has forgotten the mount's license session: the first license
+    // request on it is refused with 401 (and retried on a new session).
+    env.restart();
+    let out = bash_as(None, &read_all(&frame(2)));
+    assert_frame(&env, &out, "f2 after the restart");
+    eventually("the 401 on record", Duration::from_secs(5), || {
+        env.audit_at("samples/f2.raw")
+            .iter()
+            .any(|r| r.reason.as_deref() == Some("session_unknown"))
+    });
+    let refused = env
+        .audit_at("samples/f2.raw")
+        .into_iter()
+        .find(|r| r.reason.as_deref() == Some("session_unknown"))
+        .unwrap();
+    assert_eq!(refused.source, "keyserver");
+    assert_eq!(refused.app_digest.as_deref(), Some(env.apps.bash.as_str()));
+    assert_eq!(refused.user.as_deref(), Some("alice (unverified)"));
+    assert_eq!(refused.device.as_deref(), Some(fixture::DEVICE));
+
+    // Outage: everything the mount decides now waits in its spool.
+    env.stop();
+    assert!(
+        denied(&program("/usr/bin/head", &frame(2))),
+        "head while down"
+    );
+    assert!(denied(&program("/bin/cat", &frame(2))), "cat while down");
+    let (ok, err) = bash_open(&frame(3));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "unlicensed f3 while down: {err}"
+    );
+    // Past the spool's flush interval, then the mount goes away with its records unshipped.
+    std::thread::sleep(Duration::from_millis(600));
+    mounted.unmount().unwrap();
+
+    env.restart();
+    let (_mnt, mounted) = env.mount("mnt", &args, &direct());
+    let outage = |env: &Env| {
+        let f2 = mount_rows(env, "samples/f2.raw");
+        let f3 = mount_rows(env, "samples/f3.raw");
+        (
+            by_app(&f2, &head, "deny"),
+            by_app(&f2, &env.apps.cat, "deny"),
+            by_app(&f3, &env.apps.bash, "deny"),
+        )
+    };
+    eventually(
+        "the spooled records shipped",
+        Duration::from_secs(10),
+        || outage(&env) != (0, 0, 0),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(outage(&env), (1, 1, 1), "each outage decision exactly once");
+    let unreachable = mount_rows(&env, "samples/f3.raw");
+    assert!(
+        unreachable[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("unavailable")),
+        "{unreachable:#?}"
+    );
+    // Another remount finds nothing left to send: still exactly once.
+    mounted.unmount().unwrap();
+    let (_mnt, mounted) = env.mount("mnt", &args, &direct());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(outage(&env), (1, 1, 1), "resent after a remount");
+    mounted.unmount().unwrap();
+}

@@ -298,6 +298,7 @@ impl Env {
             issuer_pub: Some(server.issuer_pub.clone()),
             issuer: "authz".into(),
             socket: None,
+            audit_spool: None,
         }
     }
 
@@ -309,13 +310,15 @@ impl Env {
         args: &KeyServerArgs,
         options: &MountOptions,
     ) -> (PathBuf, MountedFs) {
+        let mnt = self.dir.path().join(name);
+        if !mnt.exists() {
+            std::fs::create_dir(&mnt).unwrap();
+        }
         let source = args
-            .source(NewAssetParams::default(), &self.backing)
+            .source(NewAssetParams::default(), &self.backing, &mnt)
             .unwrap()
             .unwrap()
             .source;
-        let mnt = self.dir.path().join(name);
-        std::fs::create_dir(&mnt).unwrap();
         let mounted = csapfs::fs::mount(&self.backing, &mnt, source, options).unwrap();
         (mnt, mounted)
     }
@@ -325,14 +328,26 @@ impl Env {
         self.audit().iter().map(|r| r.id).max().unwrap_or(0)
     }
 
-    /// The latest license decisions (admin events left out).
+    /// The latest license decisions of the key server (admin events and the decisions mounts
+    /// ship left out).
     pub fn audit(&self) -> Vec<keyserver::wire::AuditRecord> {
         self.rt
-            .block_on(self.admin.audit_tail(100))
+            .block_on(self.admin.audit_tail(1000))
             .unwrap()
             .into_iter()
-            .filter(|r| r.decision != "admin")
+            .filter(|r| r.decision != "admin" && r.source == "keyserver")
             .collect()
+    }
+
+    /// What `csap audit query --path GLOB` answers (newest 1,000).
+    pub fn audit_at(&self, glob: &str) -> Vec<keyserver::wire::AuditRecord> {
+        self.rt
+            .block_on(self.admin.audit_query(&keyserver::wire::AuditQuery {
+                path: Some(glob.into()),
+                limit: Some(1000),
+                ..Default::default()
+            }))
+            .unwrap()
     }
 
     /// Stops every service (listeners closed, background tasks ended).
