@@ -56,6 +56,7 @@ pub(crate) fn router(state: S) -> Router {
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::map_response(authz::http_errors::json_error_body))
         .with_state(state)
 }
 

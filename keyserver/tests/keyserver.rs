@@ -1005,3 +1005,32 @@ async fn license_throughput() {
         );
     }
 }
+
+/// Issue 11: every error status carries a JSON `{"error"}` body — the router's 405 (empty
+/// before), an unknown endpoint's 404 and axum's own 415 for a body without a JSON type.
+#[tokio::test]
+async fn error_statuses_have_json_bodies() {
+    let e = env().await;
+    let http = identity_client(&e.dev.device_dir);
+    let cases = [
+        (reqwest::Method::DELETE, "/v1/info", None, 405),
+        (reqwest::Method::GET, "/v1/licenses", None, 405),
+        (reqwest::Method::GET, "/v1/nope", None, 404),
+        (reqwest::Method::POST, "/v1/login", Some("text/plain"), 415),
+    ];
+    for (method, path, content_type, status) in cases {
+        let mut req = http.request(method.clone(), format!("{}{path}", e.lb.url));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct).body("{}");
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let body = resp.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body:?}"));
+        assert!(
+            v["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}: {v}"
+        );
+    }
+}
