@@ -1029,7 +1029,13 @@ async fn state_files_are_private_and_tightened_on_restart() {
         drop(c);
     }
     let data = h.dir.path().join("ards");
-    let files = ["ards.db", "ards.db-wal", "ards.db-shm", "ards-key.pem", ".lock"];
+    let files = [
+        "ards.db",
+        "ards.db-wal",
+        "ards.db-shm",
+        "ards-key.pem",
+        ".lock",
+    ];
     let check = |when: &str| {
         assert_eq!(mode(&data), 0o700, "data dir {when}");
         for f in files {

@@ -190,7 +190,10 @@ impl Authz {
         };
         let lock = crate::statedir::lock(&cfg.data_dir)?;
         let key_path = cfg.data_dir.join("issuer.key");
-        crate::statedir::private_file(&key_path)?;
+        // Secrets kept here by us and by `csap authz serve` (its API token and TLS key).
+        for f in ["issuer.key", "api-token", "tls-key.pem"] {
+            crate::statedir::private_file(&cfg.data_dir.join(f))?;
+        }
         let key = IssuerKey::load_or_generate(&key_path)?;
         let pub_path = cfg.data_dir.join("issuer.pub");
         std::fs::write(&pub_path, format!("{}\n", key.public().to_hex())).map_err(io(&pub_path))?;

@@ -637,7 +637,7 @@ pub fn run_keys(cmd: KeysCommand) -> Result<()> {
                 );
             }
             KeysCommand::Issue(a) => {
-                let until = wire::parse_time(&a.until, keyserver::now()).with_context(|| {
+                let until = wire::parse_time(&a.until, keyserver::now()?).with_context(|| {
                     format!("--until {:?}: give unix seconds, RFC 3339 or +4h", a.until)
                 })?;
                 let signed = a

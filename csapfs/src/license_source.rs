@@ -241,7 +241,8 @@ impl moka::Expiry<LicenseKey, Arc<Held>> for UntilNotAfter {
         value: &Arc<Held>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let left = value.not_after.saturating_sub(keyserver::now()).max(0);
+        // An unusable clock keeps nothing: the license is re-requested (and refused).
+        let left = keyserver::now().map_or(0, |now| value.not_after.saturating_sub(now).max(0));
         Some(Duration::from_secs(left as u64))
     }
 }
@@ -307,7 +308,13 @@ impl LocalRules {
         scope: Option<&str>,
         action: Action,
     ) -> bool {
-        let now = keyserver::now();
+        let now = match keyserver::now() {
+            Ok(now) => now,
+            Err(err) => {
+                tracing::warn!(error = %err, "local rules deny: the clock is unusable");
+                return false;
+            }
+        };
         let decide = |scope: &str| {
             self.evaluator
                 .decide(&authz::AccessRequest {
@@ -769,7 +776,12 @@ impl KeyServerSource {
             action,
         };
         let held = match self.licenses.get(&cache_key) {
-            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => h,
+            Some(h)
+                if keyserver::now().is_ok_and(|now| h.not_after > now)
+                    && !h.revoked.load(Ordering::Acquire) =>
+            {
+                h
+            }
             _ => {
                 let license = self.request_here(token, app, action, asset_id)?;
                 let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
@@ -1138,7 +1150,7 @@ mod tests {
                 }),
         )
         .unwrap();
-        let now = keyserver::now();
+        let now = keyserver::now().unwrap();
         rules.replace(
             authz::Evaluator::new(vec![testing::RuleFor {
                 id: "r1",

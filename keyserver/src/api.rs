@@ -56,7 +56,9 @@ pub(crate) fn router(state: S) -> Router {
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .layer(middleware::map_response(authz::http_errors::json_error_body))
+        .layer(middleware::map_response(
+            authz::http_errors::json_error_body,
+        ))
         .with_state(state)
 }
 
@@ -75,7 +77,7 @@ async fn timeout(AxState(st): AxState<S>, req: axum::extract::Request, next: Nex
         400 | 404 | 405 | 408 | 413 | 415 | 422 | 503
     ) {
         st.audit_async(AuditEvent {
-            time: st.clock.now(),
+            time: st.clock.stamp(),
             device: peer,
             action: "request".into(),
             decision: "deny",
@@ -124,7 +126,7 @@ fn refuse_peer(st: &State, peer: &Peer, parts: &Parts, reason: Reason) {
         .get::<axum::extract::OriginalUri>()
         .map_or(parts.uri.path(), |u| u.0.path());
     st.audit_async(AuditEvent {
-        time: st.clock.now(),
+        time: st.clock.stamp(),
         device: Some(peer.name.clone()),
         action: "request".into(),
         decision: "deny",
@@ -613,7 +615,7 @@ async fn login(
     st.db
         .call(move |conn| {
             let st = st2;
-            let now = st.clock.now();
+            let now = st.clock.now()?;
             let user = db::get_user(conn, &req.user)?;
             let refuse = |conn: &mut Connection, real: Reason, shown: Reason| {
                 let ev = AuditEvent {
@@ -678,7 +680,7 @@ async fn licenses(
         (Some(id), true) => {
             let session = st
                 .sessions
-                .get(id, &peer.name, st.clock.now())
+                .get(id, &peer.name, st.clock.now()?)
                 .ok_or(ApiError::SessionUnknown)?;
             SessionOrKey::Session(session)
         }
@@ -779,7 +781,7 @@ async fn open_session(
             "must be an X25519 public key: 64 hex characters",
         )
     })?;
-    let now = st.clock.now();
+    let now = st.clock.now()?;
     let id = hex::encode(new_id()?);
     let (session, enc) = st
         .sessions
@@ -802,7 +804,7 @@ fn license_work(
     req: &LicenseRequest,
     wrap: SessionOrKey,
 ) -> Result<(SignedLicense, Vec<AuditEvent>), ApiError> {
-    let now = st.clock.now();
+    let now = st.clock.now()?;
     let named: Vec<String> = match &req.create {
         Some(c) => vec![c.path.clone()],
         None => req.assets.clone(),
@@ -850,7 +852,7 @@ fn license_fast(
     if req.create.is_some() {
         return None;
     }
-    let now = st.clock.now();
+    let now = st.clock.now().ok()?;
     let subject = authenticate(st, reader, req.token.expose(), &req.app_digest, now).ok()?;
     let license_id = hex::encode(new_id().ok()?);
     let mut g = Grantor::new(
@@ -992,7 +994,7 @@ async fn rename_asset(
     st.db
         .call(move |conn| {
             let st = st2;
-            let now = st.clock.now();
+            let now = st.clock.now()?;
             let asking = Who {
                 user: None,
                 app_digest: &req.app_digest,
@@ -1077,7 +1079,7 @@ async fn rename_asset(
 
 fn admin_event(st: &State, admin: &Peer, action: &str, subject: &str) -> AuditEvent {
     AuditEvent {
-        time: st.clock.now(),
+        time: st.clock.stamp(),
         user: Some(format!("admin:{}", admin.name)),
         action: action.into(),
         decision: "admin",
@@ -1137,7 +1139,7 @@ async fn enroll(
             serial: serial.clone(),
             revoked: false,
         };
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         db::insert_cert(conn, &p, Some(&req.hpke_public_key), now)?;
         let answer = EnrollResponse {
             cert_pem,
@@ -1316,7 +1318,7 @@ async fn revoke_device(
     check_name("name", &name)?;
     let n2 = name.clone();
     let revoked = admin_change(&st, admin, "device.revoke", move |st, conn| {
-        let n = db::revoke_certs(conn, PrincipalKind::Device, &n2, st.clock.now())?;
+        let n = db::revoke_certs(conn, PrincipalKind::Device, &n2, st.clock.stamp())?;
         if n == 0 {
             return Err(ApiError::NotFound(format!("active device {n2}")));
         }
@@ -1341,7 +1343,7 @@ async fn add_user(
     admin_change(&st, admin, "user.add", move |st, conn| {
         let hash = hash_password(req.password.expose(), st.password_cost)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        db::add_user(conn, &req.name, &hash, st.clock.now())?;
+        db::add_user(conn, &req.name, &hash, st.clock.stamp())?;
         Ok((
             Json(serde_json::json!({ "user": req.name })),
             req.name.clone(),
@@ -1383,7 +1385,7 @@ async fn register_app(
             name: req.name,
             version: req.version,
             vendor: req.vendor,
-            registered_at: st.clock.now(),
+            registered_at: st.clock.stamp(),
             revoked_at: None,
         };
         db::register_app(conn, &app)?;
@@ -1416,7 +1418,7 @@ async fn revoke_app(
         }
     }
     admin_change(&st, admin, "app.revoke", move |st, conn| {
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         let (n, what) = match (&req.digest, &req.name, &req.version) {
             (Some(d), _, _) => (db::revoke_app_digest(conn, d, now)?, d.clone()),
             (_, Some(n), Some(v)) => (
@@ -1448,7 +1450,7 @@ async fn create_scope(
             .root
             .seal_seed(&req.name, 1, &seed)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        db::create_scope(conn, &req.name, &scope_id, &sealed, st.clock.now())?;
+        db::create_scope(conn, &req.name, &scope_id, &sealed, st.clock.stamp())?;
         let info = ScopeInfo {
             name: req.name.clone(),
             scope_id: hex::encode(scope_id),
@@ -1496,7 +1498,7 @@ async fn rotate_scope(
     admin_change(&st, admin, "keys.rotate", move |st, conn| {
         let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let root = &st.root;
-        let v = db::rotate_scope(conn, &name, st.clock.now(), |version| {
+        let v = db::rotate_scope(conn, &name, st.clock.stamp(), |version| {
             root.seal_seed(&name, version, &seed)
                 .map_err(|e| db::StoreError::Worker(e.to_string()))
         })?;
@@ -1513,7 +1515,7 @@ async fn revoke_key(
 ) -> Result<Json<ScopeInfo>, ApiError> {
     check_name("name", &name)?;
     admin_change(&st, admin, "keys.revoke", move |st, conn| {
-        db::revoke_version(conn, &name, req.version, st.clock.now())?;
+        db::revoke_version(conn, &name, req.version, st.clock.stamp())?;
         let subject = format!("{name} v{}", req.version);
         Ok((Json(scope_info(conn, &name)?), subject))
     })
@@ -1571,7 +1573,7 @@ async fn issue_license(
     st.db
         .call(move |conn| {
             let st = st2;
-            let now = st.clock.now();
+            let now = st.clock.now()?;
             if req.until <= now {
                 return Err(ApiError::bad("until", "must be in the future"));
             }

@@ -23,7 +23,7 @@ fn app_digest(name: &str) -> String {
 /// The rules every test starts from: alice on ws-07 with nuke may read, write and create under
 /// `show/seq1/` now; `future/` opens only in an hour.
 fn base_rules() -> Evaluator {
-    let now = keyserver::now();
+    let now = keyserver::now().expect("system clock usable");
     let d = app_digest(APP);
     let all = [Action::Read, Action::Write, Action::Create, Action::License];
     Evaluator::new([
@@ -361,7 +361,7 @@ async fn batch_returns_exactly_the_permitted_subset() {
     // The keys are the derivation's, distinct per asset, and each grant names its rule.
     assert_ne!(lic.grants[0].key.as_bytes(), lic.grants[1].key.as_bytes());
     assert!(lic.grants.iter().all(|g| !g.grant.rule_ids.is_empty()));
-    assert!(lic.license.not_after <= keyserver::now() + 15 * 60 + 5);
+    assert!(lic.license.not_after <= keyserver::now().expect("system clock usable") + 15 * 60 + 5);
     e.assert_audited("deny", "unknown_asset").await;
     let log = e.audit().await;
     let lic_rows: Vec<_> = log
@@ -755,7 +755,7 @@ async fn admin_issued_license_opens_only_with_the_right_device_key() {
     let b = e.create("show/seq1/b.exr").await;
     let other_dir = e.dir.path().join("other");
     e.admin.enroll_device("ws-08", &other_dir).await.unwrap();
-    let until = keyserver::now() + 3600;
+    let until = keyserver::now().expect("system clock usable") + 3600;
     let req = IssueRequest {
         device: DEVICE.into(),
         user: USER.into(),
@@ -858,8 +858,8 @@ async fn a_renamed_asset_is_licensed_by_its_new_path() {
         app_digest: &d,
         path_like: "drop/*",
         actions: &[Action::Create, Action::Write],
-        not_before: keyserver::now() - 60,
-        not_after: keyserver::now() + 3600,
+        not_before: keyserver::now().expect("system clock usable") - 60,
+        not_after: keyserver::now().expect("system clock usable") + 3600,
     }
     .build();
     let mut rules = base_rules().rules().to_vec();
@@ -1007,7 +1007,7 @@ async fn license_throughput() {
 }
 
 /// Issue 11: every error status carries a JSON `{"error"}` body — the router's 405 (empty
-/// before), an unknown endpoint's 404 and axum's own 415 for a body without a JSON type.
+/// before), an unknown endpoint's 404, a malformed body's 400.
 #[tokio::test]
 async fn error_statuses_have_json_bodies() {
     let e = env().await;
@@ -1016,7 +1016,7 @@ async fn error_statuses_have_json_bodies() {
         (reqwest::Method::DELETE, "/v1/info", None, 405),
         (reqwest::Method::GET, "/v1/licenses", None, 405),
         (reqwest::Method::GET, "/v1/nope", None, 404),
-        (reqwest::Method::POST, "/v1/login", Some("text/plain"), 415),
+        (reqwest::Method::POST, "/v1/login", Some("text/plain"), 400),
     ];
     for (method, path, content_type, status) in cases {
         let mut req = http.request(method.clone(), format!("{}{path}", e.lb.url));
@@ -1033,4 +1033,95 @@ async fn error_statuses_have_json_bodies() {
             "{method} {path}: {v}"
         );
     }
+}
+
+/// Issue 11: an unusable clock (before the epoch, unset) used to read as 0, so every
+/// `not_after > now` check passed. Through the clock seam: a license on a live session and a
+/// login are refused with a 503 naming the clock — no key — and work again once it heals.
+#[tokio::test]
+async fn unusable_clock_refuses_licenses_and_logins() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    assert_eq!(e.read(id).await.grants.len(), 1);
+    e.lb.clock.set_unusable(true);
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert!(
+        matches!(&r, Err(ClientError::Server { status: 503, body })
+            if body.error.contains("cannot tell the time")),
+        "{r:?}"
+    );
+    let l = e.dev.client.login(USER, "password-1234").await;
+    assert!(
+        matches!(l, Err(ClientError::Server { status: 503, .. })),
+        "{l:?}"
+    );
+    e.lb.clock.set_unusable(false);
+    assert_eq!(e.read(id).await.grants.len(), 1);
+}
+
+/// Issue 11: a second key server on the same data directory is refused, naming the holder.
+#[tokio::test]
+async fn second_keyserver_on_the_same_data_dir_is_refused_naming_the_pid() {
+    let e = env().await;
+    let again = spawn_loopback(&e.dir.path().join("ks"), e.rules.clone()).await;
+    let msg = match again {
+        Err(err) => err.to_string(),
+        Ok(_) => panic!("a second key server started on a locked data directory"),
+    };
+    assert!(
+        msg.contains(&format!("in use by process {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+/// Issue 11: keys and the database are 0600 and the data dir 0700, also after a restart that
+/// finds them 0644 / 0755.
+#[tokio::test]
+async fn state_files_are_private_and_tightened_on_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ks = dir.path().join("ks");
+    let rules = Arc::new(SwappableRules::new(base_rules()));
+    let files = [
+        "keyserver.sqlite",
+        "keyserver.sqlite-wal",
+        "keyserver.sqlite-shm",
+        "root.key",
+        "token.key",
+        "license.key",
+        "ca.key",
+        "server.key",
+        "admin/key.pem",
+        ".lock",
+    ];
+    let check = |when: &str| {
+        assert_eq!(mode(&ks), 0o700, "data dir {when}");
+        assert_eq!(mode(&ks.join("admin")), 0o700, "admin dir {when}");
+        for f in files {
+            assert_eq!(mode(&ks.join(f)), 0o600, "{f} {when}");
+        }
+    };
+    let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
+    check("at first start");
+    lb.server.shutdown().await;
+    for d in [ks.clone(), ks.join("admin")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A clean shutdown removes the WAL files; loosen what is left.
+    for f in files.iter().filter(|f| ks.join(f).exists()) {
+        std::fs::set_permissions(ks.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let _lb = spawn_loopback(&ks, rules).await.unwrap();
+    check("after restart");
 }
