@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod eval;
+pub mod glob;
 pub mod global;
 pub mod http;
 pub mod http_errors;

@@ -408,6 +408,16 @@ struct Preloader {
     request_timeout: Duration,
 }
 
+/// Whether a rule's selectors name the asset at `rel` by path — the one glob dialect of every
+/// PEP ([`authz::glob`]); scopes are for the key server to check.
+fn selects(selectors: &[authz::request::AssetSelector], rel: &str) -> bool {
+    selectors.iter().any(|s| {
+        s.path
+            .as_deref()
+            .is_none_or(|p| authz::glob::matches(p, rel))
+    })
+}
+
 /// Most assets per pre-load license request.
 const PRELOAD_BATCH: usize = 256;
 
@@ -461,12 +471,7 @@ impl Preloader {
                 else {
                     continue;
                 };
-                let matches = selectors.iter().any(|s| {
-                    s.path
-                        .as_deref()
-                        .is_none_or(|p| authz::model::like_match(p, &rel))
-                });
-                if !matches {
+                if !selects(selectors, &rel) {
                     continue;
                 }
                 if let Ok(header) = std::fs::File::open(&path)
@@ -1075,6 +1080,22 @@ pub fn check_token_file(path: &Path) -> Result<(), std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11: the pre-loader selects assets in the rules' dialect — `*` within a segment,
+    /// `**` across (it used Cedar's `like`, where `*` crossed '/').
+    #[test]
+    fn preloader_selects_in_the_rule_dialect() {
+        let sel = |p: &str| {
+            vec![authz::request::AssetSelector {
+                path: Some(p.into()),
+                scope: None,
+            }]
+        };
+        assert!(!selects(&sel("show/*/f1"), "show/a/b/f1"));
+        assert!(selects(&sel("show/*/f1"), "show/a/f1"));
+        assert!(selects(&sel("show/**"), "show/a/b/f1"));
+        assert!(!selects(&sel("show/**"), "other/f1"));
+    }
     use keyserver::testing;
     use keyserver::SwappableRules;
 

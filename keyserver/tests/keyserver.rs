@@ -1125,3 +1125,76 @@ async fn state_files_are_private_and_tightened_on_restart() {
     let _lb = spawn_loopback(&ks, rules).await.unwrap();
     check("after restart");
 }
+
+/// Issue 11: `csap keys issue` patterns are the rules' dialect — `show/*/f1` is one segment deep
+/// (as before), `show/**` everything below — and so are the rules it is checked against: under
+/// a rule for `show/*/f1` the deeper asset is not licensed even by a `show/**` request (that
+/// rule's `*` crossed '/' when rules were judged by Cedar's `like`).
+#[tokio::test]
+async fn keys_issue_and_rules_share_one_glob_dialect() {
+    let e = env().await;
+    let now = keyserver::now().unwrap();
+    let d = app_digest(APP);
+    let all = [Action::Read, Action::Write, Action::Create, Action::License];
+    let rule = |id, path_like| {
+        RuleFor {
+            id,
+            user: USER,
+            device: DEVICE,
+            app_digest: &d,
+            path_like,
+            actions: &all,
+            not_before: now - 3600,
+            not_after: now + 86_400,
+        }
+        .build()
+    };
+    e.rules
+        .replace(Evaluator::new([rule("r-all", "show/**")]).unwrap());
+    let shallow = e.create("show/a/f1").await;
+    let deep = e.create("show/a/b/f1").await;
+    let issue = |assets: &str| IssueRequest {
+        device: DEVICE.into(),
+        user: USER.into(),
+        app_digest: e.dev.app_digest.clone(),
+        assets: assets.into(),
+        until: now + 3600,
+        action: Action::Read,
+        break_glass: false,
+        reason: None,
+    };
+    let granted = |signed: &keyserver::wire::SignedLicense| {
+        let file = e.dir.path().join("glob-lic.json");
+        std::fs::write(&file, serde_json::to_vec(signed).unwrap()).unwrap();
+        let opened = license::open_offline(&file, &e.dev.device_dir).unwrap();
+        let mut ids: Vec<[u8; 16]> = opened.grants.iter().map(|g| g.asset_id).collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![shallow, deep];
+    both.sort();
+    let one = e.admin.issue(&issue("show/*/f1")).await.unwrap();
+    assert_eq!(
+        granted(&one),
+        vec![shallow],
+        "'*' crossed '/' in keys issue"
+    );
+    let all_below = e.admin.issue(&issue("show/**")).await.unwrap();
+    assert_eq!(granted(&all_below), both);
+    // The rule now says `show/*/f1`: the deep asset is outside it.
+    e.rules
+        .replace(Evaluator::new([rule("r-one", "show/*/f1")]).unwrap());
+    let lic = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[deep])
+        .await
+        .unwrap();
+    assert!(lic.grants.is_empty(), "the rule's '*' crossed '/'");
+    assert_eq!(lic.license.denials[0].reason, Reason::NoRule);
+    let bad = e.admin.issue(&issue("show/a**")).await;
+    assert!(
+        matches!(&bad, Err(ClientError::Server { status: 400, body }) if body.field.as_deref() == Some("assets")),
+        "{bad:?}"
+    );
+}
