@@ -993,6 +993,7 @@ async fn every_route_refuses_anonymous_and_wrong_principal_callers() {
         Err(ClientError::Http(_)) => {} // a new connection: refused in the handshake
         other => panic!("a revoked device was served: {other:?}"),
     }
+}
 
 /// Issue 11: a second ARDS on the same data directory is refused, naming the holder's pid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

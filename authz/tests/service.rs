@@ -916,7 +916,8 @@ async fn requests_naming_unknown_or_disabled_principals_are_refused() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
 
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             Box::new(|v| v["participants"][0]["identifier"][0]["identifierValue"] = "bob".into()),
             "participants[0]",
@@ -975,7 +976,12 @@ async fn method_not_allowed_has_a_json_body() {
 #[test]
 fn second_service_on_the_same_data_dir_is_refused_naming_the_pid() {
     let h = Harness::new();
-    let err = Authz::open(&Config::new(h.dir.path()), h.sink.clone()).unwrap_err();
+    let err = Authz::open(
+        &Config::new(h.dir.path()),
+        h.sink.clone(),
+        h.pki.directory.clone(),
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("in use by process {}", std::process::id())),
@@ -992,9 +998,10 @@ fn state_files_are_private_and_tightened_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("authz");
     let sink = Arc::new(MemorySink::new());
+    let directory = TestPki::new(TestDirectory::new(Standing::Active)).directory;
     let files = ["authz.sqlite", "issuer.key", ".lock"];
     {
-        let _a = Authz::open(&Config::new(&data), sink.clone()).unwrap();
+        let _a = Authz::open(&Config::new(&data), sink.clone(), directory.clone()).unwrap();
         assert_eq!(mode(&data), 0o700);
         for f in files {
             assert_eq!(mode(&data.join(f)), 0o600, "{f}");
@@ -1004,7 +1011,7 @@ fn state_files_are_private_and_tightened_on_restart() {
     for f in files {
         std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let _a = Authz::open(&Config::new(&data), sink).unwrap();
+    let _a = Authz::open(&Config::new(&data), sink, directory).unwrap();
     assert_eq!(mode(&data), 0o700);
     for f in files {
         assert_eq!(mode(&data.join(f)), 0o600, "{f} after restart");

@@ -1243,7 +1243,7 @@ async fn add_principal(
             serial: serial.clone(),
             revoked: false,
         };
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         db::insert_cert(conn, &p, None, now)?;
         if let Some(g) = &grant {
             db::put_workflow(conn, &req.name, g, now)?;
@@ -1273,7 +1273,7 @@ async fn revoke_principal(
     check_name("name", &name)?;
     let n2 = name.clone();
     let revoked = admin_change(&st, admin, "principal.revoke", move |st, conn| {
-        let n = db::revoke_certs(conn, kind, &n2, st.clock.now())?;
+        let n = db::revoke_certs(conn, kind, &n2, st.clock.stamp())?;
         if n == 0 {
             return Err(ApiError::NotFound(format!("active {} {n2}", kind.as_str())));
         }
@@ -1300,7 +1300,7 @@ async fn directory(
             return Err(ApiError::Denied(Reason::NotAdmin));
         }
     }
-    Ok(Json(st.db.call(|c| db::directory_snapshot(c)).await?))
+    Ok(Json(st.db.call(db::directory_snapshot).await?))
 }
 
 async fn list_devices(
