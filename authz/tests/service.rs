@@ -515,11 +515,20 @@ async fn state_and_issuer_key_survive_restart() {
         .await;
     let id = v["id"].as_str().unwrap().to_string();
     let pk = h.authz.public_key();
+    // The data directory is locked while the first service lives: stop it first.
+    let Harness {
+        dir,
+        sink,
+        authz,
+        pki,
+        ..
+    } = h;
+    drop(authz);
     let reopened = Arc::new(
         Authz::open(
-            &Config::new(h.dir.path()),
-            h.sink.clone(),
-            h.pki.directory.clone(),
+            &Config::new(dir.path()),
+            sink.clone(),
+            pki.directory.clone(),
         )
         .unwrap(),
     );
@@ -532,7 +541,7 @@ async fn state_and_issuer_key_survive_restart() {
             .len(),
         2
     );
-    assert!(h.dir.path().join("authz.sqlite").exists());
+    assert!(dir.path().join("authz.sqlite").exists());
 }
 
 /// A minimal ARDS stand-in over TLS: verifies signatures like the real one must, records bodies.
