@@ -398,6 +398,11 @@ impl Shared {
 
     fn load_cache(&self) -> Result<(), ClientError> {
         let path = &self.cfg.cache_path;
+        // The cache is written 0600; one left looser (older version, copied file) is tightened.
+        authz::statedir::private_file(path).map_err(|e| ClientError::Cache {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -469,7 +474,12 @@ impl Shared {
     /// Drops expired rules, splits the rest into active and pending, and publishes the result
     /// (new evaluator, pending list, change counter) if anything moved.
     fn recompute(&self, local: &mut Local) {
-        let now = self.opts.clock.now();
+        // Fail closed on an unusable clock: at "the beginning of time" every rule is pending,
+        // so none is active (nothing granted) and none is dropped (all return once it heals).
+        let now = self.opts.clock.now().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "clock unusable: no rule is active until it is fixed");
+            i64::MIN
+        });
         local.rules.retain(|_, s| s.rule.not_after > now);
         let mut active = Vec::new();
         let mut pending = Vec::new();
@@ -560,7 +570,16 @@ impl Shared {
     /// Moves rules in at `not_before` and out at `not_after` on local time, connected or not.
     async fn timer_loop(self: Arc<Self>) {
         loop {
-            let now = self.opts.clock.now();
+            let now = match self.opts.clock.now() {
+                Ok(now) => now,
+                Err(_) => {
+                    // `recompute` has deactivated every rule; look again shortly.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let mut local = lock(&self.local);
+                    self.recompute(&mut local);
+                    continue;
+                }
+            };
             let next = {
                 let local = lock(&self.local);
                 local

@@ -1,11 +1,14 @@
 //! Time source for everything time-driven in ARDS (just-in-time release, expiry, rate limits),
-//! injectable so tests can move time without sleeping.
+//! injectable so tests can move time without sleeping. Readings fail closed
+//! ([`authz::clock`]): an unusable clock is an error, never time 0.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+pub use authz::clock::ClockError;
 
 use tokio::sync::watch;
 
@@ -14,9 +17,10 @@ pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Unix-seconds wall clock.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Current time, unix seconds.
-    fn now(&self) -> i64;
-    /// Completes once `now() >= deadline`.
+    /// Current time, unix seconds, or why the clock cannot be trusted.
+    fn now(&self) -> Result<i64, ClockError>;
+    /// Completes once `now() >= deadline`, or once the clock is unusable (the caller's next
+    /// `now()` then reports it, and it fails closed).
     fn sleep_until(&self, deadline: i64) -> Sleep<'_>;
 }
 
@@ -25,11 +29,8 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
+    fn now(&self) -> Result<i64, ClockError> {
+        authz::clock::unix_now()
     }
 
     fn sleep_until(&self, deadline: i64) -> Sleep<'_> {
@@ -37,11 +38,11 @@ impl Clock for SystemClock {
             // Sleep in bounded steps: a wall-clock jump (NTP, suspend) must not leave a release
             // waiting for the full original duration.
             loop {
-                let now = self.now();
-                if now >= deadline {
-                    return;
-                }
-                let secs = (deadline - now).clamp(0, 30) as u64;
+                let secs = match self.now() {
+                    Ok(now) if now >= deadline => return,
+                    Ok(now) => (deadline - now).clamp(0, 30) as u64,
+                    Err(_) => return,
+                };
                 tokio::time::sleep(Duration::from_secs(secs)).await;
             }
         })
@@ -52,6 +53,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<AtomicI64>,
+    unusable: Arc<AtomicBool>,
     changed: Arc<watch::Sender<i64>>,
 }
 
@@ -61,6 +63,7 @@ impl ManualClock {
         let (tx, _rx) = watch::channel(now);
         Self {
             now: Arc::new(AtomicI64::new(now)),
+            unusable: Arc::new(AtomicBool::new(false)),
             changed: Arc::new(tx),
         }
     }
@@ -71,6 +74,12 @@ impl ManualClock {
         self.changed.send_replace(now);
     }
 
+    /// Makes every reading fail (`true`), as a clock before the epoch would, or heals it.
+    pub fn set_unusable(&self, unusable: bool) {
+        self.unusable.store(unusable, Ordering::SeqCst);
+        self.changed.send_replace(self.now.load(Ordering::SeqCst));
+    }
+
     /// Moves the time forward by `secs`.
     pub fn advance(&self, secs: i64) {
         let now = self.now.fetch_add(secs, Ordering::SeqCst) + secs;
@@ -79,15 +88,18 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
-    fn now(&self) -> i64 {
-        self.now.load(Ordering::SeqCst)
+    fn now(&self) -> Result<i64, ClockError> {
+        if self.unusable.load(Ordering::SeqCst) {
+            return Err(ClockError::Unusable("ManualClock::set_unusable"));
+        }
+        Ok(self.now.load(Ordering::SeqCst))
     }
 
     fn sleep_until(&self, deadline: i64) -> Sleep<'_> {
         let mut rx = self.changed.subscribe();
         Box::pin(async move {
             loop {
-                if self.now() >= deadline {
+                if self.now().is_ok_and(|now| now >= deadline) || self.now().is_err() {
                     return;
                 }
                 // The sender lives as long as `self`, so `changed` only fails if it is dropped,
@@ -118,6 +130,6 @@ mod tests {
             .await
             .expect("sleeper woke")
             .expect("no panic");
-        assert_eq!(clock.now(), 150);
+        assert_eq!(clock.now(), Ok(150));
     }
 }

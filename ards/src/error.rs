@@ -38,6 +38,12 @@ pub enum ArdsError {
     /// Store failure (HTTP 500, detail only in the log).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Data directory locked by another process or not private-able (start-up only).
+    #[error(transparent)]
+    StateDir(#[from] authz::statedir::StateDirError),
+    /// The wall clock is unusable: no time-driven decision is made (HTTP 503).
+    #[error("ARDS cannot tell the time: {0}")]
+    Clock(#[from] authz::clock::ClockError),
     /// Anything else internal (HTTP 500, detail only in the log).
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,7 +77,10 @@ impl ArdsError {
             ArdsError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ArdsError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ArdsError::Store(StoreError::Conflict { .. }) => StatusCode::CONFLICT,
-            ArdsError::Store(_) | ArdsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ArdsError::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ArdsError::Store(_) | ArdsError::Internal(_) | ArdsError::StateDir(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ArdsError::Caller(r) => r.status(),
         }
     }
@@ -92,7 +101,7 @@ impl ArdsError {
                 error: self.to_string(),
                 field: None,
             },
-            ArdsError::Store(_) | ArdsError::Internal(_) => ErrorBody {
+            ArdsError::Store(_) | ArdsError::Internal(_) | ArdsError::StateDir(_) => ErrorBody {
                 error: "internal error; see the ARDS log".into(),
                 field: None,
             },

@@ -50,6 +50,9 @@ pub fn app(state: Ards) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
+        .layer(axum::middleware::map_response(
+            authz::http_errors::json_error_body,
+        ))
         .with_state(state)
 }
 

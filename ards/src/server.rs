@@ -64,6 +64,7 @@ pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<TlsIdenti
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
+    authz::statedir::private_file(&key_path).map_err(|e| ServeError::Ards(e.into()))?;
     if cert_path.exists() && key_path.exists() {
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key_pem =

@@ -102,6 +102,8 @@ struct Bucket {
 
 #[derive(Debug)]
 struct Inner {
+    /// Held while this ARDS lives: no second process on its data directory.
+    _dir_lock: authz::statedir::DirLock,
     store: Mutex<Store>,
     issuers: HashMap<String, IssuerPublicKey>,
     clock: Arc<dyn Clock>,
@@ -136,10 +138,18 @@ impl Ards {
     /// Opens the store and computes what is due. Call [`Ards::spawn_scheduler`] to have rules
     /// released and expired on time (the HTTP handlers also catch up on every request).
     pub fn open(cfg: ArdsConfig, clock: Arc<dyn Clock>) -> Result<Self, ArdsError> {
+        // The database's directory is this ARDS's data directory: private, and one process only.
+        let dir = match cfg.db_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let dir_lock = authz::statedir::lock(&dir)?;
+        authz::statedir::private_sqlite(&cfg.db_path)?;
         let store = Store::open(&cfg.db_path)?;
         let next_due = store.next_due()?.unwrap_or(i64::MAX);
         let ards = Self {
             inner: Arc::new(Inner {
+                _dir_lock: dir_lock,
                 store: Mutex::new(store),
                 issuers: cfg.trusted_issuers.into_iter().collect(),
                 clock,
@@ -223,7 +233,7 @@ impl Ards {
     /// Releases what is due and expires what is past, as of the clock's now. Cheap when
     /// nothing is due (no store access).
     pub async fn tick(&self) -> Result<(), ArdsError> {
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now()?;
         if now < self.inner.next_due.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -255,8 +265,9 @@ impl Ards {
                     }
                     ards.inner.next_due.load(Ordering::SeqCst)
                 };
-                // Wake at least once a minute so a dropped `Ards` ends this task.
-                let cap = clock.now().saturating_add(60);
+                // Wake at least once a minute so a dropped `Ards` ends this task. (`tick` read
+                // the clock just now; should it fail here, wake at once and let `tick` report.)
+                let cap = clock.now().map_or(i64::MIN, |now| now.saturating_add(60));
                 tokio::select! {
                     _ = clock.sleep_until(due.min(cap)) => {}
                     _ = kick.notified() => {}
@@ -331,7 +342,7 @@ impl Ards {
         for (i, signed) in body.rules.iter().enumerate() {
             self.check_rule(i, signed)?;
         }
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now()?;
         let lead = self.inner.lead_time_secs;
         let batch: Vec<(SignedRule, i64)> = body
             .rules
@@ -392,7 +403,7 @@ impl Ards {
             ),
             field: "signature".into(),
         })?;
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now()?;
         let rule_id = rev.rule_id.clone();
         let outcome = self
             .with_store_rescheduling(move |store, touched| {
@@ -463,7 +474,7 @@ impl Ards {
         self.tick().await?;
         {
             let mut acks = lock(&self.inner.acks);
-            let now = self.inner.clock.now();
+            let now = self.inner.clock.now()?;
             if let Some(info) = acks.get_mut(pep) {
                 info.acked = since;
                 info.last_seen = now;
@@ -570,7 +581,7 @@ impl Ards {
     ) -> Result<ExceptionOutcome, ArdsError> {
         check_pep_id(pep, "pep_id")?;
         check_report(&report)?;
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now()?;
         if !self.admit(pep, now) {
             *lock(&self.inner.throttled)
                 .entry(pep.to_owned())

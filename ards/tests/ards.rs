@@ -3,6 +3,7 @@
 
 mod util;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ards::wire::{ExceptionOutcome, ExceptionStatus, RemovalReason, TargetState};
@@ -992,4 +993,108 @@ async fn every_route_refuses_anonymous_and_wrong_principal_callers() {
         Err(ClientError::Http(_)) => {} // a new connection: refused in the handshake
         other => panic!("a revoked device was served: {other:?}"),
     }
+}
+
+/// Issue 11: a second ARDS on the same data directory is refused, naming the holder's pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_ards_on_the_same_data_dir_is_refused_naming_the_pid() {
+    let h = Harness::start().await;
+    let cfg = ards::ArdsConfig::new(
+        h.dir.path().join("ards").join("ards.db"),
+        vec![(ISSUER.to_owned(), h.key.public())],
+    );
+    let err = ards::Ards::open(cfg, Arc::new(h.clock.clone())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("in use by process {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+/// Issue 11: the store (with its WAL files), the TLS key and a PEP's rule cache are 0600 and the
+/// data dir 0700 — also after a restart that finds them 0644 / 0755.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_files_are_private_and_tightened_on_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut h = Harness::start().await;
+    let pep = "mount:ws-07";
+    h.http
+        .publish(&[h.sign(rule("r-m", "alice", "ws-07", &[pep], T0 - 10, T0 + 600))])
+        .await
+        .unwrap();
+    let cache = h.client_config(pep).cache_path;
+    {
+        let c = h.client(pep).await;
+        assert!(wait_until(LONG, || cache.exists()).await.is_some());
+        drop(c);
+    }
+    let data = h.dir.path().join("ards");
+    let files = [
+        "ards.db",
+        "ards.db-wal",
+        "ards.db-shm",
+        "ards-key.pem",
+        ".lock",
+    ];
+    let check = |when: &str| {
+        assert_eq!(mode(&data), 0o700, "data dir {when}");
+        for f in files {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f} {when}");
+        }
+    };
+    check("at first start");
+    assert_eq!(mode(&cache), 0o600);
+    h.stop().await;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A clean stop may remove the WAL files; loosen what is left.
+    for f in files.iter().filter(|f| data.join(f).exists()) {
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644)).unwrap();
+    h.restart().await;
+    check("after restart");
+    let _c = h.client(pep).await;
+    assert_eq!(mode(&cache), 0o600, "cache after restart");
+}
+
+/// Issue 11: an unusable clock (before the epoch, unset) makes ARDS refuse time-driven work with
+/// a 503 and the PEP client deactivate every rule, instead of acting as if it were 1970.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_clock_fails_closed_in_service_and_pep() {
+    let h = Harness::start().await;
+    let pep = "mount:ws-07";
+    h.http
+        .publish(&[h.sign(rule("r-c", "alice", "ws-07", &[pep], T0 - 10, T0 + 600))])
+        .await
+        .unwrap();
+    let c = h.client(pep).await;
+    assert!(wait_until(LONG, || c.evaluator().rules().len() == 1)
+        .await
+        .is_some());
+    h.clock.set_unusable(true);
+    let err = h
+        .http
+        .publish(&[h.sign(rule("r-d", "alice", "ws-07", &[pep], T0 - 10, T0 + 600))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 503, .. })
+            && err.to_string().contains("cannot tell the time"),
+        "{err}"
+    );
+    assert!(
+        wait_until(LONG, || c.evaluator().rules().is_empty())
+            .await
+            .is_some(),
+        "the PEP deactivates its rules"
+    );
+    assert!(!c.evaluator().decide(&access("alice", "ws-07", T0)).allowed);
+    h.clock.set_unusable(false);
+    assert!(
+        wait_until(LONG, || c.evaluator().rules().len() == 1)
+            .await
+            .is_some(),
+        "kept, and active again once the clock is usable"
+    );
 }

@@ -9,6 +9,12 @@
 //! hashes the request's three fixed parts, checks the few candidates found, and runs Cedar only
 //! for rules that did not compile (hand-written policies of any other shape). Tests check that
 //! the fast path and full Cedar evaluation agree on randomized rules and requests.
+//!
+//! Path patterns are [`crate::glob`]'s (`*` within a segment, `**` across), which Cedar's
+//! `like` cannot express: its `*` crosses `/`. So paths are always decided by the glob matcher,
+//! on compiled rules; a rule whose wildcard pattern could only be judged by Cedar — one that
+//! does not compile, or one issued before the dialect (no `@paths("glob")`, when `*` crossed
+//! `/`) — is refused at load, naming the rule.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
@@ -66,6 +72,10 @@ pub enum EvalError {
     Invalid { rule_id: String, message: String },
     #[error("rule id {rule_id} appears twice with different contents")]
     Duplicate { rule_id: String },
+    #[error("rule {rule_id}: a wildcard path pattern from before the current dialect, when '*' crossed '/' (the rule has no @paths(\"glob\")); re-issue it from authz, writing '**' where '*' was meant to cross '/'")]
+    OldPathDialect { rule_id: String },
+    #[error("rule {rule_id}: a wildcard path pattern in a rule of a shape only Cedar evaluates, whose 'like' would let '*' cross '/'; use the template shape or exact paths")]
+    UncheckablePattern { rule_id: String },
 }
 
 /// A rule compiled to plain Rust checks (equivalent to its Cedar policy).
@@ -100,6 +110,21 @@ impl Matcher {
         }
     }
 
+    fn has_wildcard(&self) -> bool {
+        self.assets
+            .iter()
+            .any(|(p, _)| p.as_deref().is_some_and(crate::glob::has_wildcard))
+    }
+
+    /// The asset selectors alone (for the Cedar reference path, whose `like` is wider).
+    fn matches_asset(&self, req: &AccessRequest<'_>) -> bool {
+        self.assets.iter().any(|(path, scope)| {
+            path.as_deref()
+                .is_none_or(|p| crate::glob::matches(p, req.asset_path))
+                && scope.as_deref().is_none_or(|s| s == req.asset_scope)
+        })
+    }
+
     fn matches(&self, req: &AccessRequest<'_>) -> bool {
         self.participant == req.participant
             && self.actions & req.action.bit() != 0
@@ -112,7 +137,7 @@ impl Matcher {
                 .any(|a| a == req.application_digest)
             && self.assets.iter().any(|(path, scope)| {
                 path.as_deref()
-                    .is_none_or(|p| model::like_match(p, req.asset_path))
+                    .is_none_or(|p| crate::glob::matches(p, req.asset_path))
                     && scope.as_deref().is_none_or(|s| s == req.asset_scope)
             })
     }
@@ -182,6 +207,7 @@ impl Evaluator {
                 message,
             };
             let matcher = match RuleSpec::from_rendered(&r.policy) {
+                // The renderer always marks its rules `@paths("glob")`.
                 Some(spec) => Some(Matcher::from_spec(&spec)),
                 None => {
                     let policy = Policy::parse(Some(PolicyId::new(&r.id)), &r.policy)
@@ -191,7 +217,26 @@ impl Evaluator {
                             rule_id: r.id.clone(),
                         });
                     }
-                    let m = policy.to_json().ok().and_then(|est| compile(&est));
+                    let est = policy.to_json().ok();
+                    let m = est.as_ref().and_then(compile);
+                    let rule_id = || r.id.clone();
+                    match &m {
+                        Some(m)
+                            if policy.annotation(crate::glob::RULE_ANNOTATION)
+                                != Some(crate::glob::RULE_ANNOTATION_VALUE)
+                                && m.has_wildcard() =>
+                        {
+                            return Err(EvalError::OldPathDialect { rule_id: rule_id() });
+                        }
+                        // Without an EST we cannot see its patterns: refuse any `like`.
+                        None if est
+                            .as_ref()
+                            .map_or(r.policy.contains("like"), has_wildcard_like) =>
+                        {
+                            return Err(EvalError::UncheckablePattern { rule_id: rule_id() });
+                        }
+                        _ => {}
+                    }
                     if m.is_none() {
                         fallback
                             .add(policy.clone())
@@ -276,7 +321,20 @@ impl Evaluator {
             }
             set
         });
-        Decision::from_ids(self.cedar_allowing(all, req))
+        // Cedar's `like` lets `*` cross `/`: a permit by Cedar is necessary, and the glob
+        // decides the path (only compiled rules may hold wildcard patterns).
+        let ids = self
+            .cedar_allowing(all, req)
+            .into_iter()
+            .filter(|id| {
+                self.by_id.get(id).is_none_or(|&i| {
+                    self.matchers[i as usize]
+                        .as_ref()
+                        .is_none_or(|m| m.matches_asset(req))
+                })
+            })
+            .collect();
+        Decision::from_ids(ids)
     }
 
     fn cedar_allowing(&self, set: &PolicySet, req: &AccessRequest<'_>) -> Vec<String> {
@@ -393,9 +451,8 @@ fn like_pattern(v: &Value) -> Option<String> {
     let mut out = String::new();
     for el in like.get("pattern")?.as_array()? {
         if el.as_str() == Some("Wildcard") {
-            if !out.ends_with('*') {
-                out.push('*');
-            }
+            // Kept one for one: `**` (across segments) differs from `*` (within one).
+            out.push('*');
         } else {
             let lit = el.get("Literal")?.as_str()?;
             // A literal '*' cannot be expressed in our pattern text; leave it to Cedar.
@@ -405,7 +462,26 @@ fn like_pattern(v: &Value) -> Option<String> {
             out.push_str(lit);
         }
     }
+    // A pattern outside the glob dialect (`a**`) does not compile; as a fallback rule with a
+    // wildcard it is then refused.
+    crate::glob::check(&out).ok()?;
     Some(out)
+}
+
+/// Whether any `like` in a policy's JSON form has a wildcard.
+fn has_wildcard_like(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => {
+            let here = map.get("like").is_some_and(|like| {
+                like.get("pattern")
+                    .and_then(Value::as_array)
+                    .is_some_and(|els| els.iter().any(|e| e.as_str() == Some("Wildcard")))
+            });
+            here || map.values().any(has_wildcard_like)
+        }
+        Value::Array(items) => items.iter().any(has_wildcard_like),
+        _ => false,
+    }
 }
 
 fn scope_eq(v: &Value) -> Option<String> {
@@ -700,7 +776,11 @@ mod tests {
             Evaluator::new([r.clone()]),
             Err(EvalError::Parse { .. })
         ));
-        r.policy = good.policy.replace("resource.scope", "resource.owner");
+        // (An exact path: a wildcard in a rule only Cedar can judge is refused before that.)
+        r.policy = good
+            .policy
+            .replace("resource.scope", "resource.owner")
+            .replace("shot010/**", "shot010/f0001.exr");
         assert!(matches!(
             Evaluator::new([r.clone()]),
             Err(EvalError::Invalid { .. })
@@ -754,6 +834,66 @@ mod tests {
             )
             .allowed
         );
+    }
+
+    /// Rules for the example request with its one asset path replaced by `pattern`.
+    fn rules_with_path(pattern: &str) -> Evaluator {
+        let mut req = example();
+        req.assets = vec![AssetSelector {
+            path: Some(pattern.into()),
+            scope: None,
+        }];
+        Evaluator::new(rules_for(&req, "req-1", "authz", 1)).unwrap()
+    }
+
+    /// Issue 11: one glob dialect — `*` stays within a segment (it crossed '/' before, because
+    /// rules were judged by Cedar's `like`), `**` crosses.
+    #[test]
+    fn rule_star_stays_within_a_segment_and_double_star_crosses() {
+        let at = |path: &'static str| AccessRequest {
+            asset_path: path,
+            ..ok_req()
+        };
+        let one = rules_with_path("show/*/f1");
+        assert!(!one.decide(&at("show/a/b/f1")).allowed, "'*' crossed '/'");
+        assert!(!one.decide_cedar(&at("show/a/b/f1")).allowed);
+        assert!(both(&one, &at("show/a/f1")).allowed);
+        let all = rules_with_path("show/**");
+        for p in ["show/a", "show/a/b/f1", "show/x/y/z/w.exr"] {
+            assert!(both(&all, &at(p)).allowed, "{p}");
+        }
+        assert!(!both(&all, &at("show")).allowed);
+        assert!(!both(&all, &at("other/a")).allowed);
+    }
+
+    /// Issue 11: a stored rule from before the dialect (no `@paths("glob")`), whose `*` meant
+    /// "crosses '/'", is refused at load naming the rule — not silently narrowed — and so is a
+    /// wildcard in a rule only Cedar can judge (its `like` would let `*` cross).
+    #[test]
+    fn old_dialect_and_cedar_only_wildcard_rules_are_refused_at_load() {
+        let mut old = rules_for(&example(), "req-1", "authz", 1).remove(0);
+        old.policy = old
+            .policy
+            .replace("@paths(\"glob\")\n", "")
+            .replace("shot010/**", "shot010/*");
+        let err = Evaluator::new([old.clone()]).unwrap_err();
+        assert!(matches!(&err, EvalError::OldPathDialect { rule_id } if *rule_id == old.id));
+        assert!(err.to_string().contains("re-issue it"), "{err}");
+        // The same old rule with an exact path means the same in both dialects: accepted.
+        let mut exact = old.clone();
+        exact.policy = exact.policy.replace("shot010/*", "shot010/f0001.exr");
+        assert!(Evaluator::new([exact]).is_ok());
+
+        let hand = Rule {
+            policy: r#"@paths("glob")
+permit(principal, action == Csap::Action::"read", resource) when { resource.path like "show/*" };"#
+                .into(),
+            ..old
+        };
+        assert!(matches!(
+            Evaluator::new([hand]),
+            Err(EvalError::UncheckablePattern { .. })
+        ));
     }
 
     /// Small deterministic PRNG so the equivalence test needs no extra crates and is repeatable.

@@ -75,6 +75,13 @@ impl From<ServiceError> for ApiError {
             ),
             ServiceError::Conflict(m) => ApiError(StatusCode::CONFLICT, json!({"error": m})),
             ServiceError::Forbidden(m) => ApiError(StatusCode::FORBIDDEN, json!({"error": m})),
+            ServiceError::Clock(c) => {
+                tracing::error!(error = %c, "refusing: clock unusable");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": format!("authz cannot tell the time: {c}")}),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "internal error");
                 ApiError(
@@ -169,6 +176,9 @@ pub fn app(state: Arc<Authz>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(
+            crate::http_errors::json_error_body,
+        ))
         .with_state(state)
 }
 

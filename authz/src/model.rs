@@ -12,12 +12,8 @@
 //!
 //! The request context carries `now` (unix seconds), `device` and `application`.
 //!
-//! Asset path patterns (the syntax of `identifierScope: "path"` in requests):
-//! - paths are relative to the volume root, `/`-separated, no leading `/`, no empty, `.` or `..`
-//!   segments, no `\`, `"` or control characters;
-//! - `*` matches any run of characters **including `/`** (this is Cedar's `like` wildcard), and
-//!   `**` means the same as `*`, so `show/seq1/shot010/**` covers everything below `shot010/`;
-//! - every other character matches itself; there is no way to match a literal `*`.
+//! Asset path patterns (the syntax of `identifierScope: "path"` in requests) are
+//! [`crate::glob`]'s: `*` within a segment, `**` across segments.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -165,56 +161,11 @@ pub fn normalize_digest(s: &str) -> Result<String, String> {
     Ok(s.to_ascii_lowercase())
 }
 
-/// Checks an asset path pattern (see the module docs) and returns it with `**` collapsed to `*`,
-/// which is the Cedar `like` pattern text.
+/// Checks an asset path pattern ([`crate::glob`]) and returns it unchanged: the rule text
+/// carries it verbatim (`**` stays `**`, so the evaluator can tell it from `*`).
 pub fn normalize_pattern(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 1024 {
-        return Err("must be 1 to 1024 characters".into());
-    }
-    if s.starts_with('/') {
-        return Err("must be relative to the volume root (no leading '/')".into());
-    }
-    if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-        return Err("must not contain control characters, '\"' or '\\'".into());
-    }
-    for seg in s.split('/') {
-        if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(format!(
-                "segment {seg:?} is not allowed (no empty, '.' or '..' segments)"
-            ));
-        }
-    }
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if !(c == '*' && out.ends_with('*')) {
-            out.push(c);
-        }
-    }
-    Ok(out)
-}
-
-/// Matches `path` against a normalized pattern with Cedar `like` semantics (`*` = any run of
-/// characters). Byte-wise matching equals Cedar's char-wise matching for valid UTF-8 because a
-/// UTF-8 literal can only match at character boundaries.
-pub fn like_match(pattern: &str, path: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = path.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        // No '*' at all: exact match.
-        return rest.is_empty();
-    };
-    for lit in middle {
-        // Greedy leftmost match of each middle literal is optimal for '*'-only patterns.
-        match rest.find(lit) {
-            Some(i) => rest = &rest[i + lit.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
+    crate::glob::check(s)?;
+    Ok(s.to_string())
 }
 
 /// Renders a string as a Cedar string literal. Inputs are pre-checked to exclude `"`, `\` and
@@ -310,35 +261,10 @@ mod tests {
     }
 
     #[test]
-    fn like_match_follows_cedar_semantics() {
-        assert!(like_match(
-            "show/seq1/shot010/*",
-            "show/seq1/shot010/f0001.exr"
-        ));
-        assert!(like_match(
-            "show/seq1/shot010/*",
-            "show/seq1/shot010/sub/f.exr"
-        ));
-        assert!(like_match("show/seq1/shot010/*", "show/seq1/shot010/"));
-        assert!(!like_match(
-            "show/seq1/shot010/*",
-            "show/seq1/shot011/f.exr"
-        ));
-        assert!(!like_match("show/seq1/shot010/*", "show/seq1/shot010"));
-        assert!(like_match("a/*/c*.exr", "a/b/x/c1.exr"));
-        assert!(!like_match("a/*/c*.exr", "a/b/x/c1.exrx"));
-        assert!(like_match("exact.exr", "exact.exr"));
-        assert!(!like_match("exact.exr", "exact.exr2"));
-        assert!(like_match("*aa", "aaa"));
-        assert!(!like_match("aa*aa", "aaa"));
-        assert!(like_match("*", ""));
-    }
-
-    #[test]
     fn pattern_normalization_and_rejections() {
         assert_eq!(
             normalize_pattern("show/seq1/shot010/**").unwrap(),
-            "show/seq1/shot010/*"
+            "show/seq1/shot010/**"
         );
         for bad in [
             "",
@@ -349,6 +275,7 @@ mod tests {
             "a\\b",
             "a\"b",
             "a\nb",
+            "a/b**",
         ] {
             assert!(normalize_pattern(bad).is_err(), "{bad:?} accepted");
         }

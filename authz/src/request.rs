@@ -178,7 +178,7 @@ impl Application {
     }
 }
 
-/// An asset selector: a path pattern (normalized to Cedar `like` text) and/or a key scope.
+/// An asset selector: a path pattern ([`crate::glob`], checked) and/or a key scope.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AssetSelector {
     pub path: Option<String>,
@@ -455,7 +455,7 @@ mod tests {
         assert_eq!(r.participants[0].id, "alice");
         assert_eq!(r.devices, vec!["ws-07"]);
         assert_eq!(r.actions, vec![Action::Read, Action::Write]);
-        assert_eq!(r.assets[0].path.as_deref(), Some("show/seq1/shot010/*"));
+        assert_eq!(r.assets[0].path.as_deref(), Some("show/seq1/shot010/**"));
         assert_eq!(r.not_after - r.not_before, 4 * 86400);
     }
 

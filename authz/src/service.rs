@@ -40,6 +40,10 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    StateDir(#[from] crate::statedir::StateDirError),
+    #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
 }
 
 /// Where the service keeps its files and what it calls itself.
@@ -139,6 +143,8 @@ pub struct RequestView {
 
 /// The service. Share it as `Arc<Authz>`.
 pub struct Authz {
+    /// Held for the service's life: no second process on this data directory.
+    _lock: crate::statedir::DirLock,
     store: Mutex<Store>,
     key: IssuerKey,
     issuer: String,
@@ -158,11 +164,9 @@ impl std::fmt::Debug for Authz {
     }
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// The wall clock every window decision of the service reads; fails closed ([`crate::clock`]).
+pub fn now() -> Result<i64, crate::clock::ClockError> {
+    crate::clock::unix_now()
 }
 
 fn random_id(prefix: &str, bytes: usize) -> Result<String, RuleError> {
@@ -184,12 +188,20 @@ impl Authz {
             let path = p.display().to_string();
             move |source| ServiceError::Io { path, source }
         };
-        std::fs::create_dir_all(&cfg.data_dir).map_err(io(&cfg.data_dir))?;
-        let key = IssuerKey::load_or_generate(&cfg.data_dir.join("issuer.key"))?;
+        let lock = crate::statedir::lock(&cfg.data_dir)?;
+        let key_path = cfg.data_dir.join("issuer.key");
+        // Secrets kept here by us and by `csap authz serve` (its API token and TLS key).
+        for f in ["issuer.key", "api-token", "tls-key.pem"] {
+            crate::statedir::private_file(&cfg.data_dir.join(f))?;
+        }
+        let key = IssuerKey::load_or_generate(&key_path)?;
         let pub_path = cfg.data_dir.join("issuer.pub");
         std::fs::write(&pub_path, format!("{}\n", key.public().to_hex())).map_err(io(&pub_path))?;
-        let store = Store::open(&cfg.data_dir.join("authz.sqlite"))?;
+        let db_path = cfg.data_dir.join("authz.sqlite");
+        crate::statedir::private_sqlite(&db_path)?;
+        let store = Store::open(&db_path)?;
         Ok(Self {
+            _lock: lock,
             store: Mutex::new(store),
             key,
             issuer: cfg.issuer.clone(),
@@ -220,7 +232,7 @@ impl Authz {
 
     /// Submits a new authorization policy request (wire JSON).
     pub async fn submit(&self, body: &[u8], by: &Submitter) -> Result<Issued, ServiceError> {
-        let now = now();
+        let now = now()?;
         let wire: serde_json::Value = crate::request::parse_json(body)?;
         let req = PolicyRequest::from_json(body, now)?;
         self.admit(&req, by)?;
@@ -334,7 +346,7 @@ impl Authz {
         body: &[u8],
         by: &Submitter,
     ) -> Result<Issued, ServiceError> {
-        let now = now();
+        let now = now()?;
         let wire: serde_json::Value = crate::request::parse_json(body)?;
         let req = PolicyRequest::from_json(body, now)?;
         self.check_owner(id, by)?;
@@ -408,7 +420,7 @@ impl Authz {
 
     /// Cancels a request and revokes its live rules. Cancelling twice is harmless.
     pub async fn cancel(&self, id: &str, by: &Submitter) -> Result<Cancelled, ServiceError> {
-        let now = now();
+        let now = now()?;
         self.check_owner(id, by)?;
         let revoked = {
             let mut store = self.store();
@@ -464,7 +476,7 @@ impl Authz {
     /// Adds a global security policy (body as for `POST /v1/policies`) and revokes every live
     /// rule of every active request it contradicts.
     pub async fn add_policy(&self, body: &[u8]) -> Result<PolicyAdded, ServiceError> {
-        let now = now();
+        let now = now()?;
         let (block, note) = Block::from_json(body)?;
         let policy = GlobalPolicy::new(random_id("gp-", 8)?, block, note, now);
         let (revoked_requests, revoked_rules) = {
@@ -525,7 +537,7 @@ impl Authz {
 
     /// Live (unrevoked, unexpired) signed rules, optionally only those targeting `pep`.
     pub fn live_rules(&self, pep: Option<&str>) -> Result<Vec<SignedRule>, ServiceError> {
-        Ok(self.store().live_rules(now(), pep)?)
+        Ok(self.store().live_rules(now()?, pep)?)
     }
 
     /// Entries waiting for ARDS.

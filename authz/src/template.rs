@@ -8,7 +8,9 @@
 //!   `license`, bound to that device. No mount rule is made if only `license` was requested.
 //!
 //! Every rule is a single Cedar `permit` (deny by default) with the window both in the rule
-//! envelope and in the policy's `when` clause, so Cedar alone gives the same answer.
+//! envelope and in the policy's `when` clause. Path patterns are [`crate::glob`]'s, written
+//! verbatim into `resource.path like` (which Cedar reads more widely) and marked
+//! `@paths("glob")`; the evaluator decides them with the glob matcher.
 
 use crate::model::{cedar_str, entity_ref, Action};
 use crate::request::{AssetSelector, PolicyRequest};
@@ -58,7 +60,7 @@ impl RuleSpec {
             format!("({})", assets.join(" || "))
         });
         format!(
-            "@id({id})\n@request({req})\n@task({task})\npermit (\n  principal == {p},\n  action in [{actions}],\n  resource is Csap::Asset\n)\nwhen {{\n  {conds}\n}};\n",
+            "@id({id})\n@request({req})\n@task({task})\n@paths(\"glob\")\npermit (\n  principal == {p},\n  action in [{actions}],\n  resource is Csap::Asset\n)\nwhen {{\n  {conds}\n}};\n",
             id = cedar_str(&self.id),
             req = cedar_str(&self.request_id),
             task = cedar_str(&self.task),
@@ -79,7 +81,10 @@ impl RuleSpec {
         let rest = text.strip_prefix("@id(")?;
         let (id, rest) = lit_then(rest, ")\n@request(")?;
         let (request_id, rest) = lit_then(rest, ")\n@task(")?;
-        let (task, rest) = lit_then(rest, ")\npermit (\n  principal == Csap::Participant::")?;
+        let (task, rest) = lit_then(
+            rest,
+            ")\n@paths(\"glob\")\npermit (\n  principal == Csap::Participant::",
+        )?;
         let (participant, rest) = lit_then(rest, ",\n  action in [")?;
         let (actions_text, rest) =
             rest.split_once("],\n  resource is Csap::Asset\n)\nwhen {\n  ")?;

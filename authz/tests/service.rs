@@ -91,7 +91,7 @@ impl Harness {
 }
 
 fn now() -> i64 {
-    authz::service::now()
+    authz::service::now().expect("system clock usable")
 }
 
 /// The example request with its window moved to [now - 60 s, now + 1 day), so tests never rot.
@@ -515,11 +515,20 @@ async fn state_and_issuer_key_survive_restart() {
         .await;
     let id = v["id"].as_str().unwrap().to_string();
     let pk = h.authz.public_key();
+    // The data directory is locked while the first service lives: stop it first.
+    let Harness {
+        dir,
+        sink,
+        authz,
+        pki,
+        ..
+    } = h;
+    drop(authz);
     let reopened = Arc::new(
         Authz::open(
-            &Config::new(h.dir.path()),
-            h.sink.clone(),
-            h.pki.directory.clone(),
+            &Config::new(dir.path()),
+            sink.clone(),
+            pki.directory.clone(),
         )
         .unwrap(),
     );
@@ -532,7 +541,7 @@ async fn state_and_issuer_key_survive_restart() {
             .len(),
         2
     );
-    assert!(h.dir.path().join("authz.sqlite").exists());
+    assert!(dir.path().join("authz.sqlite").exists());
 }
 
 /// A minimal ARDS stand-in over TLS: verifies signatures like the real one must, records bodies.
@@ -950,4 +959,70 @@ async fn requests_naming_unknown_or_disabled_principals_are_refused() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("disabled"), "{v}");
+}
+
+/// Issue 11: a wrong method is a 405 with a JSON `{"error"}` body (it was empty), like every
+/// other error status; `call` panics on a non-JSON body.
+#[tokio::test]
+async fn method_not_allowed_has_a_json_body() {
+    let h = Harness::new();
+    for (method, uri) in [
+        (Method::PATCH, "/v1/requests/req-1"),
+        (Method::DELETE, "/v1/issuer"),
+        (Method::GET, "/v1/requests"),
+    ] {
+        let (st, body) = h.call(method.clone(), uri, None).await;
+        assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {uri}: {body}"
+        );
+    }
+}
+
+/// Issue 11: two services on one data directory would both write the same SQLite file and
+/// keys; the second is refused with the holder's pid.
+#[test]
+fn second_service_on_the_same_data_dir_is_refused_naming_the_pid() {
+    let h = Harness::new();
+    let err = Authz::open(
+        &Config::new(h.dir.path()),
+        h.sink.clone(),
+        h.pki.directory.clone(),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("in use by process {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+/// Issue 11: state files are 0600 and the data dir 0700, also when an older version (or a
+/// loose umask) left them 0644 / 0755 — tightened on the next start.
+#[test]
+fn state_files_are_private_and_tightened_on_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("authz");
+    let sink = Arc::new(MemorySink::new());
+    let directory = TestPki::new(TestDirectory::new(Standing::Active)).directory;
+    let files = ["authz.sqlite", "issuer.key", ".lock"];
+    {
+        let _a = Authz::open(&Config::new(&data), sink.clone(), directory.clone()).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        for f in files {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in files {
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let _a = Authz::open(&Config::new(&data), sink, directory).unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f} after restart");
+    }
 }

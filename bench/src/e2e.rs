@@ -1450,7 +1450,7 @@ fn render_bench(stack: &Stack, apps: &RenderApps, k: &E2eKnobs) -> Result<()> {
     // With pre-loading: the rule arrives ahead of its window; when the window opens the mount
     // licenses the frames in batches before any worker opens one.
     let mark = stack.audit_mark()?;
-    let opens_at = keyserver::now() + 5;
+    let opens_at = keyserver::now().expect("system clock usable") + 5;
     let s = stack.submit(
         "render-preload",
         &request_json(
@@ -1603,7 +1603,7 @@ pub fn run(k: &E2eKnobs, part: Part) -> Result<()> {
             IMPORT_DEVICE,
             "bench/**",
             "create",
-            keyserver::now() - 60,
+            keyserver::now().expect("system clock usable") - 60,
         )?,
     )?;
     let mut readers = Vec::new();
@@ -1635,7 +1635,7 @@ pub fn run(k: &E2eKnobs, part: Part) -> Result<()> {
     } else {
         None
     };
-    let now = keyserver::now();
+    let now = keyserver::now().expect("system clock usable");
     let mut reader_reqs = Vec::new();
     for (name, digest, assets) in &readers {
         reader_reqs.push(stack.submit(

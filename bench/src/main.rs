@@ -432,7 +432,7 @@ async fn licenses(k: &Knobs) -> Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
     // The digest keyserver::testing::provision registers for the app.
     let digest = blake3_hex(KS_APP.as_bytes());
-    let now = keyserver::now();
+    let now = keyserver::now().expect("system clock usable");
     let rule = keyserver::testing::RuleFor {
         id: "r-bench",
         user: KS_USER,
@@ -858,7 +858,14 @@ async fn distribution(k: &Knobs) -> Result<()> {
     let mut missed = 0;
     for r in 0..k.rounds {
         let id = format!("r-bench-{r}");
-        let rule = authz::sign(bench_rule(&id, names.clone(), keyserver::now()), &key);
+        let rule = authz::sign(
+            bench_rule(
+                &id,
+                names.clone(),
+                keyserver::now().expect("system clock usable"),
+            ),
+            &key,
+        );
         let (d, m) = timed_change(&peps, &id, true, limit, || async {
             http.publish(std::slice::from_ref(&rule)).await?;
             Ok::<(), anyhow::Error>(())
@@ -869,7 +876,13 @@ async fn distribution(k: &Knobs) -> Result<()> {
             all_pub.push(d.iter().copied().max().unwrap_or(0));
         }
         per_pep.extend(d);
-        let rev = authz::wire::Revocation::sign(&id, ISSUER, "bench", keyserver::now(), &key);
+        let rev = authz::wire::Revocation::sign(
+            &id,
+            ISSUER,
+            "bench",
+            keyserver::now().expect("system clock usable"),
+            &key,
+        );
         let (d, m) = timed_change(&peps, &id, false, limit, || async {
             http.revoke(&rev).await?;
             Ok::<(), anyhow::Error>(())
@@ -902,7 +915,11 @@ async fn distribution(k: &Knobs) -> Result<()> {
     for r in 0..k.solo_rounds {
         let id = format!("r-solo-{r}");
         let rule = authz::sign(
-            bench_rule(&id, vec!["mount:solo".into()], keyserver::now()),
+            bench_rule(
+                &id,
+                vec!["mount:solo".into()],
+                keyserver::now().expect("system clock usable"),
+            ),
             &key,
         );
         let (d, m) = timed_change(std::slice::from_ref(&solo), &id, true, limit, || async {

@@ -695,7 +695,7 @@ pub fn run_keys(cmd: KeysCommand) -> Result<()> {
                 );
             }
             KeysCommand::Issue(a) => {
-                let until = wire::parse_time(&a.until, keyserver::now()).with_context(|| {
+                let until = wire::parse_time(&a.until, keyserver::now()?).with_context(|| {
                     format!("--until {:?}: give unix seconds, RFC 3339 or +4h", a.until)
                 })?;
                 let signed = a
@@ -793,7 +793,7 @@ pub fn run_audit(cmd: AuditCommand) -> Result<()> {
             json,
             conn,
         } => {
-            let now = keyserver::now();
+            let now = keyserver::now().context("the system clock is unusable")?;
             let q = wire::AuditQuery {
                 path,
                 user,

@@ -133,7 +133,7 @@ fn demo(
         4,
         "Submitting authorization requests to authz (viewer may read, importer may create)",
     );
-    let now = keyserver::now();
+    let now = keyserver::now()?;
     let requests_dir = dir.join("requests");
     std::fs::create_dir_all(&requests_dir)?;
     let mut keyserver_rules = Vec::new();

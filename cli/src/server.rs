@@ -93,6 +93,8 @@ pub struct EmbeddedServer {
     authz_stop: watch::Sender<bool>,
     authz_task: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// One `csap server` per data directory (each service also locks its own subdirectory).
+    _dir_lock: authz::statedir::DirLock,
 }
 
 fn port_plus(listen: SocketAddr, n: u16) -> Result<SocketAddr> {
@@ -133,6 +135,7 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     let authz_dir = dir.join("authz");
     let ards_dir = dir.join("ards");
     let ks_dir = dir.join("keyserver");
+    let dir_lock = authz::statedir::lock(dir)?;
     for d in [dir, &authz_dir, &ards_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
@@ -249,6 +252,7 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
         authz_stop,
         authz_task,
         background: vec![scheduler, outbox],
+        _dir_lock: dir_lock,
     })
 }
 
@@ -301,6 +305,9 @@ impl EmbeddedServer {
         self.ards_server.shutdown().await;
         for t in self.background {
             t.abort();
+            // Awaited so what the task held (authz, ARDS and their data-dir locks) is released
+            // when `shutdown` returns.
+            let _ = t.await;
         }
     }
 }
@@ -401,7 +408,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let now = keyserver::now();
+        let now = keyserver::now().expect("system clock usable");
         let body = serde_json::json!({
             "entityType": "AuthorizationPolicyRequest",
             "identifier": [{"identifierScope": "workflow", "identifierValue": "wf-1"}],
@@ -447,7 +454,20 @@ mod tests {
         let issuer = std::fs::read_to_string(&server.issuer_pub).unwrap();
         server.shutdown().await;
 
-        let again = start(opts(dir.path())).await.unwrap();
+        // Aborted connection tasks drop their handles to the engines (and the data-dir locks)
+        // a moment after `shutdown` returns; a real restart is a new process.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let again = loop {
+            match start(opts(dir.path())).await {
+                Err(e)
+                    if format!("{e:#}").contains("is in use by process")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert_eq!(
             std::fs::read_to_string(again.admin_dir.join("ca.pem")).unwrap(),
             ca

@@ -287,7 +287,7 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         h.update(&std::fs::read(CSAP).unwrap());
         h.finalize().to_hex().to_string()
     };
-    let now = keyserver::now();
+    let now = keyserver::now().expect("system clock usable");
     let request = serde_json::json!({
         "entityType": "AuthorizationPolicyRequest",
         "identifier": [{"identifierScope": "workflow", "identifierValue": "wf-import"}],

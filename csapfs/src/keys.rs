@@ -93,14 +93,20 @@ impl Lease {
     /// Revoked, or past its end. An atomic load per license and one clock read (vDSO).
     pub fn is_revoked(&self) -> bool {
         self.revoked.iter().any(|f| f.load(Ordering::Acquire))
-            || self.not_after.is_some_and(|end| unix_now() >= end)
+            || self
+                .not_after
+                .is_some_and(|end| expired(end, authz::clock::unix_now()))
     }
 }
 
+/// Past `end` — or unknowable, which counts as past: a license never outlives a broken clock.
+fn expired(end: i64, now: Result<i64, authz::clock::ClockError>) -> bool {
+    now.map_or(true, |now| now >= end)
+}
+
+#[cfg(test)]
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    authz::clock::unix_now().expect("system clock usable")
 }
 
 /// A content key with the lease it is held under.
@@ -271,6 +277,19 @@ mod tests {
         assert!(live.is_revoked(), "revocation flag ignored");
         let expired = Lease::tied_to(Arc::new(AtomicBool::new(false)), unix_now() - 1);
         assert!(expired.is_revoked(), "a lease past not_after still reads");
+    }
+
+    /// Issue 11: a clock that cannot be read (before the epoch, unset) used to read as 0, so
+    /// every license looked live; now the lease counts as ended.
+    #[test]
+    fn a_lease_ends_when_the_clock_is_unusable() {
+        let end = unix_now() + 3600;
+        assert!(!expired(end, Ok(unix_now())));
+        assert!(expired(end, Err(authz::clock::ClockError::BeforeEpoch)));
+        assert!(expired(
+            end,
+            authz::clock::unix_seconds(std::time::UNIX_EPOCH)
+        ));
     }
 
     #[test]

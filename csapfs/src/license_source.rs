@@ -255,7 +255,8 @@ impl moka::Expiry<LicenseKey, Arc<Held>> for UntilNotAfter {
         value: &Arc<Held>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let left = value.not_after.saturating_sub(keyserver::now()).max(0);
+        // An unusable clock keeps nothing: the license is re-requested (and refused).
+        let left = keyserver::now().map_or(0, |now| value.not_after.saturating_sub(now).max(0));
         Some(Duration::from_secs(left as u64))
     }
 }
@@ -327,7 +328,13 @@ impl LocalRules {
         scope: Option<&str>,
         action: Action,
     ) -> bool {
-        let now = keyserver::now();
+        let now = match keyserver::now() {
+            Ok(now) => now,
+            Err(err) => {
+                tracing::warn!(error = %err, "local rules deny: the clock is unusable");
+                return false;
+            }
+        };
         let decide = |scope: &str| {
             self.evaluator
                 .decide(&authz::AccessRequest {
@@ -421,6 +428,16 @@ struct Preloader {
     request_timeout: Duration,
 }
 
+/// Whether a rule's selectors name the asset at `rel` by path — the one glob dialect of every
+/// PEP ([`authz::glob`]); scopes are for the key server to check.
+fn selects(selectors: &[authz::request::AssetSelector], rel: &str) -> bool {
+    selectors.iter().any(|s| {
+        s.path
+            .as_deref()
+            .is_none_or(|p| authz::glob::matches(p, rel))
+    })
+}
+
 /// Most assets per pre-load license request.
 const PRELOAD_BATCH: usize = 256;
 
@@ -474,12 +491,7 @@ impl Preloader {
                 else {
                     continue;
                 };
-                let matches = selectors.iter().any(|s| {
-                    s.path
-                        .as_deref()
-                        .is_none_or(|p| authz::model::like_match(p, &rel))
-                });
-                if !matches {
+                if !selects(selectors, &rel) {
                     continue;
                 }
                 if let Ok(header) = std::fs::File::open(&path)
@@ -808,7 +820,10 @@ impl KeyServerSource {
             action,
         };
         let held = match self.licenses.get(&cache_key) {
-            Some(h) if h.not_after > keyserver::now() && !h.revoked.load(Ordering::Acquire) => {
+            Some(h)
+                if keyserver::now().is_ok_and(|now| h.not_after > now)
+                    && !h.revoked.load(Ordering::Acquire) =>
+            {
                 seen.used_cached(action);
                 h
             }
@@ -1185,6 +1200,22 @@ pub fn check_token_file(path: &Path) -> Result<(), std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11: the pre-loader selects assets in the rules' dialect — `*` within a segment,
+    /// `**` across (it used Cedar's `like`, where `*` crossed '/').
+    #[test]
+    fn preloader_selects_in_the_rule_dialect() {
+        let sel = |p: &str| {
+            vec![authz::request::AssetSelector {
+                path: Some(p.into()),
+                scope: None,
+            }]
+        };
+        assert!(!selects(&sel("show/*/f1"), "show/a/b/f1"));
+        assert!(selects(&sel("show/*/f1"), "show/a/f1"));
+        assert!(selects(&sel("show/**"), "show/a/b/f1"));
+        assert!(!selects(&sel("show/**"), "other/f1"));
+    }
     use keyserver::testing;
     use keyserver::SwappableRules;
 
@@ -1260,7 +1291,7 @@ mod tests {
                 }),
         )
         .unwrap();
-        let now = keyserver::now();
+        let now = keyserver::now().unwrap();
         rules.replace(
             authz::Evaluator::new(vec![testing::RuleFor {
                 id: "r1",

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keyserver::UserToken;
 use serde::{Deserialize, Serialize};
@@ -86,11 +86,9 @@ impl fmt::Debug for SessionRegistry {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// The clock every session check reads; fails closed ([`authz::clock`]).
+fn now() -> Result<i64, authz::clock::ClockError> {
+    authz::clock::unix_now()
 }
 
 impl SessionRegistry {
@@ -122,7 +120,20 @@ impl SessionRegistry {
         self.lookup(uid, now(), false)
     }
 
-    fn lookup(&self, uid: u32, now: i64, log: bool) -> Option<UserToken> {
+    fn lookup(
+        &self,
+        uid: u32,
+        now: Result<i64, authz::clock::ClockError>,
+        log: bool,
+    ) -> Option<UserToken> {
+        let now = match now {
+            Ok(now) => now,
+            Err(err) => {
+                // No session can be judged live; keep them for when the clock is fixed.
+                warn!(uid, error = %err, "no session is live: the clock is unusable");
+                return None;
+            }
+        };
         let mut sessions = self.lock();
         match sessions.get(&uid) {
             Some(s) if s.expires_at > now => return Some(s.token.clone()),
@@ -148,7 +159,9 @@ impl SessionRegistry {
 
     /// Drops every expired session; returns how many were dropped.
     pub fn purge_expired(&self) -> usize {
-        let now = now();
+        let Ok(now) = now() else {
+            return 0;
+        };
         let mut sessions = self.lock();
         let before = sessions.len();
         sessions.retain(|_, s| s.expires_at > now);
@@ -329,7 +342,7 @@ fn answer(stream: &UnixStream, registry: &SessionRegistry) -> Result<Reply, Stri
         .map_err(|_| "malformed request: expected one JSON line {\"token\": \"…\"}".to_string())?;
     let token = UserToken::new(req.token);
     let expires_at = claimed_expiry(token.as_str()).map_err(str::to_string)?;
-    if expires_at <= now() {
+    if expires_at <= now().map_err(|e| e.to_string())? {
         return Err("the token has expired: run `csap login` again".into());
     }
     registry.insert(uid, token, expires_at);
@@ -387,6 +400,21 @@ fn read_reply(stream: &UnixStream) -> Result<Reply, SessionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now() -> i64 {
+        super::now().expect("system clock usable")
+    }
+
+    /// Issue 11: an unusable clock read as 0 made every session live; now none is.
+    #[test]
+    fn no_session_is_live_on_an_unusable_clock() {
+        let registry = SessionRegistry::new();
+        registry.insert(1001, UserToken::new("t".into()), now() + 60);
+        assert!(registry
+            .lookup(1001, Err(authz::clock::ClockError::BeforeEpoch), false)
+            .is_none());
+        assert!(registry.session(1001).is_some(), "kept for a healed clock");
+    }
 
     fn token_expiring(expires_at: i64) -> UserToken {
         let key = keyserver::token::TokenKey::from_bytes(&[7u8; 32]).unwrap();
@@ -476,7 +504,7 @@ mod tests {
         registry.insert(1002, UserToken::new("t2".into()), 2_000);
         let at = |uid, t| {
             registry
-                .lookup(uid, t, true)
+                .lookup(uid, Ok(t), true)
                 .map(|t| t.as_str().to_string())
         };
         assert_eq!(at(1001, 999).as_deref(), Some("t1"));

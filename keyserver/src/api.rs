@@ -60,6 +60,9 @@ pub(crate) fn router(state: S) -> Router {
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::map_response(
+            authz::http_errors::json_error_body,
+        ))
         .with_state(state)
 }
 
@@ -78,7 +81,7 @@ async fn timeout(AxState(st): AxState<S>, req: axum::extract::Request, next: Nex
         400 | 404 | 405 | 408 | 413 | 415 | 422 | 503
     ) {
         st.audit_async(AuditEvent {
-            time: st.clock.now(),
+            time: st.clock.stamp(),
             device: peer,
             action: "request".into(),
             decision: "deny",
@@ -127,7 +130,7 @@ fn refuse_peer(st: &State, peer: &Peer, parts: &Parts, reason: Reason) {
         .get::<axum::extract::OriginalUri>()
         .map_or(parts.uri.path(), |u| u.0.path());
     st.audit_async(AuditEvent {
-        time: st.clock.now(),
+        time: st.clock.stamp(),
         device: Some(peer.name.clone()),
         action: "request".into(),
         decision: "deny",
@@ -618,7 +621,7 @@ async fn login(
     st.db
         .call(move |conn| {
             let st = st2;
-            let now = st.clock.now();
+            let now = st.clock.now()?;
             let user = db::get_user(conn, &req.user)?;
             let refuse = |conn: &mut Connection, real: Reason, shown: Reason| {
                 let ev = AuditEvent {
@@ -683,7 +686,7 @@ async fn licenses(
         (Some(id), true) => {
             let session = st
                 .sessions
-                .get(id, &peer.name, st.clock.now())
+                .get(id, &peer.name, st.clock.now()?)
                 .ok_or_else(|| crate::audit_api::refuse_session(&st, &peer.name, &req))?;
             SessionOrKey::Session(session)
         }
@@ -784,7 +787,7 @@ async fn open_session(
             "must be an X25519 public key: 64 hex characters",
         )
     })?;
-    let now = st.clock.now();
+    let now = st.clock.now()?;
     let id = hex::encode(new_id()?);
     let (session, enc) = st
         .sessions
@@ -807,7 +810,7 @@ fn license_work(
     req: &LicenseRequest,
     wrap: SessionOrKey,
 ) -> Result<(SignedLicense, Vec<AuditEvent>), ApiError> {
-    let now = st.clock.now();
+    let now = st.clock.now()?;
     let named: Vec<String> = match &req.create {
         Some(c) => vec![c.path.clone()],
         None => req.assets.clone(),
@@ -855,7 +858,7 @@ fn license_fast(
     if req.create.is_some() {
         return None;
     }
-    let now = st.clock.now();
+    let now = st.clock.now().ok()?;
     let subject = authenticate(st, reader, req.token.expose(), &req.app_digest, now).ok()?;
     let license_id = hex::encode(new_id().ok()?);
     let mut g = Grantor::new(
@@ -998,7 +1001,7 @@ async fn rename_asset(
     st.db
         .call(move |conn| {
             let st = st2;
-            let now = st.clock.now();
+            let now = st.clock.now()?;
             let asking = Who {
                 user: None,
                 app_digest: &req.app_digest,
@@ -1084,7 +1087,7 @@ async fn rename_asset(
 
 fn admin_event(st: &State, admin: &Peer, action: &str, subject: &str) -> AuditEvent {
     AuditEvent {
-        time: st.clock.now(),
+        time: st.clock.stamp(),
         user: Some(format!("admin:{}", admin.name)),
         action: action.into(),
         decision: "admin",
@@ -1173,7 +1176,7 @@ fn issue_cert(
         serial,
         revoked: false,
     };
-    db::insert_cert(conn, &p, hpke_public, st.clock.now())?;
+    db::insert_cert(conn, &p, hpke_public, st.clock.now()?)?;
     Ok((p, cert_pem))
 }
 
@@ -1246,7 +1249,7 @@ async fn add_principal(
     let (principal, answer) = admin_change(&st, admin, action, move |st, conn| {
         let (p, cert_pem) = issue_cert(st, conn, kind, &req.name, &req.csr_pem, None)?;
         let serial = p.serial.clone();
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         if let Some(g) = &grant {
             db::put_workflow(conn, &req.name, g, now)?;
         }
@@ -1275,7 +1278,7 @@ async fn revoke_principal(
     check_name("name", &name)?;
     let n2 = name.clone();
     let revoked = admin_change(&st, admin, "principal.revoke", move |st, conn| {
-        let n = db::revoke_certs(conn, kind, &n2, st.clock.now())?;
+        let n = db::revoke_certs(conn, kind, &n2, st.clock.stamp())?;
         if n == 0 {
             return Err(ApiError::NotFound(format!("active {} {n2}", kind.as_str())));
         }
@@ -1320,7 +1323,7 @@ async fn revoke_device(
     check_name("name", &name)?;
     let n2 = name.clone();
     let revoked = admin_change(&st, admin, "device.revoke", move |st, conn| {
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         let tx = conn.transaction().map_err(db::StoreError::from)?;
         let n = db::revoke_certs(&tx, PrincipalKind::Device, &n2, now)?;
         if n == 0 {
@@ -1350,7 +1353,7 @@ async fn add_user(
     admin_change(&st, admin, "user.add", move |st, conn| {
         let hash = hash_password(req.password.expose(), st.password_cost)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        db::add_user(conn, &req.name, &hash, st.clock.now())?;
+        db::add_user(conn, &req.name, &hash, st.clock.stamp())?;
         Ok((
             Json(serde_json::json!({ "user": req.name })),
             req.name.clone(),
@@ -1368,7 +1371,7 @@ async fn disable_user(
     let answer = admin_change(&st, admin, "user.disable", move |st, conn| {
         let tx = conn.transaction().map_err(db::StoreError::from)?;
         db::disable_user(&tx, &name)?;
-        revocation::record(&tx, st.clock.now(), RevocationKind::User, &name, None)?;
+        revocation::record(&tx, st.clock.stamp(), RevocationKind::User, &name, None)?;
         tx.commit().map_err(db::StoreError::from)?;
         Ok((
             Json(serde_json::json!({ "user": name, "disabled": true })),
@@ -1397,7 +1400,7 @@ async fn register_app(
             name: req.name,
             version: req.version,
             vendor: req.vendor,
-            registered_at: st.clock.now(),
+            registered_at: st.clock.stamp(),
             revoked_at: None,
         };
         db::register_app(conn, &app)?;
@@ -1430,7 +1433,7 @@ async fn revoke_app(
         }
     }
     let answer = admin_change(&st, admin, "app.revoke", move |st, conn| {
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         let tx = conn.transaction().map_err(db::StoreError::from)?;
         let (n, what, digests) = match (&req.digest, &req.name, &req.version) {
             (Some(d), _, _) => (
@@ -1477,7 +1480,7 @@ async fn create_scope(
             .root
             .seal_seed(&req.name, 1, &seed)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        db::create_scope(conn, &req.name, &scope_id, &sealed, st.clock.now())?;
+        db::create_scope(conn, &req.name, &scope_id, &sealed, st.clock.stamp())?;
         let info = ScopeInfo {
             name: req.name.clone(),
             scope_id: hex::encode(scope_id),
@@ -1525,7 +1528,7 @@ async fn rotate_scope(
     admin_change(&st, admin, "keys.rotate", move |st, conn| {
         let seed = Seed::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let root = &st.root;
-        let v = db::rotate_scope(conn, &name, st.clock.now(), |version| {
+        let v = db::rotate_scope(conn, &name, st.clock.stamp(), |version| {
             root.seal_seed(&name, version, &seed)
                 .map_err(|e| db::StoreError::Worker(e.to_string()))
         })?;
@@ -1542,7 +1545,7 @@ async fn revoke_key(
 ) -> Result<Json<ScopeInfo>, ApiError> {
     check_name("name", &name)?;
     let answer = admin_change(&st, admin, "keys.revoke", move |st, conn| {
-        let now = st.clock.now();
+        let now = st.clock.now()?;
         let tx = conn.transaction().map_err(db::StoreError::from)?;
         db::revoke_version(&tx, &name, req.version, now)?;
         revocation::record(
@@ -1569,29 +1572,6 @@ async fn list_assets(
     Ok(Json(st.db.call(|c| db::list_assets(c)).await?))
 }
 
-/// Matches `path` against a glob: `*` within one segment, `**` any number of segments.
-pub fn glob_match(pattern: &str, path: &str) -> bool {
-    fn seg(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => seg(&p[1..], s) || (!s.is_empty() && seg(p, &s[1..])),
-            (Some(a), Some(b)) if a == b => seg(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    fn segs(p: &[&str], s: &[&str]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(&"**"), _) => segs(&p[1..], s) || (!s.is_empty() && segs(p, &s[1..])),
-            (Some(a), Some(b)) => seg(a.as_bytes(), b.as_bytes()) && segs(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<&str> = pattern.split('/').collect();
-    let s: Vec<&str> = path.split('/').collect();
-    segs(&p, &s)
-}
-
 async fn issue_license(
     AxState(st): AxState<S>,
     AdminPeer(admin): AdminPeer,
@@ -1603,6 +1583,7 @@ async fn issue_license(
     if req.assets.is_empty() || req.assets.len() > 4096 {
         return Err(ApiError::bad("assets", "give a path pattern"));
     }
+    authz::glob::check(&req.assets).map_err(|m| ApiError::bad("assets", m))?;
     if req.break_glass && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
         return Err(ApiError::bad(
             "reason",
@@ -1613,7 +1594,7 @@ async fn issue_license(
     st.db
         .call(move |conn| {
             let st = st2;
-            let now = st.clock.now();
+            let now = st.clock.now()?;
             if req.until <= now {
                 return Err(ApiError::bad("until", "must be in the future"));
             }
@@ -1650,7 +1631,7 @@ async fn issue_license(
             }
             let assets: Vec<AssetInfo> = db::list_assets(conn)?
                 .into_iter()
-                .filter(|a| glob_match(&req.assets, &a.path))
+                .filter(|a| authz::glob::matches(&req.assets, &a.path))
                 .collect();
             if assets.is_empty() {
                 return Err(ApiError::NotFound(format!(
@@ -1745,26 +1726,4 @@ async fn audit(
             Ok(Json(rows))
         })
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn glob() {
-        assert!(glob_match("show/**", "show/seq1/shot010/f1.exr"));
-        assert!(glob_match(
-            "show/*/shot010/*.exr",
-            "show/seq1/shot010/f1.exr"
-        ));
-        assert!(!glob_match(
-            "show/*/shot010/*.exr",
-            "show/seq1/shot011/f1.exr"
-        ));
-        assert!(!glob_match("show/*", "show/seq1/f"));
-        assert!(glob_match("**", "a"));
-        assert!(glob_match("a/**/z", "a/z"));
-        assert!(!glob_match("a/b", "a/bc"));
-    }
 }

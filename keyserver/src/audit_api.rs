@@ -35,7 +35,7 @@ pub(crate) async fn ship(
     ApiJson(batch): ApiJson<AuditBatch>,
 ) -> Result<Json<AuditBatchAck>, ApiError> {
     rate_limit(&st, &peer.name)?;
-    check_batch(&batch, st.clock.now())?;
+    check_batch(&batch, st.clock.now()?)?;
     let claimed: Vec<&str> = batch
         .records
         .iter()
@@ -119,7 +119,7 @@ fn check_record(r: &MountAuditRecord, last_seq: u64, now: i64) -> Result<(), Fie
 /// the user its token names (unverified) — without touching SQLite on this async thread.
 pub(crate) fn refuse_session(st: &State, device: &str, req: &LicenseRequest) -> ApiError {
     let base = AuditEvent {
-        time: st.clock.now(),
+        time: st.clock.stamp(),
         user: token_user(req.token.expose()),
         app_digest: Some(req.app_digest.clone()),
         device: Some(device.to_string()),
@@ -214,7 +214,7 @@ pub(crate) async fn query(
             }
             let matches = |path: &str| {
                 glob.as_deref()
-                    .is_none_or(|g| authz::model::like_match(g, path))
+                    .is_none_or(|g| authz::glob::matches(g, path))
             };
             Ok::<_, ApiError>(db::audit_query(conn, &filter, matches)?)
         })

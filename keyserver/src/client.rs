@@ -212,7 +212,8 @@ impl LicenseClient {
     async fn session(&self) -> Result<Arc<DeviceSession>, ClientError> {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
-            if crate::now() < s.not_after - SESSION_RENEW_MARGIN_SECS {
+            // An unusable clock renews (and the server, reading its own clock, decides).
+            if crate::now().is_ok_and(|now| now < s.not_after - SESSION_RENEW_MARGIN_SECS) {
                 return Ok(Arc::clone(s));
             }
         }

@@ -31,6 +31,8 @@ pub enum ApiError {
     Timeout,
     #[error("license session unknown or ended: open a new one")]
     SessionUnknown,
+    #[error("the key server cannot tell the time, so it grants nothing: {0}")]
+    Clock(#[from] crate::ClockError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,7 +54,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SessionUnknown => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

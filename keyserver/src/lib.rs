@@ -32,10 +32,9 @@ pub use rules::{RuleCheck, RuleVerdict, SwappableRules};
 pub use server::{start, Clock, Limits, RunningServer, ServerConfig, ServerError};
 pub use token::UserToken;
 
-/// Wall-clock unix seconds.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+pub use authz::clock::ClockError;
+
+/// Wall-clock unix seconds for validity decisions; fails closed ([`authz::clock`]).
+pub fn now() -> Result<i64, ClockError> {
+    authz::clock::unix_now()
 }

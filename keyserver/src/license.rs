@@ -24,6 +24,8 @@ fn session_bytes(session: &Session) -> Vec<u8> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LicenseError {
+    #[error("cannot check the license's validity: {0}")]
+    Clock(#[from] crate::ClockError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -259,7 +261,7 @@ fn open_grants(
 /// Opens an admin-issued license file with the device's enrollment directory (its `hpke.key`
 /// and the server's `server.pub`). Refuses licenses past their `not_after`.
 pub fn open_offline(file: &Path, device_dir: &Path) -> Result<OpenedLicense, LicenseError> {
-    open_offline_at(file, device_dir, crate::now())
+    open_offline_at(file, device_dir, crate::now()?)
 }
 
 /// [`open_offline`] with an explicit clock (unix seconds).

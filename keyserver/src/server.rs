@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,21 +49,45 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    StateDir(#[from] authz::statedir::StateDirError),
+    #[error(transparent)]
+    Clock(#[from] crate::ClockError),
     #[error("start-up task failed: {0}")]
     Join(String),
 }
 
 /// A clock in unix seconds with an adjustable offset (tests move time; production leaves it 0).
+/// Clones share the offset and the `unusable` switch.
 #[derive(Debug, Clone, Default)]
-pub struct Clock(Arc<AtomicI64>);
+pub struct Clock {
+    offset: Arc<AtomicI64>,
+    unusable: Arc<AtomicBool>,
+}
 
 impl Clock {
-    pub fn now(&self) -> i64 {
-        crate::now() + self.0.load(Ordering::Relaxed)
+    /// Now, for validity decisions (tokens, sessions, licenses, certificates): an unusable
+    /// system clock is an error, and the request is refused.
+    pub fn now(&self) -> Result<i64, crate::ClockError> {
+        if self.unusable.load(Ordering::Relaxed) {
+            return Err(crate::ClockError::Unusable("Clock::set_unusable"));
+        }
+        Ok(crate::now()? + self.offset.load(Ordering::Relaxed))
+    }
+    /// Now, for the record only (audit rows, creation and revocation times) where nothing is
+    /// decided on it: an unusable clock stamps 0 rather than losing the event or blocking a
+    /// revocation.
+    pub fn stamp(&self) -> i64 {
+        self.now().unwrap_or(0)
     }
     /// Moves this clock (and every server sharing it) forward by `secs`.
     pub fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::Relaxed);
+        self.offset.fetch_add(secs, Ordering::Relaxed);
+    }
+    /// Makes every reading fail (`true`), as a clock before the epoch would — the seam for
+    /// the fail-closed tests — or heals it.
+    pub fn set_unusable(&self, unusable: bool) {
+        self.unusable.store(unusable, Ordering::Relaxed);
     }
 }
 
@@ -186,6 +210,17 @@ pub const ADMIN_DIR: &str = "admin";
 /// The key server's own client identity (service `keyserver`), for its ARDS subscription.
 pub const SERVICE_DIR: &str = "service";
 const DB_FILE: &str = "keyserver.sqlite";
+/// Secrets in the data directory, each kept 0600. Certificates and public keys stay readable.
+const PRIVATE_FILES: &[&str] = &[
+    "root.key",
+    "token.key",
+    "license.key",
+    "ca.key",
+    "server.key",
+    "admin/key.pem",
+    "admin/hpke.key",
+    "service/key.pem",
+];
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
     move |source| ServerError::DataDir {
@@ -197,7 +232,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
 /// First start creates everything; a restart reuses it all.
 fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError> {
     let dir = &cfg.data_dir;
-    crate::fsutil::create_private_dir(dir).map_err(io(dir))?;
+    // `start` took the data-dir lock, which made `dir` private; tighten what an older version
+    // or a copy left looser before anything reads it.
+    for f in PRIVATE_FILES {
+        authz::statedir::private_file(&dir.join(f))?;
+    }
+    for sub in [ADMIN_DIR, SERVICE_DIR] {
+        let sub = dir.join(sub);
+        if sub.exists() {
+            authz::statedir::private_dir(&sub)?;
+        }
+    }
     let root = RootKey::load_or_create(
         &dir.join("root.key"),
         cfg.root_key_hex.as_deref().map(|s| s.as_str()),
@@ -206,13 +251,11 @@ fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError>
     let signer = LicenseSigner::load_or_create(&dir.join("license.key"))?;
     let ca = Ca::load_or_create(dir)?;
     let db_path = dir.join(DB_FILE);
-    if !db_path.exists() {
-        // Password hashes and sealed seeds live here: owner-only, like the key files.
-        crate::fsutil::write_private(&db_path, b"").map_err(io(&db_path))?;
-    }
+    // Password hashes, sealed seeds and the audit trail live here: owner-only, like the keys.
+    authz::statedir::private_sqlite(&db_path)?;
     let db = Db::open(&db_path, cfg.db_connections)?;
     ensure_server_cert(&ca, dir, &cfg.server_names)?;
-    ensure_admin_identity(&ca, &db, &signer, dir, cfg.clock.now())?;
+    ensure_admin_identity(&ca, &db, &signer, dir, cfg.clock.now()?)?;
     // The key server's own identity as a policy enforcement point: it reads its ARDS stream
     // (PEP `keyserver`) with this certificate.
     ensure_identity(
@@ -221,7 +264,7 @@ fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError>
         &dir.join(SERVICE_DIR),
         authz::template::KEYSERVER_PEP,
         PrincipalKind::Service,
-        cfg.clock.now(),
+        cfg.clock.now()?,
     )?;
     let principals = db.call_sync(|c| db::all_principals(c))?;
     Ok(State {
@@ -349,6 +392,8 @@ impl RunningServer {
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let data_dir = cfg.data_dir.clone();
     let listen = cfg.listen;
+    // Held by the serving task until it has drained: one key server per data directory.
+    let dir_lock = authz::statedir::lock(&data_dir)?;
     let (audit, audit_queue) = AuditLog::new();
     let (state, cfg) =
         tokio::task::spawn_blocking(move || init_state(&cfg, audit).map(|s| (s, cfg)))
@@ -368,7 +413,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let clock = state.clock.clone();
     let hook: pki::RefusalHook = Arc::new(move |info: &pki::CertInfo, revoked: bool| {
         let ev = AuditEvent {
-            time: clock.now(),
+            time: clock.stamp(),
             device: Some(info.common_name.clone()),
             action: "handshake".into(),
             decision: "deny",
@@ -425,6 +470,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let checkpointer = tokio::spawn(checkpoint_loop(Arc::clone(&state.db)));
     let loop_state = Arc::clone(&state);
     let task = tokio::spawn(async move {
+        let _dir_lock = dir_lock;
         accept_loop(listener, acceptor, router, loop_state, rx).await;
         checkpointer.abort();
         // Connections are gone and with them every sender: the writer drains and stops.
@@ -519,7 +565,7 @@ async fn serve_conn(
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>());
             if matches!(tls_err, Some(rustls::Error::NoCertificatesPresented)) {
                 state.audit_async(AuditEvent {
-                    time: state.clock.now(),
+                    time: state.clock.stamp(),
                     action: "handshake".into(),
                     decision: "deny",
                     reason: Some("no_client_certificate".into()),

@@ -23,7 +23,7 @@ fn app_digest(name: &str) -> String {
 /// The rules every test starts from: alice on ws-07 with nuke may read, write and create under
 /// `show/seq1/` now; `future/` opens only in an hour.
 fn base_rules() -> Evaluator {
-    let now = keyserver::now();
+    let now = keyserver::now().expect("system clock usable");
     let d = app_digest(APP);
     let all = [Action::Read, Action::Write, Action::Create, Action::License];
     Evaluator::new([
@@ -361,7 +361,7 @@ async fn batch_returns_exactly_the_permitted_subset() {
     // The keys are the derivation's, distinct per asset, and each grant names its rule.
     assert_ne!(lic.grants[0].key.as_bytes(), lic.grants[1].key.as_bytes());
     assert!(lic.grants.iter().all(|g| !g.grant.rule_ids.is_empty()));
-    assert!(lic.license.not_after <= keyserver::now() + 15 * 60 + 5);
+    assert!(lic.license.not_after <= keyserver::now().expect("system clock usable") + 15 * 60 + 5);
     e.assert_audited("deny", "unknown_asset").await;
     let log = e.audit().await;
     let lic_rows: Vec<_> = log
@@ -755,7 +755,7 @@ async fn admin_issued_license_opens_only_with_the_right_device_key() {
     let b = e.create("show/seq1/b.exr").await;
     let other_dir = e.dir.path().join("other");
     e.admin.enroll_device("ws-08", &other_dir).await.unwrap();
-    let until = keyserver::now() + 3600;
+    let until = keyserver::now().expect("system clock usable") + 3600;
     let req = IssueRequest {
         device: DEVICE.into(),
         user: USER.into(),
@@ -858,8 +858,8 @@ async fn a_renamed_asset_is_licensed_by_its_new_path() {
         app_digest: &d,
         path_like: "drop/*",
         actions: &[Action::Create, Action::Write],
-        not_before: keyserver::now() - 60,
-        not_after: keyserver::now() + 3600,
+        not_before: keyserver::now().expect("system clock usable") - 60,
+        not_after: keyserver::now().expect("system clock usable") + 3600,
     }
     .build();
     let mut rules = base_rules().rules().to_vec();
@@ -1236,3 +1236,196 @@ async fn revocation_events_stream_in_order_and_wake_long_polls() {
 
 #[path = "keyserver/audit_trail.rs"]
 mod audit_trail;
+
+/// Issue 11: every error status carries a JSON `{"error"}` body — the router's 405 (empty
+/// before), an unknown endpoint's 404, a malformed body's 400.
+#[tokio::test]
+async fn error_statuses_have_json_bodies() {
+    let e = env().await;
+    let http = identity_client(&e.dev.device_dir);
+    let cases = [
+        (reqwest::Method::DELETE, "/v1/info", None, 405),
+        (reqwest::Method::GET, "/v1/licenses", None, 405),
+        (reqwest::Method::GET, "/v1/nope", None, 404),
+        (reqwest::Method::POST, "/v1/login", Some("text/plain"), 400),
+    ];
+    for (method, path, content_type, status) in cases {
+        let mut req = http.request(method.clone(), format!("{}{path}", e.lb.url));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct).body("{}");
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let body = resp.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body:?}"));
+        assert!(
+            v["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}: {v}"
+        );
+    }
+}
+
+/// Issue 11: an unusable clock (before the epoch, unset) used to read as 0, so every
+/// `not_after > now` check passed. Through the clock seam: a license on a live session and a
+/// login are refused with a 503 naming the clock — no key — and work again once it heals.
+#[tokio::test]
+async fn unusable_clock_refuses_licenses_and_logins() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    assert_eq!(e.read(id).await.grants.len(), 1);
+    e.lb.clock.set_unusable(true);
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert!(
+        matches!(&r, Err(ClientError::Server { status: 503, body })
+            if body.error.contains("cannot tell the time")),
+        "{r:?}"
+    );
+    let l = e.dev.client.login(USER, "password-1234").await;
+    assert!(
+        matches!(l, Err(ClientError::Server { status: 503, .. })),
+        "{l:?}"
+    );
+    e.lb.clock.set_unusable(false);
+    assert_eq!(e.read(id).await.grants.len(), 1);
+}
+
+/// Issue 11: a second key server on the same data directory is refused, naming the holder.
+#[tokio::test]
+async fn second_keyserver_on_the_same_data_dir_is_refused_naming_the_pid() {
+    let e = env().await;
+    let again = spawn_loopback(&e.dir.path().join("ks"), e.rules.clone()).await;
+    let msg = match again {
+        Err(err) => err.to_string(),
+        Ok(_) => panic!("a second key server started on a locked data directory"),
+    };
+    assert!(
+        msg.contains(&format!("in use by process {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+/// Issue 11: keys and the database are 0600 and the data dir 0700, also after a restart that
+/// finds them 0644 / 0755.
+#[tokio::test]
+async fn state_files_are_private_and_tightened_on_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ks = dir.path().join("ks");
+    let rules = Arc::new(SwappableRules::new(base_rules()));
+    let files = [
+        "keyserver.sqlite",
+        "keyserver.sqlite-wal",
+        "keyserver.sqlite-shm",
+        "root.key",
+        "token.key",
+        "license.key",
+        "ca.key",
+        "server.key",
+        "admin/key.pem",
+        ".lock",
+    ];
+    let check = |when: &str| {
+        assert_eq!(mode(&ks), 0o700, "data dir {when}");
+        assert_eq!(mode(&ks.join("admin")), 0o700, "admin dir {when}");
+        for f in files {
+            assert_eq!(mode(&ks.join(f)), 0o600, "{f} {when}");
+        }
+    };
+    let lb = spawn_loopback(&ks, rules.clone()).await.unwrap();
+    check("at first start");
+    lb.server.shutdown().await;
+    for d in [ks.clone(), ks.join("admin")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A clean shutdown removes the WAL files; loosen what is left.
+    for f in files.iter().filter(|f| ks.join(f).exists()) {
+        std::fs::set_permissions(ks.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let _lb = spawn_loopback(&ks, rules).await.unwrap();
+    check("after restart");
+}
+
+/// Issue 11: `csap keys issue` patterns are the rules' dialect — `show/*/f1` is one segment deep
+/// (as before), `show/**` everything below — and so are the rules it is checked against: under
+/// a rule for `show/*/f1` the deeper asset is not licensed even by a `show/**` request (that
+/// rule's `*` crossed '/' when rules were judged by Cedar's `like`).
+#[tokio::test]
+async fn keys_issue_and_rules_share_one_glob_dialect() {
+    let e = env().await;
+    let now = keyserver::now().unwrap();
+    let d = app_digest(APP);
+    let all = [Action::Read, Action::Write, Action::Create, Action::License];
+    let rule = |id, path_like| {
+        RuleFor {
+            id,
+            user: USER,
+            device: DEVICE,
+            app_digest: &d,
+            path_like,
+            actions: &all,
+            not_before: now - 3600,
+            not_after: now + 86_400,
+        }
+        .build()
+    };
+    e.rules
+        .replace(Evaluator::new([rule("r-all", "show/**")]).unwrap());
+    let shallow = e.create("show/a/f1").await;
+    let deep = e.create("show/a/b/f1").await;
+    let issue = |assets: &str| IssueRequest {
+        device: DEVICE.into(),
+        user: USER.into(),
+        app_digest: e.dev.app_digest.clone(),
+        assets: assets.into(),
+        until: now + 3600,
+        action: Action::Read,
+        break_glass: false,
+        reason: None,
+    };
+    let granted = |signed: &keyserver::wire::SignedLicense| {
+        let file = e.dir.path().join("glob-lic.json");
+        std::fs::write(&file, serde_json::to_vec(signed).unwrap()).unwrap();
+        let opened = license::open_offline(&file, &e.dev.device_dir).unwrap();
+        let mut ids: Vec<[u8; 16]> = opened.grants.iter().map(|g| g.asset_id).collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![shallow, deep];
+    both.sort();
+    let one = e.admin.issue(&issue("show/*/f1")).await.unwrap();
+    assert_eq!(
+        granted(&one),
+        vec![shallow],
+        "'*' crossed '/' in keys issue"
+    );
+    let all_below = e.admin.issue(&issue("show/**")).await.unwrap();
+    assert_eq!(granted(&all_below), both);
+    // The rule now says `show/*/f1`: the deep asset is outside it.
+    e.rules
+        .replace(Evaluator::new([rule("r-one", "show/*/f1")]).unwrap());
+    let lic = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[deep])
+        .await
+        .unwrap();
+    assert!(lic.grants.is_empty(), "the rule's '*' crossed '/'");
+    assert_eq!(lic.license.denials[0].reason, Reason::NoRule);
+    let bad = e.admin.issue(&issue("show/a**")).await;
+    assert!(
+        matches!(&bad, Err(ClientError::Server { status: 400, body }) if body.field.as_deref() == Some("assets")),
+        "{bad:?}"
+    );
+}

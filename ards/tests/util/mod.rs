@@ -86,13 +86,26 @@ impl Harness {
     pub async fn restart(&mut self) {
         self.stop().await;
         let addr = self.url.trim_start_matches("https://").to_owned();
-        let opts = Self::options(
-            self.dir.path().join("ards"),
-            &self.clock,
-            &self.key,
-            &self.pki,
-        );
-        self.server = Some(spawn_on(opts, &addr).await.unwrap());
+        // A long poll still being answered keeps the old engine (and its data-dir lock) alive
+        // for up to the poll wait after the listener closed; a real restart is a new process.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let server = loop {
+            let opts = Self::options(
+                self.dir.path().join("ards"),
+                &self.clock,
+                &self.key,
+                &self.pki,
+            );
+            match spawn_on(opts, &addr).await {
+                Err(ards::server::ServeError::Ards(ards::ArdsError::StateDir(
+                    authz::statedir::StateDirError::Locked { .. },
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
+        self.server = Some(server);
         // Pooled connections died with the old server; start clean.
         self.http = ArdsHttp::new(&self.url, &self.ca_pem, Some(&self.admin.identity)).unwrap();
     }

@@ -48,7 +48,7 @@ pub fn run(k: &E2eKnobs, trials: usize) -> Result<()> {
             IMPORT_DEVICE,
             "bench/**",
             "create",
-            keyserver::now() - 60,
+            keyserver::now()? - 60,
         )?,
     )?;
     stack.wait_rules(&import_req, false)?;
@@ -91,7 +91,7 @@ pub fn run(k: &E2eKnobs, trials: usize) -> Result<()> {
                 NODE,
                 "bench/revoke/**",
                 "read",
-                keyserver::now() - 60,
+                keyserver::now()? - 60,
             )?,
         )?;
         stack.wait_rules(&req, true)?;

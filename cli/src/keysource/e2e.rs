@@ -178,7 +178,7 @@ fn mount_enforces_local_rules_revocation_and_outage() {
     // Pre-loading: a rule for `cat` released ahead of its window (opens in 2 s); when the
     // window opens the mount licenses the covered assets itself, so cat's first open of
     // f2 makes no key server round trip.
-    let soon = keyserver::now() + 2;
+    let soon = keyserver::now().expect("system clock usable") + 2;
     env.rt
         .block_on(
             env.server().authz.submit(
@@ -345,7 +345,7 @@ fn the_end_of_a_window_ends_open_handles_and_new_opens() {
     env.with_frames(&["f1.raw"]);
     let (mnt, mounted) = env.mount("mnt", &env.args(), &direct());
     let f1 = mnt.join("samples/f1.raw");
-    let end = keyserver::now() + 6;
+    let end = keyserver::now().expect("system clock usable") + 6;
     env.submit(&Req {
         name: "brief",
         apps: &[&env.apps.bash],

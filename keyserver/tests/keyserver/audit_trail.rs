@@ -15,7 +15,7 @@ const SPOOL: &str = "0123456789abcdef0123456789abcdef";
 fn record(seq: u64, path: &str, decision: &str, reason: &str) -> MountAuditRecord {
     MountAuditRecord {
         seq,
-        time: keyserver::now(),
+        time: keyserver::now().unwrap(),
         user: Some(USER.into()),
         uid: Some(1000),
         app_digest: Some(app_digest("cat")),
@@ -232,7 +232,7 @@ async fn a_refused_license_session_is_audited_with_path_user_and_app() {
 #[tokio::test]
 async fn the_audit_query_filters_on_the_server() {
     let e = env().await;
-    let start = keyserver::now();
+    let start = keyserver::now().unwrap();
     for path in ["show/seq1/f0001.exr", "show/seq1/f0002.exr"] {
         e.dev
             .client

@@ -79,7 +79,7 @@ pub struct Req<'a> {
 impl Req<'_> {
     /// A request whose window opened a minute ago and lasts an hour.
     pub fn now<'a>(name: &'a str, apps: &'a [&'a str], actions: &'a [&'a str]) -> Req<'a> {
-        let start = keyserver::now() - 60;
+        let start = keyserver::now().expect("system clock usable") - 60;
         Req {
             name,
             apps,
