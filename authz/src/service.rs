@@ -190,7 +190,7 @@ impl Authz {
         };
         let lock = crate::statedir::lock(&cfg.data_dir)?;
         let key_path = cfg.data_dir.join("issuer.key");
-        // Secrets kept here by us and by `csap authz serve` (its API token and TLS key).
+        // Secrets kept here: the issuer key, the TLS key, and an API token an older version left.
         for f in ["issuer.key", "api-token", "tls-key.pem"] {
             crate::statedir::private_file(&cfg.data_dir.join(f))?;
         }

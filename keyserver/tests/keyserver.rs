@@ -1429,3 +1429,97 @@ async fn keys_issue_and_rules_share_one_glob_dialect() {
         "{bad:?}"
     );
 }
+
+/// Attack: a principal of one role calls another role's routes (a workflow or auditor issuing
+/// keys, a service taking licenses, a device reading the directory). Every route of the key
+/// server, called as every role: the roles it serves get an answer other than 401/403, every
+/// other role 403 (a connection without a certificate fails its handshake, tested above).
+#[tokio::test]
+async fn every_route_refuses_the_wrong_role() {
+    use authz::principal::{Role, WorkflowGrant};
+    let e = env().await;
+    let dir = e.dir.path();
+    let grant = WorkflowGrant {
+        scopes: vec!["*".into()],
+        paths: vec!["**".into()],
+    };
+    e.admin
+        .add_principal("workflow", "wf", Some(&grant), &dir.join("wf"))
+        .await
+        .unwrap();
+    e.admin
+        .add_principal("auditor", "aud", None, &dir.join("aud"))
+        .await
+        .unwrap();
+    e.admin
+        .add_principal("service", "svc", None, &dir.join("svc"))
+        .await
+        .unwrap();
+    let callers = [
+        (Role::Admin, identity_client(&e.lb.admin_dir)),
+        (Role::Device, identity_client(&e.dev.device_dir)),
+        (Role::Workflow, identity_client(&dir.join("wf"))),
+        (Role::Auditor, identity_client(&dir.join("aud"))),
+        (Role::Service, identity_client(&dir.join("svc"))),
+    ];
+    use Role::*;
+    let routes: &[(&str, &str, &[Role])] = &[
+        (
+            "GET",
+            "/v1/info",
+            &[Admin, Device, Workflow, Auditor, Service],
+        ),
+        ("POST", "/v1/login", &[Device]),
+        ("POST", "/v1/sessions", &[Device]),
+        ("POST", "/v1/licenses", &[Device]),
+        ("POST", "/v1/assets", &[Device]),
+        (
+            "POST",
+            "/v1/assets/00000000000000000000000000000000/rename",
+            &[Device],
+        ),
+        ("GET", "/v1/revocations", &[Device]),
+        ("POST", "/v1/audit", &[Device]),
+        ("GET", "/v1/directory", &[Admin, Service]),
+        ("POST", "/v1/admin/devices", &[Admin]),
+        ("GET", "/v1/admin/devices", &[Admin]),
+        ("POST", "/v1/admin/devices/nobody/revoke", &[Admin]),
+        ("POST", "/v1/admin/users", &[Admin]),
+        ("POST", "/v1/admin/users/nobody/disable", &[Admin]),
+        ("POST", "/v1/admin/apps", &[Admin]),
+        ("GET", "/v1/admin/apps", &[Admin]),
+        ("POST", "/v1/admin/apps/revoke", &[Admin]),
+        ("POST", "/v1/admin/scopes", &[Admin]),
+        ("GET", "/v1/admin/scopes", &[Admin]),
+        ("POST", "/v1/admin/scopes/nope/rotate", &[Admin]),
+        ("POST", "/v1/admin/scopes/nope/revoke", &[Admin]),
+        ("GET", "/v1/admin/assets", &[Admin]),
+        ("POST", "/v1/admin/licenses", &[Admin]),
+        ("GET", "/v1/admin/audit", &[Admin, Auditor]),
+        ("GET", "/v1/admin/audit/query", &[Admin, Auditor]),
+        ("POST", "/v1/admin/principals", &[Admin]),
+        (
+            "POST",
+            "/v1/admin/principals/workflow/nobody/revoke",
+            &[Admin],
+        ),
+    ];
+    for (method, path, allowed) in routes {
+        for (role, http) in &callers {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut req = http.request(m, format!("{}{path}", e.lb.url));
+            if *method == "POST" {
+                req = req.header("content-type", "application/json").body("{}");
+            }
+            let status = req.send().await.unwrap().status().as_u16();
+            if allowed.contains(role) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} as {role:?}: {status}"
+                );
+            } else {
+                assert_eq!(status, 403, "{method} {path} as {role:?}");
+            }
+        }
+    }
+}
