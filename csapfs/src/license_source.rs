@@ -720,17 +720,7 @@ impl KeyServerSource {
                     let revoked = rules.refresh(&licenses);
                     tracing::debug!(revoked, "rule set changed");
                     if revoked > 0 {
-                        let listeners = rules
-                            .listeners
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone();
-                        // Writes to /dev/fuse: kept off the async change loop.
-                        tokio::task::spawn_blocking(move || {
-                            for listener in listeners {
-                                listener();
-                            }
-                        });
+                        revocations::notify(&rules.listeners);
                     }
                     if let Some(preload) = preload.as_ref() {
                         let due = rules.due_for_preload();

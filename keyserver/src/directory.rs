@@ -95,7 +95,33 @@ impl Directory for KeyServerDirectory {
 /// last snapshot stays in force (a revoked principal stays refused: revocations only add up).
 #[derive(Debug, Default)]
 pub struct MirroredDirectory {
-    snapshot: std::sync::RwLock<Arc<crate::wire::DirectorySnapshot>>,
+    snapshot: std::sync::RwLock<Arc<Mirror>>,
+}
+
+/// A snapshot with its principals indexed by serial: every request of a standalone service
+/// looks its caller up here.
+#[derive(Debug, Default)]
+struct Mirror {
+    snap: crate::wire::DirectorySnapshot,
+    by_serial: std::collections::HashMap<String, usize>,
+}
+
+impl Mirror {
+    fn new(snap: crate::wire::DirectorySnapshot) -> Self {
+        let by_serial = snap
+            .principals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.serial.clone(), i))
+            .collect();
+        Mirror { snap, by_serial }
+    }
+
+    fn entry(&self, serial: &str) -> Option<&crate::wire::PrincipalEntry> {
+        self.by_serial
+            .get(serial)
+            .map(|&i| &self.snap.principals[i])
+    }
 }
 
 impl MirroredDirectory {
@@ -103,7 +129,7 @@ impl MirroredDirectory {
     pub async fn fetch(client: &crate::AdminClient) -> Result<Arc<Self>, crate::ClientError> {
         let snap = client.directory().await?;
         Ok(Arc::new(MirroredDirectory {
-            snapshot: std::sync::RwLock::new(Arc::new(snap)),
+            snapshot: std::sync::RwLock::new(Arc::new(Mirror::new(snap))),
         }))
     }
 
@@ -121,10 +147,10 @@ impl MirroredDirectory {
     }
 
     pub fn replace(&self, snap: crate::wire::DirectorySnapshot) {
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Mirror::new(snap));
     }
 
-    fn current(&self) -> Arc<crate::wire::DirectorySnapshot> {
+    fn current(&self) -> Arc<Mirror> {
         Arc::clone(&self.snapshot.read().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -140,9 +166,8 @@ fn standing_of(entry: Option<&bool>) -> Standing {
 impl Principals for MirroredDirectory {
     fn principal(&self, serial: &str, common_name: &str) -> Option<Principal> {
         self.current()
-            .principals
-            .iter()
-            .find(|p| p.serial == serial && !p.revoked && p.name == common_name)
+            .entry(serial)
+            .filter(|p| !p.revoked && p.name == common_name)
             .map(|p| Principal {
                 name: p.name.clone(),
                 role: p.kind,
@@ -151,24 +176,21 @@ impl Principals for MirroredDirectory {
     }
 
     fn is_revoked(&self, serial: &str) -> bool {
-        self.current()
-            .principals
-            .iter()
-            .any(|p| p.serial == serial && p.revoked)
+        self.current().entry(serial).is_some_and(|p| p.revoked)
     }
 }
 
 impl Directory for MirroredDirectory {
     fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
-        self.current().workflows.get(name).cloned()
+        self.current().snap.workflows.get(name).cloned()
     }
     fn user(&self, name: &str) -> Standing {
-        standing_of(self.current().users.get(name))
+        standing_of(self.current().snap.users.get(name))
     }
     fn device(&self, name: &str) -> Standing {
-        standing_of(self.current().devices.get(name))
+        standing_of(self.current().snap.devices.get(name))
     }
     fn application(&self, digest: &str) -> Standing {
-        standing_of(self.current().applications.get(digest))
+        standing_of(self.current().snap.applications.get(digest))
     }
 }

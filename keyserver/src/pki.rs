@@ -11,8 +11,6 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use crate::fsutil;
@@ -322,25 +320,27 @@ impl Identity {
         w(CA_FILE, self.ca_pem.as_bytes(), false)
     }
 
-    /// The rustls client configuration presenting this identity and trusting only its CA.
+    /// The rustls client configuration presenting this identity and trusting only its CA
+    /// (TLS 1.3, ALPN http/1.1: the one client config of every csap service).
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
-        let roots = root_store(&self.ca_pem)?;
-        let certs = certs_from_pem(&self.cert_pem, "client certificate")?;
-        let key =
-            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| PkiError::Pem {
-                what: "client key",
-                detail: e.to_string(),
-            })?;
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(cfg)
+        let identity = authz::tls::ClientIdentity {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        };
+        authz::tls::client_config_with(&self.ca_pem, Some(&identity)).map_err(|e| PkiError::Pem {
+            what: "client identity",
+            detail: e.to_string(),
+        })
     }
 }
 
-fn certs_from_pem(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+#[cfg(test)]
+fn certs_from_pem(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::Pem {
@@ -354,14 +354,6 @@ fn certs_from_pem(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'s
         });
     }
     Ok(certs)
-}
-
-fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs_from_pem(ca_pem, "CA certificate")? {
-        roots.add(c)?;
-    }
-    Ok(roots)
 }
 
 /// Called (without blocking) when a certificate that chains to the CA is refused.

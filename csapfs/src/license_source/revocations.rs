@@ -34,6 +34,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The listeners to call after a revocation dropped something (shared with the rule sweep).
 pub(super) type Listeners = Arc<Mutex<Vec<RevocationListener>>>;
 
+/// Calls every listener (page-cache invalidation) on a blocking thread: they write to
+/// /dev/fuse, which must not stall the async task that swept. Call from a runtime.
+pub(super) fn notify(listeners: &Listeners) {
+    let listeners = listeners.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    tokio::task::spawn_blocking(move || {
+        for listener in listeners {
+            listener();
+        }
+    });
+}
+
 /// What the license path needs from the subscription: a counter bumped at the start of every
 /// sweep, so a license request that was in flight during one can tell (its grant may predate
 /// the revocation and the sweep may have missed it).
@@ -160,17 +171,7 @@ impl Subscription {
             }
         }
         if dropped > 0 {
-            let listeners = self
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            // Writes to /dev/fuse: kept off the async task.
-            tokio::task::spawn_blocking(move || {
-                for listener in listeners {
-                    listener();
-                }
-            });
+            notify(&self.listeners);
         }
         dropped
     }
