@@ -11,7 +11,7 @@
 //! A [`Pidfd`] names one thread for as long as it lives; once it is gone the number may be
 //! reused, but the pidfd says "gone" rather than pointing at the newcomer.
 //!
-//! The only `unsafe` in csapfs: three syscalls that neither std nor nix wraps
+//! With [`crate::procmap`], the only `unsafe` in csapfs: syscalls that neither std nor nix wraps
 //! (`socket(NETLINK_CONNECTOR)` with its `sockaddr_nl`, `pidfd_open`, `pidfd_send_signal`).
 #![allow(unsafe_code)]
 

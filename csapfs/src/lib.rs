@@ -19,6 +19,7 @@ pub mod format;
 pub mod fs;
 pub mod keys;
 pub mod license_source;
+pub mod procmap;
 pub mod session;
 pub mod stream;
 

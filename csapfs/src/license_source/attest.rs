@@ -1,12 +1,16 @@
-//! Caller attestation: which executable is the process behind a FUSE request running?
+//! Caller attestation: which code is the process behind a FUSE request running?
 //!
-//! The answer is the BLAKE3 digest of `/proc/<pid>/exe`, the application identity the key
-//! server and the rules know. Cheap defences against the known ways to fool it:
+//! The answer is the BLAKE3 digest of its main image (`/proc/<pid>/exe`), the application
+//! identity the key server and the rules know — accepted only if the process's executable
+//! *mappings* agree ([`code`]): the main image is mapped, every other executable mapping is a
+//! system library only root can change (or one the registration allows), no anonymous memory
+//! is executable, and the caller shares the mount's user namespace. Also:
 //! - PID reuse: the process start time (`/proc/<pid>/stat` field 22) is read before and after
 //!   measuring; if it changed, another process now owns the PID and nothing is decided.
-//! - Library injection: a process whose initial environment sets `LD_PRELOAD` or `LD_AUDIT`,
-//!   or an `LD_LIBRARY_PATH` entry outside the system library directories, is refused — the
-//!   digest of its executable would say nothing about the code it runs.
+//! - A fast pre-check on loader variables: an environment that sets `LD_PRELOAD` or
+//!   `LD_AUDIT`, or an `LD_LIBRARY_PATH` entry outside the system library directories, is
+//!   refused before anything is hashed. (The environment block is the process's own memory
+//!   and can be scrubbed; the mappings are what decide.)
 //! - pid 0 (a request from the kernel itself, or from a PID namespace the mount cannot see) is
 //!   refused: there is no process to measure.
 //!
@@ -24,9 +28,12 @@
 //! Even so, handing a measurement to a helper and back costs ~95 µs of wake-ups on a small VM.
 //! So an attestation is remembered per calling thread ([`remembered`]) until its process
 //! execs or the thread dies, which the kernel tells us ([`crate::exec_watch`]); a remembered
-//! caller is answered on the request's own thread without touching `/proc`. Where exec notices
-//! are unavailable (no proc connector, no `PIDFD_THREAD`), every open measures its caller.
+//! caller is answered on the request's own thread after checking, through the `maps` file
+//! opened at measurement, that it has mapped no new code since ([`code::Probe`]) and is still
+//! in the user namespace it was measured in. Where exec notices or `PROCMAP_QUERY` are
+//! unavailable, every open measures its caller.
 
+pub mod code;
 mod remembered;
 
 use std::fs::File;
@@ -38,6 +45,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use crate::exec_watch::{ExecWatch, Pidfd};
+use code::{CodeFacts, Probe, TrustCache};
 use remembered::Remembered;
 
 /// Why a caller could not be attested. Every variant means "deny".
@@ -61,6 +69,27 @@ pub enum AttestError {
         "process {pid} has LD_LIBRARY_PATH entry {entry:?} outside the system library directories"
     )]
     LibraryPath { pid: u32, entry: String },
+    #[error(
+        "process {pid} does not run the executable it names (its exe is not mapped: relabelled)"
+    )]
+    NotMapped { pid: u32 },
+    #[error(
+        "process {pid} runs code from {path}, which is neither a system library nor a library \
+         its application's registration allows"
+    )]
+    ForeignCode { pid: u32, path: String },
+    #[error(
+        "process {pid} has executable anonymous memory (JIT or injected code), which its \
+         application's registration does not allow"
+    )]
+    AnonymousCode { pid: u32 },
+    #[error(
+        "process {pid} runs in another user namespace than the mount, which its application's \
+         registration does not allow"
+    )]
+    UserNamespace { pid: u32 },
+    #[error("cannot learn what the registration of process {pid}'s application allows: {reason}")]
+    Allowance { pid: u32, reason: String },
     #[error("process {pid} changed while it was measured (PID reused)")]
     Reused { pid: u32 },
     #[error("attestation of process {pid} timed out")]
@@ -92,16 +121,30 @@ struct ExeKey {
     ctime: (i64, i64),
 }
 
-/// Library directories an `LD_LIBRARY_PATH` entry may name (or lie below).
-const SYSTEM_LIB_DIRS: &[&str] = &[
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/usr/lib",
-    "/usr/lib32",
-    "/usr/lib64",
-    "/usr/local/lib",
-];
+/// What an application's registration allows beyond the defaults (see [`code`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CodeAllowance {
+    /// Executable anonymous memory (a JIT).
+    pub jit: bool,
+    /// Running in a user namespace other than the mount's.
+    pub user_namespaces: bool,
+    /// BLAKE3 digests (lowercase hex) of libraries it may map besides system libraries.
+    pub libraries: Vec<String>,
+}
+
+/// Where allowances come from: consulted only for a caller that needs one.
+pub trait Allowances: Send + Sync {
+    fn allowance(&self, app_digest: &str) -> Result<CodeAllowance, String>;
+}
+
+/// No registration allows anything beyond the defaults.
+struct NoAllowances;
+
+impl Allowances for NoAllowances {
+    fn allowance(&self, _: &str) -> Result<CodeAllowance, String> {
+        Ok(CodeAllowance::default())
+    }
+}
 
 /// Attestations allowed to be stuck on helper threads at once before new ones are refused.
 const MAX_IN_FLIGHT: usize = 64;
@@ -109,8 +152,11 @@ const MAX_IN_FLIGHT: usize = 64;
 /// An idle helper thread exits after this long.
 const HELPER_IDLE: Duration = Duration::from_secs(30);
 
+/// What a measurement yields: the attestation and what a later open checks it against.
+type Measured = (Attestation, Probe);
+
 /// One measurement for a helper thread: the pid and where to send the answer.
-type Job = (u32, mpsc::SyncSender<Result<Attestation, AttestError>>);
+type Job = (u32, mpsc::SyncSender<Result<Measured, AttestError>>);
 
 /// Reusable helper threads. A job goes to an idle helper; when none is idle (all busy, or some
 /// stuck in a blocking `/proc` read) a new one starts, so a stuck helper never delays the next
@@ -172,7 +218,7 @@ impl Helpers {
                 let Ok((pid, answer)) = job else { return };
                 q.queued.fetch_sub(1, Ordering::SeqCst);
                 let Some(inner) = inner.upgrade() else { return };
-                let result = inner.attest_blocking(pid);
+                let result = inner.measure(pid);
                 inner.in_flight.fetch_sub(1, Ordering::SeqCst);
                 let _ = answer.send(result);
             })
@@ -192,6 +238,10 @@ struct Inner {
     proc_root: PathBuf,
     timeout: Duration,
     digests: moka::sync::Cache<ExeKey, Arc<str>>,
+    trust: TrustCache,
+    allowances: std::sync::OnceLock<Arc<dyn Allowances>>,
+    /// The mount's own user namespace (`st_dev`, `st_ino` of its `ns/user` link).
+    own_userns: (u64, u64),
     hashes: AtomicU64,
     in_flight: AtomicUsize,
     /// Runs between the two start-time reads (tests use it to simulate PID reuse).
@@ -216,6 +266,12 @@ impl Attestor {
     pub fn new(timeout: Duration) -> Attestor {
         let me = nix::unistd::gettid().as_raw() as u32;
         let remembered = match ExecWatch::open().and_then(|w| Pidfd::open(me).map(|_| w)) {
+            Ok(_) if !code::query_supported() => {
+                tracing::warn!(
+                    "no PROCMAP_QUERY (Linux < 6.11): every open measures its caller (slower)"
+                );
+                None
+            }
             Ok(watch) => Some(Remembered::new(watch)),
             Err(e) => {
                 tracing::warn!(
@@ -243,11 +299,16 @@ impl Attestor {
         between: Option<Hook>,
         remembered: Option<Remembered>,
     ) -> Attestor {
+        // Unreadable only without /proc; then no caller can be measured either.
+        let own_userns = code::namespace_id(Path::new("/proc/self/ns/user")).unwrap_or((0, 0));
         Attestor {
             inner: Arc::new(Inner {
                 proc_root,
                 timeout,
                 digests: moka::sync::Cache::new(4096),
+                trust: TrustCache::default(),
+                allowances: std::sync::OnceLock::new(),
+                own_userns,
                 hashes: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
                 between,
@@ -255,6 +316,12 @@ impl Attestor {
                 remembered,
             }),
         }
+    }
+
+    /// Asks `allowances` what a registration allows beyond the defaults (once; until then,
+    /// and if never set, nothing is allowed beyond them). False if already set.
+    pub fn set_allowances(&self, allowances: Arc<dyn Allowances>) -> bool {
+        self.inner.allowances.set(allowances).is_ok()
     }
 
     /// How many executables were hashed (not served from the digest cache).
@@ -279,22 +346,30 @@ impl Attestor {
             return Err(AttestError::NoPid);
         }
         let Some(remembered) = &self.inner.remembered else {
-            return self.measure(pid);
+            return self.measure(pid).map(|(a, _)| a);
         };
         let ticket = match remembered.lookup(pid) {
-            Ok(known) => return Ok(known),
+            Ok((known, probe)) if self.inner.still_as_measured(&probe, pid) => return Ok(known),
+            Ok(_) => {
+                // New code mapped, or another user namespace: measure afresh.
+                remembered.forget(pid);
+                match remembered.lookup(pid) {
+                    Err(ticket) => ticket,
+                    Ok(_) => return Err(AttestError::Reused { pid }),
+                }
+            }
             Err(ticket) => ticket,
         };
         // Opened before measuring: alive at admission means it named the measured thread.
         // (`PIDFD_THREAD` works here: `new` checked, so a failure means the thread is gone.)
         let pidfd = Pidfd::open(pid).map_err(|e| unreadable(pid, "pidfd", e))?;
-        let attestation = self.measure(pid)?;
-        remembered.admit(ticket, pidfd, &attestation);
+        let (attestation, probe) = self.measure(pid)?;
+        remembered.admit(ticket, pidfd, &attestation, probe);
         Ok(attestation)
     }
 
     /// Measures `pid` on a helper thread, waiting at most the configured timeout.
-    fn measure(&self, pid: u32) -> Result<Attestation, AttestError> {
+    fn measure(&self, pid: u32) -> Result<Measured, AttestError> {
         // A bound on threads left behind by timeouts, so a wedged process cannot make the
         // mount spawn threads without limit.
         if self.inner.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
@@ -318,12 +393,18 @@ impl Attestor {
 
     /// The same measurement on the calling thread (no timeout).
     pub fn attest_blocking(&self, pid: u32) -> Result<Attestation, AttestError> {
-        self.inner.attest_blocking(pid)
+        self.inner.measure(pid).map(|(a, _)| a)
     }
 }
 
 impl Inner {
-    fn attest_blocking(&self, pid: u32) -> Result<Attestation, AttestError> {
+    /// A remembered caller has mapped no new code and kept its user namespace.
+    fn still_as_measured(&self, probe: &Probe, pid: u32) -> bool {
+        let userns = self.proc_root.join(pid.to_string()).join("ns/user");
+        probe.unchanged() && code::namespace_id(&userns).is_ok_and(|ns| ns == probe.userns())
+    }
+
+    fn measure(&self, pid: u32) -> Result<Measured, AttestError> {
         if pid == 0 {
             return Err(AttestError::NoPid);
         }
@@ -337,25 +418,9 @@ impl Inner {
         let meta = exe
             .metadata()
             .map_err(|e| unreadable(pid, "executable", e))?;
-        let key = ExeKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        };
-        let digest = match self.digests.get(&key) {
-            Some(d) => d,
-            None => {
-                let d: Arc<str> = hash_file(exe)
-                    .map_err(|e| unreadable(pid, "executable", e))?
-                    .into();
-                self.hashes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(pid, ino = key.ino, size = key.size, digest = %d, "executable hashed");
-                self.digests.insert(key, Arc::clone(&d));
-                d
-            }
-        };
+        let key = ExeKey::of(&meta);
+        let digest = self.digest_of(exe, &meta, pid)?;
+        let probe = self.check_code(&dir, pid, (key.dev, key.ino), &digest)?;
         if let Some(hook) = &self.between {
             hook(pid);
         }
@@ -363,12 +428,125 @@ impl Inner {
         if before != after {
             return Err(AttestError::Reused { pid });
         }
-        Ok(Attestation {
+        let attestation = Attestation {
             pid,
             tgid,
             start_time: before,
             app_digest: digest.to_string(),
-        })
+        };
+        Ok((attestation, probe))
+    }
+
+    /// Decides on the process's executable mappings (see [`code`]); `main` is the opened
+    /// executable's `(st_dev, st_ino)`, `digest` its digest.
+    fn check_code(
+        &self,
+        dir: &Path,
+        pid: u32,
+        main: (u64, u64),
+        digest: &str,
+    ) -> Result<Probe, AttestError> {
+        let userns =
+            code::namespace_id(&dir.join("ns/user")).map_err(|e| unreadable(pid, "ns/user", e))?;
+        let maps = File::open(dir.join("maps")).map_err(|e| unreadable(pid, "maps", e))?;
+        let (maps, text) = code::read_maps(maps).map_err(|e| unreadable(pid, "maps", e))?;
+        let mappings = code::exec_mappings(&text).ok_or(AttestError::BadStat { pid })?;
+        let facts = code::facts(&mappings, main, |m| self.trust.trusted(m));
+        if !facts.main_mapped {
+            return Err(AttestError::NotMapped { pid });
+        }
+        let other_userns = userns != self.own_userns;
+        if facts.anonymous || other_userns || !facts.foreign.is_empty() {
+            self.check_allowance(dir, pid, digest, &facts, other_userns)?;
+        }
+        Ok(Probe::new(maps, code::fingerprint(&mappings), userns))
+    }
+
+    /// Whether the application's registration allows what `facts` found beyond the defaults.
+    fn check_allowance(
+        &self,
+        dir: &Path,
+        pid: u32,
+        digest: &str,
+        facts: &CodeFacts,
+        other_userns: bool,
+    ) -> Result<(), AttestError> {
+        let allow = self
+            .allowances
+            .get_or_init(|| Arc::new(NoAllowances))
+            .allowance(digest)
+            .map_err(|reason| AttestError::Allowance { pid, reason })?;
+        if facts.anonymous && !allow.jit {
+            return Err(AttestError::AnonymousCode { pid });
+        }
+        if other_userns && !allow.user_namespaces {
+            return Err(AttestError::UserNamespace { pid });
+        }
+        for foreign in &facts.foreign {
+            let refused = || AttestError::ForeignCode {
+                pid,
+                path: foreign.path.clone(),
+            };
+            if allow.libraries.is_empty() {
+                return Err(refused());
+            }
+            let library = self.mapped_digest(dir, pid, &foreign.region)?;
+            if !allow.libraries.iter().any(|d| *d == *library) {
+                return Err(refused());
+            }
+        }
+        Ok(())
+    }
+
+    /// The digest of the file behind one mapping, opened through `map_files` (the mapped file
+    /// itself, wherever it has been renamed to) and checked to be the inode the listing named.
+    fn mapped_digest(
+        &self,
+        dir: &Path,
+        pid: u32,
+        region: &code::Region,
+    ) -> Result<Arc<str>, AttestError> {
+        let entry = dir.join(format!("map_files/{:x}-{:x}", region.start, region.end));
+        let file = File::open(entry).map_err(|e| unreadable(pid, "mapped library", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| unreadable(pid, "mapped library", e))?;
+        if meta.ino() != region.inode {
+            return Err(AttestError::Reused { pid });
+        }
+        self.digest_of(file, &meta, pid)
+    }
+
+    /// The digest of an opened executable file, from the cache when its identity is known.
+    fn digest_of(
+        &self,
+        file: File,
+        meta: &std::fs::Metadata,
+        pid: u32,
+    ) -> Result<Arc<str>, AttestError> {
+        let key = ExeKey::of(meta);
+        if let Some(d) = self.digests.get(&key) {
+            return Ok(d);
+        }
+        let d: Arc<str> = hash_file(file)
+            .map_err(|e| unreadable(pid, "executable", e))?
+            .into();
+        self.hashes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pid, ino = key.ino, size = key.size, digest = %d, "executable hashed");
+        self.digests.insert(key, Arc::clone(&d));
+        Ok(d)
+    }
+}
+
+impl ExeKey {
+    fn of(meta: &std::fs::Metadata) -> ExeKey {
+        ExeKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
     }
 }
 
@@ -439,7 +617,7 @@ pub fn check_environ(pid: u32, environ: &[u8]) -> Result<(), AttestError> {
                 // ld.so splits on ':' and ';'; an empty entry means the current directory.
                 for entry in value.split(|b| *b == b':' || *b == b';') {
                     let entry = String::from_utf8_lossy(entry);
-                    if !is_system_lib_dir(&entry) {
+                    if !code::below_system_lib_dir(&entry) {
                         return Err(AttestError::LibraryPath {
                             pid,
                             entry: entry.into_owned(),
@@ -451,17 +629,6 @@ pub fn check_environ(pid: u32, environ: &[u8]) -> Result<(), AttestError> {
         }
     }
     Ok(())
-}
-
-fn is_system_lib_dir(entry: &str) -> bool {
-    // No "..": "/usr/lib/../../home/x" must not pass as a system directory.
-    if entry.split('/').any(|c| c == ".." || c == ".") {
-        return false;
-    }
-    let trimmed = entry.trim_end_matches('/');
-    SYSTEM_LIB_DIRS
-        .iter()
-        .any(|d| trimmed == *d || trimmed.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
 }
 
 #[cfg(test)]
@@ -772,6 +939,17 @@ mod tests {
             std::fs::write(dir.join("status"), format!("Name:\ttool\nTgid:\t{pid}\n")).unwrap();
             std::fs::write(dir.join("environ"), environ).unwrap();
             std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+            // The executable mapped as the process's only code, in the mount's namespace.
+            let meta = std::fs::metadata(exe).unwrap();
+            let (major, minor) = code::split_dev(meta.dev());
+            let maps = format!(
+                "00400000-00401000 r-xp 00000000 {major:02x}:{minor:02x} {} {}\n",
+                meta.ino(),
+                exe.display()
+            );
+            std::fs::write(dir.join("maps"), maps).unwrap();
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
+            std::os::unix::fs::symlink("/proc/self/ns/user", dir.join("ns/user")).unwrap();
             FakeProc { root }
         }
     }

@@ -8,8 +8,9 @@
 //! lost, or if the thread is gone (the pidfd ties the measured thread to the one that asked).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::code::Probe;
 use super::Attestation;
 use crate::exec_watch::{ExecWatch, Notice, Pidfd};
 
@@ -44,6 +45,8 @@ struct State {
 struct Entry {
     pidfd: Pidfd,
     attestation: Attestation,
+    /// What the next open checks the process against (new code mapped since?).
+    probe: Arc<Probe>,
 }
 
 impl Remembered {
@@ -54,12 +57,12 @@ impl Remembered {
         }
     }
 
-    /// The remembered attestation of thread `pid`, or a ticket to measure it.
-    pub(super) fn lookup(&self, pid: u32) -> Result<Attestation, Ticket> {
+    /// The remembered attestation of thread `pid` with its probe, or a ticket to measure it.
+    pub(super) fn lookup(&self, pid: u32) -> Result<(Attestation, Arc<Probe>), Ticket> {
         let mut state = self.catch_up();
         if let Some(entry) = state.entries.get(&pid) {
             if entry.pidfd.alive() {
-                let found = entry.attestation.clone();
+                let found = (entry.attestation.clone(), Arc::clone(&entry.probe));
                 state.hits += 1;
                 return Ok(found);
             }
@@ -70,13 +73,24 @@ impl Remembered {
 
     /// Remembers `attestation`, measured after `ticket` was issued on the thread `pidfd` names,
     /// unless something since may have changed what it describes. True if remembered.
-    pub(super) fn admit(&self, ticket: Ticket, pidfd: Pidfd, attestation: &Attestation) -> bool {
+    pub(super) fn admit(
+        &self,
+        ticket: Ticket,
+        pidfd: Pidfd,
+        attestation: &Attestation,
+        probe: Probe,
+    ) -> bool {
         let mut state = self.catch_up();
         if !state.may_admit(ticket, attestation) || !pidfd.alive() {
             return false;
         }
-        state.insert(pidfd, attestation.clone());
+        state.insert(pidfd, attestation.clone(), probe);
         true
+    }
+
+    /// Forgets thread `pid` (it is measured again at its next open).
+    pub(super) fn forget(&self, pid: u32) {
+        self.lock().entries.remove(&pid);
     }
 
     /// Lookups answered from memory.
@@ -137,7 +151,7 @@ impl State {
         !self.recent.iter().any(|r| touched(&r))
     }
 
-    fn insert(&mut self, pidfd: Pidfd, attestation: Attestation) {
+    fn insert(&mut self, pidfd: Pidfd, attestation: Attestation, probe: Probe) {
         if self.entries.len() >= CAPACITY {
             self.entries.retain(|_, e| e.pidfd.alive());
         }
@@ -147,8 +161,15 @@ impl State {
                 self.entries.remove(&tid);
             }
         }
-        self.entries
-            .insert(attestation.pid, Entry { pidfd, attestation });
+        let probe = Arc::new(probe);
+        self.entries.insert(
+            attestation.pid,
+            Entry {
+                pidfd,
+                attestation,
+                probe,
+            },
+        );
     }
 }
 
@@ -168,6 +189,11 @@ mod tests {
 
     fn pidfd(a: &Attestation) -> Pidfd {
         Pidfd::open(a.pid).unwrap()
+    }
+
+    fn probe() -> Probe {
+        let maps = std::fs::File::open("/proc/self/maps").unwrap();
+        Probe::new(maps, Vec::new(), (0, 0))
     }
 
     /// Notices of other processes do not spoil a measurement; one of the measured process, or
@@ -207,7 +233,7 @@ mod tests {
     fn an_exec_forgets_every_thread_of_its_process() {
         let a = me();
         let mut s = State::default();
-        s.insert(pidfd(&a), a.clone());
+        s.insert(pidfd(&a), a.clone(), probe());
         assert_eq!(s.entries.len(), 1);
         s.apply(Notice::Exec { pid: 9, tgid: 9 });
         assert_eq!(s.entries.len(), 1);
@@ -226,7 +252,7 @@ mod tests {
         for i in 0..CAPACITY as u32 + 10 {
             let mut b = a.clone();
             b.pid = 1_000_000 + i;
-            s.insert(pidfd(&a), b);
+            s.insert(pidfd(&a), b, probe());
         }
         assert_eq!(s.entries.len(), CAPACITY);
     }
