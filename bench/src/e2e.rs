@@ -571,6 +571,7 @@ impl Stack {
                 name: name.into(),
                 version: "1".into(),
                 vendor: Some("csap-bench".into()),
+                code: Default::default(),
             }))?;
         Ok(())
     }

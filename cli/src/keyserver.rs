@@ -168,6 +168,10 @@ pub struct LoginArgs {
 #[derive(Subcommand)]
 pub enum AppCommand {
     /// Register an application build by the BLAKE3 digest of its executable (computed here).
+    ///
+    /// By default a mount accepts a process of this build only if it maps nothing but the
+    /// executable and root-owned system libraries, has no executable anonymous memory and runs
+    /// in the mount's user namespace; the flags allow more, per build.
     Register {
         path: PathBuf,
         #[arg(long)]
@@ -176,6 +180,16 @@ pub enum AppCommand {
         version: String,
         #[arg(long)]
         vendor: Option<String>,
+        /// The build compiles code at run time (executable anonymous memory).
+        #[arg(long)]
+        allow_jit: bool,
+        /// The build may run inside a user namespace (a sandbox or container).
+        #[arg(long)]
+        allow_user_namespaces: bool,
+        /// A plug-in or bundled library the build may map from outside the system library
+        /// directories (its digest is computed here; repeat for each).
+        #[arg(long = "library", value_name = "PATH")]
+        libraries: Vec<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -600,9 +614,20 @@ pub fn run_app(cmd: AppCommand) -> Result<()> {
                 name,
                 version,
                 vendor,
+                allow_jit,
+                allow_user_namespaces,
+                libraries,
                 conn,
             } => {
                 let digest = digest_file(&path)?;
+                let code = keyserver::wire::AppCode {
+                    allow_jit,
+                    allow_user_namespaces,
+                    libraries: libraries
+                        .iter()
+                        .map(|l| digest_file(l))
+                        .collect::<Result<_>>()?,
+                };
                 let app = conn
                     .admin()?
                     .register_app(&RegisterAppRequest {
@@ -610,11 +635,15 @@ pub fn run_app(cmd: AppCommand) -> Result<()> {
                         name,
                         version,
                         vendor,
+                        code,
                     })
                     .await?;
                 println!(
-                    "registered {} {} blake3 {}",
-                    app.name, app.version, app.digest
+                    "registered {} {} blake3 {}{}",
+                    app.name,
+                    app.version,
+                    app.digest,
+                    code_summary(&app.code)
                 );
             }
             AppCommand::Revoke {
@@ -640,12 +669,37 @@ pub fn run_app(cmd: AppCommand) -> Result<()> {
                     } else {
                         "active"
                     };
-                    println!("{:<16} {:<10} {} {state}", a.name, a.version, a.digest);
+                    println!(
+                        "{:<16} {:<10} {} {state}{}",
+                        a.name,
+                        a.version,
+                        a.digest,
+                        code_summary(&a.code)
+                    );
                 }
             }
         }
         Ok(())
     })
+}
+
+/// " (allows jit, 2 libraries)" for what a build may map beyond the defaults, else "".
+fn code_summary(code: &keyserver::wire::AppCode) -> String {
+    let mut allows = Vec::new();
+    if code.allow_jit {
+        allows.push("jit".to_string());
+    }
+    if code.allow_user_namespaces {
+        allows.push("user namespaces".to_string());
+    }
+    if !code.libraries.is_empty() {
+        allows.push(format!("{} libraries", code.libraries.len()));
+    }
+    if allows.is_empty() {
+        String::new()
+    } else {
+        format!(" (allows {})", allows.join(", "))
+    }
 }
 
 pub fn run_scope(cmd: ScopeCommand) -> Result<()> {

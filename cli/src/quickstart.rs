@@ -115,6 +115,7 @@ fn demo(
             name: name.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             vendor: Some("csap".into()),
+            code: Default::default(),
         }))?;
         println!("    {name:<12} {digest}");
     }

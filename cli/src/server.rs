@@ -405,6 +405,7 @@ mod tests {
                 name: "viewer".into(),
                 version: "1".into(),
                 vendor: None,
+                code: Default::default(),
             })
             .await
             .unwrap();

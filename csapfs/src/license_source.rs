@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+mod allowances;
 pub mod attest;
 mod decisions;
 mod revocations;
@@ -654,12 +655,18 @@ impl KeyServerSource {
             )?),
             None => None,
         };
+        let attestor = Attestor::new(cfg.attest_timeout);
+        attestor.set_allowances(Arc::new(allowances::KeyServerAllowances::new(
+            runtime.handle().clone(),
+            client.clone(),
+            cfg.request_timeout,
+        )));
         Ok(KeyServerSource {
             runtime: Some(runtime),
             client,
             here: Some(here),
             here_client,
-            attestor: Attestor::new(cfg.attest_timeout),
+            attestor,
             tokens: cfg.tokens,
             scope: cfg.scope,
             params: cfg.params,
@@ -1278,6 +1285,7 @@ mod tests {
                     name: "sleep".into(),
                     version: "1".into(),
                     vendor: None,
+                    code: Default::default(),
                 }),
         )
         .unwrap();

@@ -55,6 +55,7 @@ pub(crate) fn router(state: S) -> Router {
         .route("/v1/assets/{id}/rename", post(rename_asset))
         .route("/v1/directory", get(directory))
         .route("/v1/revocations", get(crate::revocation::list))
+        .route("/v1/apps/{digest}/code", get(app_code))
         .route("/v1/audit", post(crate::audit_api::ship))
         .nest("/v1/admin", admin)
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
@@ -1409,6 +1410,9 @@ async fn register_app(
     if let Some(v) = &req.vendor {
         check_name("vendor", v)?;
     }
+    for library in &req.code.libraries {
+        check_digest("code.libraries", library)?;
+    }
     admin_change(&st, admin, "app.register", move |st, conn| {
         let app = AppInfo {
             digest: req.digest,
@@ -1417,12 +1421,31 @@ async fn register_app(
             vendor: req.vendor,
             registered_at: st.clock.stamp(),
             revoked_at: None,
+            code: req.code,
         };
         db::register_app(conn, &app)?;
         let what = format!("{} {} {}", app.name, app.version, app.digest);
         Ok((Json(app), what))
     })
     .await
+}
+
+/// What a registered, unrevoked build may map beyond the defaults: asked by a mount whose
+/// caller maps more than its executable and system libraries. Unknown and revoked builds are
+/// 404 (the mount then allows nothing beyond the defaults).
+async fn app_code(
+    AxState(st): AxState<S>,
+    _device: DevicePeer,
+    Path(digest): Path<String>,
+) -> Result<Json<AppCode>, ApiError> {
+    check_digest("digest", &digest)?;
+    let app = st
+        .db
+        .call(move |c| db::get_app(c, &digest))
+        .await?
+        .filter(|a| a.revoked_at.is_none())
+        .ok_or_else(|| ApiError::NotFound("application".into()))?;
+    Ok(Json(app.code))
 }
 
 async fn list_apps(AxState(st): AxState<S>, _a: AdminPeer) -> Result<Json<Vec<AppInfo>>, ApiError> {

@@ -350,6 +350,16 @@ impl LicenseClient {
         self.client.get(&path).await
     }
 
+    /// What the build `digest` may map beyond the mount's defaults; `None` if it is unknown
+    /// or revoked.
+    pub async fn app_code(&self, digest: &str) -> Result<Option<AppCode>, ClientError> {
+        match self.client.get(&format!("/v1/apps/{digest}/code")).await {
+            Ok(code) => Ok(Some(code)),
+            Err(ClientError::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The raw client, for requests this API does not wrap.
     pub fn raw(&self) -> &KsClient {
         &self.client

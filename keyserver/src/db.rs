@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::keys::SealedSeed;
 use crate::pki::{Principal, PrincipalKind};
 use crate::readcache::ReadCache;
-use crate::wire::{AppInfo, AssetInfo, AuditRecord, DeviceInfo, MountAuditRecord};
+use crate::wire::{AppCode, AppInfo, AssetInfo, AuditRecord, DeviceInfo, MountAuditRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -130,6 +130,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_path ON audit(path);
     CREATE INDEX audit_user ON audit(user, time);
     CREATE UNIQUE INDEX audit_spool_seq ON audit(device, spool, seq) WHERE seq IS NOT NULL;",
+    // 5: what each build may map beyond the mount's defaults (wire::AppCode)
+    "ALTER TABLE applications ADD COLUMN allow_jit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE applications ADD COLUMN allow_userns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE applications ADD COLUMN libraries TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A fixed pool of connections; each call runs on the blocking thread pool.
@@ -573,15 +577,24 @@ pub fn disable_user(conn: &Connection, name: &str) -> Result<(), StoreError> {
 // ---------- applications ----------
 
 pub fn register_app(conn: &Connection, app: &AppInfo) -> Result<(), StoreError> {
+    let libraries = serde_json::to_string(&app.code.libraries).expect("strings serialize");
     conn.execute(
-        "INSERT INTO applications (digest, name, version, vendor, registered_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![app.digest, app.name, app.version, app.vendor, app.registered_at],
+        "INSERT INTO applications (digest, name, version, vendor, registered_at, allow_jit, allow_userns, libraries) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![app.digest, app.name, app.version, app.vendor, app.registered_at, app.code.allow_jit, app.code.allow_user_namespaces, libraries],
     )
     .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("application {}", app.digest)) } else { e.into() })?;
     Ok(())
 }
 
+/// The columns [`app_from_row`] reads, in its order.
+const APP_COLUMNS: &str =
+    "digest, name, version, vendor, registered_at, revoked_at, allow_jit, allow_userns, libraries";
+
 fn app_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppInfo> {
+    let libraries: String = r.get(8)?;
+    let libraries = serde_json::from_str(&libraries).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(AppInfo {
         digest: r.get(0)?,
         name: r.get(1)?,
@@ -589,25 +602,27 @@ fn app_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppInfo> {
         vendor: r.get(3)?,
         registered_at: r.get(4)?,
         revoked_at: r.get(5)?,
+        code: AppCode {
+            allow_jit: r.get(6)?,
+            allow_user_namespaces: r.get(7)?,
+            libraries,
+        },
     })
 }
 
 pub fn get_app(conn: &Connection, digest: &str) -> Result<Option<AppInfo>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT digest, name, version, vendor, registered_at, revoked_at FROM applications WHERE digest = ?1",
-        )?
-        .query_row(
-            params![digest],
-            app_from_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {APP_COLUMNS} FROM applications WHERE digest = ?1"
+        ))?
+        .query_row(params![digest], app_from_row)
         .optional()?)
 }
 
 pub fn list_apps(conn: &Connection) -> Result<Vec<AppInfo>, StoreError> {
-    let mut st = conn.prepare(
-        "SELECT digest, name, version, vendor, registered_at, revoked_at FROM applications ORDER BY name, version",
-    )?;
+    let mut st = conn.prepare(&format!(
+        "SELECT {APP_COLUMNS} FROM applications ORDER BY name, version"
+    ))?;
     let rows = st.query_map([], app_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -90,6 +90,7 @@ pub async fn provision(
             name: app_name.into(),
             version: "1.0".into(),
             vendor: None,
+            code: Default::default(),
         })
         .await?;
     admin.create_scope(scope).await?;

@@ -356,6 +356,26 @@ pub struct RegisterAppRequest {
     pub version: String,
     #[serde(default)]
     pub vendor: Option<String>,
+    /// What the build may map beyond the defaults (see [`AppCode`]).
+    #[serde(default)]
+    pub code: AppCode,
+}
+
+/// What a registered build may run beyond the mount's defaults: by default its executable,
+/// root-owned system libraries and nothing else, in the mount's user namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppCode {
+    /// Executable anonymous memory (a JIT compiler).
+    #[serde(default)]
+    pub allow_jit: bool,
+    /// Running inside a user namespace other than the mount's (sandboxes, containers).
+    #[serde(default)]
+    pub allow_user_namespaces: bool,
+    /// BLAKE3 digests (lowercase hex) of plug-ins and bundled libraries it may map from
+    /// anywhere.
+    #[serde(default)]
+    pub libraries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -377,6 +397,8 @@ pub struct AppInfo {
     pub vendor: Option<String>,
     pub registered_at: i64,
     pub revoked_at: Option<i64>,
+    #[serde(default)]
+    pub code: AppCode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

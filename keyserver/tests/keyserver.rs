@@ -8,7 +8,9 @@ use keyserver::client::{AdminClient, ClientError, LicenseClient};
 use keyserver::license::{self, LicenseError};
 use keyserver::pki::Identity;
 use keyserver::testing::{provision, spawn_loopback, Loopback, Provisioned, RuleFor};
-use keyserver::wire::{AuditRecord, IssueRequest, Reason, RegisterAppRequest, RevokeAppRequest};
+use keyserver::wire::{
+    AppCode, AuditRecord, IssueRequest, Reason, RegisterAppRequest, RevokeAppRequest,
+};
 use keyserver::SwappableRules;
 
 const USER: &str = "alice";
@@ -930,11 +932,74 @@ async fn create_rename_and_registry() {
             name: APP.into(),
             version: "1.0".into(),
             vendor: None,
+            code: Default::default(),
         })
         .await;
     assert!(
         matches!(dup, Err(ClientError::Server { status: 409, .. })),
         "{dup:?}"
+    );
+}
+
+/// A registration's code allowances reach mounts; unknown and revoked builds have none, and a
+/// malformed library digest is refused at registration.
+#[tokio::test]
+async fn app_code_allowances_are_served_to_devices() {
+    let e = env().await;
+    let plugin = "ab".repeat(32);
+    let digest = "cd".repeat(32);
+    let code = AppCode {
+        allow_jit: true,
+        allow_user_namespaces: false,
+        libraries: vec![plugin.clone()],
+    };
+    let app = e
+        .admin
+        .register_app(&RegisterAppRequest {
+            digest: digest.clone(),
+            name: "nuke".into(),
+            version: "15".into(),
+            vendor: None,
+            code: code.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(app.code, code);
+    let listed = e.admin.list_apps().await.unwrap();
+    assert_eq!(
+        listed.iter().find(|a| a.digest == digest).unwrap().code,
+        code
+    );
+    assert_eq!(e.dev.client.app_code(&digest).await.unwrap(), Some(code));
+    // The provisioned app has the defaults; an unknown digest has nothing.
+    let defaults = e.dev.client.app_code(&e.dev.app_digest).await.unwrap();
+    assert_eq!(defaults, Some(AppCode::default()));
+    assert_eq!(e.dev.client.app_code(&"ef".repeat(32)).await.unwrap(), None);
+    e.admin
+        .revoke_app(&RevokeAppRequest {
+            digest: Some(digest.clone()),
+            name: None,
+            version: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.dev.client.app_code(&digest).await.unwrap(), None);
+    let bad = e
+        .admin
+        .register_app(&RegisterAppRequest {
+            digest: "12".repeat(32),
+            name: "bad".into(),
+            version: "1".into(),
+            vendor: None,
+            code: AppCode {
+                libraries: vec!["not-a-digest".into()],
+                ..AppCode::default()
+            },
+        })
+        .await;
+    assert!(
+        matches!(bad, Err(ClientError::Server { status: 400, ref body }) if body.field.as_deref() == Some("code.libraries")),
+        "{bad:?}"
     );
 }
 
@@ -1142,6 +1207,7 @@ async fn revocation_events_stream_in_order_and_wake_long_polls() {
                 name: "maya".into(),
                 version: "2025".into(),
                 vendor: Some(format!("build-{i}")),
+                code: Default::default(),
             })
             .await
             .unwrap();
@@ -1479,6 +1545,11 @@ async fn every_route_refuses_the_wrong_role() {
             &[Device],
         ),
         ("GET", "/v1/revocations", &[Device]),
+        (
+            "GET",
+            "/v1/apps/0000000000000000000000000000000000000000000000000000000000000000/code",
+            &[Device],
+        ),
         ("POST", "/v1/audit", &[Device]),
         ("GET", "/v1/directory", &[Admin, Service]),
         ("POST", "/v1/admin/devices", &[Admin]),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use keyserver::wire::RegisterAppRequest;
+use keyserver::wire::{AppCode, RegisterAppRequest};
 
 use super::fixture::{digest_of, eventually, run, Env, Req};
 use super::{assert_frame, direct, wait_until_bash_opens};
@@ -110,6 +110,13 @@ const LATE_CODE: &str = r#"
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+/* Two builds, two digests. */
+#ifdef ALLOWED
+const char build_variant[] = "allowed";
+#else
+const char build_variant[] = "default";
+#endif
 
 static int open_and_read(const char *target) {
     char c;
@@ -272,7 +279,8 @@ fn a_process_that_relabels_its_executable_is_refused() {
 }
 
 /// An approved program's first open is remembered; code it maps afterwards (a `dlopen`ed
-/// library, executable anonymous memory) is seen at its next open.
+/// library, executable anonymous memory) is seen at its next open — and allowed where the
+/// build's registration says so.
 #[test]
 fn code_mapped_after_a_first_open_is_seen_at_the_next() {
     let Some((env, _, mounted, tools)) = mounted() else {
@@ -280,26 +288,10 @@ fn code_mapped_after_a_first_open_is_seen_at_the_next() {
     };
     let plugin = cc(&tools, "libplugin.so", PLUGIN, &["-shared", "-fPIC"]);
     let prog = cc(&tools, "late-code", LATE_CODE, &["-ldl"]);
-    let digest = digest_of(prog.to_str().unwrap());
-    env.rt
-        .block_on(env.admin.register_app(&RegisterAppRequest {
-            digest: digest.clone(),
-            name: "late-code".into(),
-            version: "1".into(),
-            vendor: None,
-        }))
-        .unwrap();
+    let digest = register(&env, &prog, "late-code", AppCode::default());
     env.submit(&Req::now("late", &[&digest], &["read"]));
     let f1 = mounted_path(&env, "samples/f1.raw");
-    eventually(
-        "the program's rule at the mount",
-        Duration::from_secs(10),
-        || {
-            let mut once = Command::new(&prog);
-            once.arg("once").arg(&f1);
-            run(once).status.success()
-        },
-    );
+    wait_until_it_opens(&prog, &f1);
     let expected = [
         ("dlopen", Some(&plugin), "libplugin.so, which is neither"),
         ("jit", None, "executable anonymous memory"),
@@ -323,7 +315,74 @@ fn code_mapped_after_a_first_open_is_seen_at_the_next() {
         );
         assert_audited_denial(&env, mode, why);
     }
+
+    // Another build of the same program whose registration allows all three: it keeps
+    // reading after its dlopen, after its JIT mapping, and inside a user namespace.
+    let allowed = cc(
+        &tools,
+        "late-code-allowed",
+        LATE_CODE,
+        &["-ldl", "-DALLOWED"],
+    );
+    let code = AppCode {
+        allow_jit: true,
+        allow_user_namespaces: true,
+        libraries: vec![digest_of(plugin.to_str().unwrap())],
+    };
+    let digest = register(&env, &allowed, "late-code-allowed", code);
+    env.submit(&Req::now("late-allowed", &[&digest], &["read"]));
+    wait_until_it_opens(&allowed, &f1);
+    let mut dlopen = Command::new(&allowed);
+    dlopen.arg("dlopen").arg(&f1).arg(&plugin);
+    let mut jit_in_userns = Command::new("unshare");
+    jit_in_userns
+        .args(["-U", "-r"])
+        .arg(&allowed)
+        .arg("jit")
+        .arg(&f1);
+    for (what, cmd) in [
+        ("dlopen", dlopen),
+        ("jit in a user namespace", jit_in_userns),
+    ] {
+        let out = run(cmd);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.contains("second-open"),
+            "{what}, allowed by the registration: {stdout} / {stderr}"
+        );
+    }
     mounted.unmount().unwrap();
+}
+
+/// Until the mount has a rule that lets `program` (in mode `once`) open `file`.
+fn wait_until_it_opens(program: &Path, file: &Path) {
+    eventually(
+        "the program's rule at the mount",
+        Duration::from_secs(10),
+        || {
+            let mut once = Command::new(program);
+            once.arg("once").arg(file);
+            run(once).status.success()
+        },
+    );
+}
+
+/// Registers `program` under `name` with `code` allowances; its digest.
+fn register(env: &Env, program: &Path, name: &str, code: AppCode) -> String {
+    let digest = digest_of(program.to_str().unwrap());
+    env.rt
+        .block_on(env.admin.register_app(&RegisterAppRequest {
+            digest: digest.clone(),
+            name: name.into(),
+            version: "1".into(),
+            vendor: None,
+            code,
+        }))
+        .unwrap();
+    digest
 }
 
 fn mounted_path(env: &Env, rel: &str) -> PathBuf {

@@ -174,6 +174,7 @@ impl Env {
                 name: name.into(),
                 version: "1".into(),
                 vendor: None,
+                code: Default::default(),
             }))
             .unwrap();
         }
