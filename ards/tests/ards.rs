@@ -840,7 +840,6 @@ async fn many_peps_get_a_publish_and_a_revocation() {
     })
     .await
     .expect("every PEP got the rule");
-    let start = std::time::Instant::now();
     h.http
         .revoke(&Revocation::sign("r-all", ISSUER, "x", T0, &h.key))
         .await
@@ -850,7 +849,6 @@ async fn many_peps_get_a_publish_and_a_revocation() {
     })
     .await
     .expect("every PEP dropped the rule");
-    let _ = start;
     println!("{n} PEPs: publish acknowledged in {acked:?}; all PEPs enforcing after {all:?}; revocation everywhere after {gone:?}");
 }
 

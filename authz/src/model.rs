@@ -256,8 +256,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schema_parses() {
-        let _ = schema();
+    fn schema_parses_and_declares_the_csap_model() {
+        let schema = schema();
+        let actions: Vec<String> = schema.actions().map(|a| a.to_string()).collect();
+        assert!(
+            actions.iter().any(|a| a.contains("read")),
+            "no read action in {actions:?}"
+        );
+        let types: Vec<String> = schema.entity_types().map(|t| t.to_string()).collect();
+        assert_eq!(types.len(), 5, "{types:?}");
+        for wanted in ["Participant", "Task", "Device", "Application", "Asset"] {
+            assert!(
+                types.iter().any(|t| t.ends_with(wanted)),
+                "no {wanted} entity in {types:?}"
+            );
+        }
     }
 
     #[test]

@@ -232,6 +232,7 @@ mod tests {
         let signed = sign(rule(), &key);
         let text = serde_json::to_string_pretty(&signed).unwrap();
         let back: SignedRule = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, signed, "the JSON round trip changed the rule");
         key.public().verify(&back).unwrap();
     }
 
