@@ -545,7 +545,9 @@ impl Stack {
         let token_file = dir.path().join("alice.token");
         let token = rt.block_on(async {
             let c = LicenseClient::connect(&info.ks_url, &node_dir).await?;
-            c.login(USER, PASSWORD).await
+            // The mount and the readers it serves run as this process's uid.
+            c.login(USER, PASSWORD, nix::unistd::getuid().as_raw())
+                .await
         })?;
         token.0.save(&token_file)?;
         Ok(Stack {
@@ -846,7 +848,9 @@ impl Importer {
         let dir = stack.dir.path().join("import");
         let (client, token) = stack.rt.block_on(async {
             let c = LicenseClient::connect(&stack.info.ks_url, &dir).await?;
-            let (t, _) = c.login(USER, PASSWORD).await?;
+            let (t, _) = c
+                .login(USER, PASSWORD, nix::unistd::getuid().as_raw())
+                .await?;
             Ok::<_, keyserver::ClientError>((c, t))
         })?;
         Ok(Importer {

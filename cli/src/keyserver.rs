@@ -149,6 +149,9 @@ pub enum UserCommand {
     },
 }
 
+/// `csap login`: through the local mount's session socket (any user), or directly with the
+/// device identity (`--identity`, for whoever can read the device key: root, the mount's
+/// operator). Either way the token is bound to this device and a local uid.
 #[derive(Args)]
 pub struct LoginArgs {
     /// User name.
@@ -157,12 +160,23 @@ pub struct LoginArgs {
     /// Where to store the token (default $XDG_RUNTIME_DIR/csap/token or ~/.config/csap/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// The mount's session socket to hand the token to; the mount binds it to your uid
-    /// (default $XDG_RUNTIME_DIR/csap/mount.sock; skipped with a note when no mount listens).
+    /// The mount's session socket (default $XDG_RUNTIME_DIR/csap/mount.sock). Without
+    /// --identity the mount logs you in with its device identity, for your uid as the kernel
+    /// reports it; with --identity the token is handed to it (skipped with a note when no mount
+    /// listens at the default path).
     #[arg(long, value_name = "PATH", env = "CSAP_MOUNT_SOCKET")]
     pub socket: Option<PathBuf>,
-    #[command(flatten)]
-    pub conn: Conn,
+    /// Log in directly with this device identity directory (needs read access to its key.pem)
+    /// instead of through the mount.
+    #[arg(long, env = "CSAP_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// Key server URL (with --identity).
+    #[arg(long, env = "CSAP_SERVER")]
+    pub server: Option<String>,
+    /// With --identity: the local uid the token is for (default: yours), e.g. a service
+    /// account's, whose token file the mount reads (`--token-file UID:PATH`).
+    #[arg(long, requires = "identity")]
+    pub uid: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -542,32 +556,77 @@ pub fn run_user(cmd: UserCommand) -> Result<()> {
 
 pub fn run_login(args: LoginArgs) -> Result<()> {
     let pw = read_password(&format!("password for {}", args.user))?;
-    let path = match args.token_file {
-        Some(p) => p,
+    let path = match &args.token_file {
+        Some(p) => p.clone(),
         None => UserToken::default_path()
             .context("neither XDG_RUNTIME_DIR nor HOME is set: give --token-file")?,
     };
+    let Some(identity) = &args.identity else {
+        return login_through_mount(&args, &pw, &path);
+    };
+    let server = args
+        .server
+        .as_deref()
+        .context("--identity needs --server URL (or CSAP_SERVER)")?;
+    let me = nix::unistd::getuid().as_raw();
+    let uid = args.uid.unwrap_or(me);
     runtime()?.block_on(async move {
-        let client = LicenseClient::connect(&args.conn.server, &args.conn.identity)
+        let client = LicenseClient::connect(server, identity)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot connect as the device in {}",
-                    args.conn.identity.display()
-                )
-            })?;
-        let (token, expires) = client.login(&args.user, &pw).await?;
+            .with_context(|| format!("cannot connect as the device in {}", identity.display()))?;
+        let (token, expires) = client.login(&args.user, &pw, uid).await?;
         token
             .save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!(
-            "logged in as {} until {}; token in {}",
+            "logged in as {} on {} for uid {uid} until {}; token in {}",
             args.user,
+            client.device(),
             wire::rfc3339(expires),
             path.display()
         );
+        if uid != me {
+            // The mount binds a handed-over token to the sender's uid: this one is for a
+            // token file (`csap mount --token-file UID:PATH`).
+            println!(
+                "the token is for uid {uid}: give it to the mount with --token-file {uid}:{}",
+                path.display()
+            );
+            return Ok(());
+        }
         hand_over_session(args.socket.as_deref(), &token)
     })
+}
+
+/// `csap login` without a device identity: the mount on the session socket logs the user in
+/// with its own, for the uid the kernel reports for this process, and keeps the session.
+fn login_through_mount(args: &LoginArgs, password: &str, token_file: &Path) -> Result<()> {
+    let socket = args
+        .socket
+        .clone()
+        .or_else(csapfs::session::default_socket_path)
+        .context("no mount session socket: give --socket PATH (or set XDG_RUNTIME_DIR)")?;
+    if !socket.exists() {
+        bail!(
+            "no mount listens at {}: give the mount's --socket PATH, or log in with the device \
+             identity (--identity DIR --server URL; needs read access to the device key)",
+            socket.display()
+        );
+    }
+    let (bound, token) = csapfs::session::login_through(&socket, &args.user, password)
+        .with_context(|| format!("login through the mount at {}", socket.display()))?;
+    token
+        .save(token_file)
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
+    println!(
+        "logged in as {} through the mount at {} for uid {} until {}; token in {}",
+        args.user,
+        socket.display(),
+        bound.uid,
+        wire::rfc3339(bound.expires_at),
+        token_file.display()
+    );
+    Ok(())
 }
 
 /// Gives the token to the local mount over its session socket (DESIGN §6). No socket at the

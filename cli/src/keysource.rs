@@ -28,7 +28,8 @@ pub struct KeyServerArgs {
     #[arg(long, value_name = "NAME", requires = "server")]
     pub scope: Option<String>,
     /// User token file: `PATH` for the mounting user, or `UID:PATH` (repeatable, for service
-    /// accounts). Default per uid: the file `csap login` writes.
+    /// accounts). Default per uid: the file `csap login` writes. A token is used only for the
+    /// uid and device it was issued for (`csap login --uid` issues one for a service account).
     #[arg(long, value_name = "[UID:]PATH", requires = "server")]
     pub token_file: Vec<String>,
     /// ARDS URL: the mount subscribes to its own rules (PEP `mount:<device>`), denies locally
@@ -46,8 +47,10 @@ pub struct KeyServerArgs {
     #[arg(long, value_name = "NAME", default_value = "authz", requires = "ards")]
     pub issuer: String,
     /// Accept user sessions from `csap login --socket PATH` on this Unix socket (mode 0666: the
-    /// user is the caller's uid from SO_PEERCRED, not the socket's permissions). Sessions are
-    /// used before token files. Example: /run/csap/mount.sock.
+    /// user is the caller's uid from SO_PEERCRED, not the socket's permissions). Users without
+    /// access to the device key log in through it: the mount asks the key server with the
+    /// device identity for a token bound to this device and their uid. Sessions are used
+    /// before token files. Example: /run/csap/mount.sock.
     #[arg(long, value_name = "PATH", requires = "server")]
     pub socket: Option<PathBuf>,
     /// Directory of the mount's audit spool: decisions the mount makes itself (local denials,
@@ -86,17 +89,11 @@ impl KeyServerArgs {
                 .with_context(|| format!("cannot read token file {}", path.display()))?;
             tokens.insert(uid, path);
         }
-        let sessions = match &self.socket {
-            Some(path) => {
-                let registry = csapfs::session::SessionRegistry::new();
-                tokens.use_sessions(registry.clone());
-                let server = csapfs::session::serve(path, registry)
-                    .with_context(|| format!("cannot serve sessions on {}", path.display()))?;
-                tracing::info!(socket = %path.display(), "accepting `csap login` sessions");
-                Some(server)
-            }
-            None => None,
-        };
+        let registry = self.socket.as_ref().map(|_| {
+            let registry = csapfs::session::SessionRegistry::new();
+            tokens.use_sessions(registry.clone());
+            registry
+        });
         let mut cfg = LicenseSourceConfig::new(url.clone(), identity.clone());
         cfg.scope = self.scope.clone();
         cfg.tokens = tokens;
@@ -114,6 +111,17 @@ impl KeyServerArgs {
             device = source.device(),
             "licensing keys from the key server"
         );
+        // Served once the device is known: logins through the socket use its identity.
+        let sessions = match (&self.socket, registry) {
+            (Some(path), Some(registry)) => {
+                let login = Arc::new(source.device_login()?);
+                let server = csapfs::session::serve(path, registry, login)
+                    .with_context(|| format!("cannot serve sessions on {}", path.display()))?;
+                tracing::info!(socket = %path.display(), "accepting `csap login` sessions");
+                Some(server)
+            }
+            _ => None,
+        };
         Ok(Some(KeyServerKeys {
             source: Arc::new(source),
             sessions,

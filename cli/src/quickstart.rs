@@ -121,7 +121,9 @@ fn demo(
     }
     rt.block_on(admin.create_scope(SCOPE))?;
     let client = rt.block_on(LicenseClient::connect(ks, &device_dir))?;
-    let (token, expires_at) = rt.block_on(client.login(USER, &password))?;
+    // For this process's uid: the mount below runs as it and so does the viewer it serves.
+    let uid = nix::unistd::getuid().as_raw();
+    let (token, expires_at) = rt.block_on(client.login(USER, &password, uid))?;
     let token_file = dir.join("alice.token");
     token.save(&token_file)?;
     println!(

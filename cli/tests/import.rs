@@ -316,7 +316,23 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
     // Log in; the token goes to the file and to a session socket served by this test process.
     let registry = csapfs::session::SessionRegistry::new();
     let socket = dir.path().join("run/mount.sock");
-    let _sessions = csapfs::session::serve(&socket, std::sync::Arc::clone(&registry)).unwrap();
+    /// The mount's side of a handover needs only the device name (tokens are checked
+    /// against it); logins through this socket are not what this test is about.
+    struct Device;
+    impl csapfs::session::DeviceLogin for Device {
+        fn device(&self) -> &str {
+            "ws-test"
+        }
+        fn login(&self, _: &str, _: &str, _: u32) -> Result<(keyserver::UserToken, i64), String> {
+            Err("this test's socket takes handed-over tokens only".into())
+        }
+    }
+    let _sessions = csapfs::session::serve(
+        &socket,
+        std::sync::Arc::clone(&registry),
+        std::sync::Arc::new(Device),
+    )
+    .unwrap();
     let token_file = dir.path().join("alice.token");
     let mut login = csap(&["login", "--user", "alice", "--server", ks])
         .arg("--identity")

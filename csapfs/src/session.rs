@@ -1,18 +1,24 @@
 //! User sessions handed to the mount over a Unix socket (DESIGN §6): `csap login` sends the
-//! user's token, the mount binds it to the sender's uid as the kernel reports it (SO_PEERCRED).
+//! user's password (the mount logs in with the device identity for the sender's uid) or a
+//! token, and the mount binds the session to the sender's uid as the kernel reports it
+//! (SO_PEERCRED).
 //!
 //! The socket is mode 0666 on purpose: who may talk to it does not matter, because nothing a
 //! client says decides *whose* session it sets — the kernel's peer credentials do. A client can
-//! only ever bind a token to its own uid.
+//! only ever bind a token to its own uid, and only a token issued for its uid on this device
+//! ([`check_binding`]): a copy of someone else's token is refused.
 //!
 //! Wire protocol, one exchange per connection, each message one JSON line (at most
 //! [`MAX_MESSAGE`] bytes):
-//! - request `{"token": "<user token>"}`
-//! - reply `{"ok": true, "uid": 1000, "expires_at": 1795000000}` or `{"ok": false, "error": "…"}`
+//! - request `{"user": "alice", "password": "…"}` (log in through the mount) or
+//!   `{"token": "<user token>"}` (hand over a token from `csap login --identity`)
+//! - reply `{"ok": true, "uid": 1000, "expires_at": 1795000000, "token"?: "…"}` (the token
+//!   after a login) or `{"ok": false, "error": "…"}`
 //!
-//! The expiry is read from the token's own claims (the mount cannot verify the token's MAC — the
-//! key server does that on every license request — but the only party who could lie about the
-//! expiry is the token's holder, who gains nothing by it).
+//! The claims are read without the token's MAC (the mount cannot verify it — the key server
+//! does on every license request, and refuses tampered claims), so they serve only to refuse:
+//! a token whose uid or device is not the sender's and this device's, an old token, an
+//! expired one.
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use keyserver::token::{Claims, UnverifiedError};
 use keyserver::UserToken;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -35,6 +42,8 @@ use tracing::{info, warn};
 pub const MAX_MESSAGE: usize = 16 * 1024;
 /// How long one client may take to send its line, so a silent client cannot hold the server.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `csap login` waits for the mount's answer (a login is a key server round trip).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Clients served at once.
 const MAX_CLIENTS: usize = 16;
 
@@ -57,6 +66,48 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SessionError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Why a token may not serve a uid on this device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Unreadable(#[from] UnverifiedError),
+    #[error("this token was issued for uid {token_uid}, not uid {uid}: a copied token is useless; each user runs `csap login` themselves")]
+    OtherUid { token_uid: u32, uid: u32 },
+    #[error("this token was issued on device {token_device}, not {device}: run `csap login` on this device")]
+    OtherDevice {
+        token_device: String,
+        device: String,
+    },
+}
+
+/// The claims of `token` if it was issued for `uid` on `device` (claims read unverified: this
+/// only ever refuses; the key server checks the MAC and the device again).
+pub fn check_binding(token: &str, uid: u32, device: &str) -> Result<Claims, BindError> {
+    let claims = keyserver::token::read_claims_unverified(token)?;
+    if claims.uid != uid {
+        return Err(BindError::OtherUid {
+            token_uid: claims.uid,
+            uid,
+        });
+    }
+    if claims.device != device {
+        return Err(BindError::OtherDevice {
+            token_device: claims.device,
+            device: device.to_string(),
+        });
+    }
+    Ok(claims)
+}
+
+/// Logs users in with the device's identity, which only the mount holds (`csap login` run by
+/// an ordinary user cannot read the device key). The uid it is given comes from the kernel.
+pub trait DeviceLogin: Send + Sync {
+    /// The device principal this mount runs as (the token's `device` claim must name it).
+    fn device(&self) -> &str;
+    /// A token for `user` bound to this device and `uid`, and its expiry; `Err` says why not.
+    fn login(&self, user: &str, password: &str, uid: u32) -> Result<(UserToken, i64), String>;
 }
 
 /// Where the mount listens by default: `$XDG_RUNTIME_DIR/csap/mount.sock`.
@@ -176,10 +227,25 @@ impl SessionRegistry {
     }
 }
 
+/// One request line: a login through the mount, or a token to bind.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Request {
+    Login(LoginRequest),
+    Token(TokenRequest),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
+struct TokenRequest {
     token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: String,
+    password: keyserver::wire::Secret,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -191,6 +257,10 @@ struct Reply {
     expires_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The token a login through the mount obtained (bound to the sender's uid), for the
+    /// sender's token file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<keyserver::wire::Secret>,
 }
 
 impl Reply {
@@ -200,18 +270,9 @@ impl Reply {
             uid: None,
             expires_at: None,
             error: Some(msg.into()),
+            token: None,
         }
     }
-}
-
-/// The expiry a token claims (`v1.<hex JSON claims>.<hex MAC>`), or why it is not a token.
-fn claimed_expiry(token: &str) -> Result<i64, &'static str> {
-    let (body, _tag) = token.rsplit_once('.').ok_or("not a user token")?;
-    let claims_hex = body.strip_prefix("v1.").ok_or("not a v1 user token")?;
-    let json = hex::decode(claims_hex).map_err(|_| "user token claims are not hex")?;
-    let claims: keyserver::token::Claims =
-        serde_json::from_slice(&json).map_err(|_| "user token claims are malformed")?;
-    Ok(claims.expires_at)
 }
 
 /// A running session socket; stops (and removes the socket file) on drop.
@@ -242,7 +303,11 @@ impl Drop for SessionServer {
 
 /// Listens on `path` (parent directories created 0755; a stale socket replaced; mode 0666) and
 /// binds tokens sent to it into `registry`, one connection at a time on a thread of its own.
-pub fn serve(path: &Path, registry: Arc<SessionRegistry>) -> Result<SessionServer, SessionError> {
+pub fn serve(
+    path: &Path,
+    registry: Arc<SessionRegistry>,
+    login: Arc<dyn DeviceLogin>,
+) -> Result<SessionServer, SessionError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -279,10 +344,11 @@ pub fn serve(path: &Path, registry: Arc<SessionRegistry>) -> Result<SessionServe
                     Ok(stream) if active.load(Ordering::SeqCst) < MAX_CLIENTS => {
                         active.fetch_add(1, Ordering::SeqCst);
                         let (registry, done) = (Arc::clone(&registry), Arc::clone(&active));
+                        let login = Arc::clone(&login);
                         let spawned = std::thread::Builder::new()
                             .name("csap-session".into())
                             .spawn(move || {
-                                handle(stream, &registry);
+                                handle(stream, &registry, login.as_ref());
                                 done.fetch_sub(1, Ordering::SeqCst);
                             });
                         if spawned.is_err() {
@@ -310,11 +376,14 @@ pub fn serve(path: &Path, registry: Arc<SessionRegistry>) -> Result<SessionServe
     })
 }
 
-fn handle(stream: UnixStream, registry: &SessionRegistry) {
-    let reply = match answer(&stream, registry) {
+fn handle(stream: UnixStream, registry: &SessionRegistry, login: &dyn DeviceLogin) {
+    let reply = match answer(&stream, registry, login) {
         Ok(r) => r,
-        Err(msg) => {
-            warn!("session socket: refused a request: {msg}");
+        Err((uid, msg)) => {
+            warn!(
+                uid,
+                "session socket: refused a request of uid {uid:?}: {msg}"
+            );
             Reply::error(msg)
         }
     };
@@ -323,35 +392,61 @@ fn handle(stream: UnixStream, registry: &SessionRegistry) {
     let _ = (&stream).write_all(&line);
 }
 
-fn answer(stream: &UnixStream, registry: &SessionRegistry) -> Result<Reply, String> {
+/// Serves one request; `Err` carries the sender's uid (once known) and the refusal.
+fn answer(
+    stream: &UnixStream,
+    registry: &SessionRegistry,
+    login: &dyn DeviceLogin,
+) -> Result<Reply, (Option<u32>, String)> {
     let creds = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+        .map_err(|e| (None, format!("cannot read peer credentials: {e}")))?;
     let uid = creds.uid();
+    let refuse = |msg: String| (Some(uid), msg);
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| refuse(e.to_string()))?;
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let mut line = zeroize::Zeroizing::new(Vec::new());
     BufReader::new(stream.take(MAX_MESSAGE as u64 + 1))
         .read_until(b'\n', &mut line)
-        .map_err(|e| format!("cannot read the request: {e}"))?;
+        .map_err(|e| refuse(format!("cannot read the request: {e}")))?;
     if line.len() > MAX_MESSAGE {
-        return Err(format!("request longer than {MAX_MESSAGE} bytes"));
+        return Err(refuse(format!("request longer than {MAX_MESSAGE} bytes")));
     }
-    let req: Request = serde_json::from_slice(&line)
-        .map_err(|_| "malformed request: expected one JSON line {\"token\": \"…\"}".to_string())?;
-    let token = UserToken::new(req.token);
-    let expires_at = claimed_expiry(token.as_str()).map_err(str::to_string)?;
-    if expires_at <= now().map_err(|e| e.to_string())? {
-        return Err("the token has expired: run `csap login` again".into());
+    let req: Request = serde_json::from_slice(&line).map_err(|_| {
+        refuse(
+            "malformed request: expected one JSON line {\"user\": \"…\", \"password\": \"…\"} or {\"token\": \"…\"}"
+                .to_string(),
+        )
+    })?;
+    let (token, issued_here) = match req {
+        Request::Token(TokenRequest { token }) => (UserToken::new(token), false),
+        Request::Login(LoginRequest { user, password }) => {
+            // The uid is the kernel's; the device is the mount's certificate: nothing the
+            // client says decides either.
+            let (token, _) = login
+                .login(&user, password.expose(), uid)
+                .map_err(|e| refuse(format!("login as {user} failed: {e}")))?;
+            info!(uid, user = %user, "logged in through the mount for uid {uid}");
+            (token, true)
+        }
+    };
+    let claims =
+        check_binding(token.as_str(), uid, login.device()).map_err(|e| refuse(e.to_string()))?;
+    if claims.expires_at <= now().map_err(|e| refuse(e.to_string()))? {
+        return Err(refuse(
+            "the token has expired: run `csap login` again".into(),
+        ));
     }
-    registry.insert(uid, token, expires_at);
-    info!(uid, expires_at, "session bound to uid {uid}");
+    let reply_token = issued_here.then(|| keyserver::wire::Secret::new(token.as_str()));
+    registry.insert(uid, token, claims.expires_at);
+    info!(uid, user = %claims.user, expires_at = claims.expires_at, "session bound to uid {uid}");
     Ok(Reply {
         ok: true,
         uid: Some(uid),
-        expires_at: Some(expires_at),
+        expires_at: Some(claims.expires_at),
         error: None,
+        token: reply_token,
     })
 }
 
@@ -365,19 +460,16 @@ pub struct Bound {
 
 /// `csap login`'s side: sends `token` to the mount listening on `path`.
 pub fn hand_over(path: &Path, token: &UserToken) -> Result<Bound, SessionError> {
-    let mut stream = UnixStream::connect(path).map_err(io_err(path))?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io_err(path))?;
-    stream
-        .set_write_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io_err(path))?;
-    let mut line = zeroize::Zeroizing::new(
-        serde_json::to_vec(&serde_json::json!({ "token": token.as_str() })).unwrap_or_default(),
-    );
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_err(path))?;
-    read_reply(&stream).and_then(|r| match r {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        token: &'a str,
+    }
+    match exchange(
+        path,
+        &Line {
+            token: token.as_str(),
+        },
+    )? {
         Reply {
             ok: true,
             uid: Some(uid),
@@ -386,7 +478,51 @@ pub fn hand_over(path: &Path, token: &UserToken) -> Result<Bound, SessionError> 
         } => Ok(Bound { uid, expires_at }),
         Reply { error: Some(e), .. } => Err(SessionError::Refused(e)),
         _ => Err(SessionError::BadReply),
-    })
+    }
+}
+
+/// `csap login`'s side without a device identity: sends `user`'s password to the mount on
+/// `path`, which logs in with its device identity for this process's uid and keeps the
+/// session; returns what it bound and the token (for the token file).
+pub fn login_through(
+    path: &Path,
+    user: &str,
+    password: &str,
+) -> Result<(Bound, UserToken), SessionError> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        user: &'a str,
+        password: &'a str,
+    }
+    match exchange(path, &Line { user, password })? {
+        Reply {
+            ok: true,
+            uid: Some(uid),
+            expires_at: Some(expires_at),
+            token: Some(token),
+            ..
+        } => Ok((
+            Bound { uid, expires_at },
+            UserToken::new(token.expose().to_string()),
+        )),
+        Reply { error: Some(e), .. } => Err(SessionError::Refused(e)),
+        _ => Err(SessionError::BadReply),
+    }
+}
+
+/// One request line to the mount on `path` and its reply.
+fn exchange(path: &Path, request: &impl Serialize) -> Result<Reply, SessionError> {
+    let mut stream = UnixStream::connect(path).map_err(io_err(path))?;
+    stream
+        .set_read_timeout(Some(LOGIN_TIMEOUT))
+        .map_err(io_err(path))?;
+    stream
+        .set_write_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(io_err(path))?;
+    let mut line = zeroize::Zeroizing::new(serde_json::to_vec(request).unwrap_or_default());
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err(path))?;
+    read_reply(&stream)
 }
 
 fn read_reply(stream: &UnixStream) -> Result<Reply, SessionError> {
@@ -416,14 +552,52 @@ mod tests {
         assert!(registry.session(1001).is_some(), "kept for a healed clock");
     }
 
-    fn token_expiring(expires_at: i64) -> UserToken {
+    const DEVICE: &str = "ws-test";
+
+    fn me() -> u32 {
+        nix::unistd::getuid().as_raw()
+    }
+
+    fn token_for(uid: u32, device: &str, expires_at: i64) -> UserToken {
         let key = keyserver::token::TokenKey::from_bytes(&[7u8; 32]).unwrap();
         key.issue(&keyserver::token::Claims {
             user: "alice".into(),
+            device: device.into(),
+            uid,
             issued_at: now() - 10,
             expires_at,
             generation: 0,
         })
+    }
+
+    /// A token for this process's uid on [`DEVICE`].
+    fn token_expiring(expires_at: i64) -> UserToken {
+        token_for(me(), DEVICE, expires_at)
+    }
+
+    /// The key server's login as the mount relays it, with the uid it was handed recorded
+    /// (the real relay runs against a key server in the cli crate's e2e tests).
+    #[derive(Default)]
+    struct FakeLogin {
+        uids: Mutex<Vec<u32>>,
+    }
+
+    impl DeviceLogin for FakeLogin {
+        fn device(&self) -> &str {
+            DEVICE
+        }
+        fn login(&self, user: &str, password: &str, uid: u32) -> Result<(UserToken, i64), String> {
+            if (user, password) != ("alice", "pw") {
+                return Err("key server: denied: bad_password".into());
+            }
+            self.uids.lock().unwrap().push(uid);
+            let expires_at = now() + 600;
+            Ok((token_for(uid, DEVICE, expires_at), expires_at))
+        }
+    }
+
+    fn fake() -> Arc<FakeLogin> {
+        Arc::new(FakeLogin::default())
     }
 
     fn raw_exchange(path: &Path, bytes: &[u8]) -> Reply {
@@ -438,7 +612,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/csap/mount.sock");
         let registry = SessionRegistry::new();
-        let server = serve(&path, Arc::clone(&registry)).unwrap();
+        let server = serve(&path, Arc::clone(&registry), fake()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
         let me = nix::unistd::getuid().as_raw();
@@ -472,7 +646,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let registry = SessionRegistry::new();
-        let _server = serve(&path, Arc::clone(&registry)).unwrap();
+        let _server = serve(&path, Arc::clone(&registry), fake()).unwrap();
         for bad in [
             &b"not json\n"[..],
             b"{\"token\": 5}\n",
@@ -497,6 +671,69 @@ mod tests {
         hand_over(&path, &token_expiring(now() + 60)).unwrap();
     }
 
+    /// Issue 12: a token issued for another uid or on another device, or one from before the
+    /// binding, is refused with a reason and binds nothing.
+    #[test]
+    fn a_token_of_another_uid_or_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let registry = SessionRegistry::new();
+        let _server = serve(&path, Arc::clone(&registry), fake()).unwrap();
+        let later = now() + 3600;
+        let other_uid = me().wrapping_add(1);
+        let refused = |token: &UserToken| match hand_over(&path, token) {
+            Err(SessionError::Refused(msg)) => msg,
+            other => panic!("accepted: {other:?}"),
+        };
+        let msg = refused(&token_for(other_uid, DEVICE, later));
+        assert!(
+            msg.contains(&format!("uid {other_uid}, not uid {}", me())),
+            "{msg}"
+        );
+        let msg = refused(&token_for(me(), "ws-elsewhere", later));
+        assert!(msg.contains("device ws-elsewhere"), "{msg}");
+        let old = UserToken::new(format!(
+            "v1.{}.00",
+            hex::encode(
+                br#"{"user":"alice","issued_at":1,"expires_at":9999999999,"generation":0}"#
+            )
+        ));
+        let msg = refused(&old);
+        assert!(
+            msg.contains("csap login") && msg.contains("device and uid"),
+            "{msg}"
+        );
+        assert!(registry.uids().is_empty(), "nothing was bound");
+    }
+
+    /// A login through the mount is made for the sender's uid as the kernel reports it, and
+    /// the session and the returned token are bound to it.
+    #[test]
+    fn a_login_through_the_mount_is_for_the_senders_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let registry = SessionRegistry::new();
+        let login = fake();
+        let _server = serve(&path, Arc::clone(&registry), login.clone()).unwrap();
+        let (bound, token) = login_through(&path, "alice", "pw").unwrap();
+        assert_eq!(bound.uid, me());
+        assert_eq!(*login.uids.lock().unwrap(), vec![me()]);
+        let claims = check_binding(token.as_str(), me(), DEVICE).unwrap();
+        assert_eq!(claims.expires_at, bound.expires_at);
+        assert_eq!(registry.token_for(me()).as_deref(), Some(token.as_str()));
+        // A wrong password binds nothing and says why; a uid in the request is refused.
+        match login_through(&path, "alice", "wrong") {
+            Err(SessionError::Refused(msg)) => assert!(msg.contains("bad_password"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let r = raw_exchange(
+            &path,
+            b"{\"user\":\"alice\",\"password\":\"pw\",\"uid\":0}\n",
+        );
+        assert!(!r.ok, "a client-chosen uid was accepted");
+        assert_eq!(login.uids.lock().unwrap().len(), 1);
+    }
+
     #[test]
     fn expired_sessions_are_dropped() {
         let registry = SessionRegistry::new();
@@ -519,15 +756,15 @@ mod tests {
     fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let first = serve(&path, SessionRegistry::new()).unwrap();
+        let first = serve(&path, SessionRegistry::new(), fake()).unwrap();
         assert!(matches!(
-            serve(&path, SessionRegistry::new()),
+            serve(&path, SessionRegistry::new(), fake()),
             Err(SessionError::InUse(_))
         ));
         drop(first);
         // A socket file left by a crashed mount (nobody listening) is replaced.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let _second = serve(&path, SessionRegistry::new()).unwrap();
+        let _second = serve(&path, SessionRegistry::new(), fake()).unwrap();
     }
 }

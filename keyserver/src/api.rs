@@ -256,14 +256,20 @@ struct Subject {
     user: String,
 }
 
+/// `device` is the presenting connection's device (its client certificate): a token issued on
+/// another device is refused, so a copied token is useless elsewhere.
 fn authenticate(
     st: &State,
     reader: Reader<'_>,
     token: &str,
     app_digest: &str,
+    device: &str,
     now: i64,
 ) -> Result<Subject, Reason> {
     let claims: Claims = st.tokens.verify(token, now)?;
+    if claims.device != device {
+        return Err(Reason::TokenWrongDevice);
+    }
     let user = st
         .db
         .cache
@@ -290,10 +296,7 @@ fn authenticate(
 
 /// The user named by a token whether or not it verifies, for the audit record of a denial.
 pub(crate) fn token_user(token: &str) -> Option<String> {
-    let (body, _) = token.rsplit_once('.')?;
-    let json = hex::decode(body.strip_prefix("v1.")?).ok()?;
-    let claims: Claims = serde_json::from_slice(&json).ok()?;
-    Some(format!("{} (unverified)", claims.user))
+    crate::token::named_user_unverified(token).map(|user| format!("{user} (unverified)"))
 }
 
 // ---------- granting ----------
@@ -602,7 +605,15 @@ fn authenticate_or_deny(
     asking: Who<'_>,
     assets: &[String],
 ) -> Result<Subject, ApiError> {
-    authenticate(st, Reader::Sql(conn), token, asking.app_digest, now).map_err(|reason| {
+    authenticate(
+        st,
+        Reader::Sql(conn),
+        token,
+        asking.app_digest,
+        asking.device,
+        now,
+    )
+    .map_err(|reason| {
         let who = Who {
             user: token_user(token),
             ..asking
@@ -666,8 +677,11 @@ async fn login(
                 return Err(refuse(conn, Reason::UserDisabled, Reason::UserDisabled));
             }
             let expires_at = now + st.token_ttl;
+            // Bound to the device of this connection's certificate and the uid it vouches for.
             let token = st.tokens.issue(&Claims {
                 user: user.name.clone(),
+                device: peer.name.clone(),
+                uid: req.uid,
                 issued_at: now,
                 expires_at,
                 generation: user.generation,
@@ -680,6 +694,8 @@ async fn login(
                     device: Some(peer.name),
                     action: "login".into(),
                     decision: "grant",
+                    // The uid the token is bound to (the table's uid column is the mount's).
+                    reason: Some(format!("token for uid {}", req.uid)),
                     ..Default::default()
                 }],
             )?;
@@ -875,7 +891,8 @@ fn license_fast(
         return None;
     }
     let now = st.clock.now().ok()?;
-    let subject = authenticate(st, reader, req.token.expose(), &req.app_digest, now).ok()?;
+    let subject =
+        authenticate(st, reader, req.token.expose(), &req.app_digest, device, now).ok()?;
     let license_id = hex::encode(new_id().ok()?);
     let mut g = Grantor::new(
         st,

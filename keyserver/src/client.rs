@@ -20,7 +20,7 @@ pub enum ClientError {
     Pki(#[from] PkiError),
     #[error("cannot reach the key server")]
     Http(#[from] reqwest::Error),
-    #[error("denied: {0}")]
+    #[error("denied: {}", denial_text(*.0))]
     Denied(Reason),
     #[error("key server answered {status}: {}{}", body.error, body.field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
     Server { status: u16, body: ErrorBody },
@@ -35,6 +35,14 @@ pub enum ClientError {
     },
     #[error("the server's license key differs from the one recorded at enrollment")]
     ServerKeyMismatch,
+}
+
+/// A refusal's reason code, with what to do about it where that is not obvious.
+fn denial_text(reason: Reason) -> String {
+    match reason.advice() {
+        Some(advice) => format!("{reason} ({advice})"),
+        None => reason.to_string(),
+    }
 }
 
 /// JSON over HTTPS with a client certificate.
@@ -98,6 +106,10 @@ impl KsClient {
         });
         match body.reason {
             Some(r) if status.as_u16() == 403 => Err(ClientError::Denied(r)),
+            // An unknown session is retried on a new one; other 401s are refused tokens.
+            Some(r) if status.as_u16() == 401 && r != Reason::SessionUnknown => {
+                Err(ClientError::Denied(r))
+            }
             _ => Err(ClientError::Server {
                 status: status.as_u16(),
                 body,
@@ -193,7 +205,16 @@ impl LicenseClient {
         })
     }
 
-    pub async fn login(&self, user: &str, password: &str) -> Result<(UserToken, i64), ClientError> {
+    /// Logs `user` in for the local `uid` of this device: the token is bound to both (the
+    /// device is the one of this client's certificate). Only the device's identity holder can
+    /// call this, so the uid is the device's word: the mount passes the uid the kernel reported
+    /// for the user who asked (SO_PEERCRED), `csap login --identity` its own or `--uid`.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        uid: u32,
+    ) -> Result<(UserToken, i64), ClientError> {
         let r: LoginResponse = self
             .client
             .post(
@@ -201,6 +222,7 @@ impl LicenseClient {
                 &LoginRequest {
                     user: user.into(),
                     password: password.into(),
+                    uid,
                 },
             )
             .await?;

@@ -50,6 +50,10 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Denied(Reason::NotAdmin) => StatusCode::FORBIDDEN,
+            // The credential itself is not valid here: authenticate again (log in).
+            ApiError::Denied(Reason::TokenWrongDevice | Reason::TokenOutdated) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -81,7 +85,7 @@ impl IntoResponse for ApiError {
                 reason: None,
             },
             ApiError::Denied(reason) => ErrorBody {
-                error: "denied".into(),
+                error: reason.advice().unwrap_or("denied").into(),
                 field: None,
                 reason: Some(*reason),
             },

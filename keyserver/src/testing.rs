@@ -95,7 +95,9 @@ pub async fn provision(
         .await?;
     admin.create_scope(scope).await?;
     let client = LicenseClient::connect(&lb.url, device_dir).await?;
-    let (token, _) = client.login(user, "password-1234").await?;
+    let (token, _) = client
+        .login(user, "password-1234", nix::unistd::getuid().as_raw())
+        .await?;
     Ok(Provisioned {
         device_dir: device_dir.to_path_buf(),
         client,

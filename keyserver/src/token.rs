@@ -1,8 +1,14 @@
 //! User authentication: argon2id password hashes and short-lived HMAC-SHA256 user tokens.
 //!
-//! Token = "v1." ‖ hex(JSON claims) ‖ "." ‖ hex(HMAC-SHA256(token key, "v1." ‖ hex(claims))).
+//! Token = "v2." ‖ hex(JSON claims) ‖ "." ‖ hex(HMAC-SHA256(token key, "v2." ‖ hex(claims))).
 //! The token key is a 32-byte file (0600) in the data dir. A token is accepted only while its
 //! user exists, is enabled and still has the generation the token names (disable bumps it).
+//!
+//! A token is bound to the device it was issued on (the login connection's client
+//! certificate) and to the local uid it was issued for (the kernel's SO_PEERCRED at the
+//! device's mount, or the uid a device-identity holder names). The key server refuses it from
+//! any other device; the mount refuses it for any other uid. "v1." tokens named neither and
+//! are refused as outdated (log in again).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,10 @@ pub enum TokenError {
 #[serde(deny_unknown_fields)]
 pub struct Claims {
     pub user: String,
+    /// The device principal the token was issued on (from the login's client certificate).
+    pub device: String,
+    /// The local uid on that device the token was issued for.
+    pub uid: u32,
     pub issued_at: i64,
     pub expires_at: i64,
     pub generation: u64,
@@ -51,7 +61,49 @@ impl fmt::Debug for TokenKey {
     }
 }
 
-const PREFIX: &str = "v1.";
+const PREFIX: &str = "v2.";
+/// Tokens from before device and uid binding: refused with [`Reason::TokenOutdated`].
+const OUTDATED_PREFIX: &str = "v1.";
+
+/// Why claims could not be read from a token without its key (see [`read_claims_unverified`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnverifiedError {
+    #[error("not a user token")]
+    NotAToken,
+    #[error("this token names no device and uid (issued before tokens were bound to them): run `csap login` again")]
+    Outdated,
+    #[error("the user token's claims are malformed")]
+    Malformed,
+}
+
+/// The claims of `token`, read without checking its MAC. Only for a party that cannot verify
+/// (the mount) and uses them to refuse, never to grant: the key server verifies every token
+/// it is shown, so a forged claim gains nothing.
+pub fn read_claims_unverified(token: &str) -> Result<Claims, UnverifiedError> {
+    let (body, _tag) = token.rsplit_once('.').ok_or(UnverifiedError::NotAToken)?;
+    if body.starts_with(OUTDATED_PREFIX) {
+        return Err(UnverifiedError::Outdated);
+    }
+    let claims_hex = body
+        .strip_prefix(PREFIX)
+        .ok_or(UnverifiedError::NotAToken)?;
+    let json = hex::decode(claims_hex).map_err(|_| UnverifiedError::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| UnverifiedError::Malformed)
+}
+
+/// The user a token names, of any version, unverified: for the audit record of a refusal.
+pub fn named_user_unverified(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        user: String,
+    }
+    let (body, _tag) = token.rsplit_once('.')?;
+    let claims_hex = body
+        .strip_prefix(PREFIX)
+        .or_else(|| body.strip_prefix(OUTDATED_PREFIX))?;
+    let json = hex::decode(claims_hex).ok()?;
+    serde_json::from_slice::<Named>(&json).ok().map(|n| n.user)
+}
 
 impl TokenKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
@@ -88,12 +140,17 @@ impl TokenKey {
         )))
     }
 
-    /// Checks the MAC and expiry. User state (disabled, generation) is checked by the caller.
+    /// Checks the MAC, the version and expiry. User state (disabled, generation) and the
+    /// device binding are checked by the caller.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, Reason> {
         let (body, tag_hex) = token.rsplit_once('.').ok_or(Reason::TokenInvalid)?;
-        let claims_hex = body.strip_prefix(PREFIX).ok_or(Reason::TokenInvalid)?;
         let tag = hex::decode(tag_hex).map_err(|_| Reason::TokenInvalid)?;
         hmac::verify(&self.0, body.as_bytes(), &tag).map_err(|_| Reason::TokenInvalid)?;
+        // Ours, but from before device and uid binding: the user is to log in again.
+        if body.starts_with(OUTDATED_PREFIX) {
+            return Err(Reason::TokenOutdated);
+        }
+        let claims_hex = body.strip_prefix(PREFIX).ok_or(Reason::TokenInvalid)?;
         let json = hex::decode(claims_hex).map_err(|_| Reason::TokenInvalid)?;
         let claims: Claims = serde_json::from_slice(&json).map_err(|_| Reason::TokenInvalid)?;
         if now >= claims.expires_at {
@@ -201,6 +258,8 @@ mod tests {
     fn claims(exp: i64) -> Claims {
         Claims {
             user: "alice".into(),
+            device: "ws-07".into(),
+            uid: 1000,
             issued_at: 100,
             expires_at: exp,
             generation: 3,
@@ -232,6 +291,37 @@ mod tests {
             Err(Reason::TokenInvalid)
         );
         assert_eq!(key.verify("garbage", 150), Err(Reason::TokenInvalid));
+    }
+
+    /// Issue 12: a token from before device and uid binding ("v1.", claims without them) is
+    /// refused as outdated even with a valid MAC, at the key server and at the mount.
+    #[test]
+    fn outdated_tokens_are_refused_with_a_reason() {
+        let key = TokenKey::from_bytes(&[1u8; 32]).unwrap();
+        let old_claims = br#"{"user":"alice","issued_at":100,"expires_at":200,"generation":3}"#;
+        let body = format!("v1.{}", hex::encode(old_claims));
+        let tag = hmac::sign(&key.0, body.as_bytes());
+        let old = format!("{body}.{}", hex::encode(tag.as_ref()));
+        assert_eq!(key.verify(&old, 150), Err(Reason::TokenOutdated));
+        assert_eq!(read_claims_unverified(&old), Err(UnverifiedError::Outdated));
+        assert!(UnverifiedError::Outdated.to_string().contains("csap login"));
+        assert_eq!(named_user_unverified(&old).as_deref(), Some("alice"));
+        // A v1 token under another key is simply invalid.
+        let other = TokenKey::from_bytes(&[2u8; 32]).unwrap();
+        assert_eq!(other.verify(&old, 150), Err(Reason::TokenInvalid));
+        // The current version carries its binding.
+        let new = key.issue(&claims(200));
+        assert!(new.as_str().starts_with("v2."));
+        let read = read_claims_unverified(new.as_str()).unwrap();
+        assert_eq!((read.device.as_str(), read.uid), ("ws-07", 1000));
+        assert_eq!(
+            read_claims_unverified("v2.zz.00"),
+            Err(UnverifiedError::Malformed)
+        );
+        assert_eq!(
+            read_claims_unverified("junk"),
+            Err(UnverifiedError::NotAToken)
+        );
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub enum Reason {
     NotAdmin,
     /// The license session named is unknown, ended, or another device's: open a new one.
     SessionUnknown,
+    /// The token was issued on another device (its `device` claim is not the presenting
+    /// connection's certificate): 401.
+    TokenWrongDevice,
+    /// The token is from before tokens named their device and uid: 401, log in again.
+    TokenOutdated,
 }
 
 impl Reason {
@@ -46,6 +51,21 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::NotAdmin => "not_admin",
             Reason::SessionUnknown => "session_unknown",
+            Reason::TokenWrongDevice => "token_wrong_device",
+            Reason::TokenOutdated => "token_outdated",
+        }
+    }
+
+    /// What the user is to do about a refusal, for reasons where that is not obvious.
+    pub fn advice(self) -> Option<&'static str> {
+        match self {
+            Reason::TokenWrongDevice => Some(
+                "the token was issued on another device and is useless here: run `csap login` on this device",
+            ),
+            Reason::TokenOutdated => Some(
+                "the token names no device and uid (issued before tokens were bound to them): run `csap login` again",
+            ),
+            _ => None,
         }
     }
 }
@@ -105,6 +125,10 @@ impl std::fmt::Debug for Secret {
 pub struct LoginRequest {
     pub user: String,
     pub password: Secret,
+    /// The local uid on the device the token is for. The device vouches for it: the login
+    /// arrives over the device's mTLS identity, which only its mount (root) holds, and the
+    /// mount fills it in from the kernel (SO_PEERCRED) for logins relayed from its socket.
+    pub uid: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,11 @@ const USER: &str = "alice";
 const DEVICE: &str = "ws-07";
 const APP: &str = "nuke";
 const SCOPE: &str = "shot010";
+/// The local uid test logins bind their tokens to.
+const UID: u32 = 1000;
+
+#[path = "keyserver/tokens.rs"]
+mod tokens;
 
 fn app_digest(name: &str) -> String {
     blake3::hash(name.as_bytes()).to_hex().to_string()
@@ -252,7 +257,12 @@ async fn disabled_user_and_expired_token_are_denied() {
     e.lb.clock.advance(-9 * 3600);
 
     // A fresh token works, then disabling the user invalidates it at once.
-    let (token, _) = e.dev.client.login(USER, "password-1234").await.unwrap();
+    let (token, _) = e
+        .dev
+        .client
+        .login(USER, "password-1234", UID)
+        .await
+        .unwrap();
     e.dev
         .client
         .request(&token, &e.dev.app_digest, Action::Read, &[id])
@@ -266,13 +276,13 @@ async fn disabled_user_and_expired_token_are_denied() {
         .await;
     assert_eq!(denied(r), Reason::UserDisabled);
     assert_eq!(
-        denied(e.dev.client.login(USER, "password-1234").await),
+        denied(e.dev.client.login(USER, "password-1234", UID).await),
         Reason::UserDisabled
     );
     e.assert_audited("deny", "user_disabled").await;
     // Wrong password and unknown user look the same to the client.
     assert_eq!(
-        denied(e.dev.client.login("mallory", "password-1234").await),
+        denied(e.dev.client.login("mallory", "password-1234", UID).await),
         Reason::BadPassword
     );
     e.assert_audited("deny", "unknown_user").await;
@@ -1351,7 +1361,7 @@ async fn unusable_clock_refuses_licenses_and_logins() {
             if body.error.contains("cannot tell the time")),
         "{r:?}"
     );
-    let l = e.dev.client.login(USER, "password-1234").await;
+    let l = e.dev.client.login(USER, "password-1234", UID).await;
     assert!(
         matches!(l, Err(ClientError::Server { status: 503, .. })),
         "{l:?}"

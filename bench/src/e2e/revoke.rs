@@ -80,7 +80,8 @@ pub fn run(k: &E2eKnobs, trials: usize) -> Result<()> {
             .rt
             .block_on(stack.admin.add_user(&user, password))
             .with_context(|| format!("adding {user}"))?;
-        let (token, _) = stack.rt.block_on(device.login(&user, password))?;
+        let uid = nix::unistd::getuid().as_raw();
+        let (token, _) = stack.rt.block_on(device.login(&user, password, uid))?;
         token.save(&stack.token_file)?;
         let req = stack.submit(
             &format!("revoke-{trial:03}"),

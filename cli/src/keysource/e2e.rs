@@ -5,6 +5,7 @@
 mod code;
 mod fixture;
 mod revocation;
+mod tokens;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -293,10 +294,15 @@ fn another_uid_without_a_session_is_denied() {
     mode(&env.backing, 0o755);
     mode(&env.backing.join("samples"), 0o755);
     mode(&env.backing.join("samples/f1.raw"), 0o644);
-    // uid 65534's session is a token file the mount re-reads at every license request;
-    // it is removed right after mounting and restored at the end.
+    // uid 65534's session is a token file the mount re-reads at every license request (a
+    // token issued for uid 65534 on this device, as `csap login --uid` issues it); it is
+    // removed right after mounting and restored at the end.
     let nobody_token = env.dir.path().join("nobody.token");
-    std::fs::copy(&env.token_file, &nobody_token).unwrap();
+    let (issued_for_nobody, _) = env
+        .rt
+        .block_on(env.client.login("alice", fixture::PASSWORD, NOBODY))
+        .unwrap();
+    issued_for_nobody.save(&nobody_token).unwrap();
     let mut args = env.args();
     args.token_file
         .push(format!("{NOBODY}:{}", nobody_token.display()));
@@ -329,7 +335,7 @@ fn another_uid_without_a_session_is_denied() {
     );
 
     // The only difference was the session.
-    std::fs::copy(&env.token_file, &nobody_token).unwrap();
+    issued_for_nobody.save(&nobody_token).unwrap();
     let theirs = bash_as(Some(NOBODY), &read_all(&f1));
     assert_frame(&env, &theirs, &format!("uid {NOBODY} with a session"));
     mounted.unmount().unwrap();

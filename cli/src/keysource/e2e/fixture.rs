@@ -27,7 +27,7 @@ pub const DEVICE: &str = "ws-pep";
 pub const SCOPE: &str = "pep";
 /// The user every request is for.
 const USER: &str = "alice";
-const PASSWORD: &str = "a long passphrase";
+pub const PASSWORD: &str = "a long passphrase";
 
 /// One end-to-end test at a time: each runs a server, mounts and timed checks (revocation
 /// within 1 s), which must not compete for the two CPUs with another such test.
@@ -90,6 +90,11 @@ impl Req<'_> {
 
     /// OMC-JSON, as workflow management submits it.
     pub fn json(&self) -> String {
+        self.json_for(&[DEVICE])
+    }
+
+    /// OMC-JSON for the request on `devices`.
+    pub fn json_for(&self, devices: &[&str]) -> String {
         let apps: Vec<serde_json::Value> = self
             .apps
             .iter()
@@ -107,7 +112,7 @@ impl Req<'_> {
             "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": USER}],
                               "structuralCharacteristics": {"structuralType": "person"}}],
             "applications": apps,
-            "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": DEVICE}]}],
+            "devices": devices.iter().map(|d| serde_json::json!({"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": d}]})).collect::<Vec<_>>(),
             "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": "samples/**"}]}],
             "actions": self.actions,
             "window": {"start": rfc3339_utc(self.window.0), "end": rfc3339_utc(self.window.1)}
@@ -182,7 +187,8 @@ impl Env {
         let client = rt
             .block_on(LicenseClient::connect(&ks, &device_dir))
             .unwrap();
-        let (token, _) = rt.block_on(client.login(USER, PASSWORD)).unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let (token, _) = rt.block_on(client.login(USER, PASSWORD, me)).unwrap();
         let token_file = dir.path().join("alice.token");
         token.save(&token_file).unwrap();
         let backing = dir.path().join("backing");
@@ -211,14 +217,18 @@ impl Env {
     /// Submits `req` to authz and waits until the key server has its rules (the mount gets
     /// them through its own subscription; callers poll for that).
     pub fn submit(&self, req: &Req<'_>) -> authz::service::Issued {
+        self.submit_for(req, &[DEVICE])
+    }
+
+    /// [`Self::submit`] for the request on `devices`.
+    pub fn submit_for(&self, req: &Req<'_>, devices: &[&str]) -> authz::service::Issued {
         let server = self.server();
         let issued = self
             .rt
-            .block_on(
-                server
-                    .authz
-                    .submit(req.json().as_bytes(), &authz::Submitter::admin("admin")),
-            )
+            .block_on(server.authz.submit(
+                req.json_for(devices).as_bytes(),
+                &authz::Submitter::admin("admin"),
+            ))
             .unwrap();
         let ks_rules: Vec<String> = server
             .authz
@@ -311,17 +321,28 @@ impl Env {
         args: &KeyServerArgs,
         options: &MountOptions,
     ) -> (PathBuf, MountedFs) {
+        let (mnt, mounted, _sessions) = self.mount_with_sessions(name, args, options);
+        (mnt, mounted)
+    }
+
+    /// [`Self::mount`], also returning the session socket (`args.socket`), which serves
+    /// `csap login` for as long as it is kept.
+    pub fn mount_with_sessions(
+        &self,
+        name: &str,
+        args: &KeyServerArgs,
+        options: &MountOptions,
+    ) -> (PathBuf, MountedFs, Option<csapfs::session::SessionServer>) {
         let mnt = self.dir.path().join(name);
         if !mnt.exists() {
             std::fs::create_dir(&mnt).unwrap();
         }
-        let source = args
+        let keys = args
             .source(NewAssetParams::default(), &self.backing, &mnt)
             .unwrap()
-            .unwrap()
-            .source;
-        let mounted = csapfs::fs::mount(&self.backing, &mnt, source, options).unwrap();
-        (mnt, mounted)
+            .unwrap();
+        let mounted = csapfs::fs::mount(&self.backing, &mnt, keys.source, options).unwrap();
+        (mnt, mounted, keys.sessions)
     }
 
     /// Id of the newest license decision in the key server's audit log.
