@@ -656,13 +656,11 @@ fn hand_over_session(explicit: Option<&Path>, token: &UserToken) -> Result<()> {
     Ok(())
 }
 
-/// BLAKE3 of a file, lowercase hex.
+/// BLAKE3 of a file, lowercase hex: the digest attestation computes for an executable.
 pub(crate) fn digest_file(path: &Path) -> Result<String> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = blake3::Hasher::new();
-    h.update_reader(f)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(h.finalize().to_hex().to_string())
+    csapfs::license_source::attest::hash_file(f)
+        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 pub fn run_app(cmd: AppCommand) -> Result<()> {

@@ -107,8 +107,8 @@ fn demo(
     let password_file = dir.join("alice.password");
     keyserver::fsutil::write_private(&password_file, password.as_bytes())
         .with_context(|| format!("cannot write {}", password_file.display()))?;
-    let viewer_digest = digest_of(viewer)?;
-    let csap_digest = digest_of(csap)?;
+    let viewer_digest = crate::keyserver::digest_file(viewer)?;
+    let csap_digest = crate::keyserver::digest_file(csap)?;
     for (digest, name) in [(&viewer_digest, "csap-view"), (&csap_digest, "csap-import")] {
         rt.block_on(admin.register_app(&RegisterAppRequest {
             digest: digest.clone(),
@@ -433,12 +433,6 @@ fn sample_frame(i: usize) -> Vec<u8> {
     let mut data = format!("CSAP quickstart frame {i}\n").into_bytes();
     data.extend((0..150_000usize).map(|k| (k * 31 + i * 7) as u8));
     data
-}
-
-fn digest_of(path: &Path) -> Result<String> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(csapfs::license_source::attest::hash_file(file)?)
 }
 
 fn random_password() -> Result<String> {
