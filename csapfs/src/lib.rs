@@ -1,9 +1,8 @@
-//! csapfs: the CSAP data plane — the asset format and its crypto, and the encrypting mount.
+//! csapfs: the CSAP data plane — the encrypting mount, built on the asset format.
 //!
 //! Layers, each importing only those before it:
-//! - [`crypto`]: keys and ciphers (the only module that names a cipher implementation);
-//! - [`format`]: the byte format of an asset (pure codec, spec in `FORMAT.md`);
-//! - [`asset`]: one asset file on disk with random access; [`stream`]: whole-file streaming;
+//! - [`format`], [`crypto`], [`asset`], [`stream`]: the asset format, re-exported from the
+//!   `csap-format` crate (`csapfs/format/`), which links none of what follows;
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
 //! - [`exec_watch`]: the kernel's exec notices and pidfds (lets attestations be remembered);
 //! - [`license_source`]: content keys from key server licenses for attested callers;
@@ -11,17 +10,15 @@
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
 
-pub mod asset;
 pub mod audit_spool;
-pub mod crypto;
 pub mod exec_watch;
-pub mod format;
 pub mod fs;
 pub mod keys;
 pub mod license_source;
 pub mod procmap;
 pub mod session;
-pub mod stream;
+
+pub use csap_format::{asset, crypto, format, stream};
 
 pub use asset::{Asset, AssetError};
 pub use crypto::{derive_content_key, ContentKey, Seed};

@@ -4,9 +4,9 @@
 //! asset (see the seed corpus the README names) reach deep into chunk decoding.
 #![no_main]
 
-use csapfs::format::{Header, Layout};
-use csapfs::stream::decrypt_stream;
-use csapfs::{derive_content_key, Seed};
+use csap_format::format::{Header, Layout};
+use csap_format::stream::decrypt_stream;
+use csap_format::{derive_content_key, Seed};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
