@@ -2,24 +2,18 @@
 //! policies, and the rule evaluator every PEP (key server, mount) runs.
 #![forbid(unsafe_code)]
 
-pub mod clock;
-pub mod eval;
-pub mod glob;
 pub mod global;
 pub mod http;
 pub mod http_errors;
-pub mod model;
 pub mod principal;
-pub mod request;
-pub mod rule;
 pub mod service;
 pub mod statedir;
 pub mod store;
-pub mod template;
 pub mod testing;
 pub mod tls;
 pub mod wire;
 
+pub use csap_policy::{clock, eval, glob, model, request, rule, template};
 pub use eval::{AccessRequest, Decision, EvalError, Evaluator};
 pub use http::app;
 pub use model::Action;

@@ -446,7 +446,7 @@ pub fn format_time(unix: i64) -> String {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../examples/request-shot010.json");
+    const EXAMPLE: &str = include_str!("../../examples/request-shot010.json");
 
     #[test]
     fn example_file_parses() {

@@ -636,7 +636,7 @@ mod tests {
 
     fn example() -> PolicyRequest {
         PolicyRequest::from_json(
-            include_bytes!("../examples/request-shot010.json").as_slice(),
+            include_bytes!("../../examples/request-shot010.json").as_slice(),
             0,
         )
         .unwrap()
@@ -1008,10 +1008,10 @@ permit(principal, action == Csap::Action::"read", resource) when { resource.path
 
     #[test]
     fn synthetic_rules_compile_and_decide() {
-        let rules = crate::testing::synthetic_rules(1000);
+        let rules = crate::synthetic::synthetic_rules(1000);
         let ev = Evaluator::new(rules).unwrap();
         assert_eq!(ev.compiled_count(), 1000);
-        let (req_owned, expect) = crate::testing::synthetic_request(7);
+        let (req_owned, expect) = crate::synthetic::synthetic_request(7);
         let d = both(&ev, &req_owned.as_request());
         assert_eq!(d.allowed, expect);
     }

@@ -283,7 +283,7 @@ mod tests {
 
     fn example() -> PolicyRequest {
         PolicyRequest::from_json(
-            include_bytes!("../examples/request-shot010.json").as_slice(),
+            include_bytes!("../../examples/request-shot010.json").as_slice(),
             0,
         )
         .unwrap()

@@ -11,8 +11,6 @@ use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::wire::Revocation;
-
 /// One authorization rule for one or more PEPs. Rules only permit (CSAP is deny-by-default).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -210,6 +208,63 @@ pub fn sign(rule: Rule, key: &IssuerKey) -> SignedRule {
     SignedRule { rule, signature }
 }
 
+/// Body of `POST {ards}/v1/revoke`: withdraws one rule, signed by the rule's issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub rule_id: String,
+    pub issuer: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+    /// Hex Ed25519 signature over [`Revocation::canonical_bytes`].
+    pub signature: String,
+}
+
+/// The signed part of a revocation, in this field order.
+#[derive(Serialize)]
+struct RevocationBody<'a> {
+    rule_id: &'a str,
+    issuer: &'a str,
+    reason: &'a str,
+    revoked_at: i64,
+}
+
+impl Revocation {
+    /// Creates and signs a revocation.
+    pub fn sign(
+        rule_id: impl Into<String>,
+        issuer: impl Into<String>,
+        reason: impl Into<String>,
+        revoked_at: i64,
+        key: &IssuerKey,
+    ) -> Self {
+        let mut r = Revocation {
+            rule_id: rule_id.into(),
+            issuer: issuer.into(),
+            reason: reason.into(),
+            revoked_at,
+            signature: String::new(),
+        };
+        r.signature = key.sign_bytes(&r.canonical_bytes());
+        r
+    }
+
+    /// Canonical JSON of `{rule_id, issuer, reason, revoked_at}`: the signed bytes.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&RevocationBody {
+            rule_id: &self.rule_id,
+            issuer: &self.issuer,
+            reason: &self.reason,
+            revoked_at: self.revoked_at,
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn verify(&self, key: &IssuerPublicKey) -> Result<(), RuleError> {
+        key.verify_revocation(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +345,44 @@ mod tests {
         let pk = IssuerPublicKey::from_hex(&key.public().to_hex()).unwrap();
         assert_eq!(pk, key.public());
         assert!(IssuerPublicKey::from_hex("abcd").is_err());
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+
+    #[test]
+    fn revocation_sign_verify_and_tamper() {
+        let key = IssuerKey::from_seed([3; 32]);
+        let r = Revocation::sign("r-req-1-1", "authz", "request cancelled", 100, &key);
+        r.verify(&key.public()).unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Revocation = serde_json::from_str(&json).unwrap();
+        back.verify(&key.public()).unwrap();
+        let mut t = r.clone();
+        t.rule_id = "r-req-1-2".into();
+        assert!(t.verify(&key.public()).is_err());
+        let mut t = r.clone();
+        t.revoked_at += 1;
+        assert!(t.verify(&key.public()).is_err());
+        assert!(r.verify(&IssuerKey::from_seed([4; 32]).public()).is_err());
+    }
+
+    #[test]
+    fn wire_json_shape_is_as_documented() {
+        let key = IssuerKey::from_seed([3; 32]);
+        let r = Revocation::sign("r1", "authz", "why", 5, &key);
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys.len(),
+            5,
+            "rule_id, issuer, reason, revoked_at, signature"
+        );
+        assert_eq!(
+            String::from_utf8(r.canonical_bytes()).unwrap(),
+            r#"{"rule_id":"r1","issuer":"authz","reason":"why","revoked_at":5}"#
+        );
     }
 }
