@@ -4,6 +4,7 @@
 
 mod code;
 mod fixture;
+mod ratelimit;
 mod revocation;
 mod tokens;
 

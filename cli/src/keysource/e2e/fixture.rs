@@ -142,6 +142,11 @@ pub struct Env {
 impl Env {
     /// Everything set up, or `None` when FUSE is unusable here (a failure under CI=true).
     pub fn start() -> Option<Env> {
+        Env::start_with(None)
+    }
+
+    /// [`Self::start`] with the key server's per-device rate limit set to `device_rate`.
+    pub fn start_with(device_rate: Option<keyserver::ratelimit::RateLimit>) -> Option<Env> {
         if !fuse_usable() {
             return None;
         }
@@ -152,6 +157,7 @@ impl Env {
             data_dir: dir.path().join("server"),
             listen: free_port_triple(),
             root_key_hex: None,
+            device_rate,
         };
         let server = rt.block_on(server::start(opts.clone())).unwrap();
         let ks = server.keyserver_url.clone();
