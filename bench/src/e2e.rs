@@ -867,7 +867,7 @@ impl Importer {
         let lic = loop {
             match rt.block_on(self.client.create(&self.token, &self.digest, path, SCOPE)) {
                 Ok(l) => break l,
-                Err(keyserver::ClientError::Server { status: 429, .. }) if tries < 200 => {
+                Err(keyserver::ClientError::RateLimited { .. }) if tries < 200 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(50));
                 }

@@ -25,6 +25,8 @@ use crate::asset::SuiteArg;
 
 /// How long `--daemon` waits for the background mount to come up.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `csap umount` waits for the server of the mount to exit.
+const UMOUNT_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -46,7 +48,8 @@ Examples:
 pub struct MountArgs {
     /// Directory of encrypted assets (as written by `csap asset encrypt` or by a mount).
     pub backing: PathBuf,
-    /// Empty directory where the plaintext view appears.
+    /// Empty directory where the plaintext view appears (refused if something is mounted there
+    /// already, or if it has entries unless `-o nonempty`).
     pub mountpoint: PathBuf,
     /// Local development key source: a 32-byte seed file (see below).
     #[arg(long, value_name = "K", required_unless_present = "server")]
@@ -54,8 +57,9 @@ pub struct MountArgs {
     /// Production key source: licenses from the key server (see `--server`).
     #[command(flatten)]
     pub key_server: crate::keysource::KeyServerArgs,
-    /// Mount options, comma-separated, repeatable: ro, rw, allow_other; anything else is passed
-    /// to the kernel as it is.
+    /// Mount options, comma-separated, repeatable: ro, rw, allow_other, nonempty (mount over a
+    /// directory that has entries; refused otherwise); anything else is passed to the kernel
+    /// as it is.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// Page-cache policy. direct: plaintext never enters the kernel page cache and every read
@@ -84,6 +88,10 @@ pub struct MountArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "\
+Returns once the server of the mount has flushed its open files and exited (at most 30 s; an \
+error says if it has not), so a new `csap mount` on the same path can follow at once. With \
+--lazy it returns at once.")]
 pub struct UmountArgs {
     /// Where a csap mount is mounted.
     pub mountpoint: PathBuf,
@@ -135,6 +143,7 @@ fn mount_options(args: &MountArgs) -> MountOptions {
             "ro" => options.read_only = true,
             "rw" => options.read_only = false,
             "allow_other" => options.allow_other = true,
+            "nonempty" => options.allow_nonempty = true,
             other => options.extra.push(other.to_string()),
         }
     }
@@ -231,6 +240,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 
 /// Re-runs this command without `--daemon` as a detached child and waits until it is mounted.
 fn spawn_daemon(args: &MountArgs) -> Result<()> {
+    // Before starting it: a daemon refused on a mounted path would look mounted from here.
+    csapfs::fs::check_mountpoint(&args.mountpoint, &mount_options(args))?;
     let exe = std::env::current_exe().context("locating the csap executable")?;
     let child_args: Vec<OsString> = std::env::args_os()
         .skip(1)
@@ -298,48 +309,30 @@ fn strip_log_file(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
-/// True if a FUSE csapfs mount sits exactly on `mountpoint` (canonical path).
+/// True if a FUSE mount sits exactly on `mountpoint` (canonical path).
 pub fn is_csap_mount(mountpoint: &Path) -> Result<bool> {
-    let table =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(table.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields.len() > sep + 1
-            && fields[sep + 1].starts_with("fuse")
-            && fields.get(4).map(|p| unescape_mountinfo(p))
-                == Some(mountpoint.to_string_lossy().into_owned())
-    }))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value =
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(csapfs::fs::mounted_fs_type(mountpoint)
+        .context("reading /proc/self/mountinfo")?
+        .is_some_and(|fs_type| fs_type.starts_with("fuse")))
 }
 
 pub fn run_umount(args: UmountArgs) -> Result<()> {
-    unmount(&args.mountpoint, args.lazy)
+    unmount(&args.mountpoint, args.lazy)?;
+    if args.lazy {
+        // The server keeps serving the files still open; it exits when the last is closed.
+        return Ok(());
+    }
+    // The server flushes its open assets after the kernel lets go; a mount made on the same
+    // path before it has finished would race that teardown.
+    if !csapfs::fs::wait_until_released(&args.mountpoint, UMOUNT_WAIT)
+        .with_context(|| format!("waiting for the server of {}", args.mountpoint.display()))?
+    {
+        bail!(
+            "{} is unmounted, but the csap mount that served it has not exited within {UMOUNT_WAIT:?} (still flushing open files?); see its log",
+            args.mountpoint.display()
+        );
+    }
+    Ok(())
 }
 
 /// Unmounts directly when privileged, else through the setuid `fusermount3 -u`.
@@ -385,13 +378,6 @@ fn fusermount_unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo(r"/mnt/plain"), "/mnt/plain");
-        assert_eq!(unescape_mountinfo(r"/x\\"), r"/x\\");
-    }
 
     #[test]
     fn log_file_is_stripped_for_the_child() {

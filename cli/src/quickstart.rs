@@ -64,6 +64,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         data_dir: dir.join("server"),
         listen: "127.0.0.1:0".parse().expect("loopback address"),
         root_key_hex: None,
+        device_rate: None,
     }))?;
     print!("{}", indent(&server.describe()));
     let result = demo(&rt, &server, &dir, &csap, &viewer);

@@ -46,6 +46,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Root key of the key server as hex (`CSAP_ROOT_KEY`); `None` keeps it in a 0600 file.
     pub root_key_hex: Option<Zeroizing<String>>,
+    /// The key server's per-device rate limit; `None` keeps its default (200/s, burst 400).
+    pub device_rate: Option<keyserver::ratelimit::RateLimit>,
 }
 
 /// Delivers authz's signed rules and revocations straight into the in-process ARDS.
@@ -147,6 +149,9 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     let mut ks_cfg = keyserver::ServerConfig::new(&ks_dir, ks_addr, Arc::new(late_rules.clone()));
     ks_cfg.server_names = names.clone();
     ks_cfg.root_key_hex = opts.root_key_hex.clone();
+    if let Some(rate) = opts.device_rate {
+        ks_cfg.limits.per_device = rate;
+    }
     let ks = keyserver::start(ks_cfg)
         .await
         .context("cannot start the key server")?;
@@ -320,6 +325,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
             root_key_hex: std::env::var("CSAP_ROOT_KEY").ok().map(Zeroizing::new),
+            device_rate: None,
         })
         .await?;
         println!("csap server running (state in {})", args.data_dir.display());
@@ -381,6 +387,7 @@ mod tests {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             root_key_hex: None,
+            device_rate: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod attest;
 mod decisions;
 mod relay;
 mod revocations;
+mod siblings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -271,6 +272,17 @@ impl Held {
     }
 }
 
+/// What a cold open asks the key server for ([`KeyServerSource::sibling_batch`]).
+enum Batch<'a> {
+    /// Another open's batch of the directory brought this asset's license.
+    Landed(Arc<Held>),
+    /// Ask for the asset and `siblings`; `leading` ends this directory's flight when dropped.
+    Ask {
+        leading: Option<siblings::Leading<'a>>,
+        siblings: Vec<siblings::Sibling>,
+    },
+}
+
 /// Who asks for a license: the calling process, its user's session, the measured application.
 #[derive(Clone, Copy)]
 struct Asker<'a> {
@@ -318,6 +330,10 @@ pub struct KeyServerSource {
     listeners: revocations::Listeners,
     /// The mount's own decisions on their way to the audit trail (see [`decisions`]).
     trail: Option<crate::audit_spool::AuditSpool>,
+    /// The backing store, where a cold open finds its directory's other assets ([`siblings`]).
+    backing: Option<PathBuf>,
+    /// Sibling batches in flight, one per (session, application, directory).
+    flights: siblings::Flights,
 }
 
 /// The mount's rule set as last seen, and the subscription that updates it.
@@ -561,7 +577,9 @@ impl Preloader {
                 let answer = self.handle.block_on(async {
                     tokio::time::timeout(
                         self.request_timeout,
-                        self.client.request(token, app, Action::Read, &left),
+                        siblings::retry_rate_limited(|| {
+                            self.client.request(token, app, Action::Read, &left)
+                        }),
                     )
                     .await
                 });
@@ -650,6 +668,7 @@ impl KeyServerSource {
             request_timeout: cfg.request_timeout,
         }
         .start(&runtime)?;
+        let backing = cfg.backing.clone();
         let rules = match cfg.rules {
             None => None,
             Some(rc) => {
@@ -709,6 +728,8 @@ impl KeyServerSource {
             revocations,
             listeners,
             trail,
+            backing,
+            flights: siblings::Flights::default(),
         })
     }
 
@@ -904,7 +925,8 @@ impl KeyServerSource {
         ))
     }
 
-    /// One license request for `cache_key`; the grant is held in the cache.
+    /// One license request for `cache_key` (with its sibling batch, see [`siblings`]); the
+    /// grants are held in the cache.
     fn fetch(
         &self,
         asker: &Asker<'_>,
@@ -919,17 +941,41 @@ impl KeyServerSource {
             app,
         } = *asker;
         let (asset_id, action) = (cache_key.asset_id, cache_key.action);
-        let license = self
-            .request_here(token, app, action, asset_id)
+        let (_leading, batch) = match self.sibling_batch(asker, path, cache_key) {
+            Batch::Landed(held) => {
+                seen.used_cached(action);
+                return Ok(held);
+            }
+            Batch::Ask { leading, siblings } => (leading, siblings),
+        };
+        let mut ids = vec![asset_id];
+        ids.extend(batch.iter().map(|s| s.asset_id));
+        let sweeps = self.revocations.sweeps();
+        let mut answer = self
+            .request_here(token, app, action, &ids)
             .inspect_err(|e| seen.asked(e))?;
+        if ids.len() > 1 && matches!(&answer, Err(ClientError::Server { status: 400, .. })) {
+            // A key server configured with a smaller batch limit: this asset alone.
+            tracing::info!(
+                assets = ids.len(),
+                "the key server refused the sibling batch; asking for the asset alone"
+            );
+            answer = self
+                .request_here(token, app, action, &ids[..1])
+                .inspect_err(|e| seen.asked(e))?;
+        }
+        let license = answer
+            .map_err(client_error)
+            .inspect_err(|e| seen.asked(e))?;
+        self.hold_siblings(user, cache_key, &license, sweeps);
         let Some(grant) = license.grants.iter().find(|g| g.asset_id == asset_id) else {
             seen.refused_by_key_server();
             let reason = license
                 .license
                 .denials
                 .iter()
+                .find(|d| d.asset_id == hex::encode(asset_id))
                 .map(|d| d.reason.to_string())
-                .next()
                 .unwrap_or_else(|| "not granted".into());
             tracing::info!(uid = caller.uid, pid = caller.pid, app, path, ?action, %reason, "license denied");
             return Err(KeyError::Denied(format!("key server: {reason}")));
@@ -937,6 +983,92 @@ impl KeyServerSource {
         let held = self.hold(user, grant, license.license.not_after);
         self.licenses.insert(cache_key.clone(), Arc::clone(&held));
         Ok(held)
+    }
+
+    /// What a cold open asks for besides its own asset: for a read on a mount with rules and a
+    /// backing store, the other assets of its directory that the rules allow this caller and
+    /// that are not held yet — or, if another open of the directory is asking already, nothing
+    /// until that answer has landed.
+    fn sibling_batch(&self, asker: &Asker<'_>, path: &str, cache_key: &LicenseKey) -> Batch<'_> {
+        let none = Batch::Ask {
+            leading: None,
+            siblings: Vec::new(),
+        };
+        let (Some(rules), Some(backing)) = (&self.rules, &self.backing) else {
+            return none;
+        };
+        if cache_key.action != Action::Read {
+            return none;
+        }
+        let flight = siblings::FlightKey {
+            session: cache_key.session,
+            app_digest: Arc::clone(&cache_key.app_digest),
+            dir: path.rsplit_once('/').map_or("", |(dir, _)| dir).to_string(),
+        };
+        let leading = match self.flights.join(flight) {
+            siblings::Turn::Follow(flight) => {
+                flight.wait(self.request_timeout);
+                return match self.usable(cache_key) {
+                    Some(held) => Batch::Landed(held),
+                    None => none,
+                };
+            }
+            siblings::Turn::Lead(leading) => leading,
+        };
+        let local = rules.snapshot();
+        let siblings = siblings::siblings(backing, path, siblings::SIBLING_BATCH - 1)
+            .into_iter()
+            .filter(|s| {
+                let key = LicenseKey {
+                    asset_id: s.asset_id,
+                    ..cache_key.clone()
+                };
+                let scope = rules.scope_name(&s.scope_id);
+                self.usable(&key).is_none()
+                    && local.allows(
+                        asker.user,
+                        asker.app,
+                        &rules.device,
+                        &s.path,
+                        scope.as_deref(),
+                        Action::Read,
+                    )
+            })
+            .collect();
+        Batch::Ask {
+            leading: Some(leading),
+            siblings,
+        }
+    }
+
+    /// Holds the grants of a sibling batch besides `own`. Grants that an identity revocation
+    /// sweep may have missed (one ran during the request) are not kept: their opens ask again.
+    fn hold_siblings(
+        &self,
+        user: &str,
+        own: &LicenseKey,
+        license: &keyserver::license::OpenedLicense,
+        sweeps: u64,
+    ) {
+        if self.revocations.sweeps() != sweeps {
+            return;
+        }
+        for grant in license.grants.iter().filter(|g| g.asset_id != own.asset_id) {
+            let key = LicenseKey {
+                asset_id: grant.asset_id,
+                ..own.clone()
+            };
+            let held = self.hold(user, grant, license.license.not_after);
+            self.licenses.insert(key, held);
+        }
+    }
+
+    /// A held license of `key` still good to use.
+    fn usable(&self, key: &LicenseKey) -> Option<Arc<Held>> {
+        self.licenses.get(key).filter(|h| {
+            keyserver::now().is_ok_and(|now| h.not_after > now)
+                && !h.revoked.load(Ordering::Acquire)
+        })
     }
 
     /// A granted key as held by the mount (learning its scope's name for the local rules).
@@ -956,26 +1088,31 @@ impl KeyServerSource {
         Arc::new(Held::from_grant(user, grant, license_end))
     }
 
-    /// The license for one asset, asked for on the calling thread: the FUSE thread drives the
+    /// The license for `ids`, asked for on the calling thread: the FUSE thread drives the
     /// request on the source's current-thread runtime, so a cold open wakes no other thread of
     /// the mount (the hand-off to a runtime worker and back cost ~100 µs on the development VM).
     /// A transport failure — say on a connection the server closed while no call was polling
-    /// it — is asked once more on the shared runtime.
+    /// it — is asked once more on the shared runtime. A rate-limited answer is waited out and
+    /// asked again, all within the request timeout ([`siblings::retry_rate_limited`]). The
+    /// outer error is the mount's (timed out, shutting down), the inner the key server's.
     fn request_here(
         &self,
         token: &UserToken,
         app: &str,
         action: Action,
-        asset_id: [u8; 16],
-    ) -> Result<keyserver::license::OpenedLicense, KeyError> {
-        let ids = [asset_id];
-        let ask = self.here_client.request(token, app, action, &ids);
+        ids: &[[u8; 16]],
+    ) -> Result<Result<keyserver::license::OpenedLicense, ClientError>, KeyError> {
+        let ask =
+            siblings::retry_rate_limited(|| self.here_client.request(token, app, action, ids));
         match self.block_on(self.here.as_ref(), ask)? {
             Err(ClientError::Http(e)) => {
                 tracing::debug!(error = %chain(&e), "license request failed on this thread; asking again on the shared runtime");
-                self.call(self.client.request(token, app, action, &ids))
+                self.block_on(
+                    self.runtime.as_ref(),
+                    siblings::retry_rate_limited(|| self.client.request(token, app, action, ids)),
+                )
             }
-            answer => answer.map_err(client_error),
+            answer => Ok(answer),
         }
     }
 

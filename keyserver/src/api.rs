@@ -179,12 +179,17 @@ impl FromRequestParts<S> for AdminPeer {
 }
 
 pub(crate) fn rate_limit(st: &State, device: &str) -> Result<(), ApiError> {
-    if st.limiter.allow(device) {
-        Ok(())
-    } else {
-        tracing::warn!(device, "rate limited");
-        Err(ApiError::RateLimited)
-    }
+    rate_limit_assets(st, device, 1)
+}
+
+/// The per-device limit for a request naming `assets` assets (see [`crate::ratelimit`]).
+pub(crate) fn rate_limit_assets(st: &State, device: &str, assets: usize) -> Result<(), ApiError> {
+    st.limiter
+        .admit(device, assets as f64)
+        .map_err(|retry_after| {
+            tracing::warn!(device, assets, ?retry_after, "rate limited");
+            ApiError::RateLimited { retry_after }
+        })
 }
 
 // ---------- validation ----------
@@ -712,7 +717,12 @@ async fn licenses(
     DevicePeer(peer): DevicePeer,
     ApiJson(req): ApiJson<LicenseRequest>,
 ) -> Result<Json<SignedLicense>, ApiError> {
-    rate_limit(&st, &peer.name)?;
+    // A batch costs what it licenses; an oversized one is refused below before it costs more.
+    rate_limit_assets(
+        &st,
+        &peer.name,
+        req.assets.len().clamp(1, st.limits.max_batch),
+    )?;
     check_digest("app_digest", &req.app_digest)?;
     let wrap = match (&req.session, req.hpke_public_key.is_empty()) {
         (Some(id), true) => {

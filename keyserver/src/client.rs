@@ -24,6 +24,12 @@ pub enum ClientError {
     Denied(Reason),
     #[error("key server answered {status}: {}{}", body.error, body.field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
     Server { status: u16, body: ErrorBody },
+    /// 429: this device's request rate is used up; ask again after `retry_after` (when the
+    /// server said).
+    #[error("key server rate limit reached{}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
+    RateLimited {
+        retry_after: Option<std::time::Duration>,
+    },
     #[error(transparent)]
     License(#[from] LicenseError),
     #[error(transparent)]
@@ -97,6 +103,15 @@ impl KsClient {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp.json().await?);
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(std::time::Duration::from_secs);
+            return Err(ClientError::RateLimited { retry_after });
         }
         let text = resp.text().await.unwrap_or_default();
         let body: ErrorBody = serde_json::from_str(&text).unwrap_or(ErrorBody {

@@ -25,8 +25,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// The device's request rate is used up; `retry_after` until it may ask again.
     #[error("rate limited")]
-    RateLimited,
+    RateLimited { retry_after: std::time::Duration },
     #[error("request timed out")]
     Timeout,
     #[error("license session unknown or ended: open a new one")]
@@ -57,7 +58,7 @@ impl ApiError {
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout | ApiError::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SessionUnknown => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,7 +95,7 @@ impl IntoResponse for ApiError {
                 field: Some("session".into()),
                 reason: Some(Reason::SessionUnknown),
             },
-            ApiError::RateLimited => ErrorBody {
+            ApiError::RateLimited { .. } => ErrorBody {
                 error: self.to_string(),
                 field: None,
                 reason: Some(Reason::RateLimited),
@@ -114,7 +115,15 @@ impl IntoResponse for ApiError {
                 reason: None,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after } = &self {
+            // Whole seconds (RFC 9110), rounded up: a client that honours it is admitted.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod code;
 mod fixture;
+mod ratelimit;
 mod revocation;
 mod tokens;
 
@@ -91,11 +92,11 @@ fn mount_enforces_local_rules_revocation_and_outage() {
         &[&env.apps.bash, &env.apps.rm, &env.apps.perl],
         &["read"],
     ));
-    env.with_frames(&["f1.raw", "f2.raw"]);
+    env.with_frames(&["f1.raw", "b/f2.raw"]);
 
     let args = env.args();
     let (mnt, mounted) = env.mount("mnt", &args, &direct());
-    let (f1, f2) = (mnt.join("samples/f1.raw"), mnt.join("samples/f2.raw"));
+    let (f1, f2) = (mnt.join("samples/f1.raw"), mnt.join("samples/b/f2.raw"));
     // The same volume through the page cache, where reads may never reach the mount:
     // revocation must drop the cached plaintext too.
     let page = MountOptions {
@@ -121,7 +122,7 @@ fn mount_enforces_local_rules_revocation_and_outage() {
         !out.status.success() && err.contains("Permission denied"),
         "unlink: {err}"
     );
-    assert!(env.backing.join("samples/f2.raw").exists());
+    assert!(env.backing.join("samples/b/f2.raw").exists());
     // Rename (delete + create) and truncate (write) by an app that may only read.
     let perl = |code: &str| {
         let mut cmd = Command::new("/usr/bin/perl");
@@ -138,7 +139,7 @@ fn mount_enforces_local_rules_revocation_and_outage() {
     assert!(!ok && err.contains("Permission denied"), "rename: {err}");
     let (ok, err) = perl(r#"truncate($ARGV[0], 10) or die "$!\n""#);
     assert!(!ok && err.contains("Permission denied"), "truncate: {err}");
-    assert!(env.backing.join("samples/f2.raw").exists());
+    assert!(env.backing.join("samples/b/f2.raw").exists());
     assert!(!env.backing.join("samples/moved.raw").exists());
     assert_eq!(
         env.last_audit(),
@@ -401,9 +402,9 @@ fn a_server_restart_keeps_the_mount_decrypting() {
         return; // no FUSE here (never under CI=true)
     };
     env.submit(&Req::now("view", &[&env.apps.bash], &["read"]));
-    env.with_frames(&["f1.raw", "f2.raw"]);
+    env.with_frames(&["f1.raw", "b/f2.raw"]);
     let (mnt, mounted) = env.mount("mnt", &env.args(), &direct());
-    let (f1, f2) = (mnt.join("samples/f1.raw"), mnt.join("samples/f2.raw"));
+    let (f1, f2) = (mnt.join("samples/f1.raw"), mnt.join("samples/b/f2.raw"));
     wait_until_bash_opens(&f1);
     let mut reader = Reader::open(&f1);
     assert_eq!(reader.read(), "ok");
@@ -564,11 +565,14 @@ fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
         return; // no FUSE here (never under CI=true)
     };
     env.submit(&Req::now("view", &[&env.apps.bash], &["read"]));
-    env.with_frames(&["f1.raw", "f2.raw", "f3.raw"]);
+    env.with_frames(&["f1.raw", "b/f2.raw", "c/f3.raw"]);
     let head = fixture::digest_of("/usr/bin/head");
     let args = env.args();
     let (mnt, mounted) = env.mount("mnt", &args, &direct());
-    let frame = |n: u32| mnt.join(format!("samples/f{n}.raw"));
+    // One directory each, so no open licenses another frame as its sibling.
+    let frame = |n: u32| {
+        mnt.join(["samples/f1.raw", "samples/b/f2.raw", "samples/c/f3.raw"][n as usize - 1])
+    };
     wait_until_bash_opens(&frame(1));
     let program = |prog: &str, file: &std::path::Path| {
         let mut cmd = Command::new(prog);
@@ -631,12 +635,12 @@ fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
     let out = bash_as(None, &read_all(&frame(2)));
     assert_frame(&env, &out, "f2 after the restart");
     eventually("the 401 on record", Duration::from_secs(5), || {
-        env.audit_at("samples/f2.raw")
+        env.audit_at("samples/b/f2.raw")
             .iter()
             .any(|r| r.reason.as_deref() == Some("session_unknown"))
     });
     let refused = env
-        .audit_at("samples/f2.raw")
+        .audit_at("samples/b/f2.raw")
         .into_iter()
         .find(|r| r.reason.as_deref() == Some("session_unknown"))
         .unwrap();
@@ -664,8 +668,8 @@ fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
     env.restart();
     let (_mnt, mounted) = env.mount("mnt", &args, &direct());
     let outage = |env: &Env| {
-        let f2 = mount_rows(env, "samples/f2.raw");
-        let f3 = mount_rows(env, "samples/f3.raw");
+        let f2 = mount_rows(env, "samples/b/f2.raw");
+        let f3 = mount_rows(env, "samples/c/f3.raw");
         (
             by_app(&f2, &head, "deny"),
             by_app(&f2, &env.apps.cat, "deny"),
@@ -679,7 +683,7 @@ fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(outage(&env), (1, 1, 1), "each outage decision exactly once");
-    let unreachable = mount_rows(&env, "samples/f3.raw");
+    let unreachable = mount_rows(&env, "samples/c/f3.raw");
     assert!(
         unreachable[0]
             .reason

@@ -17,14 +17,20 @@
 
 mod filesystem;
 mod inodes;
+mod mountpoint;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::keys::KeySource;
 
 pub use filesystem::CsapFs;
+pub use mountpoint::{mounted_fs_type, wait_until_released, MountpointClaim};
+
+/// How long a new mount waits for the previous server of its mountpoint to finish exiting.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// How plaintext may live in the kernel page cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,8 @@ pub struct MountOptions {
     /// Readahead window in KiB written to the mount's BDI (`/sys/class/bdi/0:N/read_ahead_kb`);
     /// 0 leaves the kernel default. Needs root; failures are logged and ignored.
     pub readahead_kb: u32,
+    /// `-o nonempty`: mount over a directory that has entries (they are hidden meanwhile).
+    pub allow_nonempty: bool,
     /// Other `-o` options passed to the kernel as they are.
     pub extra: Vec<String>,
 }
@@ -68,6 +76,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: default_threads(),
             readahead_kb: 4096,
+            allow_nonempty: false,
             extra: Vec::new(),
         }
     }
@@ -87,6 +96,12 @@ pub enum MountError {
     Backing { path: PathBuf, source: io::Error },
     #[error("mountpoint {path}: {source}")]
     Mountpoint { path: PathBuf, source: io::Error },
+    #[error("{path} is already a mount point; unmount it first (`csap umount {path}`) or choose another directory")]
+    AlreadyMounted { path: PathBuf },
+    #[error("{path} is not empty; mount on an empty directory, or give `-o nonempty` to hide its entries while mounted")]
+    NotEmpty { path: PathBuf },
+    #[error("{path} is still held by another csap mount after {waited:?} (one that is starting or shutting down); try again once it has exited")]
+    Claimed { path: PathBuf, waited: Duration },
     #[error("mounting on {path} failed (is /dev/fuse usable and fuse3 installed?): {source}")]
     Mount { path: PathBuf, source: io::Error },
     #[error("unmounting {path} failed: {source}")]
@@ -100,6 +115,8 @@ pub enum MountError {
 pub struct MountedFs {
     session: fuser::BackgroundSession,
     mountpoint: PathBuf,
+    /// Released after the session has ended and flushed (fields drop in order).
+    _claim: MountpointClaim,
 }
 
 /// Mounts `backing` on `mountpoint` and serves it from background threads until
@@ -128,6 +145,15 @@ pub fn mount(
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
+    let mountpoint = &mountpoint
+        .canonicalize()
+        .map_err(|source| MountError::Mountpoint {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+    // Stacking a second mount on a live one hides it, and stopping either ends both.
+    let claim = MountpointClaim::take(mountpoint, CLAIM_WAIT)?;
+    mountpoint::check_empty(mountpoint, options.allow_nonempty)?;
     let fs =
         CsapFs::new(&backing, keys.clone(), options).map_err(|source| MountError::Backing {
             path: backing.clone(),
@@ -187,11 +213,34 @@ pub fn mount(
     let mounted = MountedFs {
         session,
         mountpoint: mountpoint.to_path_buf(),
+        _claim: claim,
     };
     if options.readahead_kb > 0 {
         set_readahead(mountpoint, options.readahead_kb);
     }
     Ok(mounted)
+}
+
+/// The checks [`mount`] makes of `mountpoint` before it mounts: nothing mounted there, and empty
+/// unless `options.allow_nonempty`. For a launcher that wants the sentence before it starts a
+/// background server; [`mount`] checks again itself.
+pub fn check_mountpoint(mountpoint: &Path, options: &MountOptions) -> Result<(), MountError> {
+    let canonical = mountpoint
+        .canonicalize()
+        .map_err(|source| MountError::Mountpoint {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+    if mounted_fs_type(&canonical)
+        .map_err(|source| MountError::Mountpoint {
+            path: canonical.clone(),
+            source,
+        })?
+        .is_some()
+    {
+        return Err(MountError::AlreadyMounted { path: canonical });
+    }
+    mountpoint::check_empty(&canonical, options.allow_nonempty)
 }
 
 /// Maps a `-o` word to fuser's option: generic flags (`noatime`, `noexec`, …) are mount flags,
@@ -253,8 +302,12 @@ impl MountedFs {
 
     /// Unmounts, waits for the event loops to stop and flushes every open asset.
     pub fn unmount(self) -> Result<(), MountError> {
-        let mountpoint = self.mountpoint;
-        self.session
+        let MountedFs {
+            session,
+            mountpoint,
+            _claim,
+        } = self;
+        session
             .umount_and_join()
             .map_err(|source| MountError::Unmount {
                 path: mountpoint,
@@ -264,8 +317,12 @@ impl MountedFs {
 
     /// Waits until the mount goes away by other means (`umount`, `csap umount`).
     pub fn join(self) -> Result<(), MountError> {
-        let mountpoint = self.mountpoint;
-        self.session.join().map_err(|source| MountError::Session {
+        let MountedFs {
+            session,
+            mountpoint,
+            _claim,
+        } = self;
+        session.join().map_err(|source| MountError::Session {
             path: mountpoint,
             source,
         })

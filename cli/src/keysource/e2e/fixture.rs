@@ -142,6 +142,11 @@ pub struct Env {
 impl Env {
     /// Everything set up, or `None` when FUSE is unusable here (a failure under CI=true).
     pub fn start() -> Option<Env> {
+        Env::start_with(None)
+    }
+
+    /// [`Self::start`] with the key server's per-device rate limit set to `device_rate`.
+    pub fn start_with(device_rate: Option<keyserver::ratelimit::RateLimit>) -> Option<Env> {
         if !fuse_usable() {
             return None;
         }
@@ -152,6 +157,7 @@ impl Env {
             data_dir: dir.path().join("server"),
             listen: free_port_triple(),
             root_key_hex: None,
+            device_rate,
         };
         let server = rt.block_on(server::start(opts.clone())).unwrap();
         let ks = server.keyserver_url.clone();
@@ -256,7 +262,8 @@ impl Env {
             .unwrap();
     }
 
-    /// Encrypts a sample frame to `samples/<name>` under a create license (as `csap import`
+    /// Encrypts a sample frame to `samples/<name>` (`name` may have directories: frames in
+    /// different directories are not licensed together as siblings) under a create license (as `csap import`
     /// does, with the importer's registered digest); needs a `create` rule for the importer.
     pub fn add_frames(&self, names: &[&str]) {
         for name in names {
@@ -280,7 +287,9 @@ impl Env {
             )
             .unwrap();
             let key = ContentKey::from_bytes(*grant.key.as_bytes());
-            let file = std::fs::File::create_new(self.backing.join(&path)).unwrap();
+            let target = self.backing.join(&path);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            let file = std::fs::File::create_new(target).unwrap();
             let mut asset = Asset::create(file, header, &key).unwrap();
             asset.write_at(0, &self.frame).unwrap();
             asset.sync().unwrap();
