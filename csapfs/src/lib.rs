@@ -5,6 +5,7 @@
 //! - [`format`]: the byte format of an asset (pure codec, spec in `FORMAT.md`);
 //! - [`asset`]: one asset file on disk with random access; [`stream`]: whole-file streaming;
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
+//! - [`binding`]: assets bound to their registered path and write generation;
 //! - [`exec_watch`]: the kernel's exec notices and pidfds (lets attestations be remembered);
 //! - [`license_source`]: content keys from key server licenses for attested callers;
 //! - [`audit_spool`]: the mount's own decisions, spooled durably and shipped to the key server;
@@ -13,6 +14,7 @@
 
 pub mod asset;
 pub mod audit_spool;
+pub mod binding;
 pub mod crypto;
 pub mod exec_watch;
 pub mod format;

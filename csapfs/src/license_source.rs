@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+mod binding;
 mod decisions;
 mod revocations;
 
@@ -283,6 +284,8 @@ pub struct KeyServerSource {
     listeners: revocations::Listeners,
     /// The mount's own decisions on their way to the audit trail (see [`decisions`]).
     trail: Option<crate::audit_spool::AuditSpool>,
+    /// Each asset's registered path and write generation, as licenses said ([`binding`]).
+    registry: binding::Registry,
 }
 
 /// The mount's rule set as last seen, and the subscription that updates it.
@@ -425,6 +428,7 @@ struct Preloader {
     tokens: TokenMap,
     backing: PathBuf,
     licenses: moka::sync::Cache<LicenseKey, Arc<Held>>,
+    registry: binding::Registry,
     request_timeout: Duration,
 }
 
@@ -542,6 +546,8 @@ impl Preloader {
                     }
                 };
                 for grant in &license.grants {
+                    self.registry
+                        .insert(grant.asset_id, binding::registered_of(grant));
                     let held = Arc::new(Held::from_grant(user, grant, license.license.not_after));
                     self.licenses.insert(
                         LicenseKey {
@@ -607,6 +613,7 @@ impl KeyServerSource {
             .max_capacity(100_000)
             .expire_after(UntilNotAfter)
             .build();
+        let registry = binding::registry();
         let listeners = revocations::Listeners::default();
         let revocations = revocations::Subscription {
             client: client.clone(),
@@ -625,6 +632,7 @@ impl KeyServerSource {
                     tokens: cfg.tokens.clone(),
                     backing,
                     licenses: licenses.clone(),
+                    registry: registry.clone(),
                     request_timeout: cfg.request_timeout,
                 });
                 Some(Self::subscribe(
@@ -669,6 +677,7 @@ impl KeyServerSource {
             revocations,
             listeners,
             trail,
+            registry,
         })
     }
 
@@ -900,6 +909,8 @@ impl KeyServerSource {
         grant: &keyserver::license::OpenedGrant,
         license_end: i64,
     ) -> Arc<Held> {
+        self.registry
+            .insert(grant.asset_id, binding::registered_of(grant));
         if let Some(rules) = &self.rules {
             rules
                 .scope_names
@@ -1114,11 +1125,29 @@ impl KeySource for KeyServerSource {
     ) -> Result<(), KeyError> {
         let to = to.trim_start_matches('/');
         let (token, who) = self.who(caller)?;
-        self.call(
-            self.client
-                .rename(&token, &who.app_digest, &header.asset_id.0, to),
-        )?;
+        let moved =
+            self.call(
+                self.client
+                    .rename(&token, &who.app_digest, &header.asset_id.0, to),
+            )?;
+        // Opens at the new path are checked against the new registration.
+        self.registry
+            .insert(header.asset_id.0, binding::registered_from(&moved));
         Ok(())
+    }
+
+    fn check_binding(&self, caller: &Caller, path: &str, header: &Header) -> Result<(), KeyError> {
+        self.check_bound(caller, path.trim_start_matches('/'), header)
+    }
+
+    fn new_version(
+        &self,
+        caller: &Caller,
+        path: &str,
+        header: &Header,
+        write_header: &mut dyn FnMut(u32) -> std::io::Result<()>,
+    ) -> Result<(), KeyError> {
+        self.advance_generation(caller, path.trim_start_matches('/'), header, write_header)
     }
 
     fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, Licensed), KeyError> {

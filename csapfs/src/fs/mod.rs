@@ -17,6 +17,8 @@
 
 mod filesystem;
 mod inodes;
+mod moves;
+mod versioning;
 
 use std::io;
 use std::path::{Path, PathBuf};
