@@ -1197,4 +1197,56 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
     }
+    /// Issue 12: a writer's reserve-then-settle of the next write generation; a writer that
+    /// crashed after reserving leaves the same generation for the next one.
+    #[test]
+    fn write_generations_are_reserved_then_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("ks.sqlite"), 1).unwrap();
+        let id = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
+        let at = |c: &Connection| -> Result<(u32, Option<u32>), StoreError> {
+            let a = get_asset(c, id)?.expect("registered");
+            Ok((a.generation, a.pending_generation))
+        };
+        db.call_sync(|c| {
+            c.execute(
+                "INSERT INTO scopes (name, scope_id, current_version, created_at)
+                 VALUES ('s', x'5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c', 1, 0)",
+                [],
+            )?;
+            insert_asset(
+                c,
+                &AssetInfo {
+                    asset_id: id.into(),
+                    scope: "s".into(),
+                    scope_id: String::new(),
+                    key_version: 1,
+                    path: "show/f1.exr".into(),
+                    creator: "alice".into(),
+                    created_at: 0,
+                    generation: 0,
+                    pending_generation: None,
+                },
+            )?;
+            assert_eq!(at(c)?, (0, None));
+            reserve_generation(c, id)?;
+            reserve_generation(c, id)?; // a crashed writer's reservation is handed out again
+            assert_eq!(at(c)?, (0, Some(1)));
+            assert!(matches!(
+                settle_generation(c, id, 2),
+                Err(StoreError::Conflict(_))
+            ));
+            settle_generation(c, id, 1)?;
+            settle_generation(c, id, 1)?; // a lost answer, asked again
+            assert_eq!(at(c)?, (1, None));
+            reserve_generation(c, id)?;
+            assert_eq!(at(c)?, (1, Some(2)));
+            assert!(matches!(
+                reserve_generation(c, "00000000000000000000000000000000"),
+                Err(StoreError::NotFound(_))
+            ));
+            Ok(())
+        })
+        .unwrap();
+    }
 }
