@@ -97,7 +97,8 @@ impl KeyServerSource {
             Ok((token, who)) => (super::token_user(&token), Some(who.app_digest)),
             Err(_) => (None, None),
         };
-        self.record_refusal(caller, path, header, user, app, refusal.to_string());
+        let reason = refusal.to_string();
+        self.record_refusal(caller, path, header, user, app, Action::Read, reason);
         KeyError::Binding(refusal.to_string())
     }
 
@@ -105,6 +106,33 @@ impl KeyServerSource {
     /// order, so that a crash at any point leaves the file at a generation the key server
     /// accepts (the recorded one before the header write, the pending one after it).
     pub(super) fn advance_generation(
+        &self,
+        caller: &Caller,
+        path: &str,
+        header: &Header,
+        write_header: &mut dyn FnMut(u32) -> std::io::Result<()>,
+    ) -> Result<(), KeyError> {
+        let result = self.advance(caller, path, header, write_header);
+        match &result {
+            // The key server's refusal is on its own record.
+            Ok(()) | Err(KeyError::Denied(_)) => {}
+            Err(e) => {
+                tracing::warn!(uid = caller.uid, path, asset_id = %header.asset_id, error = %e, "write refused: no new write generation");
+                self.record_refusal(
+                    caller,
+                    path,
+                    header,
+                    None,
+                    None,
+                    Action::Write,
+                    e.to_string(),
+                );
+            }
+        }
+        result
+    }
+
+    fn advance(
         &self,
         caller: &Caller,
         path: &str,

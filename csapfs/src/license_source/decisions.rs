@@ -173,7 +173,9 @@ impl KeyServerSource {
     }
 
     /// Records an open the mount refused because the file is not bound to where it was opened
-    /// (`reason` starts with the refusal's code: `path_mismatch`, `rollback`, …).
+    /// (`reason` starts with the refusal's code: `path_mismatch`, `rollback`, …), or a write
+    /// refused because no new write generation could be had.
+    #[allow(clippy::too_many_arguments)] // one audit record's fields
     pub(super) fn record_refusal(
         &self,
         caller: &Caller,
@@ -181,6 +183,7 @@ impl KeyServerSource {
         header: &Header,
         user: Option<String>,
         app_digest: Option<String>,
+        action: Action,
         reason: String,
     ) {
         let Some(trail) = &self.trail else {
@@ -192,7 +195,7 @@ impl KeyServerSource {
             app_digest,
             path: path.to_string(),
             asset: Some(header.asset_id.0),
-            action: Action::Read,
+            action,
             grant: false,
             // The refusal's code first (`path_mismatch: …`), as the trail is searched by it.
             reason: reason_of(&reason),
