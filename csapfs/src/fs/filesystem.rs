@@ -364,7 +364,13 @@ impl CsapFs {
 
     fn key_errno(&self, rel: &Path, err: &KeyError) -> Errno {
         match err {
-            KeyError::WrongKey { .. } | KeyError::Format(_) | KeyError::Binding(_) => {
+            // Audited by the key source; the file is authentic but not the asset of this path
+            // or not its current version.
+            KeyError::Binding(_) => {
+                warn!(path = %Self::asset_path(rel), error = %err, "asset refused");
+                Errno::EIO
+            }
+            KeyError::WrongKey { .. } | KeyError::Format(_) => {
                 warn!(path = %Self::asset_path(rel), error = %err, "no usable key for this asset");
                 Errno::EIO
             }
