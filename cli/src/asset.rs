@@ -150,6 +150,8 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         println!("plaintext size: {}", plaintext_size);
         println!("stored size:    {}", stored_size);
         println!("sparse:         {}", info.sparse);
+        // The key server records the current one; an older one is a rollback (FORMAT.md §7).
+        println!("generation:     {}", header.generation);
         println!("(header fields are unauthenticated until a key verifies them)");
     }
     Ok(())

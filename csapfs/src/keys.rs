@@ -37,6 +37,10 @@ pub enum KeyError {
     },
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// The file is not the asset registered at this path, or an older version of it
+    /// (FORMAT.md §7): `EIO`, audited by the source.
+    #[error("asset refused: {0}")]
+    Binding(String),
 }
 
 /// What a caller wants to do; the mount maps each FUSE operation to one of these.
@@ -151,6 +155,31 @@ pub trait KeySource: Send + Sync + 'static {
     /// mount drops cached plaintext pages of the affected files). The default never calls it:
     /// the source never revokes.
     fn on_revocation(&self, _listener: RevocationListener) {}
+    /// May the asset whose header *authenticated* as `header` be served at `path`? Checks its
+    /// registered path and write generation (FORMAT.md §7) and audits a refusal
+    /// ([`KeyError::Binding`], answered with `EIO`). Called at every open, after the header
+    /// MAC verified. The default binds nothing (the local key file has no registry).
+    fn check_binding(
+        &self,
+        _caller: &Caller,
+        _path: &str,
+        _header: &Header,
+    ) -> Result<(), KeyError> {
+        Ok(())
+    }
+    /// Moves the asset of `header` (authenticated) to a new write generation before the first
+    /// change an open of it makes: reserves the next generation, calls `write_header` to put
+    /// it in the file's header (synced), then settles it (FORMAT.md §7). An error refuses
+    /// the change. The default has no generations and never calls `write_header`.
+    fn new_version(
+        &self,
+        _caller: &Caller,
+        _path: &str,
+        _header: &Header,
+        _write_header: &mut dyn FnMut(u32) -> std::io::Result<()>,
+    ) -> Result<(), KeyError> {
+        Ok(())
+    }
     /// Tells the source that an asset moved (so a key server's asset registry follows).
     /// The default does nothing.
     fn renamed(

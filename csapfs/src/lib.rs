@@ -4,6 +4,7 @@
 //! - [`format`], [`crypto`], [`asset`], [`stream`]: the asset format, re-exported from the
 //!   `csap-format` crate (`csapfs/format/`), which links none of what follows;
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
+//! - [`binding`]: assets bound to their registered path and write generation;
 //! - [`exec_watch`]: the kernel's exec notices and pidfds (lets attestations be remembered);
 //! - [`license_source`]: content keys from key server licenses for attested callers;
 //! - [`audit_spool`]: the mount's own decisions, spooled durably and shipped to the key server;
@@ -11,6 +12,7 @@
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
 
 pub mod audit_spool;
+pub mod binding;
 pub mod exec_watch;
 pub mod fs;
 pub mod keys;

@@ -25,6 +25,7 @@
 
 mod allowances;
 pub mod attest;
+mod binding;
 mod decisions;
 mod relay;
 mod revocations;
@@ -334,6 +335,8 @@ pub struct KeyServerSource {
     backing: Option<PathBuf>,
     /// Sibling batches in flight, one per (session, application, directory).
     flights: siblings::Flights,
+    /// Each asset's registered path and write generation, as licenses said ([`binding`]).
+    registry: binding::Registry,
 }
 
 /// The mount's rule set as last seen, and the subscription that updates it.
@@ -476,6 +479,7 @@ struct Preloader {
     tokens: TokenMap,
     backing: PathBuf,
     licenses: moka::sync::Cache<LicenseKey, Arc<Held>>,
+    registry: binding::Registry,
     request_timeout: Duration,
 }
 
@@ -595,6 +599,8 @@ impl Preloader {
                     }
                 };
                 for grant in &license.grants {
+                    self.registry
+                        .insert(grant.asset_id, binding::registered_of(grant));
                     let held = Arc::new(Held::from_grant(user, grant, license.license.not_after));
                     self.licenses.insert(
                         LicenseKey {
@@ -659,6 +665,7 @@ impl KeyServerSource {
             .expire_after(UntilNotAfter)
             .build();
         cfg.tokens.bind_to_device(client.device());
+        let registry = binding::registry();
         let listeners = revocations::Listeners::default();
         let revocations = revocations::Subscription {
             client: client.clone(),
@@ -678,6 +685,7 @@ impl KeyServerSource {
                     tokens: cfg.tokens.clone(),
                     backing,
                     licenses: licenses.clone(),
+                    registry: registry.clone(),
                     request_timeout: cfg.request_timeout,
                 });
                 Some(Self::subscribe(
@@ -730,6 +738,7 @@ impl KeyServerSource {
             trail,
             backing,
             flights: siblings::Flights::default(),
+            registry,
         })
     }
 
@@ -1078,6 +1087,8 @@ impl KeyServerSource {
         grant: &keyserver::license::OpenedGrant,
         license_end: i64,
     ) -> Arc<Held> {
+        self.registry
+            .insert(grant.asset_id, binding::registered_of(grant));
         if let Some(rules) = &self.rules {
             rules
                 .scope_names
@@ -1297,11 +1308,29 @@ impl KeySource for KeyServerSource {
     ) -> Result<(), KeyError> {
         let to = to.trim_start_matches('/');
         let (token, who) = self.who(caller)?;
-        self.call(
-            self.client
-                .rename(&token, &who.app_digest, &header.asset_id.0, to),
-        )?;
+        let moved =
+            self.call(
+                self.client
+                    .rename(&token, &who.app_digest, &header.asset_id.0, to),
+            )?;
+        // Opens at the new path are checked against the new registration.
+        self.registry
+            .insert(header.asset_id.0, binding::registered_from(&moved));
         Ok(())
+    }
+
+    fn check_binding(&self, caller: &Caller, path: &str, header: &Header) -> Result<(), KeyError> {
+        self.check_bound(caller, path.trim_start_matches('/'), header)
+    }
+
+    fn new_version(
+        &self,
+        caller: &Caller,
+        path: &str,
+        header: &Header,
+        write_header: &mut dyn FnMut(u32) -> std::io::Result<()>,
+    ) -> Result<(), KeyError> {
+        self.advance_generation(caller, path.trim_start_matches('/'), header, write_header)
     }
 
     fn create_key(&self, caller: &Caller, path: &str) -> Result<(Header, Licensed), KeyError> {

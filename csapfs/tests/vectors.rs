@@ -18,32 +18,45 @@ struct Inputs {
     suite: Suite,
     chunk_size: u32,
     plaintext_len: usize,
+    /// Write generation in the header (FORMAT.md §7); 0 = no generation flag.
+    generation: u32,
 }
 
-const VECTORS: [Inputs; 4] = [
+const VECTORS: [Inputs; 5] = [
     Inputs {
         name: "gcm_empty",
         suite: Suite::Gcm,
         chunk_size: 4096,
         plaintext_len: 0,
+        generation: 0,
     },
     Inputs {
         name: "gcm_three_chunks",
         suite: Suite::Gcm,
         chunk_size: 4096,
         plaintext_len: 10_000,
+        generation: 0,
     },
     Inputs {
         name: "ctr_three_chunks",
         suite: Suite::CtrBlake3,
         chunk_size: 4096,
         plaintext_len: 10_000,
+        generation: 0,
     },
     Inputs {
         name: "gcm_exact_chunk",
         suite: Suite::Gcm,
         chunk_size: 4096,
         plaintext_len: 4096,
+        generation: 0,
+    },
+    Inputs {
+        name: "gcm_generation_7",
+        suite: Suite::Gcm,
+        chunk_size: 4096,
+        plaintext_len: 10_000,
+        generation: 7,
     },
 ];
 
@@ -75,7 +88,9 @@ fn nonce(index: u64) -> [u8; 12] {
 
 fn build(v: &Inputs) -> Vec<u8> {
     let key = derive_content_key(&seed(), &asset_id());
-    let header = Header::new(v.suite, v.chunk_size, asset_id(), key_id()).unwrap();
+    let header = Header::new(v.suite, v.chunk_size, asset_id(), key_id())
+        .unwrap()
+        .with_generation(v.generation);
     let keys = AssetKeys::new(v.suite, &key);
     let plain = plaintext(v.plaintext_len);
     let mut out = header.encode(&keys).to_vec();
@@ -129,15 +144,27 @@ fn generate() -> Value {
     let mut flipped_tag = three.clone();
     let last = flipped_tag.len() - 1;
     flipped_tag[last] ^= 0x01;
+    // The generation of a header is authenticated: neither it nor its flag can be edited.
+    let seventh = build(&VECTORS[4]);
+    let mut generation_lowered = seventh.clone();
+    generation_lowered[60] = 6;
+    let mut flag_cleared = seventh.clone();
+    flag_cleared[11] &= !csapfs::format::FLAG_GENERATION;
+    flag_cleared[60..64].fill(0);
+    let mut flag_without_generation = seventh.clone();
+    flag_without_generation[60..64].fill(0);
     let fail = json!([
         { "name": "fail_truncated_at_chunk_boundary", "expect": "authentication", "asset": hex::encode(&three[..header + 2 * stored]) },
         { "name": "fail_truncated_mid_chunk", "expect": "invalid_length", "asset": hex::encode(&three[..header + stored + 10]) },
         { "name": "fail_chunks_swapped", "expect": "authentication", "asset": hex::encode(&swapped) },
         { "name": "fail_flipped_tag_bit", "expect": "authentication", "asset": hex::encode(&flipped_tag) },
         { "name": "fail_appended_byte", "expect": "authentication", "asset": hex::encode([three.as_slice(), &[0u8]].concat()) },
+        { "name": "fail_generation_lowered", "expect": "header_authentication", "asset": hex::encode(&generation_lowered) },
+        { "name": "fail_generation_flag_cleared", "expect": "header_authentication", "asset": hex::encode(&flag_cleared) },
+        { "name": "fail_generation_flag_with_zero", "expect": "zero_generation", "asset": hex::encode(&flag_without_generation) },
     ]);
     json!({
-        "comment": "csap asset format v1 test vectors; see csapfs/FORMAT.md",
+        "comment": "csap asset format v1 test vectors (gcm_generation_7: header with the generation flag); see csapfs/FORMAT.md",
         "seed": hex::encode(seed().as_bytes()),
         "asset_id": asset_id().to_string(),
         "key_id": { "scope": key_id().scope.to_string(), "version": key_id().version },
@@ -184,6 +211,10 @@ fn negative_vectors_are_rejected_with_the_named_error() {
         let kind = match err {
             AssetError::Authentication { .. } => "authentication",
             AssetError::Format(csapfs::format::FormatError::InvalidLength(_)) => "invalid_length",
+            AssetError::Format(csapfs::format::FormatError::HeaderAuthentication) => {
+                "header_authentication"
+            }
+            AssetError::Format(csapfs::format::FormatError::ZeroGeneration) => "zero_generation",
             other => panic!("{}: unexpected {other}", v["name"]),
         };
         assert_eq!(kind, v["expect"], "{}", v["name"]);

@@ -53,6 +53,10 @@ pub(crate) fn router(state: S) -> Router {
         .route("/v1/licenses", post(licenses))
         .route("/v1/assets", post(create_asset))
         .route("/v1/assets/{id}/rename", post(rename_asset))
+        .route(
+            "/v1/assets/{id}/generation",
+            post(crate::generation::advance),
+        )
         .route("/v1/directory", get(directory))
         .route("/v1/revocations", get(crate::revocation::list))
         .route("/v1/apps/{digest}/code", get(app_code))
@@ -257,8 +261,8 @@ fn new_id() -> Result<[u8; 16], ApiError> {
 // ---------- authentication of a request ----------
 
 /// Who is asking, once token, user, device and application have all been checked.
-struct Subject {
-    user: String,
+pub(crate) struct Subject {
+    pub(crate) user: String,
 }
 
 /// `device` is the presenting connection's device (its client certificate): a token issued on
@@ -464,6 +468,8 @@ impl<'a> Grantor<'a> {
             rule_ids,
             not_after: until,
             sealed_key: hex::encode(sealed),
+            generation: asset.generation,
+            pending_generation: asset.pending_generation,
         }))
     }
 
@@ -548,15 +554,15 @@ impl<'a> Grantor<'a> {
 }
 
 /// Who made a request that is being refused (for its audit rows).
-struct Who<'a> {
-    user: Option<String>,
-    app_digest: &'a str,
-    device: &'a str,
-    action: Action,
+pub(crate) struct Who<'a> {
+    pub(crate) user: Option<String>,
+    pub(crate) app_digest: &'a str,
+    pub(crate) device: &'a str,
+    pub(crate) action: Action,
 }
 
 /// Records a request-level denial (one row per asset named, or one row) and returns the error.
-fn deny_request(
+pub(crate) fn deny_request(
     conn: &mut Connection,
     now: i64,
     who: Who<'_>,
@@ -602,7 +608,7 @@ fn deny_request(
 
 /// [`authenticate`] for a request served on the pool: a refusal is recorded against the
 /// user the token names (unverified) and `assets`, and becomes the error.
-fn authenticate_or_deny(
+pub(crate) fn authenticate_or_deny(
     st: &State,
     conn: &mut Connection,
     now: i64,
@@ -995,6 +1001,9 @@ fn create_work(
         path: create.path.clone(),
         creator: g.user.to_string(),
         created_at: g.now,
+        // A new asset's header carries no generation, which reads as 0 (FORMAT.md §7).
+        generation: 0,
+        pending_generation: None,
     };
     // Grant before registering, so a refused create leaves no asset row behind.
     match g.grant(Reader::Sql(conn), &asset)? {

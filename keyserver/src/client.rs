@@ -367,6 +367,29 @@ impl LicenseClient {
             .await
     }
 
+    /// One step of moving an asset to its next write generation (see
+    /// [`crate::generation`]); answers the asset's registry row after the step.
+    pub async fn generation(
+        &self,
+        token: &UserToken,
+        app_digest: &str,
+        asset_id: &[u8; 16],
+        step: GenerationStep,
+        generation: u32,
+    ) -> Result<AssetInfo, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/assets/{}/generation", hex::encode(asset_id)),
+                &GenerationRequest {
+                    token: token.as_str().into(),
+                    app_digest: app_digest.into(),
+                    step,
+                    generation,
+                },
+            )
+            .await
+    }
+
     /// Ships a batch of the mount's own decisions (`POST /v1/audit`).
     pub async fn ship_audit(&self, batch: &AuditBatch) -> Result<AuditBatchAck, ClientError> {
         self.client.post("/v1/audit", batch).await

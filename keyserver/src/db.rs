@@ -130,7 +130,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_path ON audit(path);
     CREATE INDEX audit_user ON audit(user, time);
     CREATE UNIQUE INDEX audit_spool_seq ON audit(device, spool, seq) WHERE seq IS NOT NULL;",
-    // 5: what each build may map beyond the mount's defaults (wire::AppCode)
+    // 5: each asset's write generation and a reserved next one (csapfs FORMAT.md §7); every
+    // asset registered before starts at generation 0, which is what its header says.
+    "ALTER TABLE assets ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE assets ADD COLUMN pending_generation INTEGER;",
+    // 6: what each build may map beyond the mount's defaults (wire::AppCode)
     "ALTER TABLE applications ADD COLUMN allow_jit INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE applications ADD COLUMN allow_userns INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE applications ADD COLUMN libraries TEXT NOT NULL DEFAULT '[]';",
@@ -839,11 +843,14 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssetInfo> {
         creator: r.get(4)?,
         created_at: r.get(5)?,
         scope_id: hex::encode(scope_id),
+        generation: r.get(7)?,
+        pending_generation: r.get(8)?,
     })
 }
 
 const ASSET_SELECT: &str =
-    "SELECT a.asset_id, a.scope, a.version, a.path, a.creator, a.created_at, s.scope_id
+    "SELECT a.asset_id, a.scope, a.version, a.path, a.creator, a.created_at, s.scope_id,
+            a.generation, a.pending_generation
      FROM assets a JOIN scopes s ON s.name = a.scope";
 
 pub fn get_asset(conn: &Connection, asset_id: &str) -> Result<Option<AssetInfo>, StoreError> {
@@ -868,6 +875,69 @@ pub fn rename_asset(conn: &Connection, asset_id: &str, new_path: &str) -> Result
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("asset {asset_id}")));
+    }
+    Ok(())
+}
+
+/// Reserves the asset's next write generation: records `generation + 1` as pending unless one
+/// is pending already (a writer that crashed before settling: its generation may be in the
+/// file, so it stays acceptable and is handed out again).
+pub fn reserve_generation(conn: &Connection, asset_id: &str) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE assets SET pending_generation = generation + 1
+         WHERE asset_id = ?1 AND pending_generation IS NULL AND generation < 4294967295",
+        params![asset_id],
+    )?;
+    if n == 0 {
+        let pending: Option<Option<u32>> = conn
+            .query_row(
+                "SELECT pending_generation FROM assets WHERE asset_id = ?1",
+                params![asset_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match pending {
+            None => return Err(StoreError::NotFound(format!("asset {asset_id}"))),
+            Some(None) => {
+                return Err(StoreError::Conflict(format!(
+                    "asset {asset_id}: write generations exhausted"
+                )))
+            }
+            Some(Some(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Makes the pending generation `generation` the recorded one (idempotent: settling the
+/// recorded generation again is a no-op, for a writer whose answer was lost).
+pub fn settle_generation(
+    conn: &Connection,
+    asset_id: &str,
+    generation: u32,
+) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE assets SET generation = pending_generation, pending_generation = NULL
+         WHERE asset_id = ?1 AND pending_generation = ?2",
+        params![asset_id, generation],
+    )?;
+    if n == 0 {
+        let recorded: Option<u32> = conn
+            .query_row(
+                "SELECT generation FROM assets WHERE asset_id = ?1",
+                params![asset_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match recorded {
+            None => return Err(StoreError::NotFound(format!("asset {asset_id}"))),
+            Some(g) if g == generation => {}
+            Some(_) => {
+                return Err(StoreError::Conflict(format!(
+                    "asset {asset_id}: generation {generation} is not pending"
+                )))
+            }
+        }
     }
     Ok(())
 }
@@ -1141,5 +1211,57 @@ mod tests {
             db.call_sync(|c| add_user(c, "alice", "h", 2)),
             Err(StoreError::Conflict(_))
         ));
+    }
+    /// Issue 12: a writer's reserve-then-settle of the next write generation; a writer that
+    /// crashed after reserving leaves the same generation for the next one.
+    #[test]
+    fn write_generations_are_reserved_then_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("ks.sqlite"), 1).unwrap();
+        let id = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
+        let at = |c: &Connection| -> Result<(u32, Option<u32>), StoreError> {
+            let a = get_asset(c, id)?.expect("registered");
+            Ok((a.generation, a.pending_generation))
+        };
+        db.call_sync(|c| {
+            c.execute(
+                "INSERT INTO scopes (name, scope_id, current_version, created_at)
+                 VALUES ('s', x'5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c', 1, 0)",
+                [],
+            )?;
+            insert_asset(
+                c,
+                &AssetInfo {
+                    asset_id: id.into(),
+                    scope: "s".into(),
+                    scope_id: String::new(),
+                    key_version: 1,
+                    path: "show/f1.exr".into(),
+                    creator: "alice".into(),
+                    created_at: 0,
+                    generation: 0,
+                    pending_generation: None,
+                },
+            )?;
+            assert_eq!(at(c)?, (0, None));
+            reserve_generation(c, id)?;
+            reserve_generation(c, id)?; // a crashed writer's reservation is handed out again
+            assert_eq!(at(c)?, (0, Some(1)));
+            assert!(matches!(
+                settle_generation(c, id, 2),
+                Err(StoreError::Conflict(_))
+            ));
+            settle_generation(c, id, 1)?;
+            settle_generation(c, id, 1)?; // a lost answer, asked again
+            assert_eq!(at(c)?, (1, None));
+            reserve_generation(c, id)?;
+            assert_eq!(at(c)?, (1, Some(2)));
+            assert!(matches!(
+                reserve_generation(c, "00000000000000000000000000000000"),
+                Err(StoreError::NotFound(_))
+            ));
+            Ok(())
+        })
+        .unwrap();
     }
 }

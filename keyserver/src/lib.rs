@@ -11,6 +11,7 @@ pub mod db;
 pub mod directory;
 pub mod error;
 pub mod fsutil;
+pub mod generation;
 pub mod keys;
 pub mod license;
 pub mod pki;

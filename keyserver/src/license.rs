@@ -311,6 +311,8 @@ mod tests {
                     rule_ids: vec!["r".into()],
                     not_after: 2_000_000_000,
                     sealed_key: hex::encode(sealer.seal_next(&key, license_id, a).unwrap()),
+                    generation: 0,
+                    pending_generation: None,
                 }
             })
             .collect();
@@ -431,6 +433,8 @@ mod tests {
                 rule_ids: vec!["r".into()],
                 not_after: 1_700_000_900,
                 sealed_key: hex::encode(keys.seal_next(&ContentKey::from_bytes([9u8; 32]), &a)),
+                generation: 0,
+                pending_generation: None,
             }],
             denials: Vec::new(),
             break_glass: false,

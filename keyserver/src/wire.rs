@@ -214,6 +214,14 @@ pub struct Grant {
     pub not_after: i64,
     /// HPKE ciphertext ‖ tag of the 32-byte content key (hex), AAD = license id ‖ asset id.
     pub sealed_key: String,
+    /// The asset's recorded write generation (csapfs FORMAT.md §7); with `path`, what the
+    /// mount binds the file to: a file at another path or an older generation is refused.
+    #[serde(default)]
+    pub generation: u32,
+    /// A next generation a writer reserved and has not settled yet (also accepted: the writer
+    /// may have crashed after putting it in the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_generation: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +274,28 @@ pub struct RenameRequest {
     pub new_path: String,
 }
 
+/// `POST /v1/assets/{id}/generation`: a writer moves an asset to its next write generation
+/// in two steps (csapfs FORMAT.md §7): `reserve` records `generation + 1` as pending (or
+/// answers the one pending already), the writer puts it in the file and syncs, then `settle`
+/// makes it the recorded generation. Needs a `write` rule on the registered path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationRequest {
+    pub token: Secret,
+    pub app_digest: String,
+    pub step: GenerationStep,
+    /// For `settle`: the pending generation now in the file. Ignored by `reserve`.
+    #[serde(default)]
+    pub generation: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationStep {
+    Reserve,
+    Settle,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AssetInfo {
     pub asset_id: String,
@@ -275,6 +305,12 @@ pub struct AssetInfo {
     pub path: String,
     pub creator: String,
     pub created_at: i64,
+    /// The recorded write generation (0 for an asset never rewritten since registration).
+    #[serde(default)]
+    pub generation: u32,
+    /// A reserved, not yet settled next generation.
+    #[serde(default)]
+    pub pending_generation: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

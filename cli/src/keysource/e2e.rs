@@ -2,6 +2,7 @@
 //! server over TLS), an enrolled device, real FUSE mounts built from the `csap mount` flags,
 //! and approved programs run as separate processes. The harness is in [`fixture`].
 
+mod binding;
 mod code;
 mod fixture;
 mod ratelimit;

@@ -320,6 +320,15 @@ impl Asset {
         Ok(())
     }
 
+    /// Puts the asset at write generation `generation` (FORMAT.md §7): one header `pwrite`,
+    /// then synced, so the key server is told to settle on it only once it is on disk.
+    pub fn set_generation(&mut self, generation: u32) -> Result<(), AssetError> {
+        self.header = self.header.with_generation(generation);
+        self.write_header()?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+
     /// The one mutation path: re-seals every chunk whose content, length or finality changes,
     /// each with a fresh nonce, then fixes the file length.
     fn rewrite(&mut self, new_size: u64, write: Option<(u64, &[u8])>) -> Result<(), AssetError> {

@@ -135,7 +135,10 @@ pub const FLAG_SPARSE: u8 = 0b0000_0001;
 /// Header flag bit 1: a writer was extending the asset; `append_base` holds the plaintext size
 /// before that extension (FORMAT.md §6, crash recovery).
 pub const FLAG_APPENDING: u8 = 0b0000_0010;
-const KNOWN_FLAGS: u8 = FLAG_SPARSE | FLAG_APPENDING;
+/// Header flag bit 2: bytes 60..64 hold the asset's write generation (FORMAT.md §7), which the
+/// key server records, so that an older authentic copy put back in place is refused.
+pub const FLAG_GENERATION: u8 = 0b0000_0100;
+const KNOWN_FLAGS: u8 = FLAG_SPARSE | FLAG_APPENDING | FLAG_GENERATION;
 
 /// The decoded header fields of an asset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -147,6 +150,9 @@ pub struct Header {
     pub flags: u8,
     /// With [`FLAG_APPENDING`]: the plaintext size before the extension in progress; else 0.
     pub append_base: u64,
+    /// With [`FLAG_GENERATION`]: the write generation (≥ 1); without it the asset is at
+    /// generation 0 (as every asset written before generations existed).
+    pub generation: u32,
 }
 
 impl Header {
@@ -165,7 +171,19 @@ impl Header {
             key_id,
             flags: 0,
             append_base: 0,
+            generation: 0,
         })
+    }
+
+    /// The same header at write generation `generation` (0 clears [`FLAG_GENERATION`]).
+    pub fn with_generation(mut self, generation: u32) -> Header {
+        self.generation = generation;
+        if generation == 0 {
+            self.flags &= !FLAG_GENERATION;
+        } else {
+            self.flags |= FLAG_GENERATION;
+        }
+        self
     }
 
     pub fn is_sparse(&self) -> bool {
@@ -190,7 +208,8 @@ impl Header {
         b[32..48].copy_from_slice(&self.key_id.scope.0);
         b[48..52].copy_from_slice(&self.key_id.version.to_le_bytes());
         b[52..60].copy_from_slice(&self.append_base.to_le_bytes());
-        // 60..64 reserved, zero.
+        // Zero without FLAG_GENERATION (the reserved bytes of earlier writers).
+        b[60..64].copy_from_slice(&self.generation.to_le_bytes());
         b
     }
 
@@ -224,10 +243,14 @@ impl Header {
         let chunk_size = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
         validate_chunk_size(chunk_size)?;
         let append_base = u64::from_le_bytes(bytes[52..60].try_into().expect("8 bytes"));
-        if bytes[60..64].iter().any(|&b| b != 0)
-            || (flags & FLAG_APPENDING == 0 && append_base != 0)
+        let generation = u32::from_le_bytes(bytes[60..64].try_into().expect("4 bytes"));
+        if (flags & FLAG_APPENDING == 0 && append_base != 0)
+            || (flags & FLAG_GENERATION == 0 && generation != 0)
         {
             return Err(FormatError::ReservedNotZero);
+        }
+        if flags & FLAG_GENERATION != 0 && generation == 0 {
+            return Err(FormatError::ZeroGeneration);
         }
         Ok(Header {
             suite,
@@ -239,6 +262,7 @@ impl Header {
             },
             flags,
             append_base,
+            generation,
         })
     }
 
@@ -423,6 +447,8 @@ pub enum FormatError {
     BadChunkSize(u32),
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
+    #[error("the header's generation flag is set with generation 0")]
+    ZeroGeneration,
     #[error("the header does not authenticate: wrong key, or the header was tampered with")]
     HeaderAuthentication,
     #[error("stored length {0} is not a valid asset length: the file was truncated or extended")]

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +47,8 @@ thread_local! {
 struct OpenInode {
     asset: RwLock<Asset>,
     writable: bool,
+    /// This open of the asset moved it to a new write generation already (or created it).
+    versioned: AtomicBool,
 }
 
 struct OpenEntry {
@@ -362,6 +364,12 @@ impl CsapFs {
 
     fn key_errno(&self, rel: &Path, err: &KeyError) -> Errno {
         match err {
+            // Audited by the key source; the file is authentic but not the asset of this path
+            // or not its current version.
+            KeyError::Binding(_) => {
+                warn!(path = %Self::asset_path(rel), error = %err, "asset refused");
+                Errno::EIO
+            }
             KeyError::WrongKey { .. } | KeyError::Format(_) => {
                 warn!(path = %Self::asset_path(rel), error = %err, "no usable key for this asset");
                 Errno::EIO
@@ -413,6 +421,10 @@ impl CsapFs {
             self.report_invalid(ino, &rel, &err);
             Errno::EIO
         })?;
+        // The header authenticated: is this the asset registered here, at its generation?
+        self.keys
+            .check_binding(&Self::caller(req), &Self::asset_path(&rel), asset.header())
+            .map_err(|err| self.key_errno(&rel, &err))?;
         if let Some(node) = lock(&self.inodes).node_mut(ino) {
             node.chunk_size = Some(asset.header().chunk_size);
         }
@@ -420,6 +432,7 @@ impl CsapFs {
             OpenInode {
                 asset: RwLock::new(asset),
                 writable,
+                versioned: AtomicBool::new(false),
             },
             licensed.lease,
         ))
@@ -440,10 +453,16 @@ impl CsapFs {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .header();
-        self.keys
+        let lease = self
+            .keys
             .open_key(&Self::caller(req), &Self::asset_path(&rel), &header, access)
             .map(|licensed| licensed.lease)
-            .map_err(|err| self.key_errno(&rel, &err))
+            .map_err(|err| self.key_errno(&rel, &err))?;
+        // The open asset's header authenticated when it was opened; the path may have changed.
+        self.keys
+            .check_binding(&Self::caller(req), &Self::asset_path(&rel), &header)
+            .map_err(|err| self.key_errno(&rel, &err))?;
+        Ok(lease)
     }
 
     /// Registers a handle on `ino`, sharing the inode's open asset if it has one. The asset is
@@ -598,6 +617,8 @@ impl CsapFs {
         let inode = OpenInode {
             asset: RwLock::new(asset),
             writable: true,
+            // A new asset: there is no older version to tell it from.
+            versioned: AtomicBool::new(true),
         };
         let writable = (flags & libc_consts::O_ACCMODE) != libc_consts::O_RDONLY;
         // A stale open entry can exist only if the backing inode number was reused while the
@@ -618,13 +639,20 @@ impl CsapFs {
             .map_err(|err| Errno::from_i32(err.errno()))
     }
 
-    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let (_, inode, writable) = self.live_handle(fh)?;
+    fn do_write(
+        &self,
+        req: &Request,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Errno> {
+        let (ino, inode, writable) = self.live_handle(fh)?;
         if !writable {
             return Err(Errno::EBADF);
         }
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         let mut asset = inode.asset.write().unwrap_or_else(|p| p.into_inner());
+        self.new_version(req, ino, &inode, &mut asset)?;
         asset
             .write_at(offset, data)
             .map_err(|err| Errno::from_i32(err.errno()))?;
@@ -665,7 +693,28 @@ impl CsapFs {
             return Err(Errno::EACCES);
         }
         let mut asset = inode.asset.write().unwrap_or_else(|p| p.into_inner());
+        self.new_version(req, ino, &inode, &mut asset)?;
         f(&mut asset).map_err(|err| Errno::from_i32(err.errno()))
+    }
+
+    /// Before the first change through this open asset: its next write generation.
+    fn new_version(
+        &self,
+        req: &Request,
+        ino: u64,
+        inode: &OpenInode,
+        asset: &mut Asset,
+    ) -> Result<(), Errno> {
+        // Unlinked but open: the generation still advances; the path only labels the record.
+        let rel = self.rel_path(ino).unwrap_or_default();
+        super::versioning::before_change(
+            self.keys.as_ref(),
+            &Self::caller(req),
+            &Self::asset_path(&rel),
+            asset,
+            &inode.versioned,
+        )
+        .map_err(|err| self.key_errno(&rel, &err))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -778,6 +827,8 @@ impl CsapFs {
                     )
                     .map_err(|err| self.key_errno(&from, &err))?;
             }
+        } else if fs::symlink_metadata(&from_full).map_err(io_errno)?.is_dir() {
+            self.rename_assets_under(req, &from, &to)?;
         }
         if flags.contains(RenameFlags::RENAME_NOREPLACE) {
             nix::fcntl::renameat2(
@@ -797,6 +848,32 @@ impl CsapFs {
             inodes.unlinked(ino, &to);
         }
         inodes.renamed(&from, &to);
+        Ok(())
+    }
+
+    /// Moves the registration of every asset below directory `from` to its place below `to`
+    /// (the key server decides each). If one is refused, those already moved are moved back
+    /// and the rename fails: no asset is left registered where its file is not.
+    fn rename_assets_under(&self, req: &Request, from: &Path, to: &Path) -> Result<(), Errno> {
+        let assets = super::moves::assets_under(&self.full(from)).map_err(io_errno)?;
+        let caller = Self::caller(req);
+        let path = |dir: &Path, rel: &Path| Self::asset_path(&dir.join(rel));
+        for (done, (rel, header)) in assets.iter().enumerate() {
+            let moved = self
+                .keys
+                .renamed(&caller, header, &path(from, rel), &path(to, rel));
+            if let Err(err) = moved {
+                for (rel, header) in &assets[..done] {
+                    if let Err(back) =
+                        self.keys
+                            .renamed(&caller, header, &path(to, rel), &path(from, rel))
+                    {
+                        warn!(path = %path(from, rel), error = %back, "cannot move an asset's registration back after a refused directory rename");
+                    }
+                }
+                return Err(self.key_errno(&from.join(rel), &err));
+            }
+        }
         Ok(())
     }
 
@@ -1147,7 +1224,7 @@ impl Filesystem for CsapFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1157,7 +1234,7 @@ impl Filesystem for CsapFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.do_write(fh, offset, data) {
+        match self.do_write(req, fh, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }

@@ -18,6 +18,8 @@
 mod filesystem;
 mod inodes;
 mod mountpoint;
+mod moves;
+mod versioning;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -103,7 +103,7 @@ fn action_of(access: Access) -> Action {
 }
 
 /// An error as a recorded reason: one line, bounded.
-fn reason_of(e: &KeyError) -> Cow<'static, str> {
+fn reason_of(e: &dyn std::fmt::Display) -> Cow<'static, str> {
     let mut text: String = e
         .to_string()
         .chars()
@@ -170,6 +170,36 @@ impl KeyServerSource {
                 Err(e)
             }
         }
+    }
+
+    /// Records an open the mount refused because the file is not bound to where it was opened
+    /// (`reason` starts with the refusal's code: `path_mismatch`, `rollback`, …), or a write
+    /// refused because no new write generation could be had.
+    #[allow(clippy::too_many_arguments)] // one audit record's fields
+    pub(super) fn record_refusal(
+        &self,
+        caller: &Caller,
+        path: &str,
+        header: &Header,
+        user: Option<String>,
+        app_digest: Option<String>,
+        action: Action,
+        reason: String,
+    ) {
+        let Some(trail) = &self.trail else {
+            return;
+        };
+        trail.record(Decision {
+            user,
+            uid: caller.uid,
+            app_digest,
+            path: path.to_string(),
+            asset: Some(header.asset_id.0),
+            action,
+            grant: false,
+            // The refusal's code first (`path_mismatch: …`), as the trail is searched by it.
+            reason: reason_of(&reason),
+        });
     }
 
     /// Records a metadata operation's local-rule decision (allowed or refused).
