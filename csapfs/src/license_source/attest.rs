@@ -349,7 +349,7 @@ impl Attestor {
             return self.measure(pid).map(|(a, _)| a);
         };
         let ticket = match remembered.lookup(pid) {
-            Ok((known, probe)) if self.inner.still_as_measured(&probe, pid) => return Ok(known),
+            Ok((known, probe)) if self.inner.still_as_measured(&probe) => return Ok(known),
             Ok(_) => {
                 // New code mapped, or another user namespace: measure afresh.
                 remembered.forget(pid);
@@ -399,9 +399,8 @@ impl Attestor {
 
 impl Inner {
     /// A remembered caller has mapped no new code and kept its user namespace.
-    fn still_as_measured(&self, probe: &Probe, pid: u32) -> bool {
-        let userns = self.proc_root.join(pid.to_string()).join("ns/user");
-        probe.unchanged() && code::namespace_id(&userns).is_ok_and(|ns| ns == probe.userns())
+    fn still_as_measured(&self, probe: &Probe) -> bool {
+        probe.unchanged() && probe.same_user_namespace()
     }
 
     fn measure(&self, pid: u32) -> Result<Measured, AttestError> {
@@ -446,8 +445,8 @@ impl Inner {
         main: (u64, u64),
         digest: &str,
     ) -> Result<Probe, AttestError> {
-        let userns =
-            code::namespace_id(&dir.join("ns/user")).map_err(|e| unreadable(pid, "ns/user", e))?;
+        let (ns_dir, userns) =
+            code::open_namespaces(dir).map_err(|e| unreadable(pid, "ns/user", e))?;
         let maps = File::open(dir.join("maps")).map_err(|e| unreadable(pid, "maps", e))?;
         let (maps, text) = code::read_maps(maps).map_err(|e| unreadable(pid, "maps", e))?;
         let mappings = code::exec_mappings(&text).ok_or(AttestError::BadStat { pid })?;
@@ -459,7 +458,7 @@ impl Inner {
         if facts.anonymous || other_userns || !facts.foreign.is_empty() {
             self.check_allowance(dir, pid, digest, &facts, other_userns)?;
         }
-        Ok(Probe::new(maps, code::fingerprint(&mappings), userns))
+        Ok(Probe::new(maps, code::fingerprint(&mappings), ns_dir, userns))
     }
 
     /// Whether the application's registration allows what `facts` found beyond the defaults.

@@ -193,7 +193,8 @@ mod tests {
 
     fn probe() -> Probe {
         let maps = std::fs::File::open("/proc/self/maps").unwrap();
-        Probe::new(maps, Vec::new(), (0, 0))
+        let ns = std::fs::File::open("/proc/self/ns").unwrap();
+        Probe::new(maps, Vec::new(), ns, (0, 0))
     }
 
     /// Notices of other processes do not spoil a measurement; one of the measured process, or
