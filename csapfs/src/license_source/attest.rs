@@ -29,9 +29,8 @@
 //! So an attestation is remembered per calling thread ([`remembered`]) until its process
 //! execs or the thread dies, which the kernel tells us ([`crate::exec_watch`]); a remembered
 //! caller is answered on the request's own thread after checking, through the `maps` file
-//! opened at measurement, that it has mapped no new code since ([`code::Probe`]) and is still
-//! in the user namespace it was measured in. Where exec notices or `PROCMAP_QUERY` are
-//! unavailable, every open measures its caller.
+//! opened at measurement, that it has mapped no new code since ([`code::Probe`]). Where exec
+//! notices or `PROCMAP_QUERY` are unavailable, every open measures its caller.
 
 pub mod code;
 mod remembered;
@@ -398,9 +397,9 @@ impl Attestor {
 }
 
 impl Inner {
-    /// A remembered caller has mapped no new code and kept its user namespace.
+    /// A remembered caller has mapped no new code (see [`Probe`] for the user namespace).
     fn still_as_measured(&self, probe: &Probe) -> bool {
-        probe.unchanged() && probe.same_user_namespace()
+        probe.unchanged()
     }
 
     fn measure(&self, pid: u32) -> Result<Measured, AttestError> {
@@ -445,8 +444,8 @@ impl Inner {
         main: (u64, u64),
         digest: &str,
     ) -> Result<Probe, AttestError> {
-        let (ns_dir, userns) =
-            code::open_namespaces(dir).map_err(|e| unreadable(pid, "ns/user", e))?;
+        let userns =
+            code::namespace_id(&dir.join("ns/user")).map_err(|e| unreadable(pid, "ns/user", e))?;
         let maps = File::open(dir.join("maps")).map_err(|e| unreadable(pid, "maps", e))?;
         let (maps, text) = code::read_maps(maps).map_err(|e| unreadable(pid, "maps", e))?;
         let mappings = code::exec_mappings(&text).ok_or(AttestError::BadStat { pid })?;
@@ -458,7 +457,7 @@ impl Inner {
         if facts.anonymous || other_userns || !facts.foreign.is_empty() {
             self.check_allowance(dir, pid, digest, &facts, other_userns)?;
         }
-        Ok(Probe::new(maps, code::fingerprint(&mappings), ns_dir, userns))
+        Ok(Probe::new(maps, code::fingerprint(&mappings)))
     }
 
     /// Whether the application's registration allows what `facts` found beyond the defaults.
@@ -795,6 +794,34 @@ mod tests {
             t.elapsed()
         );
         release.send(()).unwrap();
+    }
+
+    /// A process with many libraries and threads is answered from memory at its second open:
+    /// the mappings listed as text at measurement and by `PROCMAP_QUERY` at each open agree.
+    #[test]
+    fn a_big_threaded_process_is_remembered() {
+        // Debian's own interpreter: its modules are system libraries.
+        let mut child = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import threading, time, ssl, sqlite3, ctypes\n\
+                 threading.Thread(target=time.sleep, args=(30,)).start()\n\
+                 time.sleep(30)",
+            ])
+            .env_remove("LD_LIBRARY_PATH")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_exec_done(pid);
+        std::thread::sleep(Duration::from_millis(500)); // imports done
+        let attestor = Attestor::new(Duration::from_secs(10));
+        let first = attestor.attest(pid).unwrap();
+        let again = attestor.attest(pid).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(first, again);
+        assert_eq!(attestor.remembered_hits(), 1, "measured twice");
     }
 
     /// The attack a remembered attestation invites: measured clean, then exec with

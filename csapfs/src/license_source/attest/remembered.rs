@@ -193,8 +193,7 @@ mod tests {
 
     fn probe() -> Probe {
         let maps = std::fs::File::open("/proc/self/maps").unwrap();
-        let ns = std::fs::File::open("/proc/self/ns").unwrap();
-        Probe::new(maps, Vec::new(), ns, (0, 0))
+        Probe::new(maps, Vec::new())
     }
 
     /// Notices of other processes do not spoil a measurement; one of the measured process, or
