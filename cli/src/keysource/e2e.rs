@@ -3,6 +3,7 @@
 //! and approved programs run as separate processes. The harness is in [`fixture`].
 
 mod fixture;
+mod mappings;
 mod revocation;
 
 use std::os::unix::fs::PermissionsExt;
