@@ -145,6 +145,9 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if args.daemon {
         return spawn_daemon(&args);
     }
+    // Before any key is read (the key file, licenses): the daemon re-executes itself, and
+    // exec resets the flag, so this runs in the process that serves the mount.
+    crate::hardening::not_dumpable()?;
     let suite = match args.suite {
         SuiteArg::Gcm => Suite::Gcm,
         SuiteArg::Ctr => Suite::CtrBlake3,
