@@ -112,7 +112,7 @@ fn map_arena() -> (NonNull<u8>, Backing) {
 /// An arena from `memfd_secret` (the fd is closed; the mapping keeps the memory).
 fn secret_arena() -> std::io::Result<NonNull<u8>> {
     // SAFETY: memfd_secret takes one flags argument and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::FD_CLOEXEC) };
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
