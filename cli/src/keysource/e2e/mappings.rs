@@ -167,7 +167,11 @@ fn mapped_pages_are_refused_after(cache: CacheMode, end: LicenseEnd) {
     }
     let (mnt, mounted) = env.mount("mnt", &args, &options);
     let f1 = mnt.join("samples/f1.raw");
-    let apps = [env.apps.bash.as_str(), mapper_digest.as_str()];
+    let apps = [
+        env.apps.bash.as_str(),
+        env.apps.perl.as_str(),
+        mapper_digest.as_str(),
+    ];
     let window_end = keyserver::now().expect("system clock usable") + 8;
     let issued = match end {
         LicenseEnd::Window => env.submit(&Req {
@@ -181,7 +185,9 @@ fn mapped_pages_are_refused_after(cache: CacheMode, end: LicenseEnd) {
         }
     };
     wait_until_bash_opens(&f1);
-    let mut reader = Reader::open(&f1);
+    // Re-reads the first 4 KiB each time: a sequential reader would reach the end of the file
+    // before the window does, and a read at the end never reaches the mount.
+    let mut reader = Reader::rereading(&f1);
     assert_eq!(reader.read(), "ok");
     let pages = env.frame.len() as u64 / 4096;
     let retouch = Mapper::start(&mapper, &f1, 0, env.frame[0]);
