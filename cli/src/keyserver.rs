@@ -392,6 +392,7 @@ fn read_password(prompt: &str) -> Result<zeroize::Zeroizing<String>> {
 
 pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
     let KeyserverCommand::Serve(args) = cmd;
+    crate::hardening::not_dumpable()?;
     runtime()?.block_on(async move {
         let late_rules = keyserver::rules::LateRules::default();
         let rules: Arc<dyn keyserver::RuleCheck> = Arc::new(late_rules.clone());

@@ -8,6 +8,7 @@ mod asset;
 mod atomic;
 mod authz;
 mod directory;
+mod hardening;
 mod import;
 mod keyserver;
 mod keysource;

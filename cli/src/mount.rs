@@ -62,9 +62,11 @@ pub struct MountArgs {
     /// as it is.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
-    /// Page-cache policy. direct: plaintext never enters the kernel page cache and every read
-    /// passes the enforcement point (mmap still works on Linux >= 6.6). page: the kernel caches
-    /// plaintext pages but drops them at each open; attributes are cached for 1 s.
+    /// Page-cache policy. direct: reads never put plaintext in the kernel page cache and every
+    /// read passes the enforcement point (mmap still works on Linux >= 6.6). page: the kernel
+    /// caches plaintext pages but drops them at each open; attributes are cached for 1 s. In
+    /// both, a file's cached and mapped pages are dropped when a handle's license ends (a
+    /// mapping then gets SIGBUS).
     #[arg(long, value_enum, default_value_t = CacheArg::from(CacheMode::DEFAULT))]
     pub cache: CacheArg,
     /// FUSE event-loop threads (default: 2 per core, 4 to 16).
@@ -154,6 +156,9 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if args.daemon {
         return spawn_daemon(&args);
     }
+    // Before any key is read (the key file, licenses): the daemon re-executes itself, and
+    // exec resets the flag, so this runs in the process that serves the mount.
+    crate::hardening::not_dumpable()?;
     let suite = match args.suite {
         SuiteArg::Gcm => Suite::Gcm,
         SuiteArg::Ctr => Suite::CtrBlake3,

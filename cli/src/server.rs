@@ -319,6 +319,7 @@ impl EmbeddedServer {
 
 /// `csap server`: runs until Ctrl-C (or SIGTERM).
 pub fn run(args: ServerArgs) -> Result<()> {
+    crate::hardening::not_dumpable()?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         let server = start(ServerOptions {

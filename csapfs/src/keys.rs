@@ -94,6 +94,11 @@ impl Lease {
         self
     }
 
+    /// When the lease ends by time (unix seconds), if it does.
+    pub fn not_after(&self) -> Option<i64> {
+        self.not_after
+    }
+
     /// Revoked, or past its end. An atomic load per license and one clock read (vDSO).
     pub fn is_revoked(&self) -> bool {
         self.revoked.iter().any(|f| f.load(Ordering::Acquire))

@@ -9,6 +9,7 @@ use std::path::Path;
 use hkdf::Hkdf;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
+use secmem::{LockedBox, Secret};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -51,20 +52,25 @@ pub fn random_bytes(out: &mut [u8]) -> Result<(), KeyError> {
     SystemRandom::new().fill(out).map_err(|_| KeyError::Random)
 }
 
-/// A 32-byte scope seed in the clear; zeroized on drop, never printed.
-pub struct Seed(Zeroizing<[u8; 32]>);
+/// A 32-byte scope seed in the clear, in locked memory left out of core dumps (`secmem`);
+/// zeroized on drop, never printed. Its bytes must not be handed to a system call.
+pub struct Seed(Secret<32>);
 
 impl Seed {
     pub fn generate() -> Result<Self, KeyError> {
+        // The RNG (a system call) fills a stack copy: secret memory is out of the kernel's reach.
         let mut s = Zeroizing::new([0u8; 32]);
         random_bytes(s.as_mut())?;
-        Ok(Seed(s))
+        Ok(Seed(Secret::new(&s)))
     }
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        self.0.as_bytes()
     }
     pub fn content_key(&self, asset_id: &[u8; 16]) -> ContentKey {
-        ContentKey(derive_content_key(&self.0, asset_id))
+        ContentKey(Secret::new(&derive_content_key(
+            self.0.as_bytes(),
+            asset_id,
+        )))
     }
 }
 
@@ -74,19 +80,19 @@ impl fmt::Debug for Seed {
     }
 }
 
-/// A 32-byte content key of one asset; zeroized on drop, never printed.
+/// A 32-byte content key of one asset, in locked memory; zeroized on drop, never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ContentKey(Zeroizing<[u8; 32]>);
+pub struct ContentKey(Secret<32>);
 
 impl ContentKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         let mut b = bytes;
-        let key = ContentKey(Zeroizing::new(b));
+        let key = ContentKey(Secret::new(&b));
         b.zeroize();
         key
     }
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        self.0.as_bytes()
     }
 }
 
@@ -106,7 +112,8 @@ pub struct SealedSeed {
 
 /// The key server's root key (AES-256-GCM); it only ever wraps scope seeds.
 pub struct RootKey {
-    key: LessSafeKey,
+    /// Expanded, in locked memory like the seeds it wraps.
+    key: LockedBox<LessSafeKey>,
 }
 
 impl fmt::Debug for RootKey {
@@ -130,7 +137,7 @@ impl RootKey {
         }
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| KeyError::RootKeyLength)?;
         Ok(RootKey {
-            key: LessSafeKey::new(unbound),
+            key: LockedBox::new(LessSafeKey::new(unbound)),
         })
     }
 
@@ -192,11 +199,8 @@ impl RootKey {
                 &mut buf,
             )
             .map_err(|_| KeyError::Unseal)?;
-        let arr: [u8; 32] = plain.try_into().map_err(|_| KeyError::Unseal)?;
-        let mut seed = Zeroizing::new(arr);
-        let out = Seed(Zeroizing::new(*seed));
-        seed.zeroize();
-        Ok(out)
+        let plain: &[u8; 32] = (&*plain).try_into().map_err(|_| KeyError::Unseal)?;
+        Ok(Seed(Secret::new(plain)))
     }
 }
 

@@ -5,6 +5,7 @@
 mod binding;
 mod code;
 mod fixture;
+mod mappings;
 mod ratelimit;
 mod revocation;
 mod tokens;

@@ -7,14 +7,17 @@
 //! `aes` + `ctr` (AES-NI), whose speed is not the bottleneck there: the BLAKE3 MAC is.
 //!
 //! Nothing here performs I/O, and no key byte is ever formatted: every key type has a redacted
-//! `Debug` and is zeroized on drop.
+//! `Debug` and is zeroized on drop. Seeds, content keys, subkeys and ring's expanded AES-GCM
+//! key live in locked memory left out of core dumps (`secmem`): they never sit in ordinary
+//! heap pages, and none of them may be handed to a system call (copy the bytes out first).
 
 use std::fmt;
 use std::path::Path;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use secmem::{LockedBox, Secret};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::format::{AssetId, ScopeId, Suite, NONCE_LEN, TAG_LEN};
 
@@ -25,12 +28,15 @@ pub const KEY_LEN: usize = 32;
 pub const CONTENT_KEY_INFO: &[u8] = b"csap/v1/asset";
 
 /// A key-scope seed: every asset key of a scope version is derived from it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Seed([u8; KEY_LEN]);
+#[derive(Clone)]
+pub struct Seed(Secret<KEY_LEN>);
 
 impl Seed {
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        Seed(bytes)
+        let mut bytes = bytes;
+        let seed = Seed(Secret::new(&bytes));
+        bytes.zeroize();
+        seed
     }
 
     /// Reads a key file of exactly 32 raw bytes (`head -c 32 /dev/urandom > k`).
@@ -39,7 +45,7 @@ impl Seed {
             path: path.display().to_string(),
             source,
         })?);
-        let array: [u8; KEY_LEN] =
+        let array: &[u8; KEY_LEN] =
             bytes
                 .as_slice()
                 .try_into()
@@ -47,7 +53,7 @@ impl Seed {
                     path: path.display().to_string(),
                     len: bytes.len(),
                 })?;
-        Ok(Seed(array))
+        Ok(Seed(Secret::new(array)))
     }
 
     /// The scope id that assets keyed from this seed file carry in their header.
@@ -56,14 +62,14 @@ impl Seed {
     /// seed): it lets a reader say "this asset belongs to another key" instead of a bare
     /// authentication failure.
     pub fn key_file_scope_id(&self) -> ScopeId {
-        let digest = blake3::derive_key("csap v1 key-file scope id", &self.0);
+        let digest = blake3::derive_key("csap v1 key-file scope id", self.0.as_bytes());
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         ScopeId(id)
     }
 
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        &self.0
+        self.0.as_bytes()
     }
 }
 
@@ -85,16 +91,20 @@ pub enum KeyFileError {
 }
 
 /// The key of one asset. Never stored in the asset; derived or licensed when needed.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct ContentKey([u8; KEY_LEN]);
+#[derive(Clone)]
+pub struct ContentKey(Secret<KEY_LEN>);
 
 impl ContentKey {
+    /// Takes `bytes` into locked memory and zeroizes this copy of them.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        ContentKey(bytes)
+        let mut bytes = bytes;
+        let key = ContentKey(Secret::new(&bytes));
+        bytes.zeroize();
+        key
     }
 
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        &self.0
+        self.0.as_bytes()
     }
 }
 
@@ -106,16 +116,14 @@ impl fmt::Debug for ContentKey {
 
 /// content key = HKDF-SHA256(IKM = seed, salt = none, info = "csap/v1/asset" ‖ asset id), 32 bytes.
 pub fn derive_content_key(seed: &Seed, asset_id: &AssetId) -> ContentKey {
-    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, &seed.0);
+    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, seed.as_bytes());
     let mut info = [0u8; 13 + 16];
     info[..13].copy_from_slice(CONTENT_KEY_INFO);
     info[13..].copy_from_slice(&asset_id.0);
-    let mut key = [0u8; KEY_LEN];
-    hkdf.expand(&info, &mut key)
+    let mut key = Secret::<KEY_LEN>::zeroed();
+    hkdf.expand(&info, key.as_bytes_mut())
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    let content_key = ContentKey(key);
-    key.zeroize();
-    content_key
+    ContentKey(key)
 }
 
 /// BLAKE3 `derive_key` contexts for the per-asset subkeys (FORMAT.md §Keys).
@@ -125,16 +133,17 @@ const CHUNK_MAC_CONTEXT: &str = "csap v1 chunk mac";
 
 /// The ciphers of one asset, ready to use: subkeys derived once per open.
 pub struct AssetKeys {
-    header_mac_key: Zeroizing<[u8; KEY_LEN]>,
+    header_mac_key: Secret<KEY_LEN>,
     chunk: ChunkCipher,
 }
 
 enum ChunkCipher {
-    // Boxed: ring's expanded AES-GCM key is large, the CTR variant holds only two arrays.
-    Gcm(Box<LessSafeKey>),
+    // Out of line: ring's expanded AES-GCM key is large, and it is as secret as the key
+    // (the AES key schedule gives the key back), so it sits in locked memory too.
+    Gcm(LockedBox<LessSafeKey>),
     CtrBlake3 {
-        encryption_key: Zeroizing<[u8; KEY_LEN]>,
-        mac_key: Zeroizing<[u8; KEY_LEN]>,
+        encryption_key: Secret<KEY_LEN>,
+        mac_key: Secret<KEY_LEN>,
     },
 }
 
@@ -144,17 +153,17 @@ pub struct AuthenticationFailed;
 
 impl AssetKeys {
     pub fn new(suite: Suite, key: &ContentKey) -> AssetKeys {
-        let header_mac_key = Zeroizing::new(blake3::derive_key(HEADER_MAC_CONTEXT, &key.0));
-        let encryption_key = Zeroizing::new(blake3::derive_key(CHUNK_ENCRYPTION_CONTEXT, &key.0));
+        let header_mac_key = subkey(HEADER_MAC_CONTEXT, key);
+        let encryption_key = subkey(CHUNK_ENCRYPTION_CONTEXT, key);
         let chunk = match suite {
             Suite::Gcm => {
-                let unbound = UnboundKey::new(&aead::AES_256_GCM, encryption_key.as_slice())
+                let unbound = UnboundKey::new(&aead::AES_256_GCM, encryption_key.as_bytes())
                     .expect("a 32-byte key is valid for AES-256-GCM");
-                ChunkCipher::Gcm(Box::new(LessSafeKey::new(unbound)))
+                ChunkCipher::Gcm(LockedBox::new(LessSafeKey::new(unbound)))
             }
             Suite::CtrBlake3 => ChunkCipher::CtrBlake3 {
                 encryption_key,
-                mac_key: Zeroizing::new(blake3::derive_key(CHUNK_MAC_CONTEXT, &key.0)),
+                mac_key: subkey(CHUNK_MAC_CONTEXT, key),
             },
         };
         AssetKeys {
@@ -165,7 +174,7 @@ impl AssetKeys {
 
     /// BLAKE3 keyed hash of the header's first 64 bytes.
     pub fn header_mac(&self, header_body: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.header_mac_key, header_body).as_bytes()
+        *blake3::keyed_hash(self.header_mac_key.as_bytes(), header_body).as_bytes()
     }
 
     pub fn verify_header_mac(
@@ -205,8 +214,8 @@ impl AssetKeys {
                 encryption_key,
                 mac_key,
             } => {
-                apply_ctr(encryption_key, nonce, data);
-                ctr_mac(mac_key, nonce, aad, data)
+                apply_ctr(encryption_key.as_bytes(), nonce, data);
+                ctr_mac(mac_key.as_bytes(), nonce, aad, data)
             }
         }
     }
@@ -235,11 +244,11 @@ impl AssetKeys {
             } => {
                 let (data, tag) = data_and_tag.split_at_mut(data_and_tag.len() - TAG_LEN);
                 // Encrypt-then-MAC: verify before any keystream touches the data.
-                let expected = ctr_mac(mac_key, nonce, aad, data);
+                let expected = ctr_mac(mac_key.as_bytes(), nonce, aad, data);
                 if !bool::from(expected.as_slice().ct_eq(tag)) {
                     return Err(AuthenticationFailed);
                 }
-                apply_ctr(encryption_key, nonce, data);
+                apply_ctr(encryption_key.as_bytes(), nonce, data);
                 Ok(data)
             }
         }
@@ -250,6 +259,12 @@ impl fmt::Debug for AssetKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AssetKeys(<redacted>)")
     }
+}
+
+/// A BLAKE3 `derive_key` subkey of `key`, in locked memory (the stack copy zeroized).
+fn subkey(context: &str, key: &ContentKey) -> Secret<KEY_LEN> {
+    let bytes = Zeroizing::new(blake3::derive_key(context, key.as_bytes()));
+    Secret::new(&bytes)
 }
 
 /// AES-256-CTR with IV = nonce ‖ 32-bit big-endian block counter starting at 0.

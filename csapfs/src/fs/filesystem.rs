@@ -65,6 +65,38 @@ struct Handle {
     lease: Lease,
 }
 
+/// The lease of one open handle, as the page invalidator sees it.
+pub(super) struct HandleLease {
+    pub fh: u64,
+    pub ino: u64,
+    /// Revoked, or past its end: the handle's file must keep no page of plaintext.
+    pub ended: bool,
+    /// When a live lease ends (unix seconds), if it ends by time.
+    pub not_after: Option<i64>,
+}
+
+/// The handle table seen from outside the filesystem, without keeping it alive.
+pub(super) struct HandleLeases(std::sync::Weak<RwLock<HashMap<u64, Handle>>>);
+
+impl HandleLeases {
+    /// Every handle's lease, or `None` once the filesystem is gone.
+    pub(super) fn snapshot(&self) -> Option<Vec<HandleLease>> {
+        let handles = self.0.upgrade()?;
+        let handles = handles.read().unwrap_or_else(|p| p.into_inner());
+        Some(
+            handles
+                .iter()
+                .map(|(&fh, h)| HandleLease {
+                    fh,
+                    ino: h.ino,
+                    ended: h.lease.is_revoked(),
+                    not_after: h.lease.not_after(),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// One directory entry of an `opendir` snapshot (offsets index this list).
 struct DirEntry {
     name: std::ffi::OsString,
@@ -81,7 +113,7 @@ pub struct CsapFs {
     read_only: bool,
     inodes: Mutex<InodeTable>,
     open: Mutex<HashMap<u64, OpenEntry>>,
-    /// Shared with the revocation listener (see [`CsapFs::revoked_inodes`]).
+    /// Seen by the page invalidator (see [`CsapFs::leases`]).
     handles: Arc<RwLock<HashMap<u64, Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
@@ -221,21 +253,10 @@ impl CsapFs {
             .ok_or(Errno::EBADF)
     }
 
-    /// A function listing the inodes that have a handle whose license was revoked (for the
-    /// page-cache invalidation after a revocation; it outlives `self` inside the session).
-    pub(super) fn revoked_inodes(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
-        let handles = Arc::clone(&self.handles);
-        move || {
-            let handles = handles.read().unwrap_or_else(|p| p.into_inner());
-            let mut inos: Vec<u64> = handles
-                .values()
-                .filter(|h| h.lease.is_revoked())
-                .map(|h| h.ino)
-                .collect();
-            inos.sort_unstable();
-            inos.dedup();
-            inos
-        }
+    /// A view of every handle's lease for the page invalidator (see [`super::invalidate`]);
+    /// it outlives `self` inside the session without keeping the handles alive.
+    pub(super) fn leases(&self) -> HandleLeases {
+        HandleLeases(Arc::downgrade(&self.handles))
     }
 
     /// [`Self::handle`] for data I/O: refused with `EACCES` once the handle's license was

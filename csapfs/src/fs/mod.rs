@@ -2,7 +2,8 @@
 //!
 //! `BACKING` holds encrypted assets (one asset file per plaintext file, same names — names are
 //! not encrypted, a deliberate choice: asset management must see them); the mountpoint shows
-//! plaintext. [`filesystem`] holds the FUSE callbacks, [`inodes`] the inode-number table.
+//! plaintext. [`filesystem`] holds the FUSE callbacks, [`inodes`] the inode-number table,
+//! [`invalidate`] ends cached and mapped plaintext pages when a handle's lease ends.
 //!
 //! Speed by design (see `DESIGN.md` and the README's mount section):
 //! - several FUSE event loops, each with its own cloned `/dev/fuse` fd (fuser
@@ -17,6 +18,7 @@
 
 mod filesystem;
 mod inodes;
+mod invalidate;
 mod mountpoint;
 mod moves;
 mod versioning;
@@ -37,12 +39,14 @@ const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// How plaintext may live in the kernel page cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
-    /// `FOPEN_DIRECT_IO`: plaintext never enters the page cache, so every read reaches the
-    /// enforcement point (a revoked license takes effect on the next `read`). `mmap` still
-    /// works where the kernel offers `FUSE_DIRECT_IO_ALLOW_MMAP` (Linux ≥ 6.6).
+    /// `FOPEN_DIRECT_IO`: reads never put plaintext in the page cache, so every read reaches
+    /// the enforcement point (a revoked license takes effect on the next `read`). `mmap` still
+    /// works where the kernel offers `FUSE_DIRECT_IO_ALLOW_MMAP` (Linux ≥ 6.6); mapped pages
+    /// do live in the page cache and are invalidated when the lease ends ([`invalidate`]).
     Direct,
     /// Normal page cache, but without `FOPEN_KEEP_CACHE`: cached pages are dropped at every
-    /// open, so a revocation takes effect at the next open; attribute and entry TTLs are short.
+    /// open and whenever a handle's lease ends ([`invalidate`]); attribute and entry TTLs are
+    /// short.
     Page,
 }
 
@@ -162,7 +166,7 @@ pub fn mount(
             source,
         })?;
 
-    let revoked = fs.revoked_inodes();
+    let leases = fs.leases();
 
     use fuser::MountOption as O;
     let mut mount_options: Vec<O> = options.extra.iter().map(|o| kernel_option(o)).collect();
@@ -200,18 +204,9 @@ pub fn mount(
             path: mountpoint.to_path_buf(),
             source,
         })?;
-    if options.cache == CacheMode::Page {
-        // Reads served from the page cache never reach the handle's lease check: after a
-        // revocation, drop the cached plaintext of every file with a revoked handle.
-        let notifier = session.notifier();
-        keys.on_revocation(Arc::new(move || {
-            for ino in revoked() {
-                if let Err(err) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
-                    tracing::debug!(ino, %err, "page-cache invalidation failed");
-                }
-            }
-        }));
-    }
+    // In both modes: mapped pages (and, with `--cache page`, read pages) never reach the
+    // handle's lease check, so they are dropped when a lease ends.
+    invalidate::start(leases, session.notifier(), keys.as_ref());
     let mounted = MountedFs {
         session,
         mountpoint: mountpoint.to_path_buf(),
