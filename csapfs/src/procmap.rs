@@ -97,6 +97,14 @@ mod tests {
         let maps = File::open("/proc/self/maps").unwrap();
         let before = all_exec(&maps);
         assert!(!before.is_empty());
+        // What a measurement reads as text and what a remembered check queries agree (this
+        // test process has threads and several libraries), else nothing would be remembered.
+        let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let listed = crate::license_source::attest::code::exec_mappings(&text).unwrap();
+        assert_eq!(
+            crate::license_source::attest::code::fingerprint(&listed),
+            before
+        );
         // Executable anonymous memory appears: the probe says so.
         // SAFETY: a fresh private anonymous mapping, unmapped below; nothing else uses it.
         let p = unsafe {
