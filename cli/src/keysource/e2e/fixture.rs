@@ -454,6 +454,23 @@ pub fn bash(script: &str) -> (bool, String) {
     )
 }
 
+/// Starts `cmd` (without cargo's library path, which attestation rightly refuses) with piped
+/// stdin and stdout, and reads the first line it prints.
+pub fn converse(mut cmd: Command) -> (Child, ChildStdin, BufReader<ChildStdout>, String) {
+    let mut child = cmd
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    (child, stdin, stdout, line)
+}
+
 /// A process that opened a file through the mount (so the open is attested as that program)
 /// and answers each input line with "ok" or "err <why>" after one more I/O on that handle.
 pub struct Reader {
@@ -496,19 +513,8 @@ while (<STDIN>) { sysseek($f, 0, 0); my $n = syswrite($f, "x" x 4096);
     }
 
     fn spawn(mut cmd: Command, args: &[&str], file: &Path) -> Reader {
-        let mut child = cmd
-            .args(args)
-            .arg(file)
-            .env_remove("LD_LIBRARY_PATH")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
+        cmd.args(args).arg(file);
+        let (child, stdin, stdout, line) = converse(cmd);
         assert_eq!(
             line.trim(),
             "opened",

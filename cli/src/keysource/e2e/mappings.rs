@@ -4,16 +4,16 @@
 //! whether touched before the end or not, faults back into the mount, is refused there, and
 //! the process dies of `SIGBUS` instead of reading plaintext.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use csapfs::fs::{CacheMode, MountOptions};
 use keyserver::wire::RegisterAppRequest;
 
-use super::fixture::{digest_of, Env, Reader, Req};
+use super::fixture::{converse, digest_of, Env, Reader, Req};
 use super::wait_until_bash_opens;
 
 /// The mapping program: maps the whole file (`MAP_SHARED`, read-only), reads page 0 and says
@@ -78,20 +78,9 @@ struct Mapper {
 impl Mapper {
     /// Maps `file`, touches page 0 (which must serve the frame's first byte) and waits.
     fn start(binary: &Path, file: &Path, later_page: u64, first_byte: u8) -> Mapper {
-        let mut child = Command::new(binary)
-            .arg(file)
-            .arg(later_page.to_string())
-            // The test runner's library path would make attestation refuse the program.
-            .env_remove("LD_LIBRARY_PATH")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
+        let mut cmd = Command::new(binary);
+        cmd.arg(file).arg(later_page.to_string());
+        let (child, stdin, stdout, line) = converse(cmd);
         assert_eq!(
             line.trim(),
             format!("ready {first_byte:02x}"),
