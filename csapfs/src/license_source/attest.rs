@@ -349,14 +349,8 @@ impl Attestor {
         };
         let ticket = match remembered.lookup(pid) {
             Ok((known, probe)) if self.inner.still_as_measured(&probe) => return Ok(known),
-            Ok(_) => {
-                // New code mapped, or another user namespace: measure afresh.
-                remembered.forget(pid);
-                match remembered.lookup(pid) {
-                    Err(ticket) => ticket,
-                    Ok(_) => return Err(AttestError::Reused { pid }),
-                }
-            }
+            // New code mapped since: measure afresh.
+            Ok(_) => remembered.forget(pid),
             Err(ticket) => ticket,
         };
         // Opened before measuring: alive at admission means it named the measured thread.
@@ -510,7 +504,12 @@ impl Inner {
             .metadata()
             .map_err(|e| unreadable(pid, "mapped library", e))?;
         if meta.ino() != region.inode {
-            return Err(AttestError::Reused { pid });
+            // The mapping changed between the listing and this open: measure again later.
+            return Err(AttestError::Unreadable {
+                pid,
+                what: "mapped library",
+                source: io::Error::other("the mapping changed while it was measured"),
+            });
         }
         self.digest_of(file, &meta, pid)
     }
@@ -741,6 +740,57 @@ mod tests {
             blake3::hash(b"version two").to_hex().to_string()
         );
         assert_eq!(attestor.hashes_computed(), 2);
+    }
+
+    struct Fixed(Result<CodeAllowance, String>);
+
+    impl Allowances for Fixed {
+        fn allowance(&self, _: &str) -> Result<CodeAllowance, String> {
+            self.0.clone()
+        }
+    }
+
+    /// Executable anonymous memory and a library outside the system directories are refused
+    /// by default, refused when the registration cannot be asked (key server unreachable), and
+    /// accepted only as far as the registration allows.
+    #[test]
+    fn code_beyond_the_defaults_needs_the_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        std::fs::write(&exe, b"binary").unwrap();
+        let fake = FakeProc::new(dir.path(), 61, &exe, b"");
+        let maps = fake.root.join("61/maps");
+        let mut listing = std::fs::read_to_string(&maps).unwrap();
+        listing.push_str("7f0000000000-7f0000001000 rwxp 00000000 00:00 0 \n");
+        std::fs::write(&maps, &listing).unwrap();
+        let attest = |allow: Option<Result<CodeAllowance, String>>| {
+            let a = Attestor::with_proc_root(fake.root.clone(), Duration::from_secs(5), None);
+            if let Some(allow) = allow {
+                assert!(a.set_allowances(Arc::new(Fixed(allow))));
+            }
+            a.attest(61)
+        };
+        assert!(matches!(
+            attest(None),
+            Err(AttestError::AnonymousCode { .. })
+        ));
+        let unreachable = Err("the key server did not answer in time".to_string());
+        assert!(matches!(
+            attest(Some(unreachable)),
+            Err(AttestError::Allowance { .. })
+        ));
+        let jit = CodeAllowance {
+            jit: true,
+            ..CodeAllowance::default()
+        };
+        assert!(attest(Some(Ok(jit.clone()))).is_ok());
+        // A library from a temporary directory as well: JIT alone no longer suffices.
+        listing.push_str("7f0000100000-7f0000101000 r-xp 00000000 00:2a 999 /tmp/plugin.so\n");
+        std::fs::write(&maps, &listing).unwrap();
+        assert!(matches!(
+            attest(Some(Ok(jit))),
+            Err(AttestError::ForeignCode { ref path, .. }) if path == "/tmp/plugin.so"
+        ));
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub fn facts(
             if !KERNEL_MAPPINGS.contains(&m.name.as_str()) {
                 out.anonymous = true;
             }
-        } else if !trusted(m) && !out.foreign.iter().any(|f| f.region.inode == m.region.inode) {
+        } else if !trusted(m) && !out.foreign.iter().any(|f| same_file(&f.region, &m.region)) {
             out.foreign.push(Foreign {
                 path: m.name.clone(),
                 region: m.region,
@@ -148,6 +148,11 @@ pub fn facts(
         }
     }
     out
+}
+
+/// Whether two mappings are of the same file (inode numbers repeat across devices).
+fn same_file(a: &Region, b: &Region) -> bool {
+    (a.dev_major, a.dev_minor, a.inode) == (b.dev_major, b.dev_minor, b.inode)
 }
 
 /// Whether `mapping` is a system library only root can change. The path in the listing is

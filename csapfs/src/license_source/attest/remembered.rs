@@ -88,9 +88,11 @@ impl Remembered {
         true
     }
 
-    /// Forgets thread `pid` (it is measured again at its next open).
-    pub(super) fn forget(&self, pid: u32) {
-        self.lock().entries.remove(&pid);
+    /// Forgets thread `pid` and hands out a ticket to measure it again.
+    pub(super) fn forget(&self, pid: u32) -> Ticket {
+        let mut state = self.catch_up();
+        state.entries.remove(&pid);
+        Ticket(state.seq)
     }
 
     /// Lookups answered from memory.
