@@ -608,6 +608,38 @@ pub(crate) fn deny_request(
 
 /// [`authenticate`] for a request served on the pool: a refusal is recorded against the
 /// user the token names (unverified) and `assets`, and becomes the error.
+/// The user behind `token` and the registered asset `id`, for a device's change to that
+/// asset (rename, new write generation); an unknown user or asset is a recorded denial.
+pub(crate) fn subject_and_asset(
+    st: &State,
+    conn: &mut Connection,
+    now: i64,
+    token: &str,
+    asking: Who<'_>,
+    id: &str,
+) -> Result<(Subject, AssetInfo), ApiError> {
+    let ids = [id.to_string()];
+    let Who {
+        app_digest,
+        device,
+        action,
+        ..
+    } = asking;
+    let subject = authenticate_or_deny(st, conn, now, token, asking, &ids)?;
+    match db::get_asset(conn, id)? {
+        Some(asset) => Ok((subject, asset)),
+        None => {
+            let who = Who {
+                user: Some(subject.user),
+                app_digest,
+                device,
+                action,
+            };
+            Err(deny_request(conn, now, who, &ids, Reason::UnknownAsset))
+        }
+    }
+}
+
 pub(crate) fn authenticate_or_deny(
     st: &State,
     conn: &mut Connection,
@@ -1060,28 +1092,8 @@ async fn rename_asset(
                 device: &peer.name,
                 action: Action::Write,
             };
-            let subject = authenticate_or_deny(
-                &st,
-                conn,
-                now,
-                req.token.expose(),
-                asking,
-                std::slice::from_ref(&id),
-            )?;
-            let Some(mut asset) = db::get_asset(conn, &id)? else {
-                return Err(deny_request(
-                    conn,
-                    now,
-                    Who {
-                        user: Some(subject.user),
-                        app_digest: &req.app_digest,
-                        device: &peer.name,
-                        action: Action::Write,
-                    },
-                    &[id],
-                    Reason::UnknownAsset,
-                ));
-            };
+            let (subject, mut asset) =
+                subject_and_asset(&st, conn, now, req.token.expose(), asking, &id)?;
             let ask = |path: &str, action| {
                 st.rules.check(&authz::AccessRequest {
                     participant: &subject.user,

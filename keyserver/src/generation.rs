@@ -10,8 +10,7 @@ use axum::extract::{Path, State as AxState};
 use axum::Json;
 
 use crate::api::{
-    authenticate_or_deny, check_asset_id, check_digest, deny_request, rate_limit, DevicePeer, Who,
-    S,
+    check_asset_id, check_digest, deny_request, rate_limit, subject_and_asset, DevicePeer, Who, S,
 };
 use crate::db::{self, AuditEvent};
 use crate::error::{ApiError, ApiJson};
@@ -38,11 +37,8 @@ pub(crate) async fn advance(
                 action: Action::Write,
             };
             let ids = std::slice::from_ref(&id);
-            let subject = authenticate_or_deny(&st, conn, now, req.token.expose(), who(None), ids)?;
-            let Some(asset) = db::get_asset(conn, &id)? else {
-                let who = who(Some(subject.user));
-                return Err(deny_request(conn, now, who, ids, Reason::UnknownAsset));
-            };
+            let (subject, asset) =
+                subject_and_asset(&st, conn, now, req.token.expose(), who(None), &id)?;
             // A new version is a write of the asset where it is registered.
             let verdict = st.rules.check(&authz::AccessRequest {
                 participant: &subject.user,
