@@ -362,6 +362,52 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert!(!below_system_lib_dir("/tmp/x.so"));
     }
 
+    /// A file below a system library directory is trusted only while nobody but root can
+    /// change it or swap it: a group- or world-writable directory on the way, or a writable
+    /// file, makes it foreign (the test runs as root, as the mount does, and writes below
+    /// `/usr/lib` in a directory it removes).
+    #[test]
+    fn a_library_someone_else_could_replace_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("csap-attest-test-")
+            .tempdir_in("/usr/lib")
+            .expect("the tests run as root");
+        mode(dir.path(), 0o755);
+        let lib = dir.path().join("libx.so");
+        std::fs::write(&lib, b"x").unwrap();
+        mode(&lib, 0o644);
+        let meta = std::fs::metadata(&lib).unwrap();
+        let (dev_major, dev_minor) = split_dev(meta.dev());
+        let mapping = ExecMapping {
+            region: Region {
+                start: 0,
+                end: 4096,
+                dev_major,
+                dev_minor,
+                inode: meta.ino(),
+            },
+            name: lib.display().to_string(),
+        };
+        assert!(is_trusted_library(&mapping), "root's own library");
+        mode(dir.path(), 0o777);
+        assert!(!is_trusted_library(&mapping), "world-writable directory");
+        mode(dir.path(), 0o775);
+        assert!(!is_trusted_library(&mapping), "group-writable directory");
+        mode(dir.path(), 0o755);
+        mode(&lib, 0o666);
+        assert!(!is_trusted_library(&mapping), "world-writable file");
+        mode(&lib, 0o644);
+        // Another file renamed into its place: the path no longer names the mapped inode.
+        let other = dir.path().join("other.so");
+        std::fs::write(&other, b"y").unwrap();
+        std::fs::rename(&other, &lib).unwrap();
+        assert!(!is_trusted_library(&mapping), "replaced after mapping");
+    }
+
     #[test]
     fn our_own_libc_is_a_trusted_library_and_a_temp_file_is_not() {
         let me = std::fs::read_to_string("/proc/self/maps").unwrap();
