@@ -5,6 +5,8 @@
 pub mod global;
 pub mod http;
 pub mod http_errors;
+pub mod listener;
+pub mod migrate;
 pub mod principal;
 pub mod service;
 pub mod statedir;
