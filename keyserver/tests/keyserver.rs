@@ -23,6 +23,9 @@ const UID: u32 = 1000;
 #[path = "keyserver/tokens.rs"]
 mod tokens;
 
+#[path = "keyserver/app.rs"]
+mod app;
+
 fn app_digest(name: &str) -> String {
     blake3::hash(name.as_bytes()).to_hex().to_string()
 }
