@@ -2,6 +2,7 @@
 //! policies, and the rule evaluator every PEP (key server, mount) runs.
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 pub mod global;
 pub mod http;
 pub mod http_errors;

@@ -2,13 +2,13 @@
 //! one connection; [`SqliteAuthzStore`] runs it on the blocking pool as an [`AuthzStore`].
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     AuthzStore, Decide, Outgoing, Reads, RequestRow, RuleRow, Seen, Status, StoreError, Writes,
 };
+use crate::blocking::Serialized;
 use crate::global::GlobalPolicy;
 use crate::migrate::Step;
 use crate::rule::SignedRule;
@@ -399,14 +399,14 @@ impl Tx<'_> {
 /// connection.
 #[derive(Clone)]
 pub struct SqliteAuthzStore {
-    db: Arc<Mutex<Db>>,
+    db: Serialized<Db>,
 }
 
 impl SqliteAuthzStore {
     /// Opens (creating and migrating) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            db: Arc::new(Mutex::new(Db::open(path)?)),
+            db: Serialized::new(Db::open(path)?),
         })
     }
 
@@ -414,17 +414,11 @@ impl SqliteAuthzStore {
         &self,
         f: impl FnOnce(&mut Db) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&mut lock(&db)))
+        self.db
+            .run(f)
             .await
             .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
     }
-}
-
-fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
-    // The store holds no invariants across a panic mid-call (SQLite rolls back), so a poisoned
-    // lock is safe to reuse.
-    db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Applies a decision's writes inside `tx`, in [`Writes`] order.

@@ -5,10 +5,9 @@
 
 mod db;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
-
+use authz::blocking::Serialized;
 use authz::SignedRule;
+use std::path::Path;
 
 pub use self::db::Db;
 use super::{Outcome, Published, Recorded, Revoked, RuleStore, StoreError, Touched, WouldAllow};
@@ -18,14 +17,14 @@ use crate::wire::{DenialReport, ExceptionOutcome, ExceptionRecord, ListedRule, R
 /// time on the one connection.
 #[derive(Debug, Clone)]
 pub struct SqliteRuleStore {
-    db: Arc<Mutex<Db>>,
+    db: Serialized<Db>,
 }
 
 impl SqliteRuleStore {
     /// Opens (creating and migrating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            db: Arc::new(Mutex::new(Db::open(path)?)),
+            db: Serialized::new(Db::open(path)?),
         })
     }
 
@@ -33,17 +32,11 @@ impl SqliteRuleStore {
         &self,
         f: impl FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&mut lock(&db)))
+        self.db
+            .run(f)
             .await
             .map_err(|e| StoreError::Worker(e.to_string()))?
     }
-}
-
-fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
-    // A panic while holding the lock leaves nothing half-done: every mutation is a transaction,
-    // rolled back on unwind.
-    db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The next due time as an [`Outcome`] reports it.
