@@ -643,6 +643,41 @@ async fn no_license_without_its_audit_record() {
     );
 }
 
+/// A device revocation holds even when its audit row cannot be written: the admin is told
+/// (500), and the device is refused from then on — also on its open connection — because the
+/// registry drops it right after the store's commit, before anything else can fail. (Before,
+/// the registry was updated only after the audit row: a failed row left the device served.)
+#[tokio::test]
+async fn a_revoked_device_is_refused_even_when_its_audit_row_fails() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    assert_eq!(e.read(id).await.grants.len(), 1);
+    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
+    )
+    .unwrap();
+    let r = e.admin.revoke_device(DEVICE).await;
+    assert!(
+        matches!(r, Err(ClientError::Server { status: 500, .. })),
+        "the revocation's audit failure was not reported: {r:?}"
+    );
+    db.execute_batch("DROP TRIGGER audit_broken").unwrap();
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Denied(Reason::DeviceRevoked)) | Err(ClientError::Http(_))
+        ),
+        "a revoked device was still served: {r:?}"
+    );
+}
+
 /// Every admin change is an audit row naming the admin and the change's subject, and a
 /// refused change (here: revoking a device that is already revoked) writes none.
 #[tokio::test]
