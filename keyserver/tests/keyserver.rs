@@ -618,6 +618,17 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
     assert_ne!(later.license.session, after.license.session);
 }
 
+/// Another writer makes every audit insert fail from now on (until it drops `audit_broken`).
+fn break_audit(e: &Env) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
+    )
+    .unwrap();
+    db
+}
+
 /// No key leaves without its audit record: when the audit log cannot be written, a license
 /// request fails with a 500 and carries no key — also on the fast path (rows cached).
 #[tokio::test]
@@ -625,13 +636,7 @@ async fn no_license_without_its_audit_record() {
     let e = env().await;
     let id = e.create("show/seq1/a.exr").await;
     assert_eq!(e.read(id).await.grants.len(), 1);
-    // Another writer makes every audit insert fail from now on.
-    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
-         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
-    )
-    .unwrap();
+    let _db = break_audit(&e);
     let r = e
         .dev
         .client
@@ -652,12 +657,7 @@ async fn a_revoked_device_is_refused_even_when_its_audit_row_fails() {
     let e = env().await;
     let id = e.create("show/seq1/a.exr").await;
     assert_eq!(e.read(id).await.grants.len(), 1);
-    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
-         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
-    )
-    .unwrap();
+    let db = break_audit(&e);
     let r = e.admin.revoke_device(DEVICE).await;
     assert!(
         matches!(r, Err(ClientError::Server { status: 500, .. })),
