@@ -1,17 +1,12 @@
-//! Serving the ARDS router over TLS 1.3 (rustls via `authz::tls`), and the service's
-//! self-signed certificate, created in the data directory on first start and reused after.
+//! Serving the ARDS router over TLS 1.3 on the shared accept loop (`authz::listener`), and the
+//! service's self-signed certificate, created in the data directory on first start and reused
+//! after.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 /// Failures while preparing or starting the TLS listener.
 #[derive(Debug, thiserror::Error)]
@@ -150,65 +145,14 @@ pub async fn serve_tls(
         addr: addr.to_owned(),
         source,
     })?;
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let task = tokio::spawn(accept_loop(listener, acceptor, router, auth.handle()));
+    let admission = authz::listener::DirectoryAdmission(Some(auth.handle()));
+    let task = tokio::spawn(authz::listener::serve(
+        listener,
+        config,
+        router,
+        authz::listener::ServeOptions::default(),
+        admission,
+        std::future::pending(),
+    ));
     Ok(ServerHandle { local_addr, task })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    directory: authz::principal::DirectoryHandle,
-) {
-    // Connection tasks live in the set so aborting this loop aborts them too.
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let directory = directory.clone();
-        conns.spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let cert = authz::tls::peer_cert(tls.get_ref().1);
-            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-                router,
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(directory.clone());
-                    if let Some(c) = &cert {
-                        req.extensions_mut().insert(c.clone());
-                    }
-                    req
-                },
-            ));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-        });
-    }
 }

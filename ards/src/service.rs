@@ -13,7 +13,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
 use crate::error::ArdsError;
-use crate::store::{Published, Recorded, Store, StoreError, Touched};
+use crate::store::sqlite::SqliteRuleStore;
+use crate::store::{Outcome, Published, Revoked, RuleStore, StoreError, Touched};
 use crate::wire::{
     Changes, DenialReport, ExceptionList, ExceptionOutcome, PepStatus, PublishOutcome, RawChanges,
     RevokeOutcome, RuleList, ThrottledCount,
@@ -100,11 +101,10 @@ struct Bucket {
     last: i64,
 }
 
-#[derive(Debug)]
 struct Inner {
     /// Held while this ARDS lives: no second process on its data directory.
     _dir_lock: authz::statedir::DirLock,
-    store: Mutex<Store>,
+    store: Arc<dyn RuleStore>,
     issuers: HashMap<String, IssuerPublicKey>,
     clock: Arc<dyn Clock>,
     lead_time_secs: i64,
@@ -123,20 +123,29 @@ struct Inner {
 }
 
 /// A running ARDS (cheap to clone; clones share everything).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ards {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Ards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ards")
+            .field("lead_time_secs", &self.inner.lead_time_secs)
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves nothing half-done: store mutations are
-    // transactions (rolled back on unwind) and the maps hold only caches and counters.
+    // A panic while holding one of these locks leaves nothing half-done: the maps hold only
+    // caches and counters.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Ards {
-    /// Opens the store and computes what is due. Call [`Ards::spawn_scheduler`] to have rules
-    /// released and expired on time (the HTTP handlers also catch up on every request).
+    /// Opens the SQLite store in `cfg.db_path`'s directory (this ARDS's data directory). Call
+    /// [`Ards::spawn_scheduler`] to have rules released and expired on time (the HTTP handlers
+    /// also catch up on every request).
     pub fn open(cfg: ArdsConfig, clock: Arc<dyn Clock>) -> Result<Self, ArdsError> {
         // The database's directory is this ARDS's data directory: private, and one process only.
         let dir = match cfg.db_path.parent() {
@@ -145,18 +154,18 @@ impl Ards {
         };
         let dir_lock = authz::statedir::lock(&dir)?;
         authz::statedir::private_sqlite(&cfg.db_path)?;
-        let store = Store::open(&cfg.db_path)?;
-        let next_due = store.next_due()?.unwrap_or(i64::MAX);
+        let store = SqliteRuleStore::open(&cfg.db_path)?;
         let ards = Self {
             inner: Arc::new(Inner {
                 _dir_lock: dir_lock,
-                store: Mutex::new(store),
+                store: Arc::new(store),
                 issuers: cfg.trusted_issuers.into_iter().collect(),
                 clock,
                 lead_time_secs: cfg.lead_time_secs.max(0),
                 max_wait_secs: cfg.max_wait_secs,
                 exceptions: cfg.exceptions,
-                next_due: AtomicI64::new(next_due),
+                // Unknown until the first tick asks the store (it advances at once).
+                next_due: AtomicI64::new(i64::MIN),
                 kick: Arc::new(Notify::new()),
                 streams: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
@@ -172,27 +181,18 @@ impl Ards {
         self.inner.clock.clone()
     }
 
-    /// Runs `f` on the store in the blocking pool (SQLite fsyncs must not stall the runtime),
-    /// then wakes the PEPs whose logs grew and refreshes the scheduler's next wake-up.
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store, &mut Touched) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ArdsError> {
-        let inner = self.inner.clone();
-        let (out, touched) = tokio::task::spawn_blocking(move || {
-            let mut store = lock(&inner.store);
-            let mut touched = Touched::new();
-            let out = f(&mut store, &mut touched)?;
-            if !touched.is_empty() {
-                let due = store.next_due()?.unwrap_or(i64::MAX);
-                inner.next_due.store(due, Ordering::SeqCst);
+    /// Takes in what a store mutation did: records its next due time (waking the scheduler
+    /// when `reschedule`, as a publish or revocation may bring work forward) and wakes the
+    /// PEPs whose logs grew.
+    fn apply<T>(&self, outcome: Outcome<T>, reschedule: bool) -> T {
+        if let Some(due) = outcome.next_due {
+            self.inner.next_due.store(due, Ordering::SeqCst);
+            if reschedule {
+                self.inner.kick.notify_one();
             }
-            Ok::<_, StoreError>((out, touched))
-        })
-        .await
-        .map_err(|e| ArdsError::Internal(format!("store task failed: {e}")))??;
-        self.wake(touched);
-        Ok(out)
+        }
+        self.wake(outcome.touched);
+        outcome.value
     }
 
     fn wake(&self, touched: Touched) {
@@ -211,25 +211,6 @@ impl Ards {
         }
     }
 
-    /// Like [`Ards::with_store`] for mutations that may add time-driven work (publish,
-    /// revoke): refreshes the next due time in the same store visit and wakes the scheduler.
-    async fn with_store_rescheduling<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store, &mut Touched) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ArdsError> {
-        let inner = self.inner.clone();
-        let out = self
-            .with_store(move |store, touched| {
-                let out = f(store, touched)?;
-                let due = store.next_due()?.unwrap_or(i64::MAX);
-                inner.next_due.store(due, Ordering::SeqCst);
-                Ok(out)
-            })
-            .await?;
-        self.inner.kick.notify_one();
-        Ok(out)
-    }
-
     /// Releases what is due and expires what is past, as of the clock's now. Cheap when
     /// nothing is due (no store access).
     pub async fn tick(&self) -> Result<(), ArdsError> {
@@ -237,14 +218,9 @@ impl Ards {
         if now < self.inner.next_due.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let inner = self.inner.clone();
-        self.with_store(move |store, touched| {
-            store.advance(now, touched)?;
-            let due = store.next_due()?.unwrap_or(i64::MAX);
-            inner.next_due.store(due, Ordering::SeqCst);
-            Ok(())
-        })
-        .await
+        let outcome = self.inner.store.advance(now).await?;
+        self.apply(outcome, false);
+        Ok(())
     }
 
     /// Starts the background task that runs [`Ards::tick`] whenever something falls due. It
@@ -353,19 +329,22 @@ impl Ards {
             })
             .collect();
         let ids: Vec<String> = batch.iter().map(|(s, _)| s.rule.id.clone()).collect();
-        let results = self
-            .with_store_rescheduling(move |store, touched| store.publish(&batch, now, touched))
+        let outcome = self
+            .inner
+            .store
+            .publish(batch, now)
             .await
             .map_err(|err| match err {
-                ArdsError::Store(StoreError::Conflict { id }) => {
+                StoreError::Conflict { id } => {
                     let i = ids.iter().position(|x| *x == id).unwrap_or(0);
                     ArdsError::Conflict {
                         message: format!("rule {id:?} is already held with different content"),
                         field: format!("rules[{i}].rule"),
                     }
                 }
-                other => other,
+                other => other.into(),
             })?;
+        let results = self.apply(outcome, true);
         let mut out = PublishOutcome {
             stored: vec![],
             unchanged: vec![],
@@ -406,29 +385,24 @@ impl Ards {
         let now = self.inner.clock.now()?;
         let rule_id = rev.rule_id.clone();
         let outcome = self
-            .with_store_rescheduling(move |store, touched| {
-                if let Some(owner) = store.rule_issuer(&rev.rule_id)? {
-                    if owner != rev.issuer {
-                        return Ok(Err(owner));
-                    }
-                }
-                let (known, removed) = store.revoke(
-                    &rev.rule_id,
-                    &rev.issuer,
-                    &rev.reason,
-                    rev.revoked_at,
-                    now,
-                    touched,
-                )?;
-                Ok(Ok((known, removed)))
-            })
+            .inner
+            .store
+            .revoke(&rev.rule_id, &rev.issuer, &rev.reason, rev.revoked_at, now)
             .await?;
-        let (known, removed_from) = outcome.map_err(|owner| ArdsError::Untrusted {
-            message: format!(
-                "rule {rule_id:?} was issued by {owner:?}; only its issuer may revoke it"
-            ),
-            field: "issuer".into(),
-        })?;
+        let (known, removed_from) = match self.apply(outcome, true) {
+            Revoked::Tombstoned {
+                known,
+                removed_from,
+            } => (known, removed_from),
+            Revoked::NotIssuer { owner } => {
+                return Err(ArdsError::Untrusted {
+                    message: format!(
+                        "rule {rule_id:?} was issued by {owner:?}; only its issuer may revoke it"
+                    ),
+                    field: "issuer".into(),
+                })
+            }
+        };
         tracing::info!(rule_id = %rule_id, known, peps = removed_from.len(), "rule revoked");
         Ok(RevokeOutcome {
             rule_id,
@@ -490,10 +464,7 @@ impl Ards {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let p = pep.to_owned();
-            let changes = self
-                .with_store(move |s, _| s.changes_raw(&p, since))
-                .await?;
+            let changes = self.inner.store.changes(pep, since).await?;
             // Answer as soon as the stream moved past `since` (or `since` is unknown here).
             // `since == 0` on an empty stream waits like any other up-to-date poll; answering
             // it at once would have an idle PEP spin.
@@ -513,17 +484,13 @@ impl Ards {
             check_pep_id(p, "pep")?;
         }
         self.tick().await?;
-        let rules = self.with_store(move |s, _| s.list(pep.as_deref())).await?;
+        let rules = self.inner.store.list(pep.as_deref()).await?;
         Ok(RuleList { rules })
     }
 
     /// Every PEP with a stream or that polled: issued and acknowledged revisions.
     pub async fn peps(&self) -> Result<Vec<PepStatus>, ArdsError> {
-        let heads: HashMap<String, u64> = self
-            .with_store(|s, _| s.heads())
-            .await?
-            .into_iter()
-            .collect();
+        let heads: HashMap<String, u64> = self.inner.store.heads().await?.into_iter().collect();
         let acks = lock(&self.inner.acks);
         let mut ids: Vec<&String> = heads.keys().chain(acks.keys()).collect();
         ids.sort();
@@ -591,36 +558,14 @@ impl Ards {
             });
         }
         let window = self.inner.exceptions.dedup_window_secs;
-        let pep = pep.to_owned();
+        let asked = report.clone();
+        let allows: crate::store::WouldAllow = Box::new(move |rule| would_allow(rule, &asked, now));
         let outcome = self
-            .with_store(move |store, touched| {
-                let id = match store.record_exception(&pep, &report, now, window)? {
-                    Recorded::Duplicate { id, count } => {
-                        return Ok(ExceptionOutcome::Duplicate {
-                            exception_id: id,
-                            count,
-                        })
-                    }
-                    Recorded::New(id) => id,
-                };
-                let mut released = Vec::new();
-                for rule in store.pending_for(&pep, now)? {
-                    if would_allow(&rule, &report, now)
-                        && store.release_early(&rule.id, &pep, now, touched)?
-                    {
-                        released.push(rule.id);
-                    }
-                }
-                if released.is_empty() {
-                    return Ok(ExceptionOutcome::Recorded { exception_id: id });
-                }
-                store.mark_released(id, &released)?;
-                Ok(ExceptionOutcome::Released {
-                    exception_id: id,
-                    rule_ids: released,
-                })
-            })
+            .inner
+            .store
+            .triage_exception(pep, &report, now, window, allows)
             .await?;
+        let outcome = self.apply(outcome, true);
         if let ExceptionOutcome::Released { rule_ids, .. } = &outcome {
             tracing::info!(rules = ?rule_ids, "exception answered by early release");
         }
@@ -630,9 +575,7 @@ impl Ards {
     /// Exceptions for the authorization service: open ones (or all with `all`) after id
     /// `after`, plus how many reports each PEP had refused by the rate limit.
     pub async fn exceptions(&self, after: i64, all: bool) -> Result<ExceptionList, ArdsError> {
-        let exceptions = self
-            .with_store(move |s, _| s.exceptions(after, all))
-            .await?;
+        let exceptions = self.inner.store.exceptions(after, all).await?;
         let mut throttled: Vec<ThrottledCount> = lock(&self.inner.throttled)
             .iter()
             .map(|(pep_id, count)| ThrottledCount {

@@ -801,7 +801,7 @@ async fn store_is_durable_wal_sqlite_and_cert_is_reused() {
     let ch = h.http.changes(pep, 0, Duration::ZERO).await.unwrap();
     assert_eq!(ids(&ch.upserts), vec!["r-dur"]);
     let db = h.dir.path().join("ards/ards.db");
-    let store = ards::store::Store::open(&db).unwrap();
+    let store = ards::store::sqlite::Db::open(&db).unwrap();
     assert_eq!(store.journal_mode().unwrap(), "wal");
 }
 

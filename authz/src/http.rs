@@ -238,7 +238,7 @@ async fn get_request(
     allow(&caller, "GET", "/v1/requests/{id}")?;
     id_param(&id)?;
     let by = submitter(&s, &caller.0)?;
-    Ok(Json(s.get(&id, &by)?).into_response())
+    Ok(Json(s.get(&id, &by).await?).into_response())
 }
 
 async fn change_request(
@@ -266,7 +266,7 @@ async fn cancel_request(
 
 async fn list_policies(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     allow(&caller, "GET", "/v1/policies")?;
-    Ok(Json(json!({"policies": s.policies()?})).into_response())
+    Ok(Json(json!({"policies": s.policies().await?})).into_response())
 }
 
 async fn add_policy(
@@ -286,7 +286,7 @@ async fn remove_policy(
 ) -> Result<Response, ApiError> {
     allow(&caller, "DELETE", "/v1/policies/{id}")?;
     id_param(&id)?;
-    s.remove_policy(&id)?;
+    s.remove_policy(&id).await?;
     Ok(Json(json!({"id": id, "removed": true})).into_response())
 }
 
@@ -306,7 +306,7 @@ async fn list_rules(
     if let Some(p) = &q.pep {
         pep_param(p)?;
     }
-    Ok(Json(json!({"rules": s.live_rules(q.pep.as_deref())?})).into_response())
+    Ok(Json(json!({"rules": s.live_rules(q.pep.as_deref()).await?})).into_response())
 }
 
 /// PEP ids are `keyserver` or `mount:<device>`.

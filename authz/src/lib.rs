@@ -2,9 +2,12 @@
 //! policies, and the rule evaluator every PEP (key server, mount) runs.
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 pub mod global;
 pub mod http;
 pub mod http_errors;
+pub mod listener;
+pub mod migrate;
 pub mod principal;
 pub mod service;
 pub mod statedir;

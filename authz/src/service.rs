@@ -3,7 +3,7 @@
 //! through the outbox.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,7 +12,10 @@ use crate::global::{self, Block, GlobalPolicy, Reason};
 use crate::principal::{Directory, Standing, WorkflowGrant};
 use crate::request::{InputError, PolicyRequest};
 use crate::rule::{sign, IssuerKey, IssuerPublicKey, RuleError, SignedRule};
-use crate::store::{Outgoing, RequestRow, Status, Store, StoreError};
+use crate::store::sqlite::SqliteAuthzStore;
+use crate::store::{
+    AuthzStore, Decide, Outgoing, Reads, RequestRow, RuleRow, Status, StoreError, Writes,
+};
 use crate::template;
 use crate::wire::{Revocation, RuleSink, SinkError};
 
@@ -145,9 +148,8 @@ pub struct RequestView {
 pub struct Authz {
     /// Held for the service's life: no second process on this data directory.
     _lock: crate::statedir::DirLock,
-    store: Mutex<Store>,
-    key: IssuerKey,
-    issuer: String,
+    store: Arc<dyn AuthzStore>,
+    signer: Arc<Signer>,
     sink: Arc<dyn RuleSink>,
     /// Users, devices and application builds requests may name (the key server's).
     directory: Arc<dyn Directory>,
@@ -158,9 +160,34 @@ pub struct Authz {
 impl std::fmt::Debug for Authz {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authz")
-            .field("issuer", &self.issuer)
-            .field("public_key", &self.key.public())
+            .field("issuer", &self.signer.issuer)
+            .field("public_key", &self.signer.key.public())
             .finish_non_exhaustive()
+    }
+}
+
+/// What signs rules and revocations, shared with the decisions the store runs inside its
+/// transactions.
+struct Signer {
+    key: IssuerKey,
+    issuer: String,
+}
+
+impl Signer {
+    fn sign_rules(&self, req: &PolicyRequest, id: &str, first: u64) -> Vec<SignedRule> {
+        template::rules_for(req, id, &self.issuer, first)
+            .into_iter()
+            .map(|r| sign(r, &self.key))
+            .collect()
+    }
+
+    /// Signed revocations of the rules of `rules` still live.
+    fn revoke_live(&self, rules: &[RuleRow], reason: &str, now: i64) -> Vec<Revocation> {
+        rules
+            .iter()
+            .filter(|r| r.revoked_at.is_none())
+            .map(|r| Revocation::sign(&r.signed.rule.id, &self.issuer, reason, now, &self.key))
+            .collect()
     }
 }
 
@@ -173,6 +200,17 @@ fn random_id(prefix: &str, bytes: usize) -> Result<String, RuleError> {
     let mut b = vec![0u8; bytes];
     getrandom::getrandom(&mut b).map_err(|e| RuleError::Rng(e.to_string()))?;
     Ok(format!("{prefix}{}", hex::encode(b)))
+}
+
+fn ids(revoked: &[Revocation]) -> Vec<String> {
+    revoked.iter().map(|r| r.rule_id.clone()).collect()
+}
+
+fn not_found(id: &str) -> ServiceError {
+    ServiceError::NotFound {
+        what: "request",
+        id: id.to_string(),
+    }
 }
 
 impl Authz {
@@ -199,12 +237,14 @@ impl Authz {
         std::fs::write(&pub_path, format!("{}\n", key.public().to_hex())).map_err(io(&pub_path))?;
         let db_path = cfg.data_dir.join("authz.sqlite");
         crate::statedir::private_sqlite(&db_path)?;
-        let store = Store::open(&db_path)?;
+        let store = SqliteAuthzStore::open(&db_path)?;
         Ok(Self {
             _lock: lock,
-            store: Mutex::new(store),
-            key,
-            issuer: cfg.issuer.clone(),
+            store: Arc::new(store),
+            signer: Arc::new(Signer {
+                key,
+                issuer: cfg.issuer.clone(),
+            }),
             sink,
             directory,
             flushing: tokio::sync::Mutex::new(()),
@@ -212,22 +252,16 @@ impl Authz {
     }
 
     pub fn issuer(&self) -> &str {
-        &self.issuer
+        &self.signer.issuer
     }
 
     pub fn public_key(&self) -> IssuerPublicKey {
-        self.key.public()
+        self.signer.key.public()
     }
 
     /// What an admin granted workflow principal `name` (from the directory).
     pub fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
         self.directory.workflow_grant(name)
-    }
-
-    fn store(&self) -> MutexGuard<'_, Store> {
-        // The store holds no invariants across a panic mid-call (SQLite rolls back), so a
-        // poisoned lock is safe to reuse.
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Submits a new authorization policy request (wire JSON).
@@ -237,12 +271,12 @@ impl Authz {
         let req = PolicyRequest::from_json(body, now)?;
         self.admit(&req, by)?;
         let id = random_id("req-", 12)?;
-        let issued = {
-            let mut store = self.store();
-            let reasons = global::check(&req, &store.policies()?);
-            let tx = store.transaction()?;
+        let signer = Arc::clone(&self.signer);
+        let (row_id, owner) = (id.clone(), by.label.clone());
+        let decide: Decide = Box::new(move |seen| {
+            let reasons = global::check(&req, &seen.policies);
             let mut row = RequestRow {
-                id: id.clone(),
+                id: row_id.clone(),
                 body: wire,
                 normalized: Some(req.clone()),
                 status: Status::Refused,
@@ -253,34 +287,40 @@ impl Authz {
                 created_at: now,
                 updated_at: now,
             };
-            if !reasons.is_empty() {
-                tx.put_request(&row)?;
-                tx.set_owner(&id, &by.label)?;
-                tx.commit()?;
-                tracing::info!(request = %id, reasons = reasons.len(), "request refused");
-                return Err(ServiceError::Refused { id, reasons });
-            }
-            let signed = self.sign_rules(&req, &id, 1);
-            row.status = Status::Active;
-            row.next_rule = 1 + signed.len() as u64;
-            tx.put_request(&row)?;
-            tx.set_owner(&id, &by.label)?;
-            tx.issue_rules(&signed, now)?;
-            tx.commit()?;
-            tracing::info!(request = %id, owner = %by.label, rules = signed.len(), "request approved");
-            Issued {
+            let issued = if reasons.is_empty() {
+                let signed = signer.sign_rules(&req, &row_id, 1);
+                row.status = Status::Active;
+                row.next_rule = 1 + signed.len() as u64;
+                signed
+            } else {
+                Vec::new()
+            };
+            Ok(Writes {
+                requests: vec![row],
+                owner: Some(owner),
+                issued,
+                issued_at: now,
+                ..Default::default()
+            })
+        });
+        let written = self.store.decide(Reads::default(), decide).await?;
+        let row = &written.requests[0];
+        if row.status == Status::Refused {
+            tracing::info!(request = %id, reasons = row.reasons.len(), "request refused");
+            return Err(ServiceError::Refused {
                 id,
-                status: Status::Active,
-                revision: 1,
-                rule_ids: signed.iter().map(|s| s.rule.id.clone()).collect(),
-                replaced: Vec::new(),
-                delivered: false,
-            }
-        };
+                reasons: row.reasons.clone(),
+            });
+        }
+        tracing::info!(request = %id, owner = %by.label, rules = written.issued.len(), "request approved");
         let delivered = self.flush_outbox().await.is_ok();
         Ok(Issued {
+            id,
+            status: Status::Active,
+            revision: 1,
+            rule_ids: written.issued.iter().map(|s| s.rule.id.clone()).collect(),
+            replaced: Vec::new(),
             delivered,
-            ..issued
         })
     }
 
@@ -299,42 +339,14 @@ impl Authz {
 
     /// A workflow principal acts only on requests it submitted (unknown ids stay 404 below,
     /// so nobody learns which ids exist).
-    fn check_owner(&self, id: &str, by: &Submitter) -> Result<(), ServiceError> {
+    async fn check_owner(&self, id: &str, by: &Submitter) -> Result<(), ServiceError> {
         if by.grant.is_none() {
             return Ok(());
         }
-        match self.store().owner(id)? {
-            Some(owner) if owner != by.label => Err(ServiceError::NotFound {
-                what: "request",
-                id: id.to_string(),
-            }),
+        match self.store.owner(id).await? {
+            Some(owner) if owner != by.label => Err(not_found(id)),
             _ => Ok(()),
         }
-    }
-
-    fn sign_rules(&self, req: &PolicyRequest, id: &str, first: u64) -> Vec<SignedRule> {
-        template::rules_for(req, id, &self.issuer, first)
-            .into_iter()
-            .map(|r| sign(r, &self.key))
-            .collect()
-    }
-
-    fn revoke_live(
-        &self,
-        tx: &crate::store::Tx<'_>,
-        request_id: &str,
-        reason: &str,
-        now: i64,
-    ) -> Result<Vec<String>, ServiceError> {
-        let mut revoked = Vec::new();
-        for r in tx.rules_of(request_id)? {
-            if r.revoked_at.is_none() {
-                let rev = Revocation::sign(&r.signed.rule.id, &self.issuer, reason, now, &self.key);
-                tx.revoke_rule(&rev)?;
-                revoked.push(r.signed.rule.id);
-            }
-        }
-        Ok(revoked)
     }
 
     /// Replaces a request: its live rules are revoked and new ones issued. A change refused by
@@ -349,96 +361,103 @@ impl Authz {
         let now = now()?;
         let wire: serde_json::Value = crate::request::parse_json(body)?;
         let req = PolicyRequest::from_json(body, now)?;
-        self.check_owner(id, by)?;
+        self.check_owner(id, by).await?;
         self.admit(&req, by)?;
-        let issued = {
-            let mut store = self.store();
-            let policies = store.policies()?;
-            let tx = store.transaction()?;
-            let mut row = tx.request(id)?.ok_or_else(|| ServiceError::NotFound {
-                what: "request",
-                id: id.to_string(),
-            })?;
+        let signer = Arc::clone(&self.signer);
+        let req_id = id.to_string();
+        let decide: Decide = Box::new(move |seen| {
+            let (mut row, rules) = seen.request.ok_or_else(|| not_found(&req_id))?;
             if row.status == Status::Cancelled {
                 return Err(ServiceError::Conflict(format!(
-                    "request {id} is cancelled; submit a new request instead"
+                    "request {req_id} is cancelled; submit a new request instead"
                 )));
             }
-            let reasons = global::check(&req, &policies);
+            let reasons = global::check(&req, &seen.policies);
+            row.updated_at = now;
             if !reasons.is_empty() {
                 row.change_refused = reasons.clone();
-                row.updated_at = now;
                 // A refused request has nothing in force; record the refused change as its state.
                 if row.status == Status::Refused {
                     row.body = wire;
                     row.normalized = Some(req);
-                    row.reasons = reasons.clone();
+                    row.reasons = reasons;
                     row.revision += 1;
                 }
-                tx.put_request(&row)?;
-                tx.commit()?;
-                return Err(ServiceError::Refused {
-                    id: id.to_string(),
-                    reasons,
+                return Ok(Writes {
+                    requests: vec![row],
+                    ..Default::default()
                 });
             }
-            let revision = row.revision + 1;
-            let replaced = self.revoke_live(
-                &tx,
-                id,
-                &format!("request {id} changed (revision {revision})"),
-                now,
-            )?;
-            let signed = self.sign_rules(&req, id, row.next_rule);
+            row.revision += 1;
+            let why = format!("request {req_id} changed (revision {})", row.revision);
+            let revoked = signer.revoke_live(&rules, &why, now);
+            let issued = signer.sign_rules(&req, &req_id, row.next_rule);
             row.body = wire;
             row.normalized = Some(req);
             row.status = Status::Active;
             row.reasons = Vec::new();
             row.change_refused = Vec::new();
-            row.revision = revision;
-            row.next_rule += signed.len() as u64;
-            row.updated_at = now;
-            tx.put_request(&row)?;
-            tx.issue_rules(&signed, now)?;
-            tx.commit()?;
-            tracing::info!(request = %id, revision, rules = signed.len(), replaced = replaced.len(), "request changed");
-            Issued {
-                id: id.to_string(),
-                status: Status::Active,
-                revision,
-                rule_ids: signed.iter().map(|s| s.rule.id.clone()).collect(),
-                replaced,
-                delivered: false,
-            }
+            row.next_rule += issued.len() as u64;
+            Ok(Writes {
+                requests: vec![row],
+                revoked,
+                issued,
+                issued_at: now,
+                ..Default::default()
+            })
+        });
+        let reads = Reads {
+            request: Some(id.to_string()),
+            active: false,
         };
+        let written = self.store.decide(reads, decide).await?;
+        let row = &written.requests[0];
+        if !row.change_refused.is_empty() {
+            return Err(ServiceError::Refused {
+                id: id.to_string(),
+                reasons: row.change_refused.clone(),
+            });
+        }
+        let replaced = ids(&written.revoked);
+        tracing::info!(request = %id, revision = row.revision, rules = written.issued.len(), replaced = replaced.len(), "request changed");
         let delivered = self.flush_outbox().await.is_ok();
         Ok(Issued {
+            id: id.to_string(),
+            status: Status::Active,
+            revision: row.revision,
+            rule_ids: written.issued.iter().map(|s| s.rule.id.clone()).collect(),
+            replaced,
             delivered,
-            ..issued
         })
     }
 
     /// Cancels a request and revokes its live rules. Cancelling twice is harmless.
     pub async fn cancel(&self, id: &str, by: &Submitter) -> Result<Cancelled, ServiceError> {
         let now = now()?;
-        self.check_owner(id, by)?;
-        let revoked = {
-            let mut store = self.store();
-            let tx = store.transaction()?;
-            let mut row = tx.request(id)?.ok_or_else(|| ServiceError::NotFound {
-                what: "request",
-                id: id.to_string(),
-            })?;
-            let revoked = self.revoke_live(&tx, id, &format!("request {id} cancelled"), now)?;
+        self.check_owner(id, by).await?;
+        let signer = Arc::clone(&self.signer);
+        let req_id = id.to_string();
+        let decide: Decide = Box::new(move |seen| {
+            let (mut row, rules) = seen.request.ok_or_else(|| not_found(&req_id))?;
+            let revoked = signer.revoke_live(&rules, &format!("request {req_id} cancelled"), now);
+            let mut requests = Vec::new();
             if row.status != Status::Cancelled {
                 row.status = Status::Cancelled;
                 row.updated_at = now;
-                tx.put_request(&row)?;
+                requests.push(row);
             }
-            tx.commit()?;
-            tracing::info!(request = %id, revoked = revoked.len(), "request cancelled");
-            revoked
+            Ok(Writes {
+                requests,
+                revoked,
+                ..Default::default()
+            })
+        });
+        let reads = Reads {
+            request: Some(id.to_string()),
+            active: false,
         };
+        let revoked = ids(&self.store.decide(reads, decide).await?.revoked);
+        tracing::info!(request = %id, revoked = revoked.len(), "request cancelled");
         let delivered = self.flush_outbox().await.is_ok();
         Ok(Cancelled {
             id: id.to_string(),
@@ -449,14 +468,9 @@ impl Authz {
     }
 
     /// The request's view; a workflow principal sees only its own requests.
-    pub fn get(&self, id: &str, by: &Submitter) -> Result<RequestView, ServiceError> {
-        self.check_owner(id, by)?;
-        let store = self.store();
-        let row = store.request(id)?.ok_or_else(|| ServiceError::NotFound {
-            what: "request",
-            id: id.to_string(),
-        })?;
-        let rules = store.rules_of(id)?;
+    pub async fn get(&self, id: &str, by: &Submitter) -> Result<RequestView, ServiceError> {
+        self.check_owner(id, by).await?;
+        let (row, rules) = self.store.request(id).await?.ok_or_else(|| not_found(id))?;
         let (live, revoked): (Vec<_>, Vec<_>) =
             rules.into_iter().partition(|r| r.revoked_at.is_none());
         Ok(RequestView {
@@ -479,34 +493,38 @@ impl Authz {
         let now = now()?;
         let (block, note) = Block::from_json(body)?;
         let policy = GlobalPolicy::new(random_id("gp-", 8)?, block, note, now);
-        let (revoked_requests, revoked_rules) = {
-            let mut store = self.store();
-            let tx = store.transaction()?;
-            tx.put_policy(&policy)?;
-            let mut revoked_requests = Vec::new();
-            let mut revoked_rules = Vec::new();
-            for mut row in tx.requests_with_status(Status::Active)? {
+        let signer = Arc::clone(&self.signer);
+        let adding = policy.clone();
+        let decide: Decide = Box::new(move |seen| {
+            let why = format!(
+                "global security policy {} [{}]",
+                adding.id,
+                adding.block.describe()
+            );
+            let mut writes = Writes::default();
+            for (mut row, rules) in seen.active {
                 let Some(req) = &row.normalized else { continue };
-                let reasons = policy.violations(req);
+                let reasons = adding.violations(req);
                 if reasons.is_empty() {
                     continue;
                 }
-                let why = format!(
-                    "global security policy {} [{}]",
-                    policy.id,
-                    policy.block.describe()
-                );
-                revoked_rules.extend(self.revoke_live(&tx, &row.id, &why, now)?);
+                writes.revoked.extend(signer.revoke_live(&rules, &why, now));
                 row.status = Status::Revoked;
                 row.reasons = reasons;
                 row.updated_at = now;
-                tx.put_request(&row)?;
-                revoked_requests.push(row.id.clone());
+                writes.requests.push(row);
             }
-            tx.commit()?;
-            tracing::info!(policy = %policy.id, block = %policy.block.describe(), revoked = revoked_rules.len(), "global policy added");
-            (revoked_requests, revoked_rules)
+            writes.policy = Some(adding);
+            Ok(writes)
+        });
+        let reads = Reads {
+            request: None,
+            active: true,
         };
+        let written = self.store.decide(reads, decide).await?;
+        let revoked_requests: Vec<String> = written.requests.iter().map(|r| r.id.clone()).collect();
+        let revoked_rules = ids(&written.revoked);
+        tracing::info!(policy = %policy.id, block = %policy.block.describe(), revoked = revoked_rules.len(), "global policy added");
         let delivered = self.flush_outbox().await.is_ok();
         Ok(PolicyAdded {
             policy,
@@ -517,32 +535,29 @@ impl Authz {
     }
 
     /// Removes a global policy. Requests it refused or revoked stay so; resubmit them.
-    pub fn remove_policy(&self, id: &str) -> Result<(), ServiceError> {
-        let mut store = self.store();
-        let tx = store.transaction()?;
-        if !tx.delete_policy(id)? {
+    pub async fn remove_policy(&self, id: &str) -> Result<(), ServiceError> {
+        if !self.store.remove_policy(id).await? {
             return Err(ServiceError::NotFound {
                 what: "policy",
                 id: id.to_string(),
             });
         }
-        tx.commit()?;
         tracing::info!(policy = %id, "global policy removed");
         Ok(())
     }
 
-    pub fn policies(&self) -> Result<Vec<GlobalPolicy>, ServiceError> {
-        Ok(self.store().policies()?)
+    pub async fn policies(&self) -> Result<Vec<GlobalPolicy>, ServiceError> {
+        Ok(self.store.policies().await?)
     }
 
     /// Live (unrevoked, unexpired) signed rules, optionally only those targeting `pep`.
-    pub fn live_rules(&self, pep: Option<&str>) -> Result<Vec<SignedRule>, ServiceError> {
-        Ok(self.store().live_rules(now()?, pep)?)
+    pub async fn live_rules(&self, pep: Option<&str>) -> Result<Vec<SignedRule>, ServiceError> {
+        Ok(self.store.live_rules(now()?, pep).await?)
     }
 
     /// Entries waiting for ARDS.
-    pub fn pending_deliveries(&self) -> Result<i64, ServiceError> {
-        Ok(self.store().outbox_len()?)
+    pub async fn pending_deliveries(&self) -> Result<i64, ServiceError> {
+        Ok(self.store.outbox_len().await?)
     }
 
     /// Delivers queued publications and revocations to ARDS in order; stops at the first
@@ -551,7 +566,7 @@ impl Authz {
         let _guard = self.flushing.lock().await;
         let mut delivered = 0;
         loop {
-            let next = self.store().outbox_next().map_err(FlushError::Store)?;
+            let next = self.store.outbox_next().await.map_err(FlushError::Store)?;
             let Some((seq, item)) = next else {
                 return Ok(delivered);
             };
@@ -561,13 +576,17 @@ impl Authz {
             };
             match result {
                 Ok(()) => {
-                    self.store().outbox_done(seq).map_err(FlushError::Store)?;
+                    self.store
+                        .outbox_done(seq)
+                        .await
+                        .map_err(FlushError::Store)?;
                     delivered += 1;
                 }
                 Err(e) => {
                     tracing::warn!(seq, error = %e, "delivery to ARDS failed; will retry");
-                    self.store()
+                    self.store
                         .outbox_failed(seq, &e.to_string())
+                        .await
                         .map_err(FlushError::Store)?;
                     return Err(FlushError::Sink(e));
                 }

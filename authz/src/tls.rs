@@ -1,7 +1,7 @@
 //! Shared TLS plumbing for every csap service: self-signed certificates (rcgen), rustls server
 //! and client configs (ring provider, TLS 1.3 only), client-certificate verification against
-//! the installation's CA and its [`Principals`], and an HTTPS accept loop for axum routers that
-//! attaches each connection's verified certificate to its requests.
+//! the installation's CA and its [`Principals`]; [`serve`] runs an axum router on the one accept
+//! loop ([`crate::listener`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -324,10 +324,10 @@ pub fn load_or_create(
     Ok((cert, key))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` resolves. Each connection runs on its
-/// own task; handshake failures are logged and dropped (a bad client never stops the server).
-/// With `directory`, every request carries the connection's verified [`PeerCert`] (when it
-/// presented one) and the [`DirectoryHandle`], for [`crate::principal::Caller`].
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, through the one accept loop
+/// ([`crate::listener::serve`]) with default timeouts. With `directory`, every request carries
+/// the connection's verified [`PeerCert`] (when it presented one) and the [`DirectoryHandle`],
+/// for [`crate::principal::Caller`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
@@ -335,63 +335,16 @@ pub async fn serve(
     directory: Option<DirectoryHandle>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends are transient; keep accepting.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let directory = directory.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let cert = peer_cert(tls.get_ref().1);
-            let app = tower::ServiceExt::map_request(
-                app,
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(d) = &directory {
-                        req.extensions_mut().insert(d.clone());
-                        if let Some(c) = &cert {
-                            req.extensions_mut().insert(c.clone());
-                        }
-                    }
-                    req
-                },
-            );
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with error");
-            }
-        });
-    }
+    crate::listener::serve(
+        listener,
+        config,
+        app,
+        crate::listener::ServeOptions::default(),
+        crate::listener::DirectoryAdmission(directory),
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

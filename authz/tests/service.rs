@@ -498,13 +498,13 @@ async fn undelivered_changes_stay_queued_and_are_retried() {
     let id = v["id"].as_str().unwrap();
     h.call(Method::DELETE, &format!("/v1/requests/{id}"), None)
         .await;
-    assert_eq!(h.authz.pending_deliveries().unwrap(), 3);
+    assert_eq!(h.authz.pending_deliveries().await.unwrap(), 3);
     h.sink.set_failing(false);
     assert_eq!(h.authz.flush_outbox().await.unwrap(), 3);
     // In order: the publication first, then both revocations.
     assert_eq!(h.sink.published().len(), 2);
     assert_eq!(h.sink.revocations().len(), 2);
-    assert_eq!(h.authz.pending_deliveries().unwrap(), 0);
+    assert_eq!(h.authz.pending_deliveries().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -536,6 +536,7 @@ async fn state_and_issuer_key_survive_restart() {
     assert_eq!(
         reopened
             .get(&id, &Submitter::admin("admin"))
+            .await
             .unwrap()
             .rule_ids
             .len(),

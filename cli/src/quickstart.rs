@@ -154,9 +154,11 @@ fn demo(
                 &authz::Submitter::admin("admin"),
             ))
             .with_context(|| format!("authz refused the {name} request"))?;
-        let live = server
-            .authz
-            .live_rules(Some(authz::template::KEYSERVER_PEP))?;
+        let live = rt.block_on(
+            server
+                .authz
+                .live_rules(Some(authz::template::KEYSERVER_PEP)),
+        )?;
         keyserver_rules.extend(
             issued
                 .rule_ids

@@ -440,17 +440,11 @@ mod tests {
             .await
             .unwrap();
         assert!(issued.delivered, "in-process delivery must succeed at once");
+        let live = server.authz.live_rules(Some("keyserver")).await.unwrap();
         let ks_rules: Vec<String> = issued
             .rule_ids
             .iter()
-            .filter(|id| {
-                server
-                    .authz
-                    .live_rules(Some("keyserver"))
-                    .unwrap()
-                    .iter()
-                    .any(|r| &r.rule.id == *id)
-            })
+            .filter(|id| live.iter().any(|r| &r.rule.id == *id))
             .cloned()
             .collect();
         assert_eq!(ks_rules.len(), 1);

@@ -1,19 +1,19 @@
 //! The key server as the installation's directory for the rest of the control plane: which
 //! certificates are active (the in-memory [`PrincipalRegistry`], as the handshake sees it) and
-//! which users, devices, application builds and workflow grants exist (SQLite). authz checks
+//! which users, devices, application builds and workflow grants exist (the store). authz checks
 //! requests against it; authz and ARDS authenticate their callers with it.
 
 use std::sync::Arc;
 
 use authz::principal::{Directory, Principal, Principals, Standing, WorkflowGrant};
 
-use crate::db::{self, Db};
-use crate::pki::{PrincipalKind, PrincipalRegistry};
+use crate::pki::PrincipalRegistry;
+use crate::store::{KeyStore, StoreError};
 
-/// Directory backed by the key server's registry and database. Cheap to clone.
+/// Directory backed by the key server's registry and store. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyServerDirectory {
-    pub(crate) db: Arc<Db>,
+    pub(crate) store: Arc<dyn KeyStore>,
     pub(crate) registry: Arc<PrincipalRegistry>,
 }
 
@@ -23,17 +23,12 @@ impl std::fmt::Debug for KeyServerDirectory {
     }
 }
 
-impl KeyServerDirectory {
-    /// A lookup that fails (the database is unavailable) counts as unknown: fail closed.
-    fn standing(
-        &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<Standing, db::StoreError>,
-    ) -> Standing {
-        self.db.call_sync(f).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "directory lookup failed; treating the name as unknown");
-            Standing::Unknown
-        })
-    }
+/// A lookup that fails (the store is unavailable) counts as unknown: fail closed.
+fn standing(lookup: Result<Standing, StoreError>) -> Standing {
+    lookup.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "directory lookup failed; treating the name as unknown");
+        Standing::Unknown
+    })
 }
 
 impl Principals for KeyServerDirectory {
@@ -48,44 +43,22 @@ impl Principals for KeyServerDirectory {
 
 impl Directory for KeyServerDirectory {
     fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
-        self.db
-            .call_sync(|c| db::get_workflow(c, name))
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "workflow grant lookup failed; treating it as none");
-                None
-            })
+        self.store.workflow_grant_now(name).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "workflow grant lookup failed; treating it as none");
+            None
+        })
     }
 
     fn user(&self, name: &str) -> Standing {
-        self.standing(|c| {
-            Ok(match db::get_user(c, name)? {
-                Some(u) if !u.disabled => Standing::Active,
-                Some(_) => Standing::Inactive,
-                None => Standing::Unknown,
-            })
-        })
+        standing(self.store.user_standing_now(name))
     }
 
     fn device(&self, name: &str) -> Standing {
-        self.standing(|c| {
-            if db::active_cert_exists(c, PrincipalKind::Device, name)? {
-                Ok(Standing::Active)
-            } else if db::cert_exists(c, PrincipalKind::Device, name)? {
-                Ok(Standing::Inactive)
-            } else {
-                Ok(Standing::Unknown)
-            }
-        })
+        standing(self.store.device_standing_now(name))
     }
 
     fn application(&self, digest: &str) -> Standing {
-        self.standing(|c| {
-            Ok(match db::get_app(c, digest)? {
-                Some(a) if a.revoked_at.is_none() => Standing::Active,
-                Some(_) => Standing::Inactive,
-                None => Standing::Unknown,
-            })
-        })
+        standing(self.store.app_standing_now(digest))
     }
 }
 

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 
-use crate::db::StoreError;
+use crate::store::StoreError;
 use crate::wire::{ErrorBody, Reason};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,14 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod audit;
-pub mod audit_api;
 pub mod client;
-pub mod db;
 pub mod directory;
 pub mod error;
 pub mod fsutil;
-pub mod generation;
 pub mod keys;
 pub mod license;
 pub mod pki;
@@ -22,15 +18,17 @@ pub mod rules;
 pub mod seal;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod testing;
 pub mod token;
 pub mod wire;
 
+pub use api::app;
 pub use client::{AdminClient, ClientError, LicenseClient};
 pub use keys::{derive_content_key, ContentKey};
 pub use license::{open_offline, OpenedGrant, OpenedLicense};
 pub use rules::{RuleCheck, RuleVerdict, SwappableRules};
-pub use server::{start, Clock, Limits, RunningServer, ServerConfig, ServerError};
+pub use server::{start, Clock, Limits, RunningServer, ServerConfig, ServerError, State};
 pub use token::UserToken;
 
 pub use authz::clock::ClockError;

@@ -1,6 +1,7 @@
 //! Key server start-up and transport: the data directory (CA, server certificate, root key,
-//! token and license keys, SQLite, admin identity), and the TLS 1.3 mTLS accept loop that
-//! hands each authenticated connection to the axum router with its [`Peer`].
+//! token and license keys, the store, admin identity), the service's [`State`], and serving
+//! it on the shared TLS 1.3 mTLS accept loop (`authz::listener`), each connection's requests
+//! carrying its [`Peer`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,23 +9,19 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use authz::statedir::DirLock;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 use zeroize::Zeroizing;
 
-use crate::audit::AuditLog;
-use crate::db::{self, AuditEvent, Db, StoreError};
 use crate::keys::{KeyError, RootKey};
 use crate::license::{LicenseError, LicenseSigner};
 use crate::pki::{self, Ca, Identity, PkiError, Principal, PrincipalKind, PrincipalRegistry};
 use crate::ratelimit::{RateLimit, RateLimiter};
 use crate::rules::RuleCheck;
 use crate::session::SessionStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditEvent, KeyStore, StoreError};
 use crate::token::{PasswordCost, TokenError, TokenKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +117,7 @@ impl Default for Limits {
 }
 
 /// Everything `start` needs.
+#[derive(Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -169,36 +167,119 @@ pub struct Peer {
     pub serial: String,
 }
 
-/// Shared state of the running service.
-pub(crate) struct State {
-    pub db: Arc<Db>,
-    pub root: RootKey,
-    pub tokens: TokenKey,
-    pub signer: LicenseSigner,
-    pub ca: Ca,
-    pub registry: Arc<PrincipalRegistry>,
-    pub rules: Arc<dyn RuleCheck>,
-    pub limiter: RateLimiter,
-    pub limits: Limits,
-    pub token_ttl: i64,
-    pub license_ttl: i64,
-    pub password_cost: PasswordCost,
+/// Shared state of the service: what [`crate::api::app`] serves.
+pub struct State {
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) root: RootKey,
+    pub(crate) tokens: TokenKey,
+    pub(crate) signer: LicenseSigner,
+    pub(crate) ca: Ca,
+    pub(crate) registry: Arc<PrincipalRegistry>,
+    pub(crate) rules: Arc<dyn RuleCheck>,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) limits: Limits,
+    pub(crate) token_ttl: i64,
+    pub(crate) license_ttl: i64,
+    pub(crate) password_cost: PasswordCost,
     /// A hash of a random password, verified against when a login names an unknown user.
-    pub dummy_hash: String,
-    pub clock: Clock,
-    /// The audit writer (group commit); see [`crate::audit`].
-    pub audit: AuditLog,
+    pub(crate) dummy_hash: String,
+    pub(crate) clock: Clock,
     /// Live license sessions (memory only); see [`crate::session`].
-    pub sessions: SessionStore,
-    /// Wakes the long polls of `GET /v1/revocations`; see [`crate::revocation`].
-    pub revocations: crate::revocation::Notifier,
+    pub(crate) sessions: SessionStore,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl State {
-    /// Queues an audit event without blocking (where SQLite must not be touched: TLS
-    /// handshakes, middleware). Under a flood, events are dropped and that is logged.
-    pub fn audit_async(&self, ev: AuditEvent) {
-        self.audit.record_later(ev);
+    /// Queues an audit event without waiting (where nothing may block: TLS handshakes,
+    /// middleware). Under a flood, events are dropped and that is logged.
+    pub(crate) fn audit_async(&self, ev: AuditEvent) {
+        self.store.record_audit_later(vec![ev]);
+    }
+
+    /// Opens (or creates) the data directory and its SQLite store, as [`start`] does, without
+    /// listening: for [`crate::api::app`] in-process. The returned lock keeps a second
+    /// process off the directory; hold it while serving.
+    pub async fn open(cfg: &ServerConfig) -> Result<(Arc<State>, DirLock), ServerError> {
+        let dir_lock = authz::statedir::lock(&cfg.data_dir)?;
+        let files_cfg = cfg.clone();
+        let files = tokio::task::spawn_blocking(move || open_files(&files_cfg))
+            .await
+            .map_err(|e| ServerError::Join(e.to_string()))??;
+        let DataFiles {
+            root,
+            tokens,
+            signer,
+            ca,
+            store,
+            dummy_hash,
+        } = files;
+        let dir = &cfg.data_dir;
+        ensure_admin_identity(&ca, store.as_ref(), &signer, dir, cfg.clock.now()?).await?;
+        // The key server's own identity as a policy enforcement point: it reads its ARDS
+        // stream (PEP `keyserver`) with this certificate.
+        ensure_identity(
+            &ca,
+            store.as_ref(),
+            &dir.join(SERVICE_DIR),
+            authz::template::KEYSERVER_PEP,
+            PrincipalKind::Service,
+            cfg.clock.now()?,
+        )
+        .await?;
+        let principals = store.principals().await?;
+        let state = State {
+            store,
+            root,
+            tokens,
+            signer,
+            ca,
+            registry: Arc::new(PrincipalRegistry::new(principals)),
+            rules: Arc::clone(&cfg.rules),
+            limiter: RateLimiter::new(cfg.limits.per_device),
+            limits: cfg.limits,
+            token_ttl: cfg.token_ttl_secs,
+            license_ttl: cfg.license_ttl_secs,
+            password_cost: cfg.password_cost,
+            dummy_hash,
+            clock: cfg.clock.clone(),
+            sessions: SessionStore::new(cfg.session_ttl_secs, SESSION_CAPACITY),
+            data_dir: cfg.data_dir.clone(),
+        };
+        Ok((Arc::new(state), dir_lock))
+    }
+
+    /// The admin identity directory created at first start.
+    pub fn admin_dir(&self) -> PathBuf {
+        self.data_dir.join(ADMIN_DIR)
+    }
+
+    /// The principal a client certificate (PEM) is registered as, if it is active: how a test
+    /// of [`crate::api::app`] makes a request come from that identity, as the TLS layer would.
+    pub fn peer_of(&self, cert_pem: &str) -> Option<Peer> {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+        let p = self.registry.active(&pki::parse_cert(&der).ok()?)?;
+        Some(Peer {
+            name: p.name,
+            kind: p.kind,
+            serial: p.serial,
+        })
+    }
+
+    /// The installation's directory of principals and identities, for authz and ARDS.
+    pub fn directory(&self) -> crate::directory::KeyServerDirectory {
+        crate::directory::KeyServerDirectory {
+            store: Arc::clone(&self.store),
+            registry: Arc::clone(&self.registry),
+        }
     }
 }
 
@@ -229,11 +310,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
     }
 }
 
-/// First start creates everything; a restart reuses it all.
-fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError> {
+/// What the data directory holds: keys, the CA, the store.
+struct DataFiles {
+    root: RootKey,
+    tokens: TokenKey,
+    signer: LicenseSigner,
+    ca: Ca,
+    store: Arc<dyn KeyStore>,
+    dummy_hash: String,
+}
+
+/// First start creates everything; a restart reuses it all (on the blocking pool: file I/O,
+/// SQLite migrations, an argon2 hash).
+fn open_files(cfg: &ServerConfig) -> Result<DataFiles, ServerError> {
     let dir = &cfg.data_dir;
-    // `start` took the data-dir lock, which made `dir` private; tighten what an older version
-    // or a copy left looser before anything reads it.
+    // `State::open` took the data-dir lock, which made `dir` private; tighten what an older
+    // version or a copy left looser before anything reads it.
     for f in PRIVATE_FILES {
         authz::statedir::private_file(&dir.join(f))?;
     }
@@ -253,42 +345,20 @@ fn init_state(cfg: &ServerConfig, audit: AuditLog) -> Result<State, ServerError>
     let db_path = dir.join(DB_FILE);
     // Password hashes, sealed seeds and the audit trail live here: owner-only, like the keys.
     authz::statedir::private_sqlite(&db_path)?;
-    let db = Db::open(&db_path, cfg.db_connections)?;
+    let store = SqliteStore::open(&db_path, cfg.db_connections)?;
     ensure_server_cert(&ca, dir, &cfg.server_names)?;
-    ensure_admin_identity(&ca, &db, &signer, dir, cfg.clock.now()?)?;
-    // The key server's own identity as a policy enforcement point: it reads its ARDS stream
-    // (PEP `keyserver`) with this certificate.
-    ensure_identity(
-        &ca,
-        &db,
-        &dir.join(SERVICE_DIR),
-        authz::template::KEYSERVER_PEP,
-        PrincipalKind::Service,
-        cfg.clock.now()?,
-    )?;
-    let principals = db.call_sync(|c| db::all_principals(c))?;
-    Ok(State {
-        db,
+    let dummy_hash = {
+        let mut pw = [0u8; 16];
+        crate::keys::random_bytes(&mut pw)?;
+        crate::token::hash_password(&hex::encode(pw), cfg.password_cost)?
+    };
+    Ok(DataFiles {
         root,
         tokens,
         signer,
         ca,
-        registry: Arc::new(PrincipalRegistry::new(principals)),
-        rules: Arc::clone(&cfg.rules),
-        limiter: RateLimiter::new(cfg.limits.per_device),
-        limits: cfg.limits,
-        token_ttl: cfg.token_ttl_secs,
-        license_ttl: cfg.license_ttl_secs,
-        password_cost: cfg.password_cost,
-        dummy_hash: {
-            let mut pw = [0u8; 16];
-            crate::keys::random_bytes(&mut pw)?;
-            crate::token::hash_password(&hex::encode(pw), cfg.password_cost)?
-        },
-        clock: cfg.clock.clone(),
-        audit,
-        sessions: SessionStore::new(cfg.session_ttl_secs, SESSION_CAPACITY),
-        revocations: crate::revocation::Notifier::default(),
+        store: Arc::new(store),
+        dummy_hash,
     })
 }
 
@@ -308,15 +378,15 @@ fn ensure_server_cert(ca: &Ca, dir: &Path, names: &[String]) -> Result<(), Serve
     Ok(())
 }
 
-fn ensure_admin_identity(
+async fn ensure_admin_identity(
     ca: &Ca,
-    db: &Db,
+    store: &dyn KeyStore,
     signer: &LicenseSigner,
     dir: &Path,
     now: i64,
 ) -> Result<(), ServerError> {
     let admin = dir.join(ADMIN_DIR);
-    if !ensure_identity(ca, db, &admin, "admin", PrincipalKind::Admin, now)? {
+    if !ensure_identity(ca, store, &admin, "admin", PrincipalKind::Admin, now).await? {
         return Ok(());
     }
     let pubfile = admin.join(pki::SERVER_KEY_FILE);
@@ -324,11 +394,12 @@ fn ensure_admin_identity(
     Ok(())
 }
 
-/// Creates the identity directory `at` for principal `name` of `kind` unless it exists.
+/// Creates the identity directory `at` for principal `name` of `kind` unless it exists (at
+/// start-up, before anything is served: its few small file writes stay on this thread).
 /// Returns true if it was created now.
-fn ensure_identity(
+async fn ensure_identity(
     ca: &Ca,
-    db: &Db,
+    store: &dyn KeyStore,
     at: &Path,
     name: &str,
     kind: PrincipalKind,
@@ -344,7 +415,7 @@ fn ensure_identity(
         serial,
         revoked: false,
     };
-    db.call_sync(|c| db::insert_cert(c, &principal, None, now))?;
+    store.add_cert(&principal, None, now).await?;
     Identity {
         cert_pem,
         key_pem,
@@ -393,13 +464,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let data_dir = cfg.data_dir.clone();
     let listen = cfg.listen;
     // Held by the serving task until it has drained: one key server per data directory.
-    let dir_lock = authz::statedir::lock(&data_dir)?;
-    let (audit, audit_queue) = AuditLog::new();
-    let (state, cfg) =
-        tokio::task::spawn_blocking(move || init_state(&cfg, audit).map(|s| (s, cfg)))
-            .await
-            .map_err(|e| ServerError::Join(e.to_string()))??;
-    let state = Arc::new(state);
+    let (state, dir_lock) = State::open(&cfg).await?;
     let read = |f: &str| {
         let p = data_dir.join(f);
         std::fs::read_to_string(&p).map_err(|source| ServerError::DataDir {
@@ -409,7 +474,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let cert_pem = read("server.pem")?;
     let key_pem = Zeroizing::new(read("server.key")?);
-    let hook_audit = state.audit.clone();
+    let hook_store = Arc::clone(&state.store);
     let clock = state.clock.clone();
     let hook: pki::RefusalHook = Arc::new(move |info: &pki::CertInfo, revoked: bool| {
         let ev = AuditEvent {
@@ -428,12 +493,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             ),
             ..Default::default()
         };
-        hook_audit.record_later(ev);
+        hook_store.record_audit_later(vec![ev]);
     });
-    let directory = crate::directory::KeyServerDirectory {
-        db: Arc::clone(&state.db),
-        registry: Arc::clone(&state.registry),
-    };
+    let directory = state.directory();
     let tls = pki::server_config(
         &cert_pem,
         &key_pem,
@@ -441,7 +503,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         Arc::new(directory.clone()),
         Some(hook),
     )?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -464,18 +525,28 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     };
     let url = format!("https://{host}:{}", addr.port());
-    let router = crate::api::router(Arc::clone(&state));
-    let (tx, rx) = watch::channel(false);
-    let writer = audit_queue.start(&state.db)?;
-    let checkpointer = tokio::spawn(checkpoint_loop(Arc::clone(&state.db)));
-    let loop_state = Arc::clone(&state);
+    let router = crate::api::app(Arc::clone(&state));
+    let (tx, mut rx) = watch::channel(false);
+    let store = Arc::clone(&state.store);
+    let maintenance = tokio::spawn(async move { store.maintain().await });
+    let admission = RegistryAdmission {
+        registry: Arc::clone(&state.registry),
+        audit: Arc::clone(&state.store),
+        clock: state.clock.clone(),
+    };
+    let options = authz::listener::ServeOptions {
+        handshake_timeout: state.limits.handshake_timeout,
+        header_read_timeout: state.limits.header_read_timeout,
+    };
     let task = tokio::spawn(async move {
         let _dir_lock = dir_lock;
-        accept_loop(listener, acceptor, router, loop_state, rx).await;
-        checkpointer.abort();
-        // Connections are gone and with them every sender: the writer drains and stops.
-        let joined = tokio::task::spawn_blocking(move || writer.join());
-        let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+        let stop = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        authz::listener::serve(listener, tls, router, options, admission, stop).await;
+        maintenance.abort();
+        // Connections are gone: commit what they queued and stop the audit writer.
+        state.store.close().await;
     });
     tracing::info!(%url, "key server listening");
     Ok(RunningServer {
@@ -488,137 +559,45 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
-/// WAL frames (4 KiB pages) a checkpoint aims to find: the log stays around 16 MiB.
-const CHECKPOINT_TARGET_FRAMES: f64 = 4096.0;
-const CHECKPOINT_MIN_WAIT: Duration = Duration::from_secs(1);
-const CHECKPOINT_MAX_WAIT: Duration = Duration::from_secs(30);
+/// The key server's mTLS hook on the shared accept loop: the verifier accepted the certificate;
+/// its principal is looked up again to attach it as the connection's [`Peer`]. A handshake
+/// without any certificate is audited (refused certificates are, by the verifier's hook).
+struct RegistryAdmission {
+    registry: Arc<PrincipalRegistry>,
+    audit: Arc<dyn KeyStore>,
+    clock: Clock,
+}
 
-/// Moves the write-ahead log into the database off every request's path: connections do not
-/// checkpoint on commit (see `db::open_conn`), so no request waits for the checkpoint's fsync,
-/// and PASSIVE never blocks readers or the writer. Its fsync still slows the writes around it
-/// (on the development VM cold license latency p99 was 2.2–2.4 ms with a checkpoint every
-/// second, 1.5 ms with one every 30 s), so the pace follows the write rate: often enough to
-/// keep the log near [`CHECKPOINT_TARGET_FRAMES`], at most once a second, at least every 30 s.
-async fn checkpoint_loop(db: Arc<Db>) {
-    let mut wait = CHECKPOINT_MIN_WAIT;
-    loop {
-        tokio::time::sleep(wait).await;
-        match db.call(db::checkpoint).await {
-            Ok(frames) => wait = next_checkpoint_wait(wait, frames),
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
-        }
+impl authz::listener::Attach for Peer {
+    fn attach(&self, extensions: &mut axum::http::Extensions) {
+        extensions.insert(self.clone());
     }
 }
 
-/// The wait after a checkpoint that found `frames` written during `last`.
-fn next_checkpoint_wait(last: Duration, frames: u64) -> Duration {
-    let rate = frames as f64 / last.as_secs_f64();
-    if rate <= 0.0 {
-        return CHECKPOINT_MAX_WAIT;
-    }
-    Duration::from_secs_f64(CHECKPOINT_TARGET_FRAMES / rate)
-        .clamp(CHECKPOINT_MIN_WAIT, CHECKPOINT_MAX_WAIT)
-}
+impl authz::listener::Admission for RegistryAdmission {
+    type Attached = Peer;
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // Connection tasks live in this set: dropping it on shutdown aborts them all.
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _addr)) => {
-                    conns.spawn(serve_conn(tcp, acceptor.clone(), router.clone(), Arc::clone(&state)));
-                }
-                Err(e) => {
-                    // Usually EMFILE; back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-}
-
-async fn serve_conn(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    state: Arc<State>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            // Refused certificates are audited by the verifier; here: no certificate at all.
-            let tls_err = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-            if matches!(tls_err, Some(rustls::Error::NoCertificatesPresented)) {
-                state.audit_async(AuditEvent {
-                    time: state.clock.stamp(),
-                    action: "handshake".into(),
-                    decision: "deny",
-                    reason: Some("no_client_certificate".into()),
-                    ..Default::default()
-                });
-            }
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("TLS handshake timed out");
-            return;
-        }
-    };
-    // The verifier accepted the certificate; look the principal up again to attach it.
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|der| pki::parse_cert(der).ok())
-        .and_then(|info| state.registry.active(&info))
-        .map(|p| Peer {
+    fn admit(&self, cert: Option<&pki::CertInfo>) -> Option<Peer> {
+        let p = self.registry.active(cert?)?;
+        Some(Peer {
             name: p.name,
             kind: p.kind,
             serial: p.serial,
-        });
-    let Some(peer) = peer else {
-        return;
-    };
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(peer.clone());
-        router.clone().oneshot(req.map(axum::body::Body::new))
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_read_timeout);
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkpoints_follow_the_write_rate() {
-        let s = Duration::from_secs;
-        // Idle: the longest wait; a trickle: proportionally longer; a flood: once a second.
-        assert_eq!(next_checkpoint_wait(s(1), 0), CHECKPOINT_MAX_WAIT);
-        assert_eq!(next_checkpoint_wait(s(4), 1024), s(16));
-        assert_eq!(next_checkpoint_wait(s(1), 100), CHECKPOINT_MAX_WAIT);
-        assert_eq!(next_checkpoint_wait(s(30), 1_000_000), CHECKPOINT_MIN_WAIT);
+    fn handshake_failed(&self, error: &std::io::Error) {
+        let tls_err = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if matches!(tls_err, Some(rustls::Error::NoCertificatesPresented)) {
+            self.audit.record_audit_later(vec![AuditEvent {
+                time: self.clock.stamp(),
+                action: "handshake".into(),
+                decision: "deny",
+                reason: Some("no_client_certificate".into()),
+                ..Default::default()
+            }]);
+        }
     }
 }

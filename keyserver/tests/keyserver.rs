@@ -23,6 +23,9 @@ const UID: u32 = 1000;
 #[path = "keyserver/tokens.rs"]
 mod tokens;
 
+#[path = "keyserver/app.rs"]
+mod app;
+
 fn app_digest(name: &str) -> String {
     blake3::hash(name.as_bytes()).to_hex().to_string()
 }
@@ -615,6 +618,17 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
     assert_ne!(later.license.session, after.license.session);
 }
 
+/// Another writer makes every audit insert fail from now on (until it drops `audit_broken`).
+fn break_audit(e: &Env) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
+         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
+    )
+    .unwrap();
+    db
+}
+
 /// No key leaves without its audit record: when the audit log cannot be written, a license
 /// request fails with a 500 and carries no key — also on the fast path (rows cached).
 #[tokio::test]
@@ -622,13 +636,7 @@ async fn no_license_without_its_audit_record() {
     let e = env().await;
     let id = e.create("show/seq1/a.exr").await;
     assert_eq!(e.read(id).await.grants.len(), 1);
-    // Another writer makes every audit insert fail from now on.
-    let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit
-         BEGIN SELECT RAISE(FAIL, 'audit log unavailable'); END;",
-    )
-    .unwrap();
+    let _db = break_audit(&e);
     let r = e
         .dev
         .client
@@ -637,6 +645,36 @@ async fn no_license_without_its_audit_record() {
     assert!(
         matches!(r, Err(ClientError::Server { status: 500, .. })),
         "a license was answered without its audit record: {r:?}"
+    );
+}
+
+/// A device revocation holds even when its audit row cannot be written: the admin is told
+/// (500), and the device is refused from then on — also on its open connection — because the
+/// registry drops it right after the store's commit, before anything else can fail. (Before,
+/// the registry was updated only after the audit row: a failed row left the device served.)
+#[tokio::test]
+async fn a_revoked_device_is_refused_even_when_its_audit_row_fails() {
+    let e = env().await;
+    let id = e.create("show/seq1/a.exr").await;
+    assert_eq!(e.read(id).await.grants.len(), 1);
+    let db = break_audit(&e);
+    let r = e.admin.revoke_device(DEVICE).await;
+    assert!(
+        matches!(r, Err(ClientError::Server { status: 500, .. })),
+        "the revocation's audit failure was not reported: {r:?}"
+    );
+    db.execute_batch("DROP TRIGGER audit_broken").unwrap();
+    let r = e
+        .dev
+        .client
+        .request(&e.dev.token, &e.dev.app_digest, Action::Read, &[id])
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Denied(Reason::DeviceRevoked)) | Err(ClientError::Http(_))
+        ),
+        "a revoked device was still served: {r:?}"
     );
 }
 

@@ -236,9 +236,9 @@ impl Env {
                 &authz::Submitter::admin("admin"),
             ))
             .unwrap();
-        let ks_rules: Vec<String> = server
-            .authz
-            .live_rules(Some("keyserver"))
+        let ks_rules: Vec<String> = self
+            .rt
+            .block_on(server.authz.live_rules(Some("keyserver")))
             .unwrap()
             .into_iter()
             .map(|r| r.rule.id)

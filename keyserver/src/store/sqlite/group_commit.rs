@@ -1,4 +1,5 @@
-//! The audit log: every license's records are committed before the license is answered.
+//! The SQLite store's audit group commit ([`crate::store::KeyStore::record_audit`]): every
+//! license's records are committed before the license is answered.
 //!
 //! Records are committed in batched transactions (group commit) by *whoever finds the writer
 //! connection free*: usually the request's own thread, inline. An idle server so saves two
@@ -9,7 +10,7 @@
 //! a caller commits at most `INLINE_ROUNDS` transactions, and it never waits for SQLite's
 //! write lock (busy timeout 0 inline). Either way the rest goes to the writer thread, which
 //! may wait. Events recorded where SQLite must not be touched at all (TLS handshakes,
-//! middleware: [`AuditLog::record_later`]) only queue and wake the writer thread.
+//! middleware: [`AuditLog::record_all_later`]) only queue and wake the writer thread.
 //! Why batching at all: with a transaction per request, concurrent license requests
 //! queued on SQLite's write lock, whose busy handler sleeps in steps of milliseconds.
 
@@ -21,7 +22,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::db::{self, AuditEvent, Db, StoreError};
+use super::pool::{is_busy, Pool};
+use crate::store::{AuditEvent, AuditReceipt, StoreError};
 
 /// Events per transaction at most (bounds one commit's latency).
 const MAX_BATCH: usize = 1024;
@@ -29,7 +31,7 @@ const MAX_BATCH: usize = 1024;
 /// Transactions one caller commits inline before it hands the rest to the writer thread.
 const INLINE_ROUNDS: usize = 2;
 
-/// Queued jobs beyond which [`AuditLog::record_later`] drops events (a flood).
+/// Queued jobs beyond which [`AuditLog::record_all_later`] drops events (a flood).
 const MAX_QUEUED: usize = 4096;
 
 /// How long the writer thread lets SQLite wait for the write lock.
@@ -94,8 +96,8 @@ impl std::fmt::Debug for AuditQueue {
 impl AuditQueue {
     /// Opens the writer connection (its own, outside the request pool) and starts the writer
     /// thread; it stops once every [`AuditLog`] clone is dropped and the queue is drained.
-    pub fn start(self, db: &Db) -> Result<std::thread::JoinHandle<()>, StoreError> {
-        let conn = db.dedicated_connection()?;
+    pub fn start(self, pool: &Pool) -> Result<std::thread::JoinHandle<()>, StoreError> {
+        let conn = pool.dedicated_connection()?;
         *self.0.lock_conn() = Some(conn);
         // Whatever was recorded before there was a connection is the writer's first work.
         self.0.lock_queue().handed_off = true;
@@ -123,15 +125,10 @@ impl AuditLog {
         (log, AuditQueue(shared))
     }
 
-    /// Queues an event for the writer thread and returns at once: for callers that must not
-    /// touch SQLite at all (TLS handshakes, middleware). Under a flood the queue is full: the
-    /// event is dropped and that is logged (used only where no key is released).
-    pub fn record_later(&self, event: AuditEvent) {
-        self.record_all_later(vec![event]);
-    }
-
-    /// [`Self::record_later`] for the events of one refusal (one row per asset), committed
-    /// together.
+    /// Queues the events of one refusal (one row per asset, committed together) for the writer
+    /// thread and returns at once: for callers that must not touch SQLite at all (TLS
+    /// handshakes, middleware). Under a flood the queue is full: the events are dropped and
+    /// that is logged (used only where no key is released).
     pub fn record_all_later(&self, events: Vec<AuditEvent>) {
         let mut q = self.shared.lock_queue();
         if q.jobs.len() >= MAX_QUEUED {
@@ -145,20 +142,26 @@ impl AuditLog {
         self.shared.wake.notify_one();
     }
 
-    /// Stores `events` and returns once they are committed.
-    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), String> {
-        let (done, committed) = oneshot::channel();
+    /// Queues `events` (committing them on this thread if the writer connection is free) and
+    /// returns the receipt that resolves once they are committed.
+    pub fn record(&self, events: Vec<AuditEvent>) -> AuditReceipt {
+        let (done, committed) = AuditReceipt::new();
         self.shared.lock_queue().jobs.push_back(Job {
             events,
             done: Some(done),
         });
         self.shared.commit_inline();
         committed
-            .await
-            .map_err(|_| "audit writer stopped".to_string())?
+    }
+
+    /// Lets the writer thread commit what is queued and stop (the log keeps committing inline).
+    pub fn stop(&self) {
+        self.shared.lock_queue().stopping = true;
+        self.shared.wake.notify_all();
     }
 
     /// Transactions committed inline by recording callers (the rest were the writer's).
+    #[cfg(test)]
     pub fn inline_commits(&self) -> u64 {
         self.shared.inline_commits.load(Ordering::Relaxed)
     }
@@ -249,9 +252,9 @@ impl Shared {
 /// write lock was not free within `busy_timeout`; other failures are told to the jobs.
 fn commit(conn: &mut Connection, batch: Vec<Job>, busy_timeout: Duration) -> Result<(), Vec<Job>> {
     let _ = conn.busy_timeout(busy_timeout);
-    let outcome = match db::insert_audit(conn, batch.iter().flat_map(|j| &j.events)) {
+    let outcome = match super::audit::insert_audit(conn, batch.iter().flat_map(|j| &j.events)) {
         Ok(()) => Ok(()),
-        Err(e) if busy_timeout.is_zero() && db::is_busy(&e) => return Err(batch),
+        Err(e) if busy_timeout.is_zero() && is_busy(&e) => return Err(batch),
         Err(e) => {
             tracing::error!(error = %e, "audit write failed");
             Err(e.to_string())
@@ -322,7 +325,10 @@ mod tests {
                 };
                 log.record(vec![ev]).await.unwrap();
                 // Committed: visible to another connection right away.
-                let rows = db.call(|c| db::audit_after(c, 0, 10_000)).await.unwrap();
+                let rows = db
+                    .call(|c| super::super::audit::audit_after(c, 0, 10_000))
+                    .await
+                    .unwrap();
                 assert!(rows
                     .iter()
                     .any(|r| r.license_id.as_deref() == Some(&*format!("lic-{i}"))));
@@ -331,16 +337,19 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        log.record_later(AuditEvent {
+        log.record_all_later(vec![AuditEvent {
             action: "handshake".into(),
             decision: "deny",
             ..Default::default()
-        });
+        }]);
         drop(log);
         tokio::task::spawn_blocking(move || writer.join().unwrap())
             .await
             .unwrap();
-        let rows = db.call(|c| db::audit_after(c, 0, 10_000)).await.unwrap();
+        let rows = db
+            .call(|c| super::super::audit::audit_after(c, 0, 10_000))
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 65);
     }
 
@@ -351,12 +360,12 @@ mod tests {
         pool: usize,
     ) -> (
         tempfile::TempDir,
-        Arc<Db>,
+        Arc<Pool>,
         AuditLog,
         std::thread::JoinHandle<()>,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join(DB_FILE), pool).unwrap();
+        let db = Pool::open(&dir.path().join(DB_FILE), pool).unwrap();
         let (log, queue) = AuditLog::new();
         let writer = queue.start(&db).unwrap();
         (dir, db, log, writer)
@@ -378,20 +387,26 @@ mod tests {
         log.record(vec![event("lic-1")]).await.unwrap();
         log.record(vec![event("lic-2")]).await.unwrap();
         assert_eq!(log.inline_commits(), 2);
-        let rows = db.call(|c| db::audit_after(c, 0, 10)).await.unwrap();
+        let rows = db
+            .call(|c| super::super::audit::audit_after(c, 0, 10))
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 2);
     }
 
-    /// `record_later` (TLS handshakes, middleware) never touches SQLite on the caller's
+    /// `record_all_later` (TLS handshakes, middleware) never touches SQLite on the caller's
     /// thread; the writer thread commits the event on its own.
     #[tokio::test(flavor = "current_thread")]
     async fn record_later_leaves_the_commit_to_the_writer_thread() {
         let (_dir, db, log, _writer) = started(1);
-        log.record_later(event("handshake"));
+        log.record_all_later(vec![event("handshake")]);
         assert_eq!(log.inline_commits(), 0);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let rows = db.call(|c| db::audit_after(c, 0, 10)).await.unwrap();
+            let rows = db
+                .call(|c| super::super::audit::audit_after(c, 0, 10))
+                .await
+                .unwrap();
             if rows.len() == 1 {
                 break;
             }
@@ -442,7 +457,10 @@ mod tests {
             "the async thread stalled: {ticked} ticks in {waited:?}"
         );
         assert_eq!(log.inline_commits(), 0);
-        let rows = db.call(|c| db::audit_after(c, 0, 10)).await.unwrap();
+        let rows = db
+            .call(|c| super::super::audit::audit_after(c, 0, 10))
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 1);
     }
 }

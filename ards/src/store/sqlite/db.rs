@@ -1,36 +1,25 @@
-//! The durable ARDS store: one SQLite file (WAL) holding signed rules, their per-PEP release
-//! state, revocation tombstones, the per-PEP revisioned event log and exception reports.
-//!
-//! The store trusts its caller to have verified signatures; it owns ordering and durability.
-//! Every mutation runs in one transaction, so a crash never leaves a rule released to some of
-//! its PEPs' logs and not others.
+//! The ARDS SQLite schema and [`Db`], the store's synchronous core on one connection: every
+//! mutation one transaction, so a crash never leaves a rule released to some of its PEPs' logs
+//! and not others; a PEP's head is bumped in the transaction that appends its event
+//! (`append_event`), so revisions strictly increase.
 
-use std::collections::HashMap;
 use std::path::Path;
 
+use authz::migrate::Step;
 use authz::{Rule, SignedRule};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use crate::store::{parse_changes, parse_signed, Published, Recorded, StoreError, Touched};
 use crate::wire::{
     Changes, DenialReport, ExceptionRecord, ExceptionStatus, ListedRule, ListedTarget, RawChanges,
     Removal, RemovalReason, TargetState,
 };
 
-/// Store failures. SQLite errors are internal (HTTP 500); `Conflict` is the caller's fault.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("stored rule {id} is unreadable: {source}")]
-    Corrupt {
-        id: String,
-        source: serde_json::Error,
-    },
-    #[error("rule {id} is already held with different content")]
-    Conflict { id: String },
-}
+/// The schema, one step per version (`authz::migrate`). Append only; step 1 is written to
+/// also adopt a database made before versioning (it creates only what is missing).
+const MIGRATIONS: &[Step] = &[Step::Sql(SCHEMA_1)];
 
-const SCHEMA: &str = "
+const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS rules(
     id           TEXT PRIMARY KEY,
     issuer       TEXT NOT NULL,
@@ -93,34 +82,14 @@ CREATE TABLE IF NOT EXISTS exceptions(
 CREATE INDEX IF NOT EXISTS exceptions_dedup ON exceptions(dedup_key, last_seen);
 ";
 
-/// Result of [`Store::publish_rule`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Published {
-    /// New rule stored (pending or released per its release time).
-    Stored,
-    /// Same rule already held.
-    Unchanged,
-    /// Stored, but revoked before it arrived or already expired: never released.
-    Inactive,
-}
-
-/// Result of [`Store::record_exception`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
-    New(i64),
-    Duplicate { id: i64, count: i64 },
-}
-
-/// PEPs whose event log grew, with their new head revision.
-pub type Touched = HashMap<String, u64>;
-
-/// The SQLite-backed store. Not `Sync`: the service keeps it behind a mutex.
+/// The SQLite store's synchronous core: one connection. Not `Sync`: [`SqliteRuleStore`] keeps
+/// it behind a mutex.
 #[derive(Debug)]
-pub struct Store {
+pub struct Db {
     conn: Connection,
 }
 
-impl Store {
+impl Db {
     /// Opens (creating if needed) the store at `path`, in WAL mode with full fsync on commit:
     /// a 2xx to the issuer means the rule survives a power cut.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -129,7 +98,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        authz::migrate::migrate(&mut conn, MIGRATIONS)?;
         Ok(Self { conn })
     }
 
@@ -264,7 +234,7 @@ impl Store {
         Ok(())
     }
 
-    /// The next time [`Store::advance`] has work: the earliest pending release or expiry of
+    /// The next time [`Db::advance`] has work: the earliest pending release or expiry of
     /// something not yet removed.
     pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
         Ok(self.conn.query_row(
@@ -345,7 +315,7 @@ impl Store {
         parse_changes(self.changes_raw(pep, since)?)
     }
 
-    /// [`Store::changes`] with upserts as their stored JSON (no parse per poll).
+    /// [`Db::changes`] with upserts as their stored JSON (no parse per poll).
     pub fn changes_raw(&mut self, pep: &str, since: u64) -> Result<RawChanges, StoreError> {
         let tx = self.conn.transaction()?;
         let head = tx
@@ -672,29 +642,6 @@ fn raw(id: &str, text: String) -> Result<Box<serde_json::value::RawValue>, Store
     })
 }
 
-/// Parses the upserts of a [`RawChanges`].
-pub fn parse_changes(raw: RawChanges) -> Result<Changes, StoreError> {
-    let upserts = raw
-        .upserts
-        .iter()
-        .map(|r| parse_signed("<stream>", r.get()))
-        .collect::<Result<_, _>>()?;
-    Ok(Changes {
-        pep_id: raw.pep_id,
-        revision: raw.revision,
-        reset: raw.reset,
-        upserts,
-        removals: raw.removals,
-    })
-}
-
-fn parse_signed(id: &str, text: &str) -> Result<SignedRule, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
-        id: id.to_owned(),
-        source,
-    })
-}
-
 fn action_str(action: authz::Action) -> String {
     match serde_json::to_value(action) {
         Ok(serde_json::Value::String(s)) => s,
@@ -719,89 +666,4 @@ fn dedup_key(pep: &str, r: &DenialReport) -> String {
         h.update(part.as_bytes());
     }
     h.finalize().to_hex().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn signed(id: &str, targets: &[&str], nb: i64, na: i64) -> SignedRule {
-        SignedRule {
-            rule: Rule {
-                id: id.into(),
-                issuer: "authz".into(),
-                request_id: "req".into(),
-                targets: targets.iter().map(|t| t.to_string()).collect(),
-                not_before: nb,
-                not_after: na,
-                policy: "permit(principal, action, resource);".into(),
-            },
-            // The store does not verify; the service does before calling it.
-            signature: "00".into(),
-        }
-    }
-
-    #[test]
-    fn release_and_expiry_follow_the_clock_and_deltas_compact() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("t.db")).unwrap();
-        let mut touched = Touched::new();
-        let batch = vec![
-            (signed("a", &["p1", "p2"], 100, 200), 90),
-            (signed("b", &["p1"], 500, 600), 490),
-        ];
-        s.publish(&batch, 50, &mut touched).unwrap();
-        assert!(touched.is_empty(), "nothing due at 50");
-        assert_eq!(s.next_due().unwrap(), Some(90));
-
-        s.advance(90, &mut touched).unwrap();
-        assert_eq!(touched.get("p1"), Some(&1));
-        assert_eq!(touched.get("p2"), Some(&1));
-        assert_eq!(s.next_due().unwrap(), Some(200));
-        let at1 = s.changes("p1", 0).unwrap();
-        assert!(at1.reset && at1.upserts.len() == 1 && at1.revision == 1);
-
-        // Expiry at 200 removes `a`; a delta from rev 0.. would be a reset, from 1 a removal.
-        s.advance(200, &mut touched).unwrap();
-        let d = s.changes("p1", 1).unwrap();
-        assert!(!d.reset && d.upserts.is_empty());
-        assert_eq!(
-            d.removals,
-            vec![Removal {
-                rule_id: "a".into(),
-                reason: RemovalReason::Expired
-            }]
-        );
-        assert_eq!(s.next_due().unwrap(), Some(490));
-
-        // A revision newer than the head (store rebuilt) means a full snapshot.
-        let r = s.changes("p1", 99).unwrap();
-        assert!(r.reset && r.upserts.is_empty());
-    }
-
-    #[test]
-    fn tombstone_only_blocks_the_same_issuer_and_conflicts_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("t.db")).unwrap();
-        let mut touched = Touched::new();
-        s.revoke("x", "other", "r", 10, 10, &mut touched).unwrap();
-        s.revoke("y", "authz", "r", 10, 10, &mut touched).unwrap();
-        let out = s
-            .publish(
-                &[
-                    (signed("x", &["p"], 0, 100), 0),
-                    (signed("y", &["p"], 0, 100), 0),
-                ],
-                10,
-                &mut touched,
-            )
-            .unwrap();
-        assert_eq!(out, vec![Published::Stored, Published::Inactive]);
-        let mut other = signed("x", &["p"], 0, 101);
-        other.signature = "01".into();
-        assert!(matches!(
-            s.publish(&[(other, 0)], 10, &mut touched),
-            Err(StoreError::Conflict { .. })
-        ));
-    }
 }

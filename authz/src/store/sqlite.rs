@@ -1,99 +1,31 @@
-//! The authz service's SQLite state: requests (status, reasons), rules issued and their
-//! revocations, global policies, and the outbox of deliveries to ARDS not yet acknowledged.
-//!
-//! Invariant: a state change and the outbox entries that announce it are written in one
-//! transaction, so a crash can delay delivery to ARDS but never lose or invent one.
+//! The embedded engine of the authz store: one SQLite file. [`Db`] is the synchronous core on
+//! one connection; [`SqliteAuthzStore`] runs it on the blocking pool as an [`AuthzStore`].
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::global::{GlobalPolicy, Reason};
+use super::{
+    AuthzStore, Decide, Outgoing, Reads, RequestRow, RuleRow, Seen, Status, StoreError, Writes,
+};
+use crate::blocking::Serialized;
+use crate::global::GlobalPolicy;
+use crate::migrate::Step;
 use crate::rule::SignedRule;
+use crate::service::ServiceError;
 use crate::wire::{PublishRules, Revocation};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("stored JSON is corrupt: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-/// Request lifecycle.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Rules issued and live.
-    Active,
-    /// Refused by global security policies; no rules issued.
-    Refused,
-    /// Cancelled by workflow management; rules revoked.
-    Cancelled,
-    /// A global policy added later contradicts it; rules revoked.
-    Revoked,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Refused => "refused",
-            Status::Cancelled => "cancelled",
-            Status::Revoked => "revoked",
-        }
-    }
-    fn parse(s: &str) -> Status {
-        match s {
-            "active" => Status::Active,
-            "refused" => Status::Refused,
-            "cancelled" => Status::Cancelled,
-            // Unknown values only arise from manual edits; treat them as not active.
-            _ => Status::Revoked,
-        }
-    }
-}
-
-/// One stored request.
-#[derive(Clone, Debug)]
-pub struct RequestRow {
-    pub id: String,
-    /// The request as submitted (wire JSON).
-    pub body: serde_json::Value,
-    /// The normalized request (None when it was refused before normalization succeeded).
-    pub normalized: Option<crate::request::PolicyRequest>,
-    pub status: Status,
-    pub reasons: Vec<Reason>,
-    pub change_refused: Vec<Reason>,
-    pub revision: i64,
-    pub next_rule: u64,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// One rule as stored.
-#[derive(Clone, Debug)]
-pub struct RuleRow {
-    pub signed: SignedRule,
-    pub issued_at: i64,
-    pub revoked_at: Option<i64>,
-    pub revoke_reason: Option<String>,
-}
-
-/// An outbox entry.
-#[derive(Clone, Debug)]
-pub enum Outgoing {
-    Publish(PublishRules),
-    Revoke(Revocation),
-}
-
-pub struct Store {
+/// The synchronous core: one connection. Not `Sync`: [`SqliteAuthzStore`] keeps it behind a
+/// mutex.
+pub struct Db {
     conn: Connection,
 }
 
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA foreign_keys = ON;
+/// The schema, one step per version (`authz::migrate`). Append only; the steps are written to
+/// also adopt a database made before versioning (they create only what is missing).
+const MIGRATIONS: &[Step] = &[Step::Sql(SCHEMA_1), Step::Code(add_owner_column)];
+
+const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS requests (
   id TEXT PRIMARY KEY,
   body TEXT NOT NULL,
@@ -131,13 +63,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 ";
 
-impl Store {
-    /// Opens (creating if needed) the database file.
+impl Db {
+    /// Opens (creating and migrating) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        add_owner_column(&conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        authz_migrate(&mut conn)?;
         Ok(Self { conn })
     }
 
@@ -194,15 +127,7 @@ impl Store {
     }
 
     pub fn policies(&self) -> Result<Vec<GlobalPolicy>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body FROM policies ORDER BY rowid")?;
-        let rows: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        rows.iter()
-            .map(|t| serde_json::from_str(t).map_err(StoreError::from))
-            .collect()
+        policies(&self.conn)
     }
 
     /// The oldest undelivered outbox entry.
@@ -247,18 +172,31 @@ impl Store {
     }
 }
 
+fn authz_migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    crate::migrate::migrate(conn, MIGRATIONS)?;
+    Ok(())
+}
+
 /// Requests made before principals existed were made with the (then only) API token, which
-/// only admins held: they belong to `admin:admin`.
-fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
-    let has: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'owner'")?
-        .exists([])?;
-    if !has {
-        conn.execute_batch(
+/// only admins held: they belong to `admin:admin`. (An unversioned database may have the
+/// column already.)
+fn add_owner_column(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    if !crate::migrate::has_column(tx, "requests", "owner")? {
+        tx.execute_batch(
             "ALTER TABLE requests ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin:admin'",
         )?;
     }
     Ok(())
+}
+
+fn policies(conn: &Connection) -> Result<Vec<GlobalPolicy>, StoreError> {
+    let mut stmt = conn.prepare("SELECT body FROM policies ORDER BY rowid")?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    rows.iter()
+        .map(|t| serde_json::from_str(t).map_err(StoreError::from))
+        .collect()
 }
 
 fn get_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, StoreError> {
@@ -439,6 +377,10 @@ impl Tx<'_> {
         Ok(self.0.execute("DELETE FROM policies WHERE id = ?1", [id])? > 0)
     }
 
+    pub fn policies(&self) -> Result<Vec<GlobalPolicy>, StoreError> {
+        policies(&self.0)
+    }
+
     pub fn requests_with_status(&self, status: Status) -> Result<Vec<RequestRow>, StoreError> {
         let mut stmt = self
             .0
@@ -450,5 +392,171 @@ impl Tx<'_> {
         ids.iter()
             .filter_map(|id| get_request(&self.0, id).transpose())
             .collect()
+    }
+}
+
+/// [`Db`] as an [`AuthzStore`]: each operation on the blocking pool, one at a time on the one
+/// connection.
+#[derive(Clone)]
+pub struct SqliteAuthzStore {
+    db: Serialized<Db>,
+}
+
+impl SqliteAuthzStore {
+    /// Opens (creating and migrating) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: Serialized::new(Db::open(path)?),
+        })
+    }
+
+    async fn with<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        self.db
+            .run(f)
+            .await
+            .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
+    }
+}
+
+/// Applies a decision's writes inside `tx`, in [`Writes`] order.
+fn write(tx: &Tx<'_>, w: &Writes) -> Result<(), StoreError> {
+    if let Some(p) = &w.policy {
+        tx.put_policy(p)?;
+    }
+    for (i, row) in w.requests.iter().enumerate() {
+        tx.put_request(row)?;
+        if let (0, Some(owner)) = (i, &w.owner) {
+            tx.set_owner(&row.id, owner)?;
+        }
+    }
+    for r in &w.revoked {
+        tx.revoke_rule(r)?;
+    }
+    tx.issue_rules(&w.issued, w.issued_at)
+}
+
+#[async_trait::async_trait]
+impl AuthzStore for SqliteAuthzStore {
+    async fn owner(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |db| db.owner(&id)).await
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<(RequestRow, Vec<RuleRow>)>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |db| {
+            let Some(row) = db.request(&id)? else {
+                return Ok(None);
+            };
+            Ok(Some((row, db.rules_of(&id)?)))
+        })
+        .await
+    }
+
+    async fn policies(&self) -> Result<Vec<GlobalPolicy>, StoreError> {
+        self.with(|db| db.policies()).await
+    }
+
+    async fn live_rules(&self, now: i64, pep: Option<&str>) -> Result<Vec<SignedRule>, StoreError> {
+        let pep = pep.map(str::to_owned);
+        self.with(move |db| db.live_rules(now, pep.as_deref()))
+            .await
+    }
+
+    async fn decide(&self, reads: Reads, decide: Decide) -> Result<Writes, ServiceError> {
+        self.with(move |db| {
+            let tx = db.transaction()?;
+            let mut seen = Seen {
+                policies: tx.policies()?,
+                ..Default::default()
+            };
+            if let Some(id) = &reads.request {
+                if let Some(row) = tx.request(id)? {
+                    seen.request = Some((row, tx.rules_of(id)?));
+                }
+            }
+            if reads.active {
+                for row in tx.requests_with_status(Status::Active)? {
+                    let rules = tx.rules_of(&row.id)?;
+                    seen.active.push((row, rules));
+                }
+            }
+            let writes = decide(seen)?;
+            write(&tx, &writes)?;
+            tx.commit()?;
+            Ok(writes)
+        })
+        .await
+    }
+
+    async fn remove_policy(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |db| {
+            let tx = db.transaction()?;
+            let removed = tx.delete_policy(&id)?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn outbox_next(&self) -> Result<Option<(i64, Outgoing)>, StoreError> {
+        self.with(|db| db.outbox_next()).await
+    }
+
+    async fn outbox_len(&self) -> Result<i64, StoreError> {
+        self.with(|db| db.outbox_len()).await
+    }
+
+    async fn outbox_done(&self, seq: i64) -> Result<(), StoreError> {
+        self.with(move |db| db.outbox_done(seq)).await
+    }
+
+    async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.with(move |db| db.outbox_failed(seq, &error)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database an older build made (no schema version; with or without the `owner` column
+    /// it added ad hoc) is adopted as it is: its rows kept, its requests owned, versioned now.
+    #[test]
+    fn databases_from_before_versioning_are_adopted() {
+        for with_owner in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("authz.sqlite");
+            {
+                let conn = Connection::open(&path).unwrap();
+                conn.execute_batch(SCHEMA_1).unwrap();
+                if with_owner {
+                    conn.execute_batch(
+                        "ALTER TABLE requests ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin:admin'",
+                    )
+                    .unwrap();
+                }
+                conn.execute(
+                    "INSERT INTO requests (id, body, status, revision, next_rule, created_at, updated_at)
+                     VALUES ('req-1', '{}', 'active', 1, 1, 0, 0)",
+                    [],
+                )
+                .unwrap();
+            }
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.owner("req-1").unwrap().as_deref(), Some("admin:admin"));
+            let version: i64 = db
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, MIGRATIONS.len() as i64);
+            drop(db);
+            Db::open(&path).unwrap();
+        }
     }
 }

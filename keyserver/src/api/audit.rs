@@ -1,23 +1,71 @@
-//! The audit trail's HTTP side beyond `GET /v1/admin/audit`: mounts ship their own decisions
-//! (`POST /v1/audit`), refused license sessions are recorded, and admins and auditors query the trail by
-//! path, user, device, application, decision and time (`GET /v1/admin/audit/query`).
+//! The audit trail's HTTP side: every admin change's row ([`audited`]), mounts shipping their
+//! own decisions (`POST /v1/audit`), refused license sessions, and reading the trail —
+//! `GET /v1/admin/audit` (by id) and `GET /v1/admin/audit/query` (by path, user, device,
+//! application, decision and time) for admins and auditors.
 
 use axum::extract::{Query, State as AxState};
 use axum::Json;
+use serde::Deserialize;
 
-use crate::api::{
-    check_asset_id, check_digest, check_name, check_path, rate_limit, token_user, AuditReader,
-    DevicePeer, S,
-};
-use crate::db::{self, AuditEvent, AuditFilter};
+use super::checks::{check_asset_id, check_digest, check_name, check_path};
+use super::peers::{rate_limit, AuditReader, DevicePeer};
+use super::subject::token_user;
+use super::S;
 use crate::error::{ApiError, ApiJson};
-use crate::server::State;
+use crate::server::{Peer, State};
+use crate::store::{AuditEvent, AuditFilter};
 use crate::wire::{
     AuditBatch, AuditBatchAck, AuditQuery, AuditRecord, LicenseRequest, MountAuditRecord, Reason,
 };
 
+/// Records an admin change that succeeded, naming the admin and the change's subject; the
+/// change is answered only once its row is committed.
+pub(crate) async fn audited(
+    st: &State,
+    admin: &Peer,
+    action: &str,
+    subject: &str,
+) -> Result<(), ApiError> {
+    let ev = AuditEvent {
+        time: st.clock.stamp(),
+        user: Some(format!("admin:{}", admin.name)),
+        action: action.into(),
+        decision: "admin",
+        reason: Some(subject.into()),
+        ..Default::default()
+    };
+    Ok(st.store.record_audit(vec![ev]).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TailQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+    tail: Option<u32>,
+}
+
+/// `GET /v1/admin/audit`: records after an id, or the last `tail` records, oldest first.
+pub(crate) async fn tail(
+    AxState(st): AxState<S>,
+    _a: AuditReader,
+    q: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest {
+        message: e.body_text(),
+        field: None,
+    })?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let rows = match (q.tail, q.after) {
+        (Some(n), None) => st.store.audit_tail(n.min(10_000)).await?,
+        (None, after) => st.store.audit_after(after.unwrap_or(0), limit).await?,
+        (Some(_), Some(_)) => return Err(ApiError::bad("tail", "give tail or after, not both")),
+    };
+    Ok(Json(rows))
+}
+
 /// Records per shipped batch at most (bounds one transaction and one request body).
-pub const MAX_SHIPPED_BATCH: usize = 1000;
+pub(crate) const MAX_SHIPPED_BATCH: usize = 1000;
 
 /// Rows per query at most, and by default.
 const MAX_QUERY_ROWS: u32 = 10_000;
@@ -48,8 +96,8 @@ pub(crate) async fn ship(
     let through_seq = batch.records.last().map_or(0, |r| r.seq);
     let device = peer.name.clone();
     let shipped = st
-        .db
-        .call(move |conn| db::insert_shipped(conn, &device, &batch.spool, &batch.records))
+        .store
+        .store_shipped(&device, &batch.spool, &batch.records)
         .await?;
     tracing::debug!(device = %peer.name, accepted = shipped.accepted, duplicates = shipped.duplicates, through_seq, "mount audit batch stored");
     Ok(Json(AuditBatchAck {
@@ -140,7 +188,7 @@ pub(crate) fn refuse_session(st: &State, device: &str, req: &LicenseRequest) -> 
             ..base.clone()
         })
         .collect();
-    st.audit.record_all_later(if events.is_empty() {
+    st.store.record_audit_later(if events.is_empty() {
         vec![base]
     } else {
         events
@@ -171,7 +219,7 @@ pub(crate) async fn query(
     };
     if let Some(glob) = &q.path {
         check_glob(glob)?;
-        filter.path_prefix = Some(glob.split('*').next().unwrap_or("").to_string());
+        filter.path_glob = Some(glob.clone());
     }
     if let Some(d) = &q.decision {
         if !matches!(d.as_str(), "grant" | "deny" | "admin") {
@@ -199,26 +247,16 @@ pub(crate) async fn query(
                 .map_err(|_| ApiError::bad("app", "a BLAKE3 digest or an application name"))?;
         }
     }
-    let glob = q.path.clone();
-    let rows = st
-        .db
-        .call(move |conn| {
-            if let (Some(name), None) = (&app, &filter.app_digests) {
-                let digests = db::app_digests_named(conn, name)?;
-                if digests.is_empty() {
-                    return Err(ApiError::NotFound(format!(
-                        "registered application named {name}"
-                    )));
-                }
-                filter.app_digests = Some(digests);
-            }
-            let matches = |path: &str| {
-                glob.as_deref()
-                    .is_none_or(|g| authz::glob::matches(g, path))
-            };
-            Ok::<_, ApiError>(db::audit_query(conn, &filter, matches)?)
-        })
-        .await?;
+    if let (Some(name), None) = (&app, &filter.app_digests) {
+        let digests = st.store.app_digests_named(name).await?;
+        if digests.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "registered application named {name}"
+            )));
+        }
+        filter.app_digests = Some(digests);
+    }
+    let rows = st.store.audit_query(filter).await?;
     Ok(Json(rows))
 }
 

@@ -1,0 +1,170 @@
+//! The ARDS store layer: what the service keeps durably, as operations in its own words
+//! ([`RuleStore`]), with SQLite ([`sqlite::SqliteRuleStore`]) the embedded default.
+//!
+//! The store trusts its caller to have verified signatures; it owns ordering and durability.
+//! An engine keeps these rules:
+//! - Each operation is one transaction: a rule is released to all of its PEPs' logs or none.
+//! - **Monotonic revisions per PEP**: an event's revision is its PEP's head bumped in the same
+//!   transaction; a reader that sees head `h` sees every event up to `h`.
+//! - A revocation leaves a tombstone, so a rule published after its revocation never releases.
+//! - A mutation reports the PEPs whose log grew ([`Touched`], for waking their long polls) and,
+//!   when time-driven work may have moved, the next time [`RuleStore::advance`] has any.
+//! - Migrations are versioned per engine (SQLite: `authz::migrate`).
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use authz::{Rule, SignedRule};
+
+use crate::wire::{
+    Changes, DenialReport, ExceptionOutcome, ExceptionRecord, ListedRule, RawChanges,
+};
+
+/// Store failures. SQLite errors are internal (HTTP 500); `Conflict` is the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database schema version {0} is newer than this build understands")]
+    FutureSchema(i64),
+    #[error("stored rule {id} is unreadable: {source}")]
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("rule {id} is already held with different content")]
+    Conflict { id: String },
+    #[error("store task failed: {0}")]
+    Worker(String),
+}
+
+impl From<authz::migrate::MigrateError> for StoreError {
+    fn from(e: authz::migrate::MigrateError) -> Self {
+        match e {
+            authz::migrate::MigrateError::Sqlite(e) => StoreError::Sqlite(e),
+            authz::migrate::MigrateError::FutureSchema(v) => StoreError::FutureSchema(v),
+        }
+    }
+}
+
+/// What publishing one rule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// New rule stored (pending or released per its release time).
+    Stored,
+    /// Same rule already held.
+    Unchanged,
+    /// Stored, but revoked before it arrived or already expired: never released.
+    Inactive,
+}
+
+/// What recording one exception report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    New(i64),
+    Duplicate { id: i64, count: i64 },
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// The rule is held under another issuer, who alone may revoke it: nothing changed.
+    NotIssuer { owner: String },
+    /// A tombstone recorded; `known`: the rule was held; `removed_from`: the PEPs that had it.
+    Tombstoned {
+        known: bool,
+        removed_from: Vec<String>,
+    },
+}
+
+/// PEPs whose event log grew, with their new head revision.
+pub type Touched = HashMap<String, u64>;
+
+/// A mutation's answer, the PEPs it touched, and — when it may have moved time-driven work —
+/// the next time [`RuleStore::advance`] has any (`Some(i64::MAX)`: none).
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub value: T,
+    pub touched: Touched,
+    pub next_due: Option<i64>,
+}
+
+/// Whether a pending rule would allow a reported request (the evaluator's call, handed to the
+/// store so triage reads and releases in one transaction).
+pub type WouldAllow = Box<dyn Fn(&Rule) -> bool + Send>;
+
+#[async_trait::async_trait]
+pub trait RuleStore: Send + Sync + 'static {
+    /// Stores a batch of verified rules (all or nothing), each with its release time; a rule
+    /// whose release time has come is released at once. A rule id already held with other
+    /// content fails the whole batch ([`StoreError::Conflict`]).
+    async fn publish(
+        &self,
+        batch: Vec<(SignedRule, i64)>,
+        now: i64,
+    ) -> Result<Outcome<Vec<Published>>, StoreError>;
+
+    /// Records a verified revocation by `issuer`: a tombstone, and a removal event for every
+    /// PEP that had the rule — unless the rule is held under another issuer.
+    async fn revoke(
+        &self,
+        rule_id: &str,
+        issuer: &str,
+        reason: &str,
+        revoked_at: i64,
+        now: i64,
+    ) -> Result<Outcome<Revoked>, StoreError>;
+
+    /// Applies time: releases targets whose release time has come and removes rules past
+    /// `not_after` everywhere.
+    async fn advance(&self, now: i64) -> Result<Outcome<()>, StoreError>;
+
+    /// What `pep` must apply to go from revision `since` to its head (only the last event of
+    /// each rule counts; `since` 0 or beyond the head is a full snapshot), upserts as stored.
+    async fn changes(&self, pep: &str, since: u64) -> Result<RawChanges, StoreError>;
+
+    /// Rules neither revoked nor expired, optionally only those targeting `pep`.
+    async fn list(&self, pep: Option<&str>) -> Result<Vec<ListedRule>, StoreError>;
+
+    /// Every PEP with an event log and its head revision.
+    async fn heads(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Triage of a denial report in one transaction: stored, or folded into an identical one
+    /// seen within `window` seconds; then every rule still pending for `pep` that `allows` is
+    /// released to it at once, and the report marked as answered by them.
+    async fn triage_exception(
+        &self,
+        pep: &str,
+        report: &DenialReport,
+        now: i64,
+        window: i64,
+        allows: WouldAllow,
+    ) -> Result<Outcome<ExceptionOutcome>, StoreError>;
+
+    /// Stored exceptions with id > `after`; only open ones unless `all`.
+    async fn exceptions(&self, after: i64, all: bool) -> Result<Vec<ExceptionRecord>, StoreError>;
+}
+
+/// Parses the upserts of a [`RawChanges`].
+pub fn parse_changes(raw: RawChanges) -> Result<Changes, StoreError> {
+    let upserts = raw
+        .upserts
+        .iter()
+        .map(|r| parse_signed("<stream>", r.get()))
+        .collect::<Result<_, _>>()?;
+    Ok(Changes {
+        pep_id: raw.pep_id,
+        revision: raw.revision,
+        reset: raw.reset,
+        upserts,
+        removals: raw.removals,
+    })
+}
+
+fn parse_signed(id: &str, text: &str) -> Result<SignedRule, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        id: id.to_owned(),
+        source,
+    })
+}
