@@ -167,6 +167,11 @@ impl FuseProcess {
         self.proc.pid()
     }
 
+    /// Where its stderr goes.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
