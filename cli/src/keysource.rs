@@ -187,9 +187,6 @@ fn parse_token_spec(spec: &str) -> Result<(u32, PathBuf)> {
 }
 
 #[cfg(test)]
-mod e2e;
-
-#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -37,6 +37,21 @@ pub struct ServerArgs {
     /// Port 0 picks three free ports.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// The key server's per-device license limit: RATE licenses per second, bursts of up to
+    /// BURST (default 200/400). A batch license counts one per asset.
+    #[arg(long, value_name = "RATE/BURST", value_parser = parse_rate)]
+    pub device_rate: Option<keyserver::ratelimit::RateLimit>,
+}
+
+/// `RATE/BURST`, both positive numbers.
+fn parse_rate(s: &str) -> Result<keyserver::ratelimit::RateLimit, String> {
+    let positive = |v: &str| v.trim().parse::<f64>().ok().filter(|n| *n > 0.0);
+    match s.split_once('/').map(|(r, b)| (positive(r), positive(b))) {
+        Some((Some(rate), Some(burst))) => Ok(keyserver::ratelimit::RateLimit { rate, burst }),
+        _ => Err(format!(
+            "{s:?}: give RATE/BURST, two positive numbers (e.g. 200/400)"
+        )),
+    }
 }
 
 /// How to start the embedded services.
@@ -326,7 +341,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
             root_key_hex: std::env::var("CSAP_ROOT_KEY").ok().map(Zeroizing::new),
-            device_rate: None,
+            device_rate: args.device_rate,
         })
         .await?;
         println!("csap server running (state in {})", args.data_dir.display());

@@ -12,11 +12,12 @@
 #[path = "../../csapfs/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use csap_testkit::{CsapServer, ServerOptions};
 use support::{ProcessMount, Scratch};
 
 const CSAP: &str = env!("CARGO_BIN_EXE_csap");
@@ -81,9 +82,16 @@ fn an_ordinary_process_is_readable_without_the_ptrace_capability() {
 fn the_mount_daemon_is_not_dumpable() {
     require_fuse!();
     let scratch = Scratch::new();
-    // `ProcessMount` runs the program it is given as `csap`: a script that execs it without
-    // CAP_SYS_PTRACE keeps the pid.
-    let wrapper = scratch.dir.path().join("csap-without-ptrace");
+    let wrapper = csap_without_ptrace(scratch.dir.path());
+    let mount = ProcessMount::start(wrapper.to_str().unwrap(), &scratch, &["--cache", "direct"]);
+    assert_not_dumpable(mount.child.id(), "csap mount");
+    mount.kill();
+}
+
+/// A script in `dir` that execs csap without CAP_SYS_PTRACE (keeping the pid), for harnesses
+/// that run the program they are given as `csap`.
+fn csap_without_ptrace(dir: &Path) -> PathBuf {
+    let wrapper = dir.join("csap-without-ptrace");
     std::fs::write(
         &wrapper,
         format!(
@@ -97,9 +105,7 @@ fn the_mount_daemon_is_not_dumpable() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let mount = ProcessMount::start(wrapper.to_str().unwrap(), &scratch, &["--cache", "direct"]);
-    assert_not_dumpable(mount.child.id(), "csap mount");
-    mount.kill();
+    wrapper
 }
 
 /// Waits until `addr` accepts connections (the daemon is up), or fails.
@@ -125,27 +131,9 @@ fn free_addr() -> std::net::SocketAddr {
 #[test]
 fn the_embedded_server_is_not_dumpable() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = Daemon(
-        without_ptrace(CSAP)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path().join("server"))
-            .env_remove("CSAP_ROOT_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("authz issuer key") => break,
-            Some(Ok(_)) => {}
-            _ => panic!("csap server stopped early"),
-        }
-    }
-    // Keep reading: a closed pipe would kill it.
-    std::thread::spawn(move || lines.for_each(drop));
-    assert_not_dumpable(server.0.id(), "csap server");
+    let wrapper = csap_without_ptrace(data.path());
+    let server = CsapServer::start(&ServerOptions::new(&wrapper, data.path())).unwrap();
+    assert_not_dumpable(server.pid().as_raw() as u32, "csap server");
 }
 
 #[test]

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{Server, CSAP};
+use csap_testkit::{CsapServer, ServerOptions};
+
+const CSAP: &str = env!("CARGO_BIN_EXE_csap");
 
 fn csap(args: &[&str]) -> Command {
     let mut c = Command::new(CSAP);
@@ -232,9 +233,11 @@ fn killed_import_leaves_no_partial_asset_and_a_rerun_completes_it() {
 fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let server = Server::start(&data);
+    let mut opts = ServerOptions::new(Path::new(CSAP), dir.path());
+    opts.data_dir = data.clone();
+    let server = CsapServer::start(&opts).unwrap();
     let admin = data.join("keyserver/admin");
-    let ks = &server.url("key server");
+    let ks = &server.info.keyserver_url;
     let as_admin = |args: &[&str]| {
         let mut c = csap(args);
         c.args(["--server", ks]).arg("--identity").arg(&admin);
@@ -305,7 +308,7 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
     std::fs::write(&req_file, request.to_string()).unwrap();
     ok(csap(&["request", "submit"])
         .arg(&req_file)
-        .args(["--authz", &server.url("authz ")])
+        .args(["--authz", &server.info.authz_url])
         .arg("--ca")
         .arg(data.join("authz/tls-cert.pem"))
         .arg("--identity")

@@ -1,17 +1,22 @@
 //! `csap server` as a real process: it starts the three services, prints where they are, serves
 //! TLS on the printed key server URL, and stops cleanly on SIGTERM.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-mod common;
-use common::{Server, CSAP};
+use csap_testkit::{CsapServer, ServerOptions};
+
+const CSAP: &str = env!("CARGO_BIN_EXE_csap");
 
 #[test]
 fn server_prints_its_urls_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data);
-    let ks_url = server.url("key server");
+    let mut opts = ServerOptions::new(Path::new(CSAP), dir.path());
+    opts.data_dir = data.clone();
+    let mut server = CsapServer::start(&opts).unwrap();
+    let ks_url = server.info.keyserver_url.clone();
     for want in ["authz", "ARDS", "admin identity"] {
         assert!(
             server.printed.contains(want),
@@ -34,6 +39,8 @@ fn server_prints_its_urls_and_stops_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let status = server.terminate().expect("server did not stop on SIGTERM");
+    let status = server
+        .terminate(Duration::from_secs(10))
+        .expect("server did not stop on SIGTERM");
     assert!(status.success(), "server exited with {status}");
 }

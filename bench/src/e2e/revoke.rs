@@ -8,18 +8,15 @@
 //! every millisecond on the same handle, fails with `EACCES`: the figure covers the admin
 //! round trip and commit, the long poll's wake-up, the mount's sweep and the lease check.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use keyserver::LicenseClient;
+use csap_testkit::Conversation;
 
-use super::{
-    app_copy, clean, load1, p50_p99, request_json, request_json_for, write_asset, E2eKnobs,
-    Importer, LoadTable, Stack, IMPORT_DEVICE, NODE,
-};
-use crate::{dur, Samples};
+use super::stack::{app_copy, Stack};
+use super::{blake3_importer, E2eKnobs, NODE};
+use crate::report::{dur, load1, p50_p99, LoadTable, Samples};
 
 /// The asset every trial's worker holds open.
 const ASSET: &str = "bench/revoke/held.raw";
@@ -30,44 +27,24 @@ pub fn run(k: &E2eKnobs, trials: usize) -> Result<()> {
     ensure!(trials > 0, "BENCH_REVOKE_TRIALS must be positive");
     let t = Instant::now();
     let mut stack = Stack::start(k, 1024 * 1024)?;
-    let apps_dir = stack.dir.path().join("apps");
+    let apps_dir = stack.sys.dir.path().join("apps");
     std::fs::create_dir_all(&apps_dir)?;
-    let imp = Importer::new(&stack)?;
-    let import_app = super::App {
-        path: Default::default(),
-        digest: imp.digest.clone(),
-    };
-    stack.register(&import_app, "bench-importer")?;
+    let imp = stack.importer(&blake3_importer())?;
+    stack.allow_import(&imp.digest)?;
     let holder = app_copy(&apps_dir, "bench-revoke")?;
-    stack.register(&holder, "bench-revoke")?;
-    let import_req = stack.submit(
-        "import",
-        &request_json(
-            "import",
-            &[&imp.digest],
-            IMPORT_DEVICE,
-            "bench/**",
-            "create",
-            keyserver::now()? - 60,
-        )?,
-    )?;
-    stack.wait_rules(&import_req, false)?;
-    std::fs::create_dir_all(stack.backing.join("bench/revoke"))?;
-    let (header, key) = imp.create(&stack.rt, ASSET)?;
-    write_asset(
-        &stack.backing.join(ASSET),
-        header,
-        &key,
+    stack.sys.register(&holder.digest, "bench-revoke")?;
+    imp.import(
+        &stack.sys.rt,
+        &stack.backing,
+        ASSET,
         &[&vec![7u8; 64 * 1024]],
     )?;
     stack.mount_csap()?;
-    let device = stack
-        .rt
-        .block_on(LicenseClient::connect(&stack.info.ks_url, &stack.node_dir))?;
+    let device = stack.sys.license_client(NODE)?;
     println!(
         "> csap server and csap mount --server --ards as processes of {}; {trials} trials of \
          (user disable → the held handle's next read fails), a new user each; set up in {:.1} s\n",
-        stack.csap.display(),
+        stack.sys.setup.csap.display(),
         t.elapsed().as_secs_f64()
     );
 
@@ -77,53 +54,39 @@ pub fn run(k: &E2eKnobs, trials: usize) -> Result<()> {
         let user = format!("revokee-{trial:03}");
         let password = "a long bench passphrase";
         stack
+            .sys
             .rt
-            .block_on(stack.admin.add_user(&user, password))
+            .block_on(stack.sys.admin.add_user(&user, password))
             .with_context(|| format!("adding {user}"))?;
         let uid = nix::unistd::getuid().as_raw();
-        let (token, _) = stack.rt.block_on(device.login(&user, password, uid))?;
-        token.save(&stack.token_file)?;
-        let req = stack.submit(
+        let (token, _) = stack.sys.rt.block_on(device.login(&user, password, uid))?;
+        token.save(&stack.sys.token_file)?;
+        let req = stack.allow_read(
             &format!("revoke-{trial:03}"),
-            &request_json_for(
-                &user,
-                &format!("revoke-{trial:03}"),
-                &[&holder.digest],
-                NODE,
-                "bench/revoke/**",
-                "read",
-                keyserver::now()? - 60,
-            )?,
+            &user,
+            &holder.digest,
+            "bench/revoke/**",
+            keyserver::now()? - 60,
         )?;
         stack.wait_rules(&req, true)?;
 
-        let mut child = clean(Command::new(&holder.path).args([crate::worker::ARG, "hold"]))
-            .arg(&file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start the holding worker")?;
-        let mut stdin = child.stdin.take().context("worker stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
+        let mut hold = Command::new(&holder.path);
+        hold.args([crate::worker::ARG, "hold"]).arg(&file);
+        let (mut worker, first) = Conversation::start(&mut hold, "the holding worker")?;
         ensure!(
-            line.trim() == "opened",
-            "trial {trial}: the worker could not open {} ({line:?})",
+            first == "opened",
+            "trial {trial}: the worker could not open {} ({first:?})",
             file.display()
         );
-        writeln!(stdin, "go")?;
-        stdin.flush()?;
+        worker.say("go")?;
         let since = Instant::now();
-        stack.rt.block_on(stack.admin.disable_user(&user))?;
-        line.clear();
-        stdout.read_line(&mut line)?;
+        stack.sys.rt.block_on(stack.sys.admin.disable_user(&user))?;
+        let answer = worker.line()?;
         let elapsed = since.elapsed();
-        let _ = child.wait();
+        let _ = worker.wait();
         ensure!(
-            line.trim() == "refused",
-            "trial {trial}: the held handle still read 5 s after disabling {user} ({line:?})"
+            answer == "refused",
+            "trial {trial}: the held handle still read 5 s after disabling {user} ({answer:?})"
         );
         took.push(elapsed.as_nanos() as u64);
     }

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,18 +18,8 @@ use csapfs::keys::{KeyFileSource, NewAssetParams};
 use csapfs::Seed;
 use tempfile::TempDir;
 
-/// True if real mounts can run here. With `CI=true` an unusable /dev/fuse is a failure.
-pub fn fuse_usable() -> bool {
-    let reason = match OpenOptions::new().read(true).write(true).open("/dev/fuse") {
-        Ok(_) => return true,
-        Err(err) => format!("/dev/fuse is not usable: {err}"),
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true requires FUSE, but {reason}");
-    }
-    eprintln!("SKIPPED: {reason} (set CI=true to make this a failure)");
-    false
-}
+// Whether FUSE is usable (a failure under CI=true) and mount-table checks: the shared fixture's.
+pub use csap_testkit::fuse::{detach, fuse_usable, is_mounted};
 
 /// Returns early from a test (after printing why) when FUSE is not usable outside CI.
 #[macro_export]
@@ -217,23 +207,6 @@ impl Drop for ProcessMount {
         }
         detach(&self.mnt);
     }
-}
-
-/// Lazily unmounts whatever is on `mnt` (a dead FUSE mount answers ENOTCONN until then).
-pub fn detach(mnt: &Path) {
-    if is_mounted(mnt) {
-        let _ = nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// True if something is mounted exactly on `path`.
-pub fn is_mounted(path: &Path) -> bool {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let wanted = path.to_string_lossy().replace(' ', "\\040");
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
 }
 
 /// Deterministic PRNG (SplitMix64): seeded tests reproduce exactly.

@@ -4,16 +4,17 @@
 //! whether touched before the end or not, faults back into the mount, is refused there, and
 //! the process dies of `SIGBUS` instead of reading plaintext.
 
-use std::io::{BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use csapfs::fs::{CacheMode, MountOptions};
 use keyserver::wire::RegisterAppRequest;
 
-use super::fixture::{converse, digest_of, Env, Reader, Req};
+use csap_testkit::{digest_of, Conversation};
+
+use super::fixture::{Env, Reader, Req};
 use super::wait_until_bash_opens;
 
 /// The mapping program: maps the whole file (`MAP_SHARED`, read-only), reads page 0 and says
@@ -69,37 +70,28 @@ fn build_mapper(dir: &Path) -> PathBuf {
 }
 
 /// One running mapping program, between `ready` and its last touch.
-struct Mapper {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+struct Mapper(Conversation);
 
 impl Mapper {
     /// Maps `file`, touches page 0 (which must serve the frame's first byte) and waits.
     fn start(binary: &Path, file: &Path, later_page: u64, first_byte: u8) -> Mapper {
         let mut cmd = Command::new(binary);
         cmd.arg(file).arg(later_page.to_string());
-        let (child, stdin, stdout, line) = converse(cmd);
+        let (talk, line) = Conversation::start(&mut cmd, "the mapping program").unwrap();
         assert_eq!(
             line.trim(),
             format!("ready {first_byte:02x}"),
             "the approved program could not map {}",
             file.display()
         );
-        Mapper {
-            child,
-            stdin,
-            stdout,
-        }
+        Mapper(talk)
     }
 
     /// Lets it touch its later page; asserts it died of SIGBUS without printing a byte.
     fn assert_refused(mut self, what: &str) {
-        writeln!(self.stdin, "go").unwrap();
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
-        let status = self.child.wait().unwrap();
+        self.0.say("go").unwrap();
+        let rest = self.0.rest().unwrap_or_default();
+        let status = self.0.wait().unwrap();
         assert!(
             rest.is_empty(),
             "{what}: the mapping served a page after the license ended: {rest:?}"
@@ -132,7 +124,7 @@ fn mapped_pages_are_refused_after(cache: CacheMode, end: LicenseEnd) {
         return; // no FUSE here (never under CI=true)
     };
     let mapper = build_mapper(env.dir.path());
-    let mapper_digest = digest_of(mapper.to_str().unwrap());
+    let mapper_digest = digest_of(&mapper).unwrap();
     env.rt
         .block_on(env.admin.register_app(&RegisterAppRequest {
             digest: mapper_digest.clone(),
@@ -152,8 +144,6 @@ fn mapped_pages_are_refused_after(cache: CacheMode, end: LicenseEnd) {
     if matches!(end, LicenseEnd::Window) {
         // No rule stream at the mount: no rule change at the window's end tells it anything.
         args.ards = None;
-        args.ards_ca = None;
-        args.issuer_pub = None;
     }
     let (mnt, mounted) = env.mount("mnt", &args, &options);
     let f1 = mnt.join("samples/f1.raw");

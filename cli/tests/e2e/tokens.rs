@@ -72,7 +72,7 @@ my $line = <STDIN>; print $s $line; print scalar <$s>;"#;
 /// The mount's records of `uid`'s denials on `samples/f1.raw`, once they reached the trail.
 fn mount_denials_of(env: &Env, uid: u32) -> Vec<keyserver::wire::AuditRecord> {
     let mut rows = Vec::new();
-    super::fixture::eventually(
+    csap_testkit::eventually(
         "the mount's denial on record",
         std::time::Duration::from_secs(10),
         || {
@@ -102,7 +102,7 @@ fn a_token_handed_over_by_another_uid_gives_no_plaintext() {
     let socket = env.dir.path().join("run/mount.sock");
     let mut args = env.args();
     args.socket = Some(socket.clone());
-    let (mnt, mounted, _sessions) = env.mount_with_sessions("mnt", &args, &allow_other());
+    let (mnt, mounted) = env.mount("mnt", &args, &allow_other());
     let f1 = mnt.join("samples/f1.raw");
     wait_until_bash_opens(&f1);
     assert_frame(&env, &bash_as(None, &read_all(&f1)), "alice's own uid");
@@ -232,11 +232,9 @@ fn a_token_from_another_device_is_refused() {
     let stolen_file = env.dir.path().join("stolen.token");
     std::fs::copy(&env.token_file, &stolen_file).unwrap();
     let mut args = env.args();
-    args.identity = Some(thief_dir);
+    args.identity = thief_dir;
     args.token_file = vec![stolen_file.display().to_string()];
     args.ards = None;
-    args.ards_ca = None;
-    args.issuer_pub = None;
     let (mnt, mounted) = env.mount("mnt-thief", &args, &direct());
     let out = bash_as(None, &read_all(&mnt.join("samples/f1.raw")));
     assert!(

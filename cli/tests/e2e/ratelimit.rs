@@ -4,8 +4,6 @@
 
 use std::collections::HashSet;
 
-use keyserver::ratelimit::RateLimit;
-
 use super::fixture::{Env, Req};
 use super::{assert_frame, direct, read_all, wait_until_bash_opens};
 
@@ -15,10 +13,7 @@ const FRAMES: usize = 30;
 fn issue_14_opens_past_the_rate_limit_never_fail_and_batch_per_directory() {
     // Enough burst for the set-up (login, session, one create per frame); a refill far slower
     // than the opens below, which one license per open would exhaust at once.
-    let Some(env) = Env::start_with(Some(RateLimit {
-        rate: 2.0,
-        burst: FRAMES as f64 + 15.0,
-    })) else {
+    let Some(env) = Env::start_with(Some(format!("2/{}", FRAMES + 15))) else {
         return;
     };
     let names: Vec<String> = (0..FRAMES).map(|i| format!("f{i:03}.raw")).collect();

@@ -7,18 +7,17 @@ use std::time::{Duration, Instant};
 
 use keyserver::wire::RevokeAppRequest;
 
+use csap_testkit::{CsapMount, KeyServerFlags};
+
 use super::fixture::{Env, Reader, Req, DEVICE, SCOPE};
 use super::{assert_open_denied, direct, wait_until_bash_opens};
-use crate::keysource::KeyServerArgs;
 
 /// The mount's flags: with its own ARDS subscription, or leaving every decision to the key
 /// server (no rules at the mount: the revocation stream alone must end the handles).
-fn args(env: &Env, with_rules: bool) -> KeyServerArgs {
+fn args(env: &Env, with_rules: bool) -> KeyServerFlags {
     let mut args = env.args();
     if !with_rules {
         args.ards = None;
-        args.ards_ca = None;
-        args.issuer_pub = None;
     }
     args
 }
@@ -39,9 +38,7 @@ fn assert_refused_within_a_second(reader: &mut Reader, since: Instant, what: &st
 
 /// Mounts, lets bash and perl read `samples/f1.raw`, opens a bash handle on it and returns
 /// (env, mount point, mount, handle).
-fn mounted_with_a_reader(
-    with_rules: bool,
-) -> Option<(Env, std::path::PathBuf, csapfs::fs::MountedFs, Reader)> {
+fn mounted_with_a_reader(with_rules: bool) -> Option<(Env, std::path::PathBuf, CsapMount, Reader)> {
     let env = Env::start()?;
     env.with_frames(&["f1.raw"]);
     let (mnt, mounted) = env.mount("mnt", &args(&env, with_rules), &direct());

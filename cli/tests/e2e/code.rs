@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use keyserver::wire::{AppCode, RegisterAppRequest};
 
-use super::fixture::{digest_of, eventually, run, Env, Req};
+use csap_testkit::{eventually, run, CsapMount};
+
+use super::fixture::{Env, Req};
 use super::{assert_frame, direct, wait_until_bash_opens};
 
 /// A preload (or audit) library that hides itself: its constructor overwrites the names of
@@ -193,7 +195,7 @@ fn assert_audited_denial(env: &Env, what: &str, why: &str) {
 
 /// A mount where cat and bash may read `samples/f1.raw`; returns (env, the frame's path, the
 /// mount, a directory for the attack programs).
-fn mounted() -> Option<(Env, PathBuf, csapfs::fs::MountedFs, PathBuf)> {
+fn mounted() -> Option<(Env, PathBuf, CsapMount, PathBuf)> {
     let env = Env::start()?;
     env.with_frames(&["f1.raw"]);
     let (mnt, mounted) = env.mount("mnt", &env.args(), &direct());
@@ -327,7 +329,7 @@ fn code_mapped_after_a_first_open_is_seen_at_the_next() {
     let code = AppCode {
         allow_jit: true,
         allow_user_namespaces: true,
-        libraries: vec![digest_of(plugin.to_str().unwrap())],
+        libraries: vec![csap_testkit::digest_of(&plugin).unwrap()],
     };
     let digest = register(&env, &allowed, "late-code-allowed", code);
     env.submit(&Req::now("late-allowed", &[&digest], &["read"]));
@@ -372,7 +374,7 @@ fn wait_until_it_opens(program: &Path, file: &Path) {
 
 /// Registers `program` under `name` with `code` allowances; its digest.
 fn register(env: &Env, program: &Path, name: &str, code: AppCode) -> String {
-    let digest = digest_of(program.to_str().unwrap());
+    let digest = csap_testkit::digest_of(program).unwrap();
     env.rt
         .block_on(env.admin.register_app(&RegisterAppRequest {
             digest: digest.clone(),

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use keyserver::wire::GenerationStep;
 
-use super::fixture::{bash, run, Env, Req};
+use csap_testkit::run;
+
+use super::fixture::{bash, Env, Req};
 use super::{direct, read_all, wait_until_bash_opens};
 
 /// Reading all of `file` through the mount as bash: (success, stdout, stderr).

@@ -1,6 +1,7 @@
-//! The mount as a policy enforcement point, end to end: the embedded server (authz, ARDS, key
-//! server over TLS), an enrolled device, real FUSE mounts built from the `csap mount` flags,
-//! and approved programs run as separate processes. The harness is in [`fixture`].
+//! The mount as a policy enforcement point, end to end: `csap server` (authz, ARDS, key server
+//! over TLS), an enrolled device, real `csap mount` processes with the key-server flags, and
+//! approved programs run as separate processes. The harness is in [`fixture`], on the shared
+//! fixture of `csap-testkit`.
 
 mod binding;
 mod code;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use csapfs::fs::{CacheMode, MountOptions};
 
-use fixture::{bash, bash_as, eventually, run, Env, Reader, Req};
+use csap_testkit::{eventually, run};
+use fixture::{bash, bash_as, Env, Reader, Req};
 
 /// Through the mount, reads go straight to it (no page cache hides a denial).
 fn direct() -> MountOptions {
@@ -184,21 +186,15 @@ fn mount_enforces_local_rules_revocation_and_outage() {
     // window opens the mount licenses the covered assets itself, so cat's first open of
     // f2 makes no key server round trip.
     let soon = keyserver::now().expect("system clock usable") + 2;
-    env.rt
-        .block_on(
-            env.server().authz.submit(
-                Req {
-                    name: "pre",
-                    apps: &[&cat_digest],
-                    actions: &["read"],
-                    window: (soon, soon + 3600),
-                }
-                .json()
-                .as_bytes(),
-                &authz::Submitter::admin("admin"),
-            ),
-        )
-        .unwrap();
+    env.submit_pending(
+        &Req {
+            name: "pre",
+            apps: &[&cat_digest],
+            actions: &["read"],
+            window: (soon, soon + 3600),
+        },
+        &[fixture::DEVICE],
+    );
     let cat = || {
         let mut cmd = Command::new("/bin/cat");
         cmd.arg(&f2);
@@ -462,7 +458,7 @@ fn opening_for_write_needs_a_write_license() {
     env.submit(&Req::now("view", &[&env.apps.bash], &["read"]));
     env.with_frames(&["f1.raw"]);
     let mut args = env.args();
-    (args.ards, args.ards_ca, args.issuer_pub) = (None, None, None);
+    args.ards = None;
     let (mnt, mounted) = env.mount("mnt", &args, &direct());
     let f1 = mnt.join("samples/f1.raw");
     let (ok, err) = bash_open(&f1);
@@ -568,7 +564,7 @@ fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
     };
     env.submit(&Req::now("view", &[&env.apps.bash], &["read"]));
     env.with_frames(&["f1.raw", "b/f2.raw", "c/f3.raw"]);
-    let head = fixture::digest_of("/usr/bin/head");
+    let head = csap_testkit::digest_of("/usr/bin/head").unwrap();
     let args = env.args();
     let (mnt, mounted) = env.mount("mnt", &args, &direct());
     // One directory each, so no open licenses another frame as its sibling.

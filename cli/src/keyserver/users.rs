@@ -1,0 +1,178 @@
+//! `csap user` and `csap login`: users, and tokens bound to this device and a local uid
+//! (through the mount's session socket, or with the device identity).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use keyserver::client::LicenseClient;
+use keyserver::wire;
+use keyserver::UserToken;
+
+use super::{read_password, runtime, Conn};
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (first line).
+    Add {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Disable a user; every token already issued stops working at once.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `csap login`: through the local mount's session socket (any user), or directly with the
+/// device identity (`--identity`, for whoever can read the device key: root, the mount's
+/// operator). Either way the token is bound to this device and a local uid.
+#[derive(Args)]
+pub struct LoginArgs {
+    /// User name.
+    #[arg(long, env = "USER")]
+    pub user: String,
+    /// Where to store the token (default $XDG_RUNTIME_DIR/csap/token or ~/.config/csap/token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The mount's session socket (default $XDG_RUNTIME_DIR/csap/mount.sock). Without
+    /// --identity the mount logs you in with its device identity, for your uid as the kernel
+    /// reports it; with --identity the token is handed to it (skipped with a note when no mount
+    /// listens at the default path).
+    #[arg(long, value_name = "PATH", env = "CSAP_MOUNT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Log in directly with this device identity directory (needs read access to its key.pem)
+    /// instead of through the mount.
+    #[arg(long, env = "CSAP_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// Key server URL (with --identity).
+    #[arg(long, env = "CSAP_SERVER")]
+    pub server: Option<String>,
+    /// With --identity: the local uid the token is for (default: yours), e.g. a service
+    /// account's, whose token file the mount reads (`--token-file UID:PATH`).
+    #[arg(long, requires = "identity")]
+    pub uid: Option<u32>,
+}
+
+pub fn run_user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { name, conn } => {
+            let pw = read_password(&format!("password for {name}"))?;
+            runtime()?.block_on(async move {
+                conn.admin()?.add_user(&name, &pw).await?;
+                println!("added user {name}");
+                Ok(())
+            })
+        }
+        UserCommand::Disable { name, conn } => runtime()?.block_on(async move {
+            conn.admin()?.disable_user(&name).await?;
+            println!("disabled user {name}; outstanding tokens are void");
+            Ok(())
+        }),
+    }
+}
+
+pub fn run_login(args: LoginArgs) -> Result<()> {
+    let pw = read_password(&format!("password for {}", args.user))?;
+    let path = match &args.token_file {
+        Some(p) => p.clone(),
+        None => UserToken::default_path()
+            .context("neither XDG_RUNTIME_DIR nor HOME is set: give --token-file")?,
+    };
+    let Some(identity) = &args.identity else {
+        return login_through_mount(&args, &pw, &path);
+    };
+    let server = args
+        .server
+        .as_deref()
+        .context("--identity needs --server URL (or CSAP_SERVER)")?;
+    let me = nix::unistd::getuid().as_raw();
+    let uid = args.uid.unwrap_or(me);
+    runtime()?.block_on(async move {
+        let client = LicenseClient::connect(server, identity)
+            .await
+            .with_context(|| format!("cannot connect as the device in {}", identity.display()))?;
+        let (token, expires) = client.login(&args.user, &pw, uid).await?;
+        token
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "logged in as {} on {} for uid {uid} until {}; token in {}",
+            args.user,
+            client.device(),
+            wire::rfc3339(expires),
+            path.display()
+        );
+        if uid != me {
+            // The mount binds a handed-over token to the sender's uid: this one is for a
+            // token file (`csap mount --token-file UID:PATH`).
+            println!(
+                "the token is for uid {uid}: give it to the mount with --token-file {uid}:{}",
+                path.display()
+            );
+            return Ok(());
+        }
+        hand_over_session(args.socket.as_deref(), &token)
+    })
+}
+
+/// `csap login` without a device identity: the mount on the session socket logs the user in
+/// with its own, for the uid the kernel reports for this process, and keeps the session.
+fn login_through_mount(args: &LoginArgs, password: &str, token_file: &Path) -> Result<()> {
+    let socket = args
+        .socket
+        .clone()
+        .or_else(csapfs::session::default_socket_path)
+        .context("no mount session socket: give --socket PATH (or set XDG_RUNTIME_DIR)")?;
+    if !socket.exists() {
+        bail!(
+            "no mount listens at {}: give the mount's --socket PATH, or log in with the device \
+             identity (--identity DIR --server URL; needs read access to the device key)",
+            socket.display()
+        );
+    }
+    let (bound, token) = csapfs::session::login_through(&socket, &args.user, password)
+        .with_context(|| format!("login through the mount at {}", socket.display()))?;
+    token
+        .save(token_file)
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
+    println!(
+        "logged in as {} through the mount at {} for uid {} until {}; token in {}",
+        args.user,
+        socket.display(),
+        bound.uid,
+        wire::rfc3339(bound.expires_at),
+        token_file.display()
+    );
+    Ok(())
+}
+
+/// Gives the token to the local mount over its session socket (DESIGN §6). No socket at the
+/// default path is normal (no mount running, or one reading token files): a note, not an error.
+/// An explicit `--socket` that fails is an error.
+fn hand_over_session(explicit: Option<&Path>, token: &UserToken) -> Result<()> {
+    let Some(path) = explicit
+        .map(Path::to_path_buf)
+        .or_else(csapfs::session::default_socket_path)
+    else {
+        return Ok(());
+    };
+    if explicit.is_none() && !path.exists() {
+        println!(
+            "no mount session socket at {} (the mount reads the token file instead)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let bound = csapfs::session::hand_over(&path, token)
+        .with_context(|| format!("cannot hand the session to the mount at {}", path.display()))?;
+    println!(
+        "session handed to the mount at {} for uid {}",
+        path.display(),
+        bound.uid
+    );
+    Ok(())
+}
