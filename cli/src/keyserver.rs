@@ -1,7 +1,7 @@
 //! `csap keyserver|device|user|login|app|scope|keys|audit`: run the key server and administer it
 //! (devices, users, application builds, key scopes, admin-issued licenses, the audit trail).
 
-use std::io::{BufRead, IsTerminal, Write};
+use crate::password::read_password;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -369,25 +369,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// Reads one line (the password) from standard input, prompting when it is a terminal.
-fn read_password(prompt: &str) -> Result<zeroize::Zeroizing<String>> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("{prompt}: ");
-        std::io::stderr().flush().ok();
-    }
-    let mut line = zeroize::Zeroizing::new(String::new());
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the password from standard input")?;
-    let pw = zeroize::Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
-    if pw.is_empty() {
-        bail!("empty password on standard input");
-    }
-    Ok(pw)
 }
 
 pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
