@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use clap_complete::Shell;
+use clap_complete::{Generator, Shell};
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -32,8 +32,12 @@ pub struct ManArgs {
 /// Writes the completion script for `shell` of the command `cmd` (named as it is invoked).
 pub fn completions(args: CompletionsArgs, mut cmd: clap::Command) -> Result<()> {
     let name = cmd.get_name().to_string();
-    clap_complete::generate(args.shell, &mut cmd, name, &mut std::io::stdout());
-    Ok(())
+    // What clap_complete::generate does, but a closed pipe (`| head`) is an error, not a panic.
+    cmd.set_bin_name(name);
+    cmd.build();
+    args.shell
+        .try_generate(&cmd, &mut std::io::stdout().lock())
+        .context("cannot write the completion script")
 }
 
 /// Writes the man page of `cmd` to standard output, or every page of its tree into a directory.
