@@ -64,3 +64,36 @@ fn quickstart_allows_the_viewer_and_denies_cat() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a quickstart"));
 }
+
+#[test]
+fn quickstart_without_dir_removes_its_keys_and_password() {
+    require_fuse!();
+    // std::env::temp_dir() follows TMPDIR: the default working directory lands in here.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(CSAP)
+        .arg("quickstart")
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run csap quickstart");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quickstart failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // Its "every grant and denial" section has the mount's refusal of cat.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("mount     deny  read")),
+        "the mount's denial of cat missing from the audit query:\n{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}\n{stdout}");
+    assert!(stdout.contains("is removed"), "{stdout}");
+    // Nothing to continue in, so no instructions that point into the removed directory.
+    assert!(!stdout.contains("Continue by hand"), "{stdout}");
+}
