@@ -242,7 +242,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             Ok(signal) => {
                 tracing::info!(?signal, "shutting down");
                 unmount(&args.mountpoint, false).or_else(|err| {
-                    eprintln!("csap: {err:#}; detaching lazily (the mount goes away when the last open file is closed)");
+                    eprintln!("csap: {}; detaching lazily (the mount goes away when the last open file is closed)", crate::errors::sentence(&err));
                     unmount(&args.mountpoint, true)
                 })?;
                 mounted.join()?;

@@ -95,7 +95,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
             "\nquickstart failed; {} is removed: run with --dir DIR to keep its logs and state",
             dir.display()
         ),
-        (_, Err(err)) => eprintln!("\ncsap: {err:#}"),
+        (_, Err(err)) => eprintln!("\ncsap: {}", crate::errors::sentence(err)),
     }
     result.and(removed)
 }
@@ -424,7 +424,7 @@ impl MountChild {
 impl Drop for MountChild {
     fn drop(&mut self) {
         if let Err(e) = self.terminate() {
-            eprintln!("csap: {e:#}");
+            eprintln!("csap: {}", crate::errors::sentence(&e));
         }
     }
 }
