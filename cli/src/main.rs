@@ -83,7 +83,8 @@ enum Command {
     /// Add and disable users.
     #[command(subcommand)]
     User(keyserver::UserCommand),
-    /// Log in (password on stdin) and store a short-lived user token.
+    /// Log in (password typed without echo, or the first line of a piped stdin) and store a
+    /// short-lived user token.
     Login(keyserver::LoginArgs),
     /// Register and revoke application builds (BLAKE3 digests of executables).
     #[command(subcommand)]
