@@ -229,7 +229,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
                 Ok(()) => tally.skipped += 1,
                 Err(err) => {
                     tally.failed += 1;
-                    eprintln!("csap import: {}: {err:#}", e.rel);
+                    eprintln!("csap import: {}: {}", e.rel, crate::errors::sentence(&err));
                 }
             },
         }
@@ -299,7 +299,9 @@ pub fn run(args: ImportArgs) -> Result<()> {
             }
             Err(err) => {
                 tally.failed += 1;
-                bar.suspend(|| eprintln!("csap import: {}: {err:#}", e.rel));
+                bar.suspend(|| {
+                    eprintln!("csap import: {}: {}", e.rel, crate::errors::sentence(&err))
+                });
             }
         }
     }

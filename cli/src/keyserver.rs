@@ -20,10 +20,11 @@ pub use principals::{
 pub use serve::{run_keyserver, KeyserverCommand};
 pub use users::{run_login, run_user, LoginArgs, UserCommand};
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use crate::password::read_password;
+
+use anyhow::{Context, Result};
 use clap::Args;
 use keyserver::client::AdminClient;
 
@@ -53,21 +54,3 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Reads one line (the password) from standard input, prompting when it is a terminal.
-fn read_password(prompt: &str) -> Result<zeroize::Zeroizing<String>> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("{prompt}: ");
-        std::io::stderr().flush().ok();
-    }
-    let mut line = zeroize::Zeroizing::new(String::new());
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the password from standard input")?;
-    let pw = zeroize::Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
-    if pw.is_empty() {
-        bail!("empty password on standard input");
-    }
-    Ok(pw)
-}

@@ -7,16 +7,24 @@ mod ards;
 mod asset;
 mod atomic;
 mod authz;
+mod daemon_files;
 mod directory;
+mod errors;
+mod fstab;
 mod hardening;
 mod import;
 mod keyserver;
 mod keysource;
+mod manuals;
 mod mount;
+mod mount_preflight;
+mod password;
 mod quickstart;
 mod server;
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -75,7 +83,8 @@ enum Command {
     /// Add and disable users.
     #[command(subcommand)]
     User(keyserver::UserCommand),
-    /// Log in (password on stdin) and store a short-lived user token.
+    /// Log in (password typed without echo, or the first line of a piped stdin) and store a
+    /// short-lived user token.
     Login(keyserver::LoginArgs),
     /// Register and revoke application builds (BLAKE3 digests of executables).
     #[command(subcommand)]
@@ -89,6 +98,10 @@ enum Command {
     /// Read the key server's audit trail.
     #[command(subcommand)]
     Audit(keyserver::AuditCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(manuals::CompletionsArgs),
+    /// Print the man page, or write every page (csap-mount.1, ...) into a directory.
+    Man(manuals::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,8 +111,14 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: a log file or the journal gets text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.first().is_some_and(|argv0| fstab::is_helper(argv0)) {
+        return exit_with(fstab::run(&argv[1..]), fstab::HELPER_NAME);
+    }
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Asset(cmd) => asset::run(cmd),
         Command::Mount(args) => mount::run_mount(args),
@@ -118,25 +137,24 @@ fn main() -> std::process::ExitCode {
         Command::Workflow(cmd) => keyserver::run_workflow(cmd),
         Command::Auditor(cmd) => keyserver::run_role("auditor", cmd),
         Command::Service(cmd) => keyserver::run_role("service", cmd),
-        Command::Login(args) => keyserver::run_login(args),
+        Command::Login(args) => keyserver::run_login(args).map_err(errors::login_hint),
         Command::App(cmd) => keyserver::run_app(cmd),
         Command::Scope(cmd) => keyserver::run_scope(cmd),
         Command::Keys(cmd) => keyserver::run_keys(cmd),
         Command::Audit(cmd) => keyserver::run_audit(cmd),
+        Command::Completions(args) => manuals::completions(args, Cli::command()),
+        Command::Man(args) => manuals::man(args, Cli::command()),
     };
+    exit_with(result, "csap")
+}
+
+/// Prints a failure as one sentence, each cause once, prefixed by the program's name.
+fn exit_with(result: anyhow::Result<()>, program: &str) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("csap: {}", error_sentence(&err));
+            eprintln!("{program}: {}", errors::sentence(&err));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Joins an error chain into one line: "outer: cause: root cause".
-fn error_sentence(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }

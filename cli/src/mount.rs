@@ -22,6 +22,7 @@ use csapfs::{Seed, Suite};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::asset::SuiteArg;
+use crate::{daemon_files, mount_preflight};
 
 /// How long `--daemon` waits for the background mount to come up.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,7 +53,7 @@ pub struct MountArgs {
     /// already, or if it has entries unless `-o nonempty`).
     pub mountpoint: PathBuf,
     /// Local development key source: a 32-byte seed file (see below).
-    #[arg(long, value_name = "K", required_unless_present = "server")]
+    #[arg(long, value_name = "K")]
     pub key_file: Option<PathBuf>,
     /// Production key source: licenses from the key server (see `--server`).
     #[command(flatten)]
@@ -84,9 +85,15 @@ pub struct MountArgs {
     /// Detach: run in the background and return once the mount is live.
     #[arg(long)]
     pub daemon: bool,
-    /// With --daemon: append the daemon's log here (default: discarded).
+    /// With --daemon: append the daemon's log here (default: /var/log/csap/mount-NAME.log as
+    /// root, else $XDG_STATE_HOME/csap/mount-NAME.log; NAME is the mountpoint with '/' as '-').
     #[arg(long, requires = "daemon")]
     pub log_file: Option<PathBuf>,
+    /// Write the serving process's pid here while the mount is up (removed when it ends). With
+    /// --daemon the default is /run/csap/mount-NAME.pid as root, else
+    /// $XDG_RUNTIME_DIR/csap/mount-NAME.pid.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -153,6 +160,8 @@ fn mount_options(args: &MountArgs) -> MountOptions {
 }
 
 pub fn run_mount(args: MountArgs) -> Result<()> {
+    mount_preflight::key_source(args.key_file.as_deref(), args.key_server.server.as_deref())?;
+    mount_preflight::directories(&args.backing, &args.mountpoint)?;
     if args.daemon {
         return spawn_daemon(&args);
     }
@@ -199,6 +208,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     };
 
     let mounted = csapfs::fs::mount(&args.backing, &args.mountpoint, keys, &options)?;
+    // Held until this function returns: the file names a live mount only.
+    let _pid_file = args
+        .pid_file
+        .as_deref()
+        .map(daemon_files::PidFile::create)
+        .transpose()?;
     eprintln!(
         "csap: {} mounted on {} (cache {}, {} threads{}); stop with Ctrl-C or `csap umount {}`",
         args.backing.display(),
@@ -227,7 +242,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             Ok(signal) => {
                 tracing::info!(?signal, "shutting down");
                 unmount(&args.mountpoint, false).or_else(|err| {
-                    eprintln!("csap: {err:#}; detaching lazily (the mount goes away when the last open file is closed)");
+                    eprintln!("csap: {}; detaching lazily (the mount goes away when the last open file is closed)", crate::errors::sentence(&err));
                     unmount(&args.mountpoint, true)
                 })?;
                 mounted.join()?;
@@ -252,17 +267,35 @@ fn spawn_daemon(args: &MountArgs) -> Result<()> {
         .skip(1)
         .filter(|a| a != "--daemon")
         .collect();
-    let child_args = strip_log_file(child_args);
-    let stderr = match &args.log_file {
-        Some(path) => Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening log file {}", path.display()))?,
-        ),
-        None => Stdio::null(),
+    let mut child_args = strip_log_file(child_args);
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
+    let log_file = match &args.log_file {
+        Some(path) => path.clone(),
+        None => daemon_files::default_log_file(&mountpoint)?,
     };
+    daemon_files::create_parent(&log_file)?;
+    let stderr = Stdio::from(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .with_context(|| format!("opening log file {}", log_file.display()))?,
+    );
+    let pid_file = match &args.pid_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = daemon_files::default_pid_file(&mountpoint)?;
+            child_args.push("--pid-file".into());
+            child_args.push(path.clone().into_os_string());
+            path
+        }
+    };
+    // check_mountpoint refused a live mount here, so a pid file left now is a killed one's; it
+    // must go, or the wait below would take it for the new daemon's.
+    let _ = std::fs::remove_file(&pid_file);
     let mut child = Command::new(exe)
         .args(&child_args)
         .stdin(Stdio::null())
@@ -272,18 +305,24 @@ fn spawn_daemon(args: &MountArgs) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("starting the mount daemon")?;
-    let mountpoint = args
-        .mountpoint
-        .canonicalize()
-        .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
     let deadline = Instant::now() + DAEMON_START_TIMEOUT;
     loop {
-        if is_csap_mount(&mountpoint)? {
+        // The daemon writes its pid file right after mounting.
+        if is_csap_mount(&mountpoint)? && pid_file.exists() {
             println!("{}", child.id());
+            eprintln!(
+                "csap: mount daemon {} logs to {}; pid file {}",
+                child.id(),
+                log_file.display(),
+                pid_file.display()
+            );
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the mount daemon exited with {status} before mounting (rerun without --daemon to see why)");
+            bail!(
+                "the mount daemon exited with {status} before mounting; see its log {}",
+                log_file.display()
+            );
         }
         if Instant::now() > deadline {
             let _ = child.kill();

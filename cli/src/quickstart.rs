@@ -26,8 +26,9 @@ const FRAMES: usize = 3;
 #[derive(Args)]
 pub struct QuickstartArgs {
     /// Working directory for server state, backing store and mountpoint (must not hold an
-    /// earlier quickstart). Default: a new directory under the system temp directory. It is
-    /// kept afterwards so you can continue by hand.
+    /// earlier quickstart); kept afterwards so you can continue by hand. Default: a new
+    /// directory under the system temp directory, removed at the end (it holds the admin key,
+    /// the root key and alice's password).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
@@ -37,6 +38,7 @@ fn step(n: u32, what: &str) {
 }
 
 pub fn run(args: QuickstartArgs) -> Result<()> {
+    let keep = args.dir.is_some();
     let dir = args.dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("csap-quickstart-{}", std::process::id()))
     });
@@ -67,19 +69,50 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         device_rate: None,
     }))?;
     print!("{}", indent(&server.describe()));
-    let result = demo(&rt, &server, &dir, &csap, &viewer);
+    let result = demo(&rt, &server, &dir, &csap, &viewer, keep);
     rt.block_on(server.shutdown());
-    match &result {
-        Ok(()) => println!(
-            "\nquickstart finished: the server is stopped and the mount is gone; files stay in {}",
-            dir.display()
-        ),
-        Err(_) => eprintln!(
-            "\nquickstart failed; logs and state are in {}",
-            dir.display()
-        ),
+    if keep {
+        match &result {
+            Ok(()) => println!(
+                "\nquickstart finished: the server is stopped and the mount is gone; files stay in {}",
+                dir.display()
+            ),
+            Err(_) => eprintln!(
+                "\nquickstart failed; logs and state are in {}",
+                dir.display()
+            ),
+        }
+        return result;
     }
-    result
+    let removed = remove_work_dir(&dir);
+    match (&result, &removed) {
+        (Ok(()), Ok(())) => println!(
+            "\nquickstart finished: the server is stopped, the mount is gone and {} is removed \
+             (keys, password, samples); run with --dir DIR to keep it and continue by hand",
+            dir.display()
+        ),
+        (Err(_), Ok(())) => eprintln!(
+            "\nquickstart failed; {} is removed: run with --dir DIR to keep its logs and state",
+            dir.display()
+        ),
+        (_, Err(err)) => eprintln!("\ncsap: {}", crate::errors::sentence(err)),
+    }
+    result.and(removed)
+}
+
+/// Removes the default working directory (it holds the admin and root keys and a password),
+/// but never through a mount that is still there: that would delete assets through it.
+fn remove_work_dir(dir: &Path) -> Result<()> {
+    let mnt = dir.join("mnt");
+    if mnt.exists() && crate::mount::is_csap_mount(&mnt.canonicalize()?)? {
+        bail!(
+            "{} is still mounted, so {} is kept: unmount it (`csap umount {}`) and remove the directory",
+            mnt.display(),
+            dir.display(),
+            mnt.display()
+        );
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
 }
 
 fn demo(
@@ -88,6 +121,7 @@ fn demo(
     dir: &Path,
     csap: &Path,
     viewer: &Path,
+    keep: bool,
 ) -> Result<()> {
     let ks = &server.keyserver_url;
     let admin = AdminClient::connect(ks, &server.admin_dir)?;
@@ -290,7 +324,10 @@ fn demo(
 
     step(10, "Unmounting and stopping");
     mount.stop()?;
-    print_next_steps(dir, &device_dir, &token_file, &password_file);
+    // Only a kept directory can be continued in.
+    if keep {
+        print_next_steps(dir, &device_dir, &token_file, &password_file);
+    }
     Ok(())
 }
 
@@ -389,7 +426,7 @@ impl MountChild {
 impl Drop for MountChild {
     fn drop(&mut self) {
         if let Err(e) = self.terminate() {
-            eprintln!("csap: {e:#}");
+            eprintln!("csap: {}", crate::errors::sentence(&e));
         }
     }
 }

@@ -170,6 +170,9 @@ fn sigterm_unmounts_and_exits_cleanly() {
 fn daemon_mode_and_csap_umount() {
     require_fuse!();
     let scratch = Scratch::new();
+    // In the scratch directory: the defaults (as root /var/log/csap, /run/csap) would outlive it.
+    let log = scratch.dir.path().join("daemon.log");
+    let pid_file = scratch.dir.path().join("daemon.pid");
     let out = csap(&[
         "mount".as_ref(),
         scratch.backing.as_os_str(),
@@ -179,6 +182,10 @@ fn daemon_mode_and_csap_umount() {
         "-o".as_ref(),
         "noatime".as_ref(),
         "--daemon".as_ref(),
+        "--log-file".as_ref(),
+        log.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
     ]);
     assert!(
         out.status.success(),
@@ -190,6 +197,10 @@ fn daemon_mode_and_csap_umount() {
         .parse()
         .expect("daemon prints its pid");
     assert!(is_mounted(&scratch.mnt), "mounted when --daemon returns");
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
     fs::write(scratch.mnt.join("x"), b"via the daemon").unwrap();
     assert_eq!(fs::read(scratch.mnt.join("x")).unwrap(), b"via the daemon");
 
@@ -204,6 +215,7 @@ fn daemon_mode_and_csap_umount() {
     wait_until("the daemon to exit", || {
         fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
     });
+    assert!(!pid_file.exists(), "the pid file outlived the daemon");
 
     let out = csap(&["umount".as_ref(), scratch.mnt.as_os_str()]);
     assert!(!out.status.success());

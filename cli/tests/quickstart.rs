@@ -9,6 +9,28 @@ use std::process::Command;
 
 const CSAP: &str = env!("CARGO_BIN_EXE_csap");
 
+/// Runs a quickstart to success and returns what it printed on stdout.
+fn quickstart_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run csap quickstart");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "quickstart failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The mount's own denial of cat is in the audit trail under the frame's path.
+fn assert_audit_shows_the_mount_denial(stdout: &str) {
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("mount     deny  read")),
+        "the mount's denial of cat missing from the audit query:\n{stdout}"
+    );
+}
+
 #[test]
 fn quickstart_allows_the_viewer_and_denies_cat() {
     require_fuse!();
@@ -17,18 +39,7 @@ fn quickstart_allows_the_viewer_and_denies_cat() {
     assert!(viewer.exists(), "{} missing", viewer.display());
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("qs");
-    let out = Command::new(CSAP)
-        .arg("quickstart")
-        .arg("--dir")
-        .arg(&work)
-        .output()
-        .expect("run csap quickstart");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "quickstart failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = quickstart_ok(Command::new(CSAP).arg("quickstart").arg("--dir").arg(&work));
     assert!(
         stdout.contains("first bytes"),
         "viewer output missing:\n{stdout}"
@@ -37,13 +48,7 @@ fn quickstart_allows_the_viewer_and_denies_cat() {
         stdout.contains("Permission denied"),
         "cat denial missing:\n{stdout}"
     );
-    // The mount's own denial of cat is in the audit trail under the frame's path.
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.trim_start().starts_with("mount     deny  read")),
-        "the mount's denial of cat missing from the audit query:\n{stdout}"
-    );
+    assert_audit_shows_the_mount_denial(&stdout);
     // Cleaned up: nothing is mounted on the mountpoint any more.
     let mnt = work.join("mnt").canonicalize().unwrap();
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -63,4 +68,26 @@ fn quickstart_allows_the_viewer_and_denies_cat() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a quickstart"));
+}
+
+#[test]
+fn quickstart_without_dir_removes_its_keys_and_password() {
+    require_fuse!();
+    // std::env::temp_dir() follows TMPDIR: the default working directory lands in here.
+    let tmp = tempfile::tempdir().unwrap();
+    let stdout = quickstart_ok(
+        Command::new(CSAP)
+            .arg("quickstart")
+            .env("TMPDIR", tmp.path()),
+    );
+    // Its "every grant and denial" section has the mount's refusal of cat.
+    assert_audit_shows_the_mount_denial(&stdout);
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}\n{stdout}");
+    assert!(stdout.contains("is removed"), "{stdout}");
+    // Nothing to continue in, so no instructions that point into the removed directory.
+    assert!(!stdout.contains("Continue by hand"), "{stdout}");
 }

@@ -13,7 +13,7 @@ use super::{read_password, runtime, Conn};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
-    /// Add a user; the password is read from standard input (first line).
+    /// Add a user; the password is typed without echo, or is the first line of a piped stdin.
     Add {
         name: String,
         #[command(flatten)]
