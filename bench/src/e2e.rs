@@ -417,8 +417,8 @@ struct Stack {
 }
 
 fn digest_of(path: &Path) -> Result<String> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(csapfs::license_source::attest::hash_file(f)?)
+    csapfs::license_source::attest::app_digest_at(path)
+        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// A copy of this binary made distinct by a trailer (the loader ignores bytes past the ELF

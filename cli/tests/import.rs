@@ -282,11 +282,7 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         .unwrap_or_else(|| panic!("no scope id in {created:?}"))
         .to_string();
 
-    let digest = {
-        let mut h = blake3::Hasher::new();
-        h.update(&std::fs::read(CSAP).unwrap());
-        h.finalize().to_hex().to_string()
-    };
+    let digest = csapfs::license_source::attest::app_digest_at(Path::new(CSAP)).unwrap();
     let now = keyserver::now().expect("system clock usable");
     let request = serde_json::json!({
         "entityType": "AuthorizationPolicyRequest",
