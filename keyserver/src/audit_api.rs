@@ -170,8 +170,8 @@ pub(crate) async fn query(
         ..Default::default()
     };
     if let Some(glob) = &q.path {
-        check_glob(glob)?;
-        filter.path_prefix = Some(glob.split('*').next().unwrap_or("").to_string());
+        authz::glob::check(glob).map_err(|m| ApiError::bad("path", m))?;
+        filter.path_prefix = Some(authz::glob::literal_prefix(glob).to_string());
     }
     if let Some(d) = &q.decision {
         if !matches!(d.as_str(), "grant" | "deny" | "admin") {
@@ -220,22 +220,4 @@ pub(crate) async fn query(
         })
         .await?;
     Ok(Json(rows))
-}
-
-/// A path glob: a relative path whose segments may hold `*` (within the segment) or be `**`.
-fn check_glob(glob: &str) -> Result<(), ApiError> {
-    let ok = !glob.is_empty()
-        && glob.len() <= 4096
-        && !glob.contains('\0')
-        && glob
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            "path",
-            "a relative path glob: `*` within a segment, `**` across segments",
-        ))
-    }
 }
