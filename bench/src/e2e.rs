@@ -436,10 +436,6 @@ fn app_copy(dir: &Path, role: &str) -> Result<App> {
     Ok(App { path, digest })
 }
 
-fn rfc3339(t: i64) -> Result<String> {
-    Ok(keyserver::wire::rfc3339(t))
-}
-
 /// An authorization request: alice, on `device`, may do `action` on `assets` with `apps`.
 fn request_json(
     name: &str,
@@ -462,27 +458,17 @@ fn request_json_for(
     action: &str,
     start: i64,
 ) -> Result<String> {
-    let apps: Vec<serde_json::Value> = apps
-        .iter()
-        .map(|d| {
-            serde_json::json!({"entityType": "Application",
-                "identifier": [{"identifierScope": "blake3", "identifierValue": d}],
-                "name": name, "version": "1"})
-        })
-        .collect();
-    Ok(serde_json::json!({
-        "entityType": "AuthorizationPolicyRequest",
-        "identifier": [{"identifierScope": "workflow", "identifierValue": format!("bench-{name}")}],
-        "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": name}], "name": name},
-        "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": user}],
-                          "structuralCharacteristics": {"structuralType": "person"}}],
-        "applications": apps,
-        "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": device}]}],
-        "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": assets}]}],
-        "actions": [action],
-        "window": {"start": rfc3339(start)?, "end": rfc3339(start + 8 * 3600)?}
-    })
-    .to_string())
+    let mut req = authz::request::WireRequest::builder(name)
+        .workflow_id(&format!("bench-{name}"))
+        .person(user)
+        .device(device)
+        .asset_path(assets)
+        .action(action)
+        .window(start, start + 8 * 3600);
+    for digest in apps {
+        req = req.application(digest, name, "1", None);
+    }
+    Ok(req.to_json())
 }
 
 /// A submitted request's rules: the key server's and the mount's (authz renders one rule for

@@ -19,7 +19,7 @@ use keyserver::wire::RegisterAppRequest;
 use keyserver::{AdminClient, LicenseClient, UserToken};
 
 use crate::keysource::KeyServerArgs;
-use crate::server::{self, rfc3339_utc, EmbeddedServer, ServerOptions};
+use crate::server::{self, EmbeddedServer, ServerOptions};
 
 /// The enrolled device every mount of these tests runs as.
 pub const DEVICE: &str = "ws-pep";
@@ -94,29 +94,22 @@ impl Req<'_> {
 
     /// OMC-JSON for the request on `devices`.
     pub fn json_for(&self, devices: &[&str]) -> String {
-        let apps: Vec<serde_json::Value> = self
-            .apps
-            .iter()
-            .map(|d| {
-                serde_json::json!({"entityType": "Application",
-                "identifier": [{"identifierScope": "blake3", "identifierValue": d}],
-                "name": self.name, "version": "1"})
-            })
-            .collect();
         let name = self.name;
-        serde_json::json!({
-            "entityType": "AuthorizationPolicyRequest",
-            "identifier": [{"identifierScope": "workflow", "identifierValue": format!("wf-{name}")}],
-            "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": name}], "name": name},
-            "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": USER}],
-                              "structuralCharacteristics": {"structuralType": "person"}}],
-            "applications": apps,
-            "devices": devices.iter().map(|d| serde_json::json!({"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": d}]})).collect::<Vec<_>>(),
-            "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": "samples/**"}]}],
-            "actions": self.actions,
-            "window": {"start": rfc3339_utc(self.window.0), "end": rfc3339_utc(self.window.1)}
-        })
-        .to_string()
+        let mut req = authz::request::WireRequest::builder(name)
+            .workflow_id(&format!("wf-{name}"))
+            .person(USER)
+            .asset_path("samples/**")
+            .window(self.window.0, self.window.1);
+        for digest in self.apps {
+            req = req.application(digest, name, "1", None);
+        }
+        for device in devices {
+            req = req.device(device);
+        }
+        for action in self.actions {
+            req = req.action(action);
+        }
+        req.to_json()
     }
 }
 
