@@ -16,10 +16,11 @@ use std::sync::Arc;
 use csapfs::format::Header;
 use csapfs::fs::{CacheMode, MountOptions};
 use csapfs::keys::{Access, Caller, KeyError, KeyFileSource, KeySource, Licensed};
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 use support::Scratch;
 
-const EIO: i32 = 5;
+#[path = "../format/tests/support/no_randomness.rs"]
+mod no_randomness;
+use no_randomness::{deny_randomness_on_this_thread, EIO};
 
 /// The key-file source, with one fault armed for the request that meets it.
 struct Faulty {
@@ -74,21 +75,6 @@ impl KeySource for Faulty {
         }
         Ok(())
     }
-}
-
-/// getrandom(2) fails with `EIO` on the calling thread from now on (the filter is the thread's).
-fn deny_randomness_on_this_thread() {
-    let filter = SeccompFilter::new(
-        [(libc::SYS_getrandom, vec![])].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(EIO as u32),
-        std::env::consts::ARCH
-            .try_into()
-            .expect("a seccomp architecture"),
-    )
-    .expect("filter");
-    let program: BpfProgram = filter.try_into().expect("BPF program");
-    seccompiler::apply_filter(&program).expect("seccomp filter on this thread");
 }
 
 fn options(threads: usize) -> MountOptions {

@@ -9,26 +9,16 @@ use csap_format::asset::{Asset, AssetError};
 use csap_format::format::{AssetId, Header, KeyId, ScopeId, Suite, DEFAULT_CHUNK_SIZE};
 use csap_format::stream::encrypt_stream;
 use csap_format::ContentKey;
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 
-const EIO: i32 = 5;
+#[path = "support/no_randomness.rs"]
+mod no_randomness;
+use no_randomness::{deny_randomness_on_this_thread, EIO};
 
-/// Runs `f` on a fresh thread whose getrandom(2) calls fail with `EIO` (the rest of the test
-/// process is unaffected: the filter is the thread's own).
+/// Runs `f` on a fresh thread that has no OS randomness.
 fn without_randomness<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let filter = SeccompFilter::new(
-                [(libc::SYS_getrandom, vec![])].into_iter().collect(),
-                SeccompAction::Allow,
-                SeccompAction::Errno(EIO as u32),
-                std::env::consts::ARCH
-                    .try_into()
-                    .expect("a seccomp architecture"),
-            )
-            .expect("filter");
-            let program: BpfProgram = filter.try_into().expect("BPF program");
-            seccompiler::apply_filter(&program).expect("seccomp filter on this thread");
+            deny_randomness_on_this_thread();
             f()
         })
         .join()
@@ -109,4 +99,6 @@ fn creating_or_streaming_without_randomness_fails_with_eio() {
         let err = result.expect_err("sealed without a fresh nonce");
         assert!(is_randomness_error(&err), "{err}");
     }
+    let id = without_randomness(AssetId::random);
+    assert!(id.is_err(), "an asset id without randomness: {id:?}");
 }
