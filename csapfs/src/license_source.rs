@@ -555,12 +555,14 @@ mod tests {
         // The application is `sleep`, run as a child without cargo's LD_LIBRARY_PATH (which
         // attestation would rightly refuse).
         let spawn = |prog: &str, args: &[&str]| {
-            std::process::Command::new(prog)
+            let child = std::process::Command::new(prog)
                 .args(args)
                 .env_remove("LD_LIBRARY_PATH")
                 .stdout(std::process::Stdio::null())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            attest::tests::wait_exec_done(child.id());
+            child
         };
         let mut app = spawn("sleep", &["30"]);
         let digest = Attestor::new(Duration::from_secs(30))

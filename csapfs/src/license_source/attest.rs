@@ -38,7 +38,7 @@ mod helpers;
 mod procfs;
 mod remembered;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs::File;
 use std::io;

@@ -15,9 +15,10 @@ fn sleeper(envs: &[(&str, &str)]) -> Child {
     child
 }
 
-/// `spawn` returns once exec is past its point of no return, but the kernel sets up the
-/// new environment block a little later; until then `environ` reads empty.
-fn wait_exec_done(pid: u32) {
+/// `spawn` returns once exec is past its point of no return, but the kernel maps the new image
+/// and sets up its environment block a little later; until then `environ` reads empty (and the
+/// `exe` it names may not be mapped yet).
+pub(crate) fn wait_exec_done(pid: u32) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while std::fs::read(format!("/proc/{pid}/environ")).map_or(true, |e| e.is_empty()) {
         assert!(
