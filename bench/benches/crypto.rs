@@ -27,9 +27,12 @@ fn suites(c: &mut Criterion) {
             let plain = vec![0x5a; size];
             let mut sealed = vec![0u8; size + CHUNK_OVERHEAD as usize];
             group.bench_function(BenchmarkId::new("encrypt", label), |b| {
-                b.iter(|| seal_chunk(&keys, &id, 3, false, black_box(&plain), &mut sealed))
+                b.iter(|| {
+                    seal_chunk(&keys, &id, 3, false, black_box(&plain), &mut sealed)
+                        .expect("OS randomness")
+                })
             });
-            seal_chunk(&keys, &id, 3, false, &plain, &mut sealed);
+            seal_chunk(&keys, &id, 3, false, &plain, &mut sealed).expect("OS randomness");
             group.bench_function(BenchmarkId::new("decrypt", label), |b| {
                 b.iter_batched_ref(
                     || sealed.clone(),

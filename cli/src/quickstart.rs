@@ -183,10 +183,11 @@ fn demo(
         let file = requests_dir.join(format!("{name}.json"));
         std::fs::write(&file, serde_json::to_string_pretty(&body)?)?;
         let issued = rt
-            .block_on(server.authz.submit(
-                body.to_string().as_bytes(),
-                &authz::Submitter::admin("admin"),
-            ))
+            .block_on(
+                server
+                    .authz
+                    .submit(body.to_json().as_bytes(), &authz::Submitter::admin("admin")),
+            )
             .with_context(|| format!("authz refused the {name} request"))?;
         let live = rt.block_on(
             server
@@ -446,26 +447,17 @@ fn request_json(
     device: &str,
     action: &str,
     now: i64,
-) -> serde_json::Value {
-    serde_json::json!({
-        "entityType": "AuthorizationPolicyRequest",
-        "identifier": [{"identifierScope": "workflow", "identifierValue": format!("quickstart-{name}")}],
-        "task": {"entityType": "Task",
-                 "identifier": [{"identifierScope": "csap", "identifierValue": format!("quickstart-{name}")}],
-                 "name": format!("quickstart {name}")},
-        "participants": [{"entityType": "Participant",
-                          "identifier": [{"identifierScope": "csap", "identifierValue": USER}],
-                          "structuralCharacteristics": {"structuralType": "person"}}],
-        "applications": [{"entityType": "Application",
-                          "identifier": [{"identifierScope": "blake3", "identifierValue": digest}],
-                          "name": app, "version": env!("CARGO_PKG_VERSION"), "vendor": "csap"}],
-        "devices": [{"entityType": "Device",
-                     "identifier": [{"identifierScope": "csap", "identifierValue": device}]}],
-        "assets": [{"entityType": "Asset",
-                    "identifier": [{"identifierScope": "path", "identifierValue": "samples/**"}]}],
-        "actions": [action],
-        "window": {"start": rfc3339_utc(now - 60), "end": rfc3339_utc(now + 8 * 3600)}
-    })
+) -> authz::request::WireRequest {
+    authz::request::WireRequest::builder(&format!("quickstart-{name}"))
+        .workflow_id(&format!("quickstart-{name}"))
+        .task_name(&format!("quickstart {name}"))
+        .person(USER)
+        .application(digest, app, env!("CARGO_PKG_VERSION"), Some("csap"))
+        .device(device)
+        .asset_path("samples/**")
+        .action(action)
+        .window(now - 60, now + 8 * 3600)
+        .build()
 }
 
 /// A recognisable frame: a text line, then a byte pattern spanning several chunks.

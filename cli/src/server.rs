@@ -433,25 +433,18 @@ mod tests {
             .await
             .unwrap();
         let now = keyserver::now().expect("system clock usable");
-        let body = serde_json::json!({
-            "entityType": "AuthorizationPolicyRequest",
-            "identifier": [{"identifierScope": "workflow", "identifierValue": "wf-1"}],
-            "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": "t1"}], "name": "t1"},
-            "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": "alice"}],
-                              "structuralCharacteristics": {"structuralType": "person"}}],
-            "applications": [{"entityType": "Application", "identifier": [{"identifierScope": "blake3", "identifierValue": "ab".repeat(32)}],
-                              "name": "viewer", "version": "1"}],
-            "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": "ws-1"}]}],
-            "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": "show/**"}]}],
-            "actions": ["read"],
-            "window": {"start": rfc3339(now - 60), "end": rfc3339(now + 3600)}
-        });
+        let body = authz::request::WireRequest::builder("t1")
+            .workflow_id("wf-1")
+            .person("alice")
+            .application(&"ab".repeat(32), "viewer", "1", None)
+            .device("ws-1")
+            .asset_path("show/**")
+            .action("read")
+            .window(now - 60, now + 3600)
+            .to_json();
         let issued = server
             .authz
-            .submit(
-                body.to_string().as_bytes(),
-                &authz::Submitter::admin("admin"),
-            )
+            .submit(body.as_bytes(), &authz::Submitter::admin("admin"))
             .await
             .unwrap();
         assert!(issued.delivered, "in-process delivery must succeed at once");
@@ -497,10 +490,6 @@ mod tests {
                 .await
         );
         again.shutdown().await;
-    }
-
-    fn rfc3339(t: i64) -> String {
-        rfc3339_utc(t)
     }
 
     #[test]

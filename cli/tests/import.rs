@@ -285,27 +285,18 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         .unwrap_or_else(|| panic!("no scope id in {created:?}"))
         .to_string();
 
-    let digest = {
-        let mut h = blake3::Hasher::new();
-        h.update(&std::fs::read(CSAP).unwrap());
-        h.finalize().to_hex().to_string()
-    };
+    let digest = csapfs::license_source::attest::app_digest_at(Path::new(CSAP)).unwrap();
     let now = keyserver::now().expect("system clock usable");
-    let request = serde_json::json!({
-        "entityType": "AuthorizationPolicyRequest",
-        "identifier": [{"identifierScope": "workflow", "identifierValue": "wf-import"}],
-        "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": "import"}], "name": "import"},
-        "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": "alice"}],
-                          "structuralCharacteristics": {"structuralType": "person"}}],
-        "applications": [{"entityType": "Application", "identifier": [{"identifierScope": "blake3", "identifierValue": digest}],
-                          "name": "csap-import", "version": "1"}],
-        "devices": [{"entityType": "Device", "identifier": [{"identifierScope": "csap", "identifierValue": "ws-test"}]}],
-        "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": "shot010/**"}]}],
-        "actions": ["create"],
-        "window": {"start": keyserver::wire::rfc3339(now - 60), "end": keyserver::wire::rfc3339(now + 3600)}
-    });
+    let request = authz::request::WireRequest::builder("import")
+        .workflow_id("wf-import")
+        .person("alice")
+        .application(&digest, "csap-import", "1", None)
+        .device("ws-test")
+        .asset_path("shot010/**")
+        .action("create")
+        .window(now - 60, now + 3600);
     let req_file = dir.path().join("import.json");
-    std::fs::write(&req_file, request.to_string()).unwrap();
+    std::fs::write(&req_file, request.to_json()).unwrap();
     ok(csap(&["request", "submit"])
         .arg(&req_file)
         .args(["--authz", &server.info.authz_url])

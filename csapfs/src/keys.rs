@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::crypto::{derive_content_key, ContentKey, Seed};
+use crate::crypto::{derive_content_key, ContentKey, RandomnessUnavailable, Seed};
 use crate::format::{AssetId, FormatError, Header, KeyId, Suite};
 
 /// The process on whose behalf a key is asked for (from the FUSE request).
@@ -41,6 +41,9 @@ pub enum KeyError {
     /// (FORMAT.md §7): `EIO`, audited by the source.
     #[error("asset refused: {0}")]
     Binding(String),
+    /// No fresh asset id (the OS RNG failed): `EIO`.
+    #[error(transparent)]
+    Randomness(#[from] RandomnessUnavailable),
 }
 
 /// What a caller wants to do; the mount maps each FUSE operation to one of these.
@@ -247,7 +250,7 @@ impl KeyFileSource {
         let header = Header::new(
             self.params.suite,
             self.params.chunk_size,
-            AssetId::random(),
+            AssetId::random()?,
             self.key_id,
         )?;
         let key = derive_content_key(&self.seed, &header.asset_id);

@@ -31,7 +31,7 @@ fn header(suite: Suite, chunk: u32) -> Header {
     Header::new(
         suite,
         chunk,
-        AssetId::random(),
+        AssetId::random().unwrap(),
         KeyId {
             scope: ScopeId([1; 16]),
             version: 1,

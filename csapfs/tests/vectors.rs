@@ -4,9 +4,9 @@
 //! change) with `CSAP_REGENERATE_VECTORS=1 cargo test -p csapfs --test vectors`.
 
 use csapfs::crypto::AssetKeys;
-use csapfs::format::{
-    seal_chunk_with_nonce, AssetId, Header, KeyId, ScopeId, Suite, CHUNK_OVERHEAD,
-};
+// The fixed-nonce entry exists only with csap-format's `test-vectors` feature (dev-dependency).
+use csap_format::format::seal_chunk_with_nonce;
+use csapfs::format::{AssetId, Header, KeyId, ScopeId, Suite, CHUNK_OVERHEAD};
 use csapfs::stream::decrypt_stream;
 use csapfs::{derive_content_key, AssetError, Seed};
 use serde_json::{json, Value};

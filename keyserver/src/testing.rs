@@ -107,8 +107,8 @@ pub async fn provision(
 }
 
 /// A rule (as authz templates write it) that lets `user` on `device` with `app_digest` do
-/// `actions` on assets whose path matches `path_like` (Cedar `like`: `*` matches anything,
-/// including `/`) within [`not_before`, `not_after`).
+/// `actions` on assets whose path matches `path_like` (the rule dialect, [`authz::glob`]: `*`
+/// within one segment, `**` across) within [`not_before`, `not_after`).
 #[derive(Debug, Clone)]
 pub struct RuleFor<'a> {
     pub id: &'a str,

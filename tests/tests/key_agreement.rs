@@ -22,7 +22,7 @@ fn an_asset_sealed_under_a_licensed_key_opens_under_the_local_derivation() {
     let header = Header::new(
         Suite::Gcm,
         DEFAULT_CHUNK_SIZE,
-        AssetId::random(),
+        AssetId::random().unwrap(),
         KeyId {
             scope: ScopeId([9; 16]),
             version: 2,

@@ -1,5 +1,6 @@
 //! Asset path patterns — the one dialect of every csap pattern (authorization requests and
-//! rules, `csap keys issue`, the mount's pre-loader) and its one matcher:
+//! rules, `csap keys issue`, the mount's pre-loader, `csap audit query --path`) and its one
+//! matcher ([`check`] says whether a pattern is in the dialect, [`matches`] decides a path):
 //! - a pattern is `/`-separated segments, like the paths it matches (relative, no empty, `.` or
 //!   `..` segments, no `\`, `"` or control characters);
 //! - `*` matches any run of characters **within one segment** (never a `/`);
@@ -7,7 +8,9 @@
 //!   everything below `show/` (not a file named `show`), `a/**/f.exr` matches `a/b/f.exr` and
 //!   `a/b/c/f.exr` (not `a/f.exr`: name that one separately); `**` inside a longer segment
 //!   (`a**`) is refused;
-//! - every other character matches itself (there is no escape for a literal `*`).
+//! - every other character matches itself (there is no escape for a literal `*`), with no case
+//!   folding;
+//! - a path with an empty segment (`a//b`, a leading or trailing `/`) matches no pattern.
 //!
 //! Cedar's `like` has a single wildcard that crosses `/`. Rules carry the pattern text verbatim
 //! in `resource.path like "..."`, which Cedar reads as a superset of the glob (every path the
@@ -53,6 +56,12 @@ pub fn check(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The literal text before `pattern`'s first wildcard: every path it matches starts with it
+/// (for narrowing a scan before matching; the whole pattern when it has no wildcard).
+pub fn literal_prefix(pattern: &str) -> &str {
+    &pattern[..pattern.find('*').unwrap_or(pattern.len())]
+}
+
 /// Whether `pattern` has any wildcard (a pattern without one matches exactly one path, in every
 /// dialect).
 pub fn has_wildcard(pattern: &str) -> bool {
@@ -71,6 +80,11 @@ pub fn matches(pattern: &str, path: &str) -> bool {
         }
     }
     let segs: Vec<&str> = path.split('/').collect();
+    // No pattern names an empty segment (a leading, trailing or doubled '/'): such a path is
+    // not an asset path, and no rule may cover it by accident of `*` matching nothing.
+    if segs.iter().any(|s| s.is_empty()) {
+        return false;
+    }
     wildcard_match(
         &pat,
         &segs,
@@ -162,6 +176,42 @@ mod tests {
         assert!(matches("exact.exr", "exact.exr"));
         assert!(!matches("a/b", "a/bc"));
         assert!(!matches("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn edge_cases_of_the_dialect() {
+        // `*` may match an empty run, but a segment is never empty.
+        assert!(matches("a/*", "a/b"));
+        assert!(!matches("a/*", "a/"), "an empty segment");
+        assert!(!matches("a/*", "a"));
+        assert!(matches("a/b*", "a/b"));
+        assert!(matches("*", "f.exr"));
+        assert!(!matches("*", "a/f.exr"));
+        // `**` is whole segments, one or more, also at the start and the end.
+        assert!(matches("**/x", "a/x"));
+        assert!(!matches("**/x", "x"));
+        assert!(!matches("a/**", "a/"), "an empty segment");
+        // Matching is by characters: a multi-byte character is one, and there is no case folding.
+        assert!(matches("shot/é*", "shot/été"));
+        assert!(!matches("Show/*", "show/a"));
+        // A leading '/' is not stripped: paths and patterns are volume-relative.
+        assert!(!matches("show/*", "/show/a"));
+    }
+
+    #[test]
+    fn every_matched_path_starts_with_the_literal_prefix() {
+        for (pattern, prefix) in [
+            ("show/seq1/**", "show/seq1/"),
+            ("show/*/f.exr", "show/"),
+            ("a/c*.exr", "a/c"),
+            ("**", ""),
+            ("exact.exr", "exact.exr"),
+        ] {
+            assert_eq!(literal_prefix(pattern), prefix);
+        }
+        for (pattern, path) in [("show/seq1/**", "show/seq1/a/b"), ("a/c*.exr", "a/c1.exr")] {
+            assert!(matches(pattern, path) && path.starts_with(literal_prefix(pattern)));
+        }
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //!   (see [`crate::model`]) and scope `scope` a key scope; one asset may carry both;
 //! - `actions` lists `read`, `write`, `create`, `delete`, `license`;
 //! - `window.start`/`window.end`: RFC 3339 text or unix seconds; rules apply in `[start, end)`.
+//!
+//! [`RequestBuilder`] (`WireRequest::builder`) makes such a body in code.
+
+mod builder;
+
+pub use builder::RequestBuilder;
 
 use serde::{Deserialize, Serialize};
 

@@ -56,8 +56,7 @@ pub enum AppCommand {
 
 /// BLAKE3 of a file, lowercase hex: the digest attestation computes for an executable.
 pub(crate) fn digest_file(path: &Path) -> Result<String> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    csapfs::license_source::attest::hash_file(f)
+    csapfs::license_source::attest::app_digest_at(path)
         .with_context(|| format!("cannot read {}", path.display()))
 }
 

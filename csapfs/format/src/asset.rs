@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 
 use tracing::warn;
 
-use crate::crypto::{AssetKeys, ContentKey};
+use crate::crypto::{AssetKeys, ContentKey, RandomnessUnavailable};
 use crate::format::{
     open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD,
     FLAG_APPENDING, FLAG_SPARSE, HEADER_LEN,
@@ -40,6 +40,9 @@ pub enum AssetError {
     Authentication { chunk_index: u64 },
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// No fresh nonce: the chunk was not sealed (and nothing of it written).
+    #[error(transparent)]
+    Randomness(#[from] RandomnessUnavailable),
 }
 
 impl AssetError {
@@ -107,7 +110,7 @@ impl Asset {
             true,
             &[],
             &mut empty,
-        );
+        )?;
         asset.file.write_all_at(&empty, HEADER_LEN)?;
         Ok(asset)
     }
@@ -418,7 +421,7 @@ impl Asset {
             out.resize((stored_end - start) as usize, 0);
             plain.resize(layout.chunk_size as usize, 0);
             let mut at = 0usize;
-            for index in first..=last {
+            let sealed = (first..=last).try_for_each(|index| {
                 let new_len = layout.chunk_plain_len(index, new_size) as usize;
                 let plain = &mut plain[..new_len];
                 self.chunk_content(index, old_size, write, plain)?;
@@ -430,11 +433,13 @@ impl Asset {
                     index == new_final,
                     plain,
                     &mut out[at..at + stored_len],
-                );
+                )?;
                 at += stored_len;
-            }
-            // Plaintext must not linger in a buffer that outlives this write.
+                Ok::<(), AssetError>(())
+            });
+            // Plaintext must not linger in a buffer that outlives this write, failed or not.
             plain.fill(0);
+            sealed?;
             self.file.write_all_at(&out[..at], start)?;
             Ok(())
         })

@@ -6,7 +6,8 @@
 //! the GCM suite uses `ring`. `ring` has no raw AES-CTR, so the CTR suite uses RustCrypto's
 //! `aes` + `ctr` (AES-NI), whose speed is not the bottleneck there: the BLAKE3 MAC is.
 //!
-//! Nothing here performs I/O, and no key byte is ever formatted: every key type has a redacted
+//! Its only I/O is reading a key file ([`Seed::from_file`]) and asking the operating system for
+//! random bytes, which can fail ([`RandomnessUnavailable`]); no key byte is ever formatted: every key type has a redacted
 //! `Debug` and is zeroized on drop. Seeds, content keys, subkeys and ring's expanded AES-GCM
 //! key live in locked memory left out of core dumps (`secmem`): they never sit in ordinary
 //! heap pages, and none of them may be handed to a system call (copy the bytes out first).
@@ -191,7 +192,8 @@ impl AssetKeys {
     }
 
     /// Encrypts `data` in place and returns the 16-byte tag. `aad` is the chunk's 25-byte AAD.
-    pub fn seal_in_place(
+    /// Crate-private: the nonce must be fresh, which only `format`'s chunk sealing guarantees.
+    pub(crate) fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
@@ -221,7 +223,8 @@ impl AssetKeys {
     }
 
     /// Verifies and decrypts `data || tag` in place; on failure `data` must not be used.
-    pub fn open_in_place<'a>(
+    /// Crate-private: outside, `format::open_chunk` is the only door to a chunk's plaintext.
+    pub(crate) fn open_in_place<'a>(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
@@ -293,20 +296,26 @@ fn ctr_mac(
     tag
 }
 
+/// The operating system's random number generator failed. Nothing is sealed and no id is made
+/// without fresh randomness: the write that needed it fails (`EIO` at the mount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
+pub struct RandomnessUnavailable(getrandom::Error);
+
 /// A fresh random 96-bit nonce from the operating system. Random (not counter) nonces need no
 /// state to survive crashes, and with one key per asset the 2^32-messages bound of NIST SP
 /// 800-38D §8.3 is out of reach for any real file.
-pub fn random_nonce() -> [u8; NONCE_LEN] {
+pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN], RandomnessUnavailable> {
     let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).expect("the operating system RNG is available");
-    nonce
+    getrandom::getrandom(&mut nonce).map_err(RandomnessUnavailable)?;
+    Ok(nonce)
 }
 
 /// 16 random bytes (asset ids, scope ids).
-pub fn random_id() -> [u8; 16] {
+pub fn random_id() -> Result<[u8; 16], RandomnessUnavailable> {
     let mut id = [0u8; 16];
-    getrandom::getrandom(&mut id).expect("the operating system RNG is available");
-    id
+    getrandom::getrandom(&mut id).map_err(RandomnessUnavailable)?;
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -341,7 +350,7 @@ mod tests {
         let key = ContentKey::from_bytes([7; 32]);
         for suite in [Suite::Gcm, Suite::CtrBlake3] {
             let keys = AssetKeys::new(suite, &key);
-            let nonce = random_nonce();
+            let nonce = random_nonce().unwrap();
             let mut data = b"frame 0001 of shot 010".to_vec();
             let tag = keys.seal_in_place(&nonce, b"aad", &mut data);
             let mut sealed = data.clone();

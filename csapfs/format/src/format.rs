@@ -1,5 +1,5 @@
 //! The asset file format (normative spec: `csapfs/FORMAT.md`): header codec, offset math and
-//! the sealing and opening of single chunks. Pure: no I/O, no FUSE.
+//! the sealing and opening of single chunks. No I/O but the random nonce a seal draws; no FUSE.
 //!
 //! ```text
 //! asset  = header(96) ‖ chunk[0] ‖ chunk[1] ‖ … ‖ chunk[n-1]        n ≥ 1
@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::crypto::{self, AssetKeys, AuthenticationFailed};
+use crate::crypto::{self, AssetKeys, AuthenticationFailed, RandomnessUnavailable};
 
 /// "CSAP-AST": the first 8 bytes of every asset.
 pub const MAGIC: [u8; 8] = *b"CSAP-AST";
@@ -76,8 +76,8 @@ macro_rules! hex_id {
         pub struct $name(pub [u8; 16]);
 
         impl $name {
-            pub fn random() -> Self {
-                $name(crypto::random_id())
+            pub fn random() -> Result<Self, RandomnessUnavailable> {
+                Ok($name(crypto::random_id()?))
             }
 
             pub fn from_hex(text: &str) -> Result<Self, FormatError> {
@@ -371,7 +371,8 @@ pub fn chunk_aad(asset_id: &AssetId, index: u64, is_final: bool) -> [u8; AAD_LEN
 }
 
 /// Seals `plain` as chunk `index` into `out` (nonce ‖ ciphertext ‖ tag) with a fresh random
-/// nonce. `out` must be exactly `plain.len() + CHUNK_OVERHEAD` long.
+/// nonce; without one (the OS RNG failed) nothing is written to `out`. `out` must be exactly
+/// `plain.len() + CHUNK_OVERHEAD` long.
 pub fn seal_chunk(
     keys: &AssetKeys,
     asset_id: &AssetId,
@@ -379,20 +380,28 @@ pub fn seal_chunk(
     is_final: bool,
     plain: &[u8],
     out: &mut [u8],
-) {
-    seal_chunk_with_nonce(
-        keys,
-        asset_id,
-        index,
-        is_final,
-        &crypto::random_nonce(),
-        plain,
-        out,
-    )
+) -> Result<(), RandomnessUnavailable> {
+    let nonce = crypto::random_nonce()?;
+    seal_chunk_under(keys, asset_id, index, is_final, &nonce, plain, out);
+    Ok(())
 }
 
-/// [`seal_chunk`] with a caller-chosen nonce. Only for test vectors: a nonce must never repeat.
+/// [`seal_chunk`] with a caller-chosen nonce, for the fixed test vectors (FORMAT.md §Test
+/// vectors) only: a nonce must never repeat under a key, so no build but tests has this.
+#[cfg(feature = "test-vectors")]
 pub fn seal_chunk_with_nonce(
+    keys: &AssetKeys,
+    asset_id: &AssetId,
+    index: u64,
+    is_final: bool,
+    nonce: &[u8; NONCE_LEN],
+    plain: &[u8],
+    out: &mut [u8],
+) {
+    seal_chunk_under(keys, asset_id, index, is_final, nonce, plain, out)
+}
+
+fn seal_chunk_under(
     keys: &AssetKeys,
     asset_id: &AssetId,
     index: u64,

@@ -40,7 +40,7 @@ pub fn encrypt_stream<R: Read, W: Write>(
             is_final,
             &current[..current_len],
             out,
-        );
+        )?;
         output.write_all(out)?;
         total += current_len as u64;
         if is_final {

@@ -16,6 +16,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use super::asset_lock::AssetLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -45,7 +47,7 @@ thread_local! {
 
 /// One open backing file, shared by every handle of its inode.
 struct OpenInode {
-    asset: RwLock<Asset>,
+    asset: AssetLock,
     writable: bool,
     /// This open of the asset moved it to a new write generation already (or created it).
     versioned: AtomicBool,
@@ -282,12 +284,12 @@ impl CsapFs {
     /// its header (read once per inode, then cached). A file that is not an asset shows size 0:
     /// its size would say something about ciphertext, and it cannot be opened anyway.
     fn plain_size(&self, ino: u64, full: &Path, stored_len: u64) -> u64 {
-        if let Some(open) = self.open_inode(ino) {
-            return open
-                .asset
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .plain_size();
+        // An open asset a panicked write refused: its stored length says the size, as closed.
+        if let Some(Ok(size)) = self
+            .open_inode(ino)
+            .map(|open| open.asset.read().map(|a| a.plain_size()))
+        {
+            return size;
         }
         // Bound first: a guard in the `match` scrutinee would live through the arms.
         let cached = lock(&self.inodes).chunk_size(ino);
@@ -333,7 +335,7 @@ impl CsapFs {
             // One shared lock, released before anything else: taking it again further down
             // (a recursive read) could deadlock behind a waiting writer.
             let (meta, size) = {
-                let asset = open.asset.read().unwrap_or_else(|p| p.into_inner());
+                let asset = open.asset.read()?;
                 (
                     asset.file().metadata().map_err(io_errno)?,
                     asset.plain_size(),
@@ -391,7 +393,7 @@ impl CsapFs {
                 warn!(path = %Self::asset_path(rel), error = %err, "asset refused");
                 Errno::EIO
             }
-            KeyError::WrongKey { .. } | KeyError::Format(_) => {
+            KeyError::WrongKey { .. } | KeyError::Format(_) | KeyError::Randomness(_) => {
                 warn!(path = %Self::asset_path(rel), error = %err, "no usable key for this asset");
                 Errno::EIO
             }
@@ -451,7 +453,7 @@ impl CsapFs {
         }
         Ok((
             OpenInode {
-                asset: RwLock::new(asset),
+                asset: AssetLock::new(asset),
                 writable,
                 versioned: AtomicBool::new(false),
             },
@@ -469,11 +471,7 @@ impl CsapFs {
         access: Access,
     ) -> Result<Lease, Errno> {
         let rel = self.rel_path(ino)?;
-        let header = *inode
-            .asset
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .header();
+        let header = *inode.asset.read()?.header();
         let lease = self
             .keys
             .open_key(&Self::caller(req), &Self::asset_path(&rel), &header, access)
@@ -636,7 +634,7 @@ impl CsapFs {
             node.chunk_size = Some(chunk_size);
         }
         let inode = OpenInode {
-            asset: RwLock::new(asset),
+            asset: AssetLock::new(asset),
             writable: true,
             // A new asset: there is no older version to tell it from.
             versioned: AtomicBool::new(true),
@@ -653,7 +651,7 @@ impl CsapFs {
 
     fn do_read(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         let (_, inode, _) = self.live_handle(fh)?;
-        let asset = inode.asset.read().unwrap_or_else(|p| p.into_inner());
+        let asset = inode.asset.read()?;
         // An authentication failure is logged once, by `Asset`, with the asset and chunk.
         asset
             .read_at(offset, buf)
@@ -672,7 +670,7 @@ impl CsapFs {
             return Err(Errno::EBADF);
         }
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
-        let mut asset = inode.asset.write().unwrap_or_else(|p| p.into_inner());
+        let mut asset = inode.asset.write()?;
         self.new_version(req, ino, &inode, &mut asset)?;
         asset
             .write_at(offset, data)
@@ -713,7 +711,7 @@ impl CsapFs {
         if !inode.writable {
             return Err(Errno::EACCES);
         }
-        let mut asset = inode.asset.write().unwrap_or_else(|p| p.into_inner());
+        let mut asset = inode.asset.write()?;
         self.new_version(req, ino, &inode, &mut asset)?;
         f(&mut asset).map_err(|err| Errno::from_i32(err.errno()))
     }
@@ -1025,7 +1023,10 @@ impl CsapFs {
         let inodes: Vec<Arc<OpenInode>> =
             lock(&self.open).values().map(|e| e.inode.clone()).collect();
         for inode in inodes {
-            let mut asset = inode.asset.write().unwrap_or_else(|p| p.into_inner());
+            // A panicked write's asset is not flushed: its state is not to be trusted.
+            let Ok(mut asset) = inode.asset.write() else {
+                continue;
+            };
             if let Err(err) = asset.sync() {
                 warn!(asset = %asset.header().asset_id, error = %err, "flush at unmount failed");
             }
@@ -1286,7 +1287,7 @@ impl Filesystem for CsapFs {
         reply: ReplyEmpty,
     ) {
         let result = self.handle(fh).and_then(|(_, inode, _)| {
-            let mut asset = inode.asset.write().unwrap_or_else(|p| p.into_inner());
+            let mut asset = inode.asset.write()?;
             asset.sync().map_err(|err| Errno::from_i32(err.errno()))
         });
         match result {

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod asset_lock;
 mod filesystem;
 mod inodes;
 mod invalidate;

@@ -65,7 +65,7 @@ impl Revocations {
 pub(super) struct Subscription {
     pub client: LicenseClient,
     pub device: String,
-    pub licenses: moka::sync::Cache<LicenseKey, Arc<Held>>,
+    pub licenses: super::Licenses,
     pub listeners: Listeners,
     pub request_timeout: Duration,
 }

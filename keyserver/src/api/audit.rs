@@ -218,7 +218,7 @@ pub(crate) async fn query(
         ..Default::default()
     };
     if let Some(glob) = &q.path {
-        check_glob(glob)?;
+        authz::glob::check(glob).map_err(|m| ApiError::bad("path", m))?;
         filter.path_glob = Some(glob.clone());
     }
     if let Some(d) = &q.decision {
@@ -258,22 +258,4 @@ pub(crate) async fn query(
     }
     let rows = st.store.audit_query(filter).await?;
     Ok(Json(rows))
-}
-
-/// A path glob: a relative path whose segments may hold `*` (within the segment) or be `**`.
-fn check_glob(glob: &str) -> Result<(), ApiError> {
-    let ok = !glob.is_empty()
-        && glob.len() <= 4096
-        && !glob.contains('\0')
-        && glob
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            "path",
-            "a relative path glob: `*` within a segment, `**` across segments",
-        ))
-    }
 }

@@ -362,6 +362,15 @@ async fn the_audit_query_filters_on_the_server() {
         matches!(&bad, Err(ClientError::Server { status: 400, body }) if body.field.as_deref() == Some("decision")),
         "{bad:?}"
     );
+    // The path filter is in the rules' one dialect: what a rule may not say, a query may not
+    // either (the query had its own, looser checker that took `a**`).
+    for glob in ["show/seq**", "/show/**", "show//f.exr"] {
+        let bad = e.admin.audit_query(&path_query(glob)).await;
+        assert!(
+            matches!(&bad, Err(ClientError::Server { status: 400, body }) if body.field.as_deref() == Some("path")),
+            "{glob}: {bad:?}"
+        );
+    }
     // Devices may ship, not read.
     let as_device = e
         .dev

@@ -32,6 +32,5 @@ pub use system::{Setup, Submitted, System};
 
 /// BLAKE3 of an executable as attestation measures it: the file the path resolves to.
 pub fn digest_of(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
-    let real = std::fs::canonicalize(path)?;
-    csapfs::license_source::attest::hash_file(std::fs::File::open(real)?)
+    csapfs::license_source::attest::app_digest_at(path.as_ref())
 }

@@ -20,35 +20,20 @@ impl Request<'_> {
     /// The request body.
     pub fn json(&self) -> String {
         let name = self.name;
-        let apps: Vec<serde_json::Value> = self
-            .apps
-            .iter()
-            .map(|d| {
-                serde_json::json!({"entityType": "Application",
-                "identifier": [{"identifierScope": "blake3", "identifierValue": d}],
-                "name": name, "version": "1"})
-            })
-            .collect();
-        let devices: Vec<serde_json::Value> = self
-            .devices
-            .iter()
-            .map(|d| {
-                serde_json::json!({"entityType": "Device",
-                "identifier": [{"identifierScope": "csap", "identifierValue": d}]})
-            })
-            .collect();
-        serde_json::json!({
-            "entityType": "AuthorizationPolicyRequest",
-            "identifier": [{"identifierScope": "workflow", "identifierValue": format!("wf-{name}")}],
-            "task": {"entityType": "Task", "identifier": [{"identifierScope": "csap", "identifierValue": name}], "name": name},
-            "participants": [{"entityType": "Participant", "identifier": [{"identifierScope": "csap", "identifierValue": self.user}],
-                              "structuralCharacteristics": {"structuralType": "person"}}],
-            "applications": apps,
-            "devices": devices,
-            "assets": [{"entityType": "Asset", "identifier": [{"identifierScope": "path", "identifierValue": self.assets}]}],
-            "actions": self.actions,
-            "window": {"start": keyserver::wire::rfc3339(self.window.0), "end": keyserver::wire::rfc3339(self.window.1)}
-        })
-        .to_string()
+        let mut req = csap_policy::request::WireRequest::builder(name)
+            .workflow_id(&format!("wf-{name}"))
+            .person(self.user)
+            .asset_path(self.assets)
+            .window(self.window.0, self.window.1);
+        for digest in self.apps {
+            req = req.application(digest, name, "1", None);
+        }
+        for device in self.devices {
+            req = req.device(device);
+        }
+        for action in self.actions {
+            req = req.action(action);
+        }
+        req.to_json()
     }
 }

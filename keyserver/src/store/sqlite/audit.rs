@@ -148,7 +148,7 @@ pub(crate) fn audit_query(
     let path_prefix = filter
         .path_glob
         .as_deref()
-        .map(|g| g.split('*').next().unwrap_or("").to_string());
+        .map(|g| authz::glob::literal_prefix(g).to_string());
     let mut sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE 1 = 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
