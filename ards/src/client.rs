@@ -637,36 +637,14 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// Writes `path` so that a crash leaves either the old or the new file, never a torn one:
-/// temp file in the same directory, fsync, rename, fsync the directory.
+/// Writes `path` so that a crash leaves either the old or the new file, never a torn one, and
+/// 0600 from its creation (the cache names rules, users and paths): `csap-base`'s writer, in a
+/// directory made when missing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("cache path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    csap_base::files::write_secret(path, bytes)
 }
 
 #[cfg(test)]

@@ -311,16 +311,8 @@ pub fn load_or_create(
     }
     let (cert, key) = self_signed(names)?;
     let key = Zeroizing::new(key);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&key_path).map_err(io(&key_path))?;
-    std::io::Write::write_all(&mut f, key.as_bytes()).map_err(io(&key_path))?;
-    std::fs::write(&cert_path, &cert).map_err(io(&cert_path))?;
+    csap_base::files::write_secret(&key_path, key.as_bytes()).map_err(io(&key_path))?;
+    csap_base::files::write_public(&cert_path, cert.as_bytes()).map_err(io(&cert_path))?;
     Ok((cert, key))
 }
 
@@ -405,6 +397,36 @@ mod tests {
         client_config(&cert).unwrap();
         assert!(matches!(client_config("nope"), Err(TlsError::Pem(_))));
         assert!(server_config(&cert, "nope").is_err());
+    }
+
+    /// A key file left looser (an older version, a copied data dir) or a symlink planted at its
+    /// name must not receive a new private key: the old writer truncated the file in place,
+    /// keeping its 0644 mode, and followed the symlink.
+    #[test]
+    fn a_new_key_never_goes_into_a_loose_file_or_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let key_path = dir.path().join("tls-key.pem");
+        std::fs::write(&key_path, b"stale").unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, key) = load_or_create(dir.path(), &names).unwrap();
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the new key is not readable by others");
+        assert_eq!(std::fs::read_to_string(&key_path).unwrap(), *key);
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"not a key").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&key_path).unwrap();
+        std::fs::remove_file(dir.path().join("tls-cert.pem")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &key_path).unwrap();
+        load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not a key");
+        assert!(!std::fs::symlink_metadata(&key_path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]
