@@ -37,9 +37,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use keyserver::client::ClientError;
-use keyserver::wire::Action;
-use keyserver::{LicenseClient, UserToken};
+use keyserver_client::wire::Action;
+use keyserver_client::ClientError;
+use keyserver_client::{LicenseClient, UserToken};
 
 use crate::crypto::ContentKey;
 use crate::format::{AssetId, Header, KeyId, ScopeId};
@@ -84,7 +84,7 @@ pub struct RulesConfig {
     /// Certificate (PEM) ARDS's TLS certificate must chain to.
     pub ards_ca_pem: String,
     /// Issuer name → key of the authz instances whose rules count.
-    pub trusted_issuers: Vec<(String, authz::IssuerPublicKey)>,
+    pub trusted_issuers: Vec<(String, csap_policy::IssuerPublicKey)>,
     /// Persistent rule cache (the mount enforces its last rules while ARDS is down).
     pub cache_path: PathBuf,
     /// How long `connect` waits for the first sync before going on with cached rules.
@@ -224,7 +224,7 @@ pub enum LicenseSourceError {
     #[error("connecting to the key server timed out")]
     Timeout,
     #[error("cannot subscribe to ARDS: {0}")]
-    Ards(ards::ClientError),
+    Ards(ards_client::ClientError),
     #[error("cannot subscribe to the key server's revocations: {0}")]
     Revocations(ClientError),
     #[error(transparent)]
@@ -257,7 +257,11 @@ struct Held {
 
 impl Held {
     /// A granted key of `user`, held until the grant or its license ends (`license_end`).
-    fn from_grant(user: &str, grant: &keyserver::license::OpenedGrant, license_end: i64) -> Held {
+    fn from_grant(
+        user: &str,
+        grant: &keyserver_client::license::OpenedGrant,
+        license_end: i64,
+    ) -> Held {
         Held {
             key: to_content_key(&grant.key),
             key_id: KeyId {
@@ -304,7 +308,8 @@ impl moka::Expiry<LicenseKey, Arc<Held>> for UntilNotAfter {
         _created_at: Instant,
     ) -> Option<Duration> {
         // An unusable clock keeps nothing: the license is re-requested (and refused).
-        let left = keyserver::now().map_or(0, |now| value.not_after.saturating_sub(now).max(0));
+        let left =
+            csap_base::unix_now().map_or(0, |now| value.not_after.saturating_sub(now).max(0));
         Some(Duration::from_secs(left as u64))
     }
 }
@@ -341,7 +346,7 @@ pub struct KeyServerSource {
 
 /// The mount's rule set as last seen, and the subscription that updates it.
 struct MountRules {
-    client: ards::RulesClient,
+    client: ards_client::RulesClient,
     device: String,
     current: RwLock<Arc<LocalRules>>,
     /// Scope id → scope name, learned from licenses (rules name scopes, headers carry ids).
@@ -355,16 +360,16 @@ struct MountRules {
 /// One rule-set snapshot: the evaluator, and every scope name its rules' asset selectors use
 /// (tried when a check's scope is not known yet).
 struct LocalRules {
-    evaluator: Arc<authz::Evaluator>,
+    evaluator: Arc<csap_policy::Evaluator>,
     scopes: Vec<String>,
 }
 
 impl LocalRules {
-    fn from(evaluator: Arc<authz::Evaluator>) -> LocalRules {
+    fn from(evaluator: Arc<csap_policy::Evaluator>) -> LocalRules {
         let mut scopes: Vec<String> = evaluator
             .rules()
             .iter()
-            .filter_map(|r| authz::template::RuleSpec::from_rendered(&r.policy))
+            .filter_map(|r| csap_policy::template::RuleSpec::from_rendered(&r.policy))
             .flat_map(|spec| spec.assets.into_iter().filter_map(|a| a.scope))
             .collect();
         scopes.sort();
@@ -382,7 +387,7 @@ impl LocalRules {
         scope: Option<&str>,
         action: Action,
     ) -> bool {
-        let now = match keyserver::now() {
+        let now = match csap_base::unix_now() {
             Ok(now) => now,
             Err(err) => {
                 tracing::warn!(error = %err, "local rules deny: the clock is unusable");
@@ -391,7 +396,7 @@ impl LocalRules {
         };
         let decide = |scope: &str| {
             self.evaluator
-                .decide(&authz::AccessRequest {
+                .decide(&csap_policy::AccessRequest {
                     participant: user,
                     application_digest: app,
                     device,
@@ -453,13 +458,13 @@ impl MountRules {
 impl MountRules {
     /// Active rules that were seen pending and are not pre-loaded yet (each is returned once);
     /// records the rules pending now.
-    fn due_for_preload(&self) -> Vec<authz::Rule> {
+    fn due_for_preload(&self) -> Vec<csap_policy::Rule> {
         let mut seen = self.pending_seen.lock().unwrap_or_else(|p| p.into_inner());
         for r in self.client.pending() {
             seen.insert(r.id);
         }
         let active = self.snapshot();
-        let due: Vec<authz::Rule> = active
+        let due: Vec<csap_policy::Rule> = active
             .evaluator
             .rules()
             .iter()
@@ -484,12 +489,12 @@ struct Preloader {
 }
 
 /// Whether a rule's selectors name the asset at `rel` by path — the one glob dialect of every
-/// PEP ([`authz::glob`]); scopes are for the key server to check.
-fn selects(selectors: &[authz::request::AssetSelector], rel: &str) -> bool {
+/// PEP ([`csap_policy::glob`]); scopes are for the key server to check.
+fn selects(selectors: &[csap_policy::request::AssetSelector], rel: &str) -> bool {
     selectors.iter().any(|s| {
         s.path
             .as_deref()
-            .is_none_or(|p| authz::glob::matches(p, rel))
+            .is_none_or(|p| csap_policy::glob::matches(p, rel))
     })
 }
 
@@ -497,9 +502,9 @@ fn selects(selectors: &[authz::request::AssetSelector], rel: &str) -> bool {
 const PRELOAD_BATCH: usize = 256;
 
 impl Preloader {
-    fn run(&self, rules: Vec<authz::Rule>) {
+    fn run(&self, rules: Vec<csap_policy::Rule>) {
         for rule in rules {
-            let Some(spec) = authz::template::RuleSpec::from_rendered(&rule.policy) else {
+            let Some(spec) = csap_policy::template::RuleSpec::from_rendered(&rule.policy) else {
                 tracing::debug!(rule_id = %rule.id, "not a template rule; nothing to pre-load");
                 continue;
             };
@@ -519,7 +524,10 @@ impl Preloader {
     }
 
     /// (asset id, path) of every asset in the backing store a selector's path matches.
-    fn covered(&self, selectors: &[authz::request::AssetSelector]) -> Vec<([u8; 16], String)> {
+    fn covered(
+        &self,
+        selectors: &[csap_policy::request::AssetSelector],
+    ) -> Vec<([u8; 16], String)> {
         let mut found = Vec::new();
         let mut dirs = vec![self.backing.clone()];
         while let Some(dir) = dirs.pop() {
@@ -626,7 +634,7 @@ impl Preloader {
 /// The user a token names. The claims are read without checking the MAC (only the key server
 /// can); a forged name here can only make the local check stricter than the key server's.
 fn token_user(token: &UserToken) -> Option<String> {
-    keyserver::token::read_claims_unverified(token.as_str())
+    csap_base::token::read_claims_unverified(token.as_str())
         .ok()
         .map(|c| c.user)
 }
@@ -753,15 +761,15 @@ impl KeyServerSource {
         preload: Option<Preloader>,
         listeners: revocations::Listeners,
     ) -> Result<Arc<MountRules>, LicenseSourceError> {
-        let pep_id = authz::template::mount_pep(device);
+        let pep_id = csap_policy::template::mount_pep(device);
         // ARDS authenticates the mount with the device's certificate (PEP `mount:<device>`).
-        let identity = authz::tls::ClientIdentity::load(identity_dir).map_err(|e| {
-            LicenseSourceError::Ards(ards::ClientError::Config(format!(
+        let identity = csap_identity::ClientIdentity::load(identity_dir).map_err(|e| {
+            LicenseSourceError::Ards(ards_client::ClientError::Config(format!(
                 "device identity for ARDS: {e}"
             )))
         })?;
         let client = runtime
-            .block_on(ards::RulesClient::start(ards::ClientConfig {
+            .block_on(ards_client::RulesClient::start(ards_client::ClientConfig {
                 url: rc.ards_url.clone(),
                 pep_id: pep_id.clone(),
                 ca_pem: rc.ards_ca_pem,
@@ -812,7 +820,7 @@ impl KeyServerSource {
     }
 
     /// The mount's current rules from ARDS (`None` without a subscription).
-    pub fn rules_evaluator(&self) -> Option<Arc<authz::Evaluator>> {
+    pub fn rules_evaluator(&self) -> Option<Arc<csap_policy::Evaluator>> {
         self.rules.as_ref().map(|r| r.snapshot().evaluator.clone())
     }
 
@@ -887,7 +895,7 @@ impl KeyServerSource {
         };
         let held = match self.licenses.get(&cache_key) {
             Some(h)
-                if keyserver::now().is_ok_and(|now| h.not_after > now)
+                if csap_base::unix_now().is_ok_and(|now| h.not_after > now)
                     && !h.revoked.load(Ordering::Acquire) =>
             {
                 seen.used_cached(action);
@@ -1056,7 +1064,7 @@ impl KeyServerSource {
         &self,
         user: &str,
         own: &LicenseKey,
-        license: &keyserver::license::OpenedLicense,
+        license: &keyserver_client::license::OpenedLicense,
         sweeps: u64,
     ) {
         if self.revocations.sweeps() != sweeps {
@@ -1075,7 +1083,7 @@ impl KeyServerSource {
     /// A held license of `key` still good to use.
     fn usable(&self, key: &LicenseKey) -> Option<Arc<Held>> {
         self.licenses.get(key).filter(|h| {
-            keyserver::now().is_ok_and(|now| h.not_after > now)
+            csap_base::unix_now().is_ok_and(|now| h.not_after > now)
                 && !h.revoked.load(Ordering::Acquire)
         })
     }
@@ -1084,7 +1092,7 @@ impl KeyServerSource {
     fn hold(
         &self,
         user: &str,
-        grant: &keyserver::license::OpenedGrant,
+        grant: &keyserver_client::license::OpenedGrant,
         license_end: i64,
     ) -> Arc<Held> {
         self.registry
@@ -1112,7 +1120,7 @@ impl KeyServerSource {
         app: &str,
         action: Action,
         ids: &[[u8; 16]],
-    ) -> Result<Result<keyserver::license::OpenedLicense, ClientError>, KeyError> {
+    ) -> Result<Result<keyserver_client::license::OpenedLicense, ClientError>, KeyError> {
         let ask =
             siblings::retry_rate_limited(|| self.here_client.request(token, app, action, ids));
         match self.block_on(self.here.as_ref(), ask)? {
@@ -1192,7 +1200,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn to_content_key(key: &keyserver::ContentKey) -> ContentKey {
+fn to_content_key(key: &csap_base::ContentKey) -> ContentKey {
     ContentKey::from_bytes(*key.as_bytes())
 }
 
@@ -1408,7 +1416,7 @@ mod tests {
     #[test]
     fn preloader_selects_in_the_rule_dialect() {
         let sel = |p: &str| {
-            vec![authz::request::AssetSelector {
+            vec![csap_policy::request::AssetSelector {
                 path: Some(p.into()),
                 scope: None,
             }]
@@ -1428,7 +1436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = keyserver::token::TokenKey::from_bytes(&[3u8; 32]).unwrap();
         let token = |uid: u32, device: &str, issued_at: i64| {
-            key.issue(&keyserver::token::Claims {
+            key.issue(&csap_base::token::Claims {
                 user: "alice".into(),
                 device: device.into(),
                 uid,
@@ -1473,7 +1481,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let rules = Arc::new(SwappableRules::new(
-            authz::Evaluator::new(Vec::new()).unwrap(),
+            csap_policy::Evaluator::new(Vec::new()).unwrap(),
         ));
         let lb = rt
             .block_on(testing::spawn_loopback(
@@ -1507,21 +1515,19 @@ mod tests {
             .attest(app.id())
             .unwrap()
             .app_digest;
-        rt.block_on(
-            lb.admin()
-                .unwrap()
-                .register_app(&keyserver::wire::RegisterAppRequest {
-                    digest: digest.clone(),
-                    name: "sleep".into(),
-                    version: "1".into(),
-                    vendor: None,
-                    code: Default::default(),
-                }),
-        )
+        rt.block_on(lb.admin().unwrap().register_app(
+            &keyserver_client::wire::RegisterAppRequest {
+                digest: digest.clone(),
+                name: "sleep".into(),
+                version: "1".into(),
+                vendor: None,
+                code: Default::default(),
+            },
+        ))
         .unwrap();
-        let now = keyserver::now().unwrap();
+        let now = csap_base::unix_now().unwrap();
         rules.replace(
-            authz::Evaluator::new(vec![testing::RuleFor {
+            csap_policy::Evaluator::new(vec![testing::RuleFor {
                 id: "r1",
                 user: "alice",
                 device: "ws-1",

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::{Query, State as AxState};
 use axum::Json;
 use rusqlite::{params, Connection};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::api::DevicePeer;
@@ -22,64 +22,11 @@ use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::server::State;
 
-/// What was revoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevocationKind {
-    /// `subject` is a user name (disabled: every token of theirs is void).
-    User,
-    /// `subject` is a device name (its certificates are revoked).
-    Device,
-    /// `subject` is an application digest (BLAKE3 hex).
-    App,
-    /// `subject` is a scope name, `version` the revoked seed version.
-    KeyVersion,
-}
+// The wire types are the client's (a mount reads the stream); the store and handler are here.
+pub use keyserver_client::revocation::{
+    RevocationEvent, RevocationKind, RevocationsResponse, MAX_WAIT_SECS,
+};
 
-impl RevocationKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            RevocationKind::User => "user",
-            RevocationKind::Device => "device",
-            RevocationKind::App => "app",
-            RevocationKind::KeyVersion => "key_version",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "user" => RevocationKind::User,
-            "device" => RevocationKind::Device,
-            "app" => RevocationKind::App,
-            "key_version" => RevocationKind::KeyVersion,
-            _ => return None,
-        })
-    }
-}
-
-/// One revocation as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationEvent {
-    pub seq: i64,
-    /// Unix seconds of the change.
-    pub time: i64,
-    pub kind: RevocationKind,
-    pub subject: String,
-    /// The seed version, for [`RevocationKind::KeyVersion`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u32>,
-}
-
-/// Answer of `GET /v1/revocations`: events after `since`, oldest first, and the newest sequence
-/// number the server has (`0` before any revocation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationsResponse {
-    pub head: i64,
-    pub events: Vec<RevocationEvent>,
-}
-
-/// The longest a request may wait for an event, in seconds.
-pub const MAX_WAIT_SECS: u64 = 30;
 /// Most events in one answer (a client asks again from the last one).
 const PAGE: u32 = 1000;
 
