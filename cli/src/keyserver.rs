@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use keyserver::client::{AdminClient, LicenseClient};
-use keyserver::wire::{
+use csap_base::UserToken;
+use keyserver_client::client::{AdminClient, LicenseClient};
+use keyserver_client::wire::{
     self, Action, AuditRecord, IssueRequest, RegisterAppRequest, RevokeAppRequest,
 };
-use keyserver::UserToken;
 
 /// Where the key server is and who we are (an admin or device identity directory).
 #[derive(Args, Debug, Clone)]
@@ -410,14 +410,14 @@ pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
                     .with_context(|| format!("cannot read {}", ca_path.display()))?;
                 let issuer_hex = std::fs::read_to_string(pub_path)
                     .with_context(|| format!("cannot read {}", pub_path.display()))?;
-                let issuer = authz::IssuerPublicKey::from_hex(issuer_hex.trim())
+                let issuer = csap_policy::IssuerPublicKey::from_hex(issuer_hex.trim())
                     .with_context(|| format!("{} is not an issuer public key", pub_path.display()))?;
                 // ARDS authenticates the key server with its own service certificate.
-                let identity = authz::tls::ClientIdentity::load(&server.service_dir())
+                let identity = csap_identity::ClientIdentity::load(&server.service_dir())
                     .context("cannot read the key server's service identity")?;
-                let client = ards::RulesClient::start(ards::ClientConfig {
+                let client = ards_client::RulesClient::start(ards_client::ClientConfig {
                     url: url.clone(),
-                    pep_id: authz::template::KEYSERVER_PEP.to_string(),
+                    pep_id: csap_policy::template::KEYSERVER_PEP.to_string(),
                     ca_pem,
                     identity,
                     trusted_issuers: vec![(args.issuer_name.clone(), issuer)],
@@ -459,7 +459,7 @@ pub fn run_workflow(cmd: WorkflowCommand) -> Result<()> {
                 out,
                 conn,
             } => {
-                let grant = authz::principal::WorkflowGrant { scopes, paths };
+                let grant = csap_identity::WorkflowGrant { scopes, paths };
                 let r = conn
                     .admin()?
                     .add_principal("workflow", &name, Some(&grant), &out)
@@ -678,7 +678,7 @@ pub fn run_app(cmd: AppCommand) -> Result<()> {
                 conn,
             } => {
                 let digest = digest_file(&path)?;
-                let code = keyserver::wire::AppCode {
+                let code = keyserver_client::wire::AppCode {
                     allow_jit,
                     allow_user_namespaces,
                     libraries: libraries
@@ -742,7 +742,7 @@ pub fn run_app(cmd: AppCommand) -> Result<()> {
 }
 
 /// " (allows jit, 2 libraries)" for what a build may map beyond the defaults, else "".
-fn code_summary(code: &keyserver::wire::AppCode) -> String {
+fn code_summary(code: &keyserver_client::wire::AppCode) -> String {
     let mut allows = Vec::new();
     if code.allow_jit {
         allows.push("jit".to_string());
@@ -807,9 +807,10 @@ pub fn run_keys(cmd: KeysCommand) -> Result<()> {
                 );
             }
             KeysCommand::Issue(a) => {
-                let until = wire::parse_time(&a.until, keyserver::now()?).with_context(|| {
-                    format!("--until {:?}: give unix seconds, RFC 3339 or +4h", a.until)
-                })?;
+                let until =
+                    wire::parse_time(&a.until, csap_base::unix_now()?).with_context(|| {
+                        format!("--until {:?}: give unix seconds, RFC 3339 or +4h", a.until)
+                    })?;
                 let signed = a
                     .conn
                     .admin()?
@@ -905,7 +906,7 @@ pub fn run_audit(cmd: AuditCommand) -> Result<()> {
             json,
             conn,
         } => {
-            let now = keyserver::now().context("the system clock is unusable")?;
+            let now = csap_base::unix_now().context("the system clock is unusable")?;
             let q = wire::AuditQuery {
                 path,
                 user,
