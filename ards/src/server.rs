@@ -79,26 +79,13 @@ pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<TlsIdenti
     let (cert_pem, key_pem) =
         authz::tls::self_signed(&all).map_err(|e| ServeError::Tls(e.to_string()))?;
     let key_pem = zeroize::Zeroizing::new(key_pem);
-    write_private(&key_path, key_pem.as_bytes()).map_err(io(&key_path))?;
+    csap_base::files::write_secret(&key_path, key_pem.as_bytes()).map_err(io(&key_path))?;
     std::fs::write(&cert_path, cert_pem.as_bytes()).map_err(io(&cert_path))?;
     Ok(TlsIdentity {
         cert_path,
         cert_pem,
         key_pem,
     })
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// A running TLS server. Dropping it (or calling [`ServerHandle::shutdown`]) stops accepting

@@ -79,8 +79,7 @@ impl ArdsConfig {
     }
 }
 
-/// Longest accepted identifier (rule id, PEP id, issuer) and report field.
-const MAX_ID_LEN: usize = 256;
+/// Longest accepted report field.
 const MAX_FIELD_LEN: usize = 4096;
 /// Bound on in-memory per-PEP bookkeeping (wake-up channels, acknowledgements).
 const MAX_TRACKED_STREAMS: usize = 100_000;
@@ -608,43 +607,14 @@ fn would_allow(rule: &authz::Rule, r: &DenialReport, now: i64) -> bool {
     .allowed
 }
 
-/// PEP ids travel unescaped in URL paths: letters, digits and `. _ - : @ + =` only.
+/// PEP ids travel unescaped in URL paths (the rule is the wire's, checked by PEPs too).
 pub(crate) fn check_pep_id(s: &str, field: &str) -> Result<(), ArdsError> {
-    check_id(s, field)?;
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=".contains(&b))
-    {
-        return Err(ArdsError::bad(
-            format!("{field} may only contain letters, digits and . _ - : @ + ="),
-            field,
-        ));
-    }
-    Ok(())
+    crate::wire::pep_id_problem(s, field).map_or(Ok(()), |m| Err(ArdsError::bad(m, field)))
 }
 
-/// Rule ids and issuer names: 1..=256 printable ASCII characters, no spaces or slashes (they
-/// appear in logs and listings).
+/// Rule ids and issuer names (the rule is the wire's).
 pub(crate) fn check_id(s: &str, field: &str) -> Result<(), ArdsError> {
-    if s.is_empty() {
-        return Err(ArdsError::bad(format!("{field} must not be empty"), field));
-    }
-    if s.len() > MAX_ID_LEN {
-        return Err(ArdsError::bad(
-            format!("{field} is longer than {MAX_ID_LEN} bytes"),
-            field,
-        ));
-    }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
-    {
-        return Err(ArdsError::bad(
-            format!("{field} may only contain printable ASCII without spaces or slashes"),
-            field,
-        ));
-    }
-    Ok(())
+    crate::wire::id_problem(s, field).map_or(Ok(()), |m| Err(ArdsError::bad(m, field)))
 }
 
 fn check_report(r: &DenialReport) -> Result<(), ArdsError> {

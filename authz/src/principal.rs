@@ -11,47 +11,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
-/// What a principal may do (DESIGN §9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Production security: everything.
-    Admin,
-    /// Workflow management: submits, changes and cancels its own requests, inside the key
-    /// scopes and path prefixes an admin granted it.
-    Workflow,
-    /// Reads the audit trail and the rule inventory; changes nothing.
-    Auditor,
-    /// A device: its mount is the PEP `mount:<device>`.
-    Device,
-    /// A named service: the key server (PEP `keyserver`) or an authz issuer publishing to ARDS.
-    Service,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Workflow => "workflow",
-            Role::Auditor => "auditor",
-            Role::Device => "device",
-            Role::Service => "service",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "admin" => Role::Admin,
-            "workflow" => Role::Workflow,
-            "auditor" => Role::Auditor,
-            "device" => Role::Device,
-            "service" => Role::Service,
-            _ => return None,
-        })
-    }
-}
+pub use csap_identity::{Role, WorkflowGrant};
 
 /// An active principal: the name its certificate was issued for, its role, its serial.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,16 +36,6 @@ impl Principal {
     pub fn label(&self) -> String {
         format!("{}:{}", self.role.as_str(), self.name)
     }
-}
-
-/// What an admin allowed a workflow principal to authorize.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkflowGrant {
-    /// Key scopes a request's asset selectors may name; `*` allows every scope.
-    pub scopes: Vec<String>,
-    /// Path prefixes (`show/seq1`) a request's path patterns must lie under; `**` allows every
-    /// path.
-    pub paths: Vec<String>,
 }
 
 /// Whether a name in a request exists in the directory.

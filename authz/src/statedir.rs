@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -49,11 +49,7 @@ pub fn private_dir(dir: &Path) -> Result<(), StateDirError> {
 
 /// Makes an existing state file 0600 (a missing one is left missing).
 pub fn private_file(path: &Path) -> Result<(), StateDirError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => tighten(path, FILE_MODE),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_at(path)(e)),
-    }
+    csap_base::files::tighten_secret(path).map_err(io_at(path))
 }
 
 /// Prepares a SQLite database path: creates the file 0600 if missing (SQLite gives its `-wal`
@@ -74,29 +70,9 @@ pub fn private_sqlite(path: &Path) -> Result<(), StateDirError> {
     Ok(())
 }
 
-/// Sets `path` to `mode` if its permission bits allow anyone but the owner more than `mode`
-/// does; says so in the log, because a loose mode on a state file is worth an admin's look.
+/// Sets `path` to `mode` if it is looser, logging it (`csap-base`'s rule for state paths).
 fn tighten(path: &Path, mode: u32) -> Result<(), StateDirError> {
-    let meta = std::fs::symlink_metadata(path).map_err(io_at(path))?;
-    if meta.file_type().is_symlink() {
-        // chmod would follow it to a file we do not own the meaning of.
-        return Err(StateDirError::Io {
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "is a symbolic link"),
-        });
-    }
-    let current = meta.permissions().mode() & 0o7777;
-    if current & !mode != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io_at(path))?;
-        tracing::warn!(
-            path = %path.display(),
-            from = format!("{current:04o}"),
-            to = format!("{mode:04o}"),
-            "tightened the mode of a state path"
-        );
-    }
-    Ok(())
+    csap_base::files::tighten(path, mode).map_err(io_at(path))
 }
 
 /// An exclusive `flock` on `DIR/.lock`, held until dropped (or the process dies: the kernel
@@ -157,6 +133,7 @@ pub fn lock(dir: &Path) -> Result<DirLock, StateDirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o7777

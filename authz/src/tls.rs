@@ -1,7 +1,7 @@
 //! Shared TLS plumbing for every csap service: self-signed certificates (rcgen), rustls server
-//! and client configs (ring provider, TLS 1.3 only), client-certificate verification against
-//! the installation's CA and its [`Principals`]; [`serve`] runs an axum router on the one accept
-//! loop ([`crate::listener`]).
+//! configs (ring provider, TLS 1.3 only; the client side is `csap-identity`'s, re-exported),
+//! client-certificate verification against the installation's CA and its [`Principals`];
+//! [`serve`] runs an axum router on the one accept loop ([`crate::listener`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -16,41 +16,16 @@ use zeroize::Zeroizing;
 
 use crate::principal::{parse_cert, CertInfo, Directory, DirectoryHandle, PeerCert};
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("certificate generation failed: {0}")]
-    Generate(String),
-    #[error("invalid PEM: {0}")]
-    Pem(String),
-    #[error("TLS configuration rejected: {0}")]
-    Config(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+// The client side (configs, identities, the ring provider) is csap-identity's: mounts and
+// other clients link no server for it.
+use csap_identity::tls::{certs, provider, root_store};
+pub use csap_identity::tls::{client_config, client_config_with, ClientIdentity, TlsError};
 
 /// A self-signed certificate for `names` (DNS names or IP addresses). Returns (cert, key) PEM.
 pub fn self_signed(names: &[String]) -> Result<(String, String), TlsError> {
     let ck = rcgen::generate_simple_self_signed(names.to_vec())
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
-}
-
-fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem("no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
 }
 
 /// Server config: TLS 1.3 only, no client authentication, ALPN http/1.1.
@@ -63,77 +38,6 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConf
         .with_no_client_auth()
         .with_single_cert(certs(cert_pem)?, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
-}
-
-fn root_store(trusted_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(trusted_pem)? {
-        roots
-            .add(c)
-            .map_err(|e| TlsError::Config(format!("trusted certificate: {e}")))?;
-    }
-    Ok(roots)
-}
-
-/// Client config trusting exactly the given certificate(s) (a self-signed service cert or a CA).
-pub fn client_config(trusted_cert_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
-    client_config_with(trusted_cert_pem, None)
-}
-
-/// A client certificate and key (PEM) from the installation's CA: how a caller proves who it
-/// is to authz, ARDS and the key server.
-#[derive(Clone)]
-pub struct ClientIdentity {
-    pub cert_pem: String,
-    pub key_pem: Zeroizing<String>,
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity")
-            .field("key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientIdentity {
-    /// Reads `cert.pem` and `key.pem` from an identity directory.
-    pub fn load(dir: &Path) -> Result<Self, TlsError> {
-        let read = |f: &str| {
-            let p = dir.join(f);
-            std::fs::read_to_string(&p).map_err(|source| TlsError::Io {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        Ok(ClientIdentity {
-            cert_pem: read("cert.pem")?,
-            key_pem: Zeroizing::new(read("key.pem")?),
-        })
-    }
-}
-
-/// Client config trusting `trusted_cert_pem`, presenting `identity` when given.
-pub fn client_config_with(
-    trusted_cert_pem: &str,
-    identity: Option<&ClientIdentity>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(root_store(trusted_cert_pem)?);
-    let mut cfg = match identity {
-        None => builder.with_no_client_auth(),
-        Some(id) => {
-            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
-                .map_err(|e| TlsError::Pem(format!("client key: {e}")))?;
-            builder
-                .with_client_auth_cert(certs(&id.cert_pem)?, key)
-                .map_err(|e| TlsError::Config(e.to_string()))?
-        }
-    };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -311,16 +215,8 @@ pub fn load_or_create(
     }
     let (cert, key) = self_signed(names)?;
     let key = Zeroizing::new(key);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&key_path).map_err(io(&key_path))?;
-    std::io::Write::write_all(&mut f, key.as_bytes()).map_err(io(&key_path))?;
-    std::fs::write(&cert_path, &cert).map_err(io(&cert_path))?;
+    csap_base::files::write_secret(&key_path, key.as_bytes()).map_err(io(&key_path))?;
+    csap_base::files::write_public(&cert_path, cert.as_bytes()).map_err(io(&cert_path))?;
     Ok((cert, key))
 }
 
@@ -358,6 +254,36 @@ mod tests {
         client_config(&cert).unwrap();
         assert!(matches!(client_config("nope"), Err(TlsError::Pem(_))));
         assert!(server_config(&cert, "nope").is_err());
+    }
+
+    /// A key file left looser (an older version, a copied data dir) or a symlink planted at its
+    /// name must not receive a new private key: the old writer truncated the file in place,
+    /// keeping its 0644 mode, and followed the symlink.
+    #[test]
+    fn a_new_key_never_goes_into_a_loose_file_or_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let key_path = dir.path().join("tls-key.pem");
+        std::fs::write(&key_path, b"stale").unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, key) = load_or_create(dir.path(), &names).unwrap();
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the new key is not readable by others");
+        assert_eq!(std::fs::read_to_string(&key_path).unwrap(), *key);
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"not a key").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&key_path).unwrap();
+        std::fs::remove_file(dir.path().join("tls-cert.pem")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &key_path).unwrap();
+        load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not a key");
+        assert!(!std::fs::symlink_metadata(&key_path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

@@ -10,16 +10,13 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use crate::rule::Revocation;
 use crate::rule::SignedRule;
 
-/// Body of `POST {ards}/v1/publish`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct PublishRules {
-    pub rules: Vec<SignedRule>,
-}
+/// Body of `POST {ards}/v1/publish` (ARDS's wire type).
+pub use ards_client::wire::PublishRules;
 
 /// Errors delivering to ARDS.
 #[derive(Debug, thiserror::Error)]

@@ -53,7 +53,7 @@ pub fn run(cmd: ArdsCommand) -> Result<()> {
 }
 
 /// Parses `NAME=HEX` or `NAME=@FILE`.
-fn parse_issuer(spec: &str) -> Result<(String, ::authz::IssuerPublicKey)> {
+fn parse_issuer(spec: &str) -> Result<(String, csap_policy::IssuerPublicKey)> {
     let Some((name, key)) = spec.split_once('=') else {
         bail!("--trust-issuer {spec:?}: expected NAME=HEXPUBKEY or NAME=@FILE");
     };
@@ -65,7 +65,7 @@ fn parse_issuer(spec: &str) -> Result<(String, ::authz::IssuerPublicKey)> {
             .with_context(|| format!("cannot read issuer key file {path}"))?,
         None => key.to_owned(),
     };
-    let key = ::authz::IssuerPublicKey::from_hex(hex.trim())
+    let key = csap_policy::IssuerPublicKey::from_hex(hex.trim())
         .with_context(|| format!("--trust-issuer {name}: not a 64-hex-digit Ed25519 public key"))?;
     Ok((name.to_owned(), key))
 }

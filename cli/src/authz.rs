@@ -171,7 +171,7 @@ pub fn run_authz(cmd: AuthzCommand) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let identity = authz::tls::ClientIdentity::load(&args.identity)
+    let identity = csap_identity::ClientIdentity::load(&args.identity)
         .with_context(|| format!("cannot read the identity in {}", args.identity.display()))?;
     let sink = authz::wire::HttpSink::new(&args.ards, &read(&args.ards_ca)?, &identity)
         .context("cannot set up the ARDS client")?;
@@ -251,9 +251,9 @@ impl Client {
         let dir = args.identity.as_ref().context(
             "give --identity DIR (or CSAP_IDENTITY): authz answers only callers with a certificate",
         )?;
-        let identity = authz::tls::ClientIdentity::load(dir)
+        let identity = csap_identity::ClientIdentity::load(dir)
             .with_context(|| format!("cannot read the identity in {}", dir.display()))?;
-        let cfg = authz::tls::client_config_with(&read(ca)?, Some(&identity))
+        let cfg = csap_identity::tls::client_config_with(&read(ca)?, Some(&identity))
             .with_context(|| format!("bad certificate in {} or {}", ca.display(), dir.display()))?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))

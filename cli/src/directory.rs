@@ -20,7 +20,7 @@ pub async fn mirror(
     impl Future<Output = ()> + Send + 'static,
 )> {
     let client =
-        keyserver::AdminClient::connect(keyserver_url, identity_dir).with_context(|| {
+        keyserver_client::AdminClient::connect(keyserver_url, identity_dir).with_context(|| {
             format!(
                 "cannot use the identity in {} for the key server",
                 identity_dir.display()

@@ -22,7 +22,7 @@ use csapfs::keys::{KeyFileSource, NewAssetParams};
 use csapfs::stream::encrypt_stream;
 use csapfs::{Asset, ContentKey, Seed, Suite};
 use indicatif::{ProgressBar, ProgressStyle};
-use keyserver::{LicenseClient, UserToken};
+use keyserver_client::{LicenseClient, UserToken};
 
 use crate::asset::SuiteArg;
 

@@ -161,7 +161,7 @@ impl KeyServerArgs {
             .with_context(|| format!("cannot read the ARDS certificate {}", ca.display()))?;
         let hex = std::fs::read_to_string(issuer_pub)
             .with_context(|| format!("cannot read the issuer key {}", issuer_pub.display()))?;
-        let key = authz::IssuerPublicKey::from_hex(hex.trim())
+        let key = csap_policy::IssuerPublicKey::from_hex(hex.trim())
             .with_context(|| format!("{} is not an issuer public key", issuer_pub.display()))?;
         Ok(Some(RulesConfig {
             ards_url: url.clone(),

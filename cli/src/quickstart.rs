@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use csapfs::keys::NewAssetParams;
-use keyserver::wire::RegisterAppRequest;
-use keyserver::{AdminClient, LicenseClient};
+use keyserver_client::wire::RegisterAppRequest;
+use keyserver_client::{AdminClient, LicenseClient};
 
 use crate::server::{self, rfc3339_utc, EmbeddedServer, ServerOptions};
 
@@ -171,7 +171,7 @@ fn demo(
         4,
         "Submitting authorization requests to authz (viewer may read, importer may create)",
     );
-    let now = keyserver::now()?;
+    let now = csap_base::unix_now()?;
     let requests_dir = dir.join("requests");
     std::fs::create_dir_all(&requests_dir)?;
     let mut keyserver_rules = Vec::new();
@@ -295,7 +295,7 @@ fn demo(
         &format!("The audit trail of {first_path} (`csap audit query --path {first_path}`)"),
     );
     // The mount ships its own decisions (cat's denial) every 250 ms: wait for that row.
-    let query = keyserver::wire::AuditQuery {
+    let query = keyserver_client::wire::AuditQuery {
         path: Some(first_path.clone()),
         limit: Some(8),
         ..Default::default()

@@ -104,7 +104,7 @@ pub struct EmbeddedServer {
     pub issuer_pub: PathBuf,
     pub authz: Arc<authz::Authz>,
     /// The key server's subscription to ARDS (PEP `keyserver`).
-    pub keyserver_rules: Arc<ards::RulesClient>,
+    pub keyserver_rules: Arc<ards_client::RulesClient>,
     keyserver: keyserver::RunningServer,
     ards_server: ards::server::ServerHandle,
     authz_stop: watch::Sender<bool>,
@@ -172,7 +172,7 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
         .context("cannot start the key server")?;
     let keyserver_url = format!("https://{}:{}", url_host(ks.addr), ks.addr.port());
     let directory: Arc<dyn authz::principal::Directory> = Arc::new(ks.directory());
-    let ca_pem = std::fs::read_to_string(ks.admin_dir().join(keyserver::pki::CA_FILE))
+    let ca_pem = std::fs::read_to_string(ks.admin_dir().join(csap_identity::pki::CA_FILE))
         .context("cannot read the key server's CA certificate")?;
     let client_auth = authz::tls::ClientAuth {
         ca_pem,
@@ -243,11 +243,11 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
 
     // The key server's subscription, as PEP `keyserver` with its service certificate.
     let rules = Arc::new(
-        ards::RulesClient::start(ards::ClientConfig {
+        ards_client::RulesClient::start(ards_client::ClientConfig {
             url: ards_url.clone(),
-            pep_id: authz::template::KEYSERVER_PEP.to_string(),
+            pep_id: csap_policy::template::KEYSERVER_PEP.to_string(),
             ca_pem: ards_identity.cert_pem.clone(),
-            identity: authz::tls::ClientIdentity::load(&ks.service_dir())
+            identity: csap_identity::ClientIdentity::load(&ks.service_dir())
                 .context("cannot read the key server's service identity")?,
             trusted_issuers: trusted,
             cache_path: dir.join("keyserver-rules.json"),
@@ -311,7 +311,7 @@ impl EmbeddedServer {
             self.ards_url,
             self.ards_cert.display(),
             self.keyserver_url,
-            self.admin_dir.join(keyserver::pki::CA_FILE).display(),
+            self.admin_dir.join(csap_identity::pki::CA_FILE).display(),
             self.admin_dir.display(),
             self.issuer_pub.display(),
         )
@@ -416,14 +416,15 @@ mod tests {
         assert!(server.admin_dir.join("cert.pem").exists());
         // authz takes requests only for principals the key server knows.
         let admin =
-            keyserver::AdminClient::connect(&server.keyserver_url, &server.admin_dir).unwrap();
+            keyserver_client::AdminClient::connect(&server.keyserver_url, &server.admin_dir)
+                .unwrap();
         admin.add_user("alice", "a long passphrase").await.unwrap();
         admin
             .enroll_device("ws-1", &dir.path().join("ws-1"))
             .await
             .unwrap();
         admin
-            .register_app(&keyserver::wire::RegisterAppRequest {
+            .register_app(&keyserver_client::wire::RegisterAppRequest {
                 digest: "ab".repeat(32),
                 name: "viewer".into(),
                 version: "1".into(),

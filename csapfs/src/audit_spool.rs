@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keyserver::wire::{Action, AuditBatch, AuditBatchAck, MountAuditRecord};
+use keyserver_client::wire::{Action, AuditBatch, AuditBatchAck, MountAuditRecord};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Most records per shipped batch (the key server accepts up to 1,000).

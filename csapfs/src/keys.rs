@@ -107,18 +107,18 @@ impl Lease {
         self.revoked.iter().any(|f| f.load(Ordering::Acquire))
             || self
                 .not_after
-                .is_some_and(|end| expired(end, authz::clock::unix_now()))
+                .is_some_and(|end| expired(end, csap_base::clock::unix_now()))
     }
 }
 
 /// Past `end` — or unknowable, which counts as past: a license never outlives a broken clock.
-fn expired(end: i64, now: Result<i64, authz::clock::ClockError>) -> bool {
+fn expired(end: i64, now: Result<i64, csap_base::clock::ClockError>) -> bool {
     now.map_or(true, |now| now >= end)
 }
 
 #[cfg(test)]
 fn unix_now() -> i64 {
-    authz::clock::unix_now().expect("system clock usable")
+    csap_base::clock::unix_now().expect("system clock usable")
 }
 
 /// A content key with the lease it is held under.
@@ -322,10 +322,10 @@ mod tests {
     fn a_lease_ends_when_the_clock_is_unusable() {
         let end = unix_now() + 3600;
         assert!(!expired(end, Ok(unix_now())));
-        assert!(expired(end, Err(authz::clock::ClockError::BeforeEpoch)));
+        assert!(expired(end, Err(csap_base::clock::ClockError::BeforeEpoch)));
         assert!(expired(
             end,
-            authz::clock::unix_seconds(std::time::UNIX_EPOCH)
+            csap_base::clock::unix_seconds(std::time::UNIX_EPOCH)
         ));
     }
 

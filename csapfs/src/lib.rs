@@ -1,15 +1,23 @@
 //! csapfs: the CSAP data plane — the encrypting mount, built on the asset format.
 //!
-//! Layers, each importing only those before it:
-//! - [`format`], [`crypto`], [`asset`], [`stream`]: the asset format, re-exported from the
-//!   `csap-format` crate (`csapfs/format/`), which links none of what follows;
+//! It links the asset format (`csap-format`), the policy evaluator (`csap-policy`), the key
+//! server's and ARDS's client crates (`keyserver-client`, `ards-client`), `csap-identity` and
+//! `csap-base`, and no service crate: no SQLite, no HTTP server, no password hashing
+//! (`.ci/run` checks the resolved graph; `ARCHITECTURE.md` draws it).
+//!
+//! Its modules, each using (outside its tests) only those listed before it:
+//! - [`format`], [`crypto`], [`asset`], [`stream`]: the asset format (they use one another),
+//!   re-exported from the `csap-format` crate (`csapfs/format/`), which links none of what follows;
 //! - [`keys`]: where content keys come from ([`keys::KeySource`]);
 //! - [`binding`]: assets bound to their registered path and write generation;
-//! - [`exec_watch`]: the kernel's exec notices and pidfds (lets attestations be remembered);
-//! - [`license_source`]: content keys from key server licenses for attested callers;
+//! - [`exec_watch`], [`procmap`]: the kernel's exec notices, pidfds and mapping queries (let
+//!   attestations be remembered and re-checked);
 //! - [`audit_spool`]: the mount's own decisions, spooled durably and shipped to the key server;
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
-//! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
+//! - [`license_source`]: content keys from key server licenses for attested callers, built on
+//!   all of the above;
+//! - [`fs`]: the FUSE mount (the data-plane PEP), which gets keys only through
+//!   [`keys::KeySource`].
 
 pub mod audit_spool;
 pub mod binding;

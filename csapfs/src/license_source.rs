@@ -48,9 +48,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyserver::client::ClientError;
-use keyserver::wire::Action;
-use keyserver::{LicenseClient, UserToken};
+use keyserver_client::wire::Action;
+use keyserver_client::ClientError;
+use keyserver_client::{LicenseClient, UserToken};
 
 use crate::format::{AssetId, Header, KeyId, ScopeId};
 use crate::keys::{
@@ -100,7 +100,7 @@ pub struct RulesConfig {
     /// Certificate (PEM) ARDS's TLS certificate must chain to.
     pub ards_ca_pem: String,
     /// Issuer name → key of the authz instances whose rules count.
-    pub trusted_issuers: Vec<(String, authz::IssuerPublicKey)>,
+    pub trusted_issuers: Vec<(String, csap_policy::IssuerPublicKey)>,
     /// Persistent rule cache (the mount enforces its last rules while ARDS is down).
     pub cache_path: PathBuf,
     /// How long `connect` waits for the first sync before going on with cached rules.
@@ -134,7 +134,7 @@ pub enum LicenseSourceError {
     #[error("connecting to the key server timed out")]
     Timeout,
     #[error("cannot subscribe to ARDS: {0}")]
-    Ards(ards::ClientError),
+    Ards(ards_client::ClientError),
     #[error("cannot subscribe to the key server's revocations: {0}")]
     Revocations(ClientError),
     #[error(transparent)]
@@ -280,7 +280,7 @@ impl KeyServerSource {
     }
 
     /// The mount's current rules from ARDS (`None` without a subscription).
-    pub fn rules_evaluator(&self) -> Option<Arc<authz::Evaluator>> {
+    pub fn rules_evaluator(&self) -> Option<Arc<csap_policy::Evaluator>> {
         self.rules.as_ref().map(|r| r.snapshot().evaluator.clone())
     }
 
@@ -533,7 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let rules = Arc::new(SwappableRules::new(
-            authz::Evaluator::new(Vec::new()).unwrap(),
+            csap_policy::Evaluator::new(Vec::new()).unwrap(),
         ));
         let lb = rt
             .block_on(testing::spawn_loopback(
@@ -569,21 +569,19 @@ mod tests {
             .attest(app.id())
             .unwrap()
             .app_digest;
-        rt.block_on(
-            lb.admin()
-                .unwrap()
-                .register_app(&keyserver::wire::RegisterAppRequest {
-                    digest: digest.clone(),
-                    name: "sleep".into(),
-                    version: "1".into(),
-                    vendor: None,
-                    code: Default::default(),
-                }),
-        )
+        rt.block_on(lb.admin().unwrap().register_app(
+            &keyserver_client::wire::RegisterAppRequest {
+                digest: digest.clone(),
+                name: "sleep".into(),
+                version: "1".into(),
+                vendor: None,
+                code: Default::default(),
+            },
+        ))
         .unwrap();
-        let now = keyserver::now().unwrap();
+        let now = csap_base::unix_now().unwrap();
         rules.replace(
-            authz::Evaluator::new(vec![testing::RuleFor {
+            csap_policy::Evaluator::new(vec![testing::RuleFor {
                 id: "r1",
                 user: "alice",
                 device: "ws-1",

@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keyserver::token::{Claims, UnverifiedError};
-use keyserver::UserToken;
+use csap_base::token::{Claims, UnverifiedError};
+use csap_base::UserToken;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -85,7 +85,7 @@ pub enum BindError {
 /// The claims of `token` if it was issued for `uid` on `device` (claims read unverified: this
 /// only ever refuses; the key server checks the MAC and the device again).
 pub fn check_binding(token: &str, uid: u32, device: &str) -> Result<Claims, BindError> {
-    let claims = keyserver::token::read_claims_unverified(token)?;
+    let claims = csap_base::token::read_claims_unverified(token)?;
     if claims.uid != uid {
         return Err(BindError::OtherUid {
             token_uid: claims.uid,
@@ -137,9 +137,9 @@ impl fmt::Debug for SessionRegistry {
     }
 }
 
-/// The clock every session check reads; fails closed ([`authz::clock`]).
-fn now() -> Result<i64, authz::clock::ClockError> {
-    authz::clock::unix_now()
+/// The clock every session check reads; fails closed ([`csap_base::clock`]).
+fn now() -> Result<i64, csap_base::clock::ClockError> {
+    csap_base::clock::unix_now()
 }
 
 impl SessionRegistry {
@@ -174,7 +174,7 @@ impl SessionRegistry {
     fn lookup(
         &self,
         uid: u32,
-        now: Result<i64, authz::clock::ClockError>,
+        now: Result<i64, csap_base::clock::ClockError>,
         log: bool,
     ) -> Option<UserToken> {
         let now = match now {
@@ -245,7 +245,7 @@ struct TokenRequest {
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
     user: String,
-    password: keyserver::wire::Secret,
+    password: keyserver_client::wire::Secret,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -260,7 +260,7 @@ struct Reply {
     /// The token a login through the mount obtained (bound to the sender's uid), for the
     /// sender's token file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    token: Option<keyserver::wire::Secret>,
+    token: Option<keyserver_client::wire::Secret>,
 }
 
 impl Reply {
@@ -438,7 +438,7 @@ fn answer(
             "the token has expired: run `csap login` again".into(),
         ));
     }
-    let reply_token = issued_here.then(|| keyserver::wire::Secret::new(token.as_str()));
+    let reply_token = issued_here.then(|| keyserver_client::wire::Secret::new(token.as_str()));
     registry.insert(uid, token, claims.expires_at);
     info!(uid, user = %claims.user, expires_at = claims.expires_at, "session bound to uid {uid}");
     Ok(Reply {
@@ -547,7 +547,7 @@ mod tests {
         let registry = SessionRegistry::new();
         registry.insert(1001, UserToken::new("t".into()), now() + 60);
         assert!(registry
-            .lookup(1001, Err(authz::clock::ClockError::BeforeEpoch), false)
+            .lookup(1001, Err(csap_base::clock::ClockError::BeforeEpoch), false)
             .is_none());
         assert!(registry.session(1001).is_some(), "kept for a healed clock");
     }
@@ -560,7 +560,7 @@ mod tests {
 
     fn token_for(uid: u32, device: &str, expires_at: i64) -> UserToken {
         let key = keyserver::token::TokenKey::from_bytes(&[7u8; 32]).unwrap();
-        key.issue(&keyserver::token::Claims {
+        key.issue(&csap_base::token::Claims {
             user: "alice".into(),
             device: device.into(),
             uid,

@@ -1,5 +1,6 @@
-//! The key server's PKI: its CA, server and client certificates, identity directories, and the
-//! rustls configurations (TLS 1.3 only, ring provider, mTLS with a revocation-checking verifier).
+//! The key server's PKI: its CA, server and client certificates, and the rustls server
+//! configuration (TLS 1.3 only, ring provider, mTLS with a revocation-checking verifier).
+//! Identity directories and CSRs are `csap-identity`'s (what clients use), re-exported here.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,52 +11,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
-use rustls::crypto::CryptoProvider;
 use zeroize::Zeroizing;
 
 use crate::fsutil;
 
-/// File names inside an identity directory (admin or device).
-pub const CERT_FILE: &str = "cert.pem";
-pub const KEY_FILE: &str = "key.pem";
-pub const CA_FILE: &str = "ca.pem";
-/// The device's X25519 (HPKE) private key for offline licenses, hex; mode 0600.
-pub const HPKE_KEY_FILE: &str = "hpke.key";
-/// The server's Ed25519 license-signing public key, hex.
-pub const SERVER_KEY_FILE: &str = "server.pub";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PkiError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("certificate generation: {0}")]
-    Rcgen(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("client verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("bad PEM in {what}: {detail}")]
-    Pem { what: &'static str, detail: String },
-    #[error("certificate does not parse: {0}")]
-    BadCertificate(String),
-    #[error("system random number generator failed")]
-    Random,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// The ring provider restricted to what csap uses everywhere.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use csap_identity::pki::{
+    new_csr, Identity, PkiError, CA_FILE, CERT_FILE, HPKE_KEY_FILE, KEY_FILE, SERVER_KEY_FILE,
+};
+pub use csap_identity::tls::provider;
 
 /// Who a certificate belongs to: the control plane's roles (one vocabulary for every service).
 pub use authz::principal::Role as PrincipalKind;
@@ -172,9 +135,10 @@ impl Ca {
         let cert_path = dir.join("ca.pem");
         let key_path = dir.join("ca.key");
         if cert_path.exists() && key_path.exists() {
-            let pem = std::fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
-            let key_pem =
-                Zeroizing::new(std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?);
+            let pem = std::fs::read_to_string(&cert_path).map_err(PkiError::at(&cert_path))?;
+            let key_pem = Zeroizing::new(
+                std::fs::read_to_string(&key_path).map_err(PkiError::at(&key_path))?,
+            );
             let key = KeyPair::from_pem(&key_pem)?;
             let params = CertificateParams::from_ca_cert_pem(&pem)?;
             let issuer = params.self_signed(&key)?;
@@ -192,8 +156,8 @@ impl Ca {
         let issuer = params.self_signed(&key)?;
         let pem = issuer.pem();
         fsutil::write_private(&key_path, key.serialize_pem().as_bytes())
-            .map_err(io_err(&key_path))?;
-        fsutil::write_public(&cert_path, pem.as_bytes()).map_err(io_err(&cert_path))?;
+            .map_err(PkiError::at(&key_path))?;
+        fsutil::write_public(&cert_path, pem.as_bytes()).map_err(PkiError::at(&cert_path))?;
         Ok(Ca { issuer, key, pem })
     }
 
@@ -254,83 +218,6 @@ impl Ca {
         let key = KeyPair::generate()?;
         let (cert, serial) = self.issue_client(name, &key)?;
         Ok((cert, Zeroizing::new(key.serialize_pem()), serial))
-    }
-}
-
-/// A new key pair and a CSR for it (the private key never leaves the enrolling machine).
-pub fn new_csr(name: &str) -> Result<(String, Zeroizing<String>), PkiError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![name.to_string()])?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    params.distinguished_name = dn;
-    let csr = params.serialize_request(&key)?;
-    Ok((csr.pem()?, Zeroizing::new(key.serialize_pem())))
-}
-
-/// A client identity: certificate, private key and the CA that the server certificate chains to.
-pub struct Identity {
-    pub cert_pem: String,
-    pub key_pem: Zeroizing<String>,
-    pub ca_pem: String,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-impl Identity {
-    /// Reads cert.pem, key.pem and ca.pem from `dir`.
-    pub fn load(dir: &Path) -> Result<Self, PkiError> {
-        let read = |f: &str| {
-            let p = dir.join(f);
-            std::fs::read_to_string(&p).map_err(|source| PkiError::Io {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        Ok(Identity {
-            cert_pem: read(CERT_FILE)?,
-            key_pem: Zeroizing::new(read(KEY_FILE)?),
-            ca_pem: read(CA_FILE)?,
-        })
-    }
-
-    /// Writes the identity into `dir` (created 0700; key.pem 0600).
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        fsutil::create_private_dir(dir).map_err(io_err(dir))?;
-        let w = |f: &str, data: &[u8], private: bool| {
-            let p = dir.join(f);
-            let r = if private {
-                fsutil::write_private(&p, data)
-            } else {
-                fsutil::write_public(&p, data)
-            };
-            r.map_err(|source| PkiError::Io {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        w(CERT_FILE, self.cert_pem.as_bytes(), false)?;
-        w(KEY_FILE, self.key_pem.as_bytes(), true)?;
-        w(CA_FILE, self.ca_pem.as_bytes(), false)
-    }
-
-    /// The rustls client configuration presenting this identity and trusting only its CA
-    /// (TLS 1.3, ALPN http/1.1: the one client config of every csap service).
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
-        let identity = authz::tls::ClientIdentity {
-            cert_pem: self.cert_pem.clone(),
-            key_pem: self.key_pem.clone(),
-        };
-        authz::tls::client_config_with(&self.ca_pem, Some(&identity)).map_err(|e| PkiError::Pem {
-            what: "client identity",
-            detail: e.to_string(),
-        })
     }
 }
 

@@ -1,8 +1,10 @@
 //! User authentication: argon2id password hashes and short-lived HMAC-SHA256 user tokens.
 //!
 //! Token = "v2." ‖ hex(JSON claims) ‖ "." ‖ hex(HMAC-SHA256(token key, "v2." ‖ hex(claims))).
-//! The token key is a 32-byte file (0600) in the data dir. A token is accepted only while its
-//! user exists, is enabled and still has the generation the token names (disable bumps it).
+//! The format, its claims and its one parser are `csap-base`'s ([`csap_base::token`]); the key
+//! server adds the key: the token key is a 32-byte file (0600) in the data dir. A token is
+//! accepted only while its user exists, is enabled and still has the generation the token
+//! names (disable bumps it).
 //!
 //! A token is bound to the device it was issued on (the login connection's client
 //! certificate) and to the local uid it was issued for (the kernel's SO_PEERCRED at the
@@ -11,17 +13,20 @@
 //! are refused as outdated (log in again).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
+use csap_base::token::{self as format, Body};
 use ring::hmac;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::fsutil;
 use crate::wire::Reason;
+
+pub use csap_base::token::{
+    named_user_unverified, read_claims_unverified, Claims, UnverifiedError, UserToken,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -38,20 +43,6 @@ pub enum TokenError {
     Random,
 }
 
-/// The claims of a user token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Claims {
-    pub user: String,
-    /// The device principal the token was issued on (from the login's client certificate).
-    pub device: String,
-    /// The local uid on that device the token was issued for.
-    pub uid: u32,
-    pub issued_at: i64,
-    pub expires_at: i64,
-    pub generation: u64,
-}
-
 /// The server's token-signing key.
 pub struct TokenKey(hmac::Key);
 
@@ -59,50 +50,6 @@ impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TokenKey(<redacted>)")
     }
-}
-
-const PREFIX: &str = "v2.";
-/// Tokens from before device and uid binding: refused with [`Reason::TokenOutdated`].
-const OUTDATED_PREFIX: &str = "v1.";
-
-/// Why claims could not be read from a token without its key (see [`read_claims_unverified`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum UnverifiedError {
-    #[error("not a user token")]
-    NotAToken,
-    #[error("this token names no device and uid (issued before tokens were bound to them): run `csap login` again")]
-    Outdated,
-    #[error("the user token's claims are malformed")]
-    Malformed,
-}
-
-/// The claims of `token`, read without checking its MAC. Only for a party that cannot verify
-/// (the mount) and uses them to refuse, never to grant: the key server verifies every token
-/// it is shown, so a forged claim gains nothing.
-pub fn read_claims_unverified(token: &str) -> Result<Claims, UnverifiedError> {
-    let (body, _tag) = token.rsplit_once('.').ok_or(UnverifiedError::NotAToken)?;
-    if body.starts_with(OUTDATED_PREFIX) {
-        return Err(UnverifiedError::Outdated);
-    }
-    let claims_hex = body
-        .strip_prefix(PREFIX)
-        .ok_or(UnverifiedError::NotAToken)?;
-    let json = hex::decode(claims_hex).map_err(|_| UnverifiedError::Malformed)?;
-    serde_json::from_slice(&json).map_err(|_| UnverifiedError::Malformed)
-}
-
-/// The user a token names, of any version, unverified: for the audit record of a refusal.
-pub fn named_user_unverified(token: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Named {
-        user: String,
-    }
-    let (body, _tag) = token.rsplit_once('.')?;
-    let claims_hex = body
-        .strip_prefix(PREFIX)
-        .or_else(|| body.strip_prefix(OUTDATED_PREFIX))?;
-    let json = hex::decode(claims_hex).ok()?;
-    serde_json::from_slice::<Named>(&json).ok().map(|n| n.user)
 }
 
 impl TokenKey {
@@ -124,83 +71,33 @@ impl TokenKey {
         }
         let mut bytes = Zeroizing::new([0u8; 32]);
         crate::keys::random_bytes(bytes.as_mut()).map_err(|_| TokenError::Random)?;
-        fsutil::write_private(path, bytes.as_ref()).map_err(io)?;
+        csap_base::files::write_secret(path, bytes.as_ref()).map_err(io)?;
         Self::from_bytes(bytes.as_ref())
     }
 
     pub fn issue(&self, claims: &Claims) -> UserToken {
-        let body = format!(
-            "{PREFIX}{}",
-            hex::encode(serde_json::to_vec(claims).expect("claims serialize"))
-        );
-        let tag = hmac::sign(&self.0, body.as_bytes());
-        UserToken(Zeroizing::new(format!(
-            "{body}.{}",
-            hex::encode(tag.as_ref())
-        )))
+        let signed = format::signed_part(claims);
+        let tag = hmac::sign(&self.0, signed.as_bytes());
+        UserToken::new(format!("{signed}.{}", hex::encode(tag.as_ref())))
     }
 
-    /// Checks the MAC, the version and expiry. User state (disabled, generation) and the
+    /// Checks the MAC, then the version and expiry. User state (disabled, generation) and the
     /// device binding are checked by the caller.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, Reason> {
-        let (body, tag_hex) = token.rsplit_once('.').ok_or(Reason::TokenInvalid)?;
+        let (signed, tag_hex) = format::split(token).map_err(|_| Reason::TokenInvalid)?;
         let tag = hex::decode(tag_hex).map_err(|_| Reason::TokenInvalid)?;
-        hmac::verify(&self.0, body.as_bytes(), &tag).map_err(|_| Reason::TokenInvalid)?;
-        // Ours, but from before device and uid binding: the user is to log in again.
-        if body.starts_with(OUTDATED_PREFIX) {
-            return Err(Reason::TokenOutdated);
-        }
-        let claims_hex = body.strip_prefix(PREFIX).ok_or(Reason::TokenInvalid)?;
-        let json = hex::decode(claims_hex).map_err(|_| Reason::TokenInvalid)?;
-        let claims: Claims = serde_json::from_slice(&json).map_err(|_| Reason::TokenInvalid)?;
+        hmac::verify(&self.0, signed.as_bytes(), &tag).map_err(|_| Reason::TokenInvalid)?;
+        // Only what our MAC covers is decoded.
+        let claims = match format::decode(signed) {
+            Ok(Body::Current(claims)) => claims,
+            // Ours, but from before device and uid binding: the user is to log in again.
+            Ok(Body::Outdated { .. }) => return Err(Reason::TokenOutdated),
+            Err(_) => return Err(Reason::TokenInvalid),
+        };
         if now >= claims.expires_at {
             return Err(Reason::TokenExpired);
         }
         Ok(claims)
-    }
-}
-
-/// A user token as held by a client; zeroized on drop, redacted in Debug.
-#[derive(Clone)]
-pub struct UserToken(Zeroizing<String>);
-
-impl fmt::Debug for UserToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UserToken(<redacted>)")
-    }
-}
-
-impl UserToken {
-    pub fn new(s: String) -> Self {
-        UserToken(Zeroizing::new(s))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Where `csap login` keeps the token: $XDG_RUNTIME_DIR/csap/token, else ~/.config/csap/token.
-    pub fn default_path() -> Option<PathBuf> {
-        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-            return Some(PathBuf::from(d).join("csap").join("token"));
-        }
-        std::env::var_os("HOME")
-            .filter(|d| !d.is_empty())
-            .map(|h| PathBuf::from(h).join(".config").join("csap").join("token"))
-    }
-
-    /// Writes the token to `path` (mode 0600; parent created 0700).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() && !dir.exists() {
-                fsutil::create_private_dir(dir)?;
-            }
-        }
-        fsutil::write_private(path, self.0.as_bytes())
-    }
-
-    pub fn load(path: &Path) -> std::io::Result<Self> {
-        let s = Zeroizing::new(std::fs::read_to_string(path)?);
-        Ok(UserToken::new(s.trim().to_string()))
     }
 }
 

@@ -112,23 +112,13 @@ impl IssuerKey {
         Ok(Self(ed25519_dalek::SigningKey::from_bytes(&seed)))
     }
 
-    /// Writes the seed as hex to a new file readable only by its owner (0600 on Unix).
+    /// Writes the seed as hex to a new secret file (0600); refuses to replace an existing one.
     pub fn save(&self, path: &Path) -> Result<(), RuleError> {
-        let io = |source| RuleError::Io {
+        let text = Zeroizing::new(format!("{}\n", hex::encode(self.0.to_bytes())));
+        csap_base::files::create_secret(path, text.as_bytes()).map_err(|source| RuleError::Io {
             path: path.display().to_string(),
             source,
-        };
-        let text = Zeroizing::new(format!("{}\n", hex::encode(self.0.to_bytes())));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(path).map_err(io)?;
-        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)
+        })
     }
 
     /// Loads the key at `path`, or generates and saves one if the file does not exist.

@@ -13,119 +13,18 @@
 //! heap pages, and none of them may be handed to a system call (copy the bytes out first).
 
 use std::fmt;
-use std::path::Path;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use secmem::{LockedBox, Secret};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use crate::format::{AssetId, ScopeId, Suite, NONCE_LEN, TAG_LEN};
+use crate::format::{Suite, NONCE_LEN, TAG_LEN};
 
-/// Length of every symmetric key in csap (seeds, content keys, subkeys).
-pub const KEY_LEN: usize = 32;
-
-/// HKDF `info` prefix for content keys (DESIGN.md §5); the 16-byte asset id follows it.
-pub const CONTENT_KEY_INFO: &[u8] = b"csap/v1/asset";
-
-/// A key-scope seed: every asset key of a scope version is derived from it.
-#[derive(Clone)]
-pub struct Seed(Secret<KEY_LEN>);
-
-impl Seed {
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        let mut bytes = bytes;
-        let seed = Seed(Secret::new(&bytes));
-        bytes.zeroize();
-        seed
-    }
-
-    /// Reads a key file of exactly 32 raw bytes (`head -c 32 /dev/urandom > k`).
-    pub fn from_file(path: &Path) -> Result<Seed, KeyFileError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
-        let array: &[u8; KEY_LEN] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| KeyFileError::Length {
-                    path: path.display().to_string(),
-                    len: bytes.len(),
-                })?;
-        Ok(Seed(Secret::new(array)))
-    }
-
-    /// The scope id that assets keyed from this seed file carry in their header.
-    ///
-    /// A keyed fingerprint of the seed (BLAKE3 `derive_key`, so it reveals nothing about the
-    /// seed): it lets a reader say "this asset belongs to another key" instead of a bare
-    /// authentication failure.
-    pub fn key_file_scope_id(&self) -> ScopeId {
-        let digest = blake3::derive_key("csap v1 key-file scope id", self.0.as_bytes());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&digest[..16]);
-        ScopeId(id)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Seed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Seed(<redacted>)")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("key file {path} holds {len} bytes; a key file must hold exactly 32 raw bytes (make one with `head -c 32 /dev/urandom > FILE`)")]
-    Length { path: String, len: usize },
-}
-
-/// The key of one asset. Never stored in the asset; derived or licensed when needed.
-#[derive(Clone)]
-pub struct ContentKey(Secret<KEY_LEN>);
-
-impl ContentKey {
-    /// Takes `bytes` into locked memory and zeroizes this copy of them.
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        let mut bytes = bytes;
-        let key = ContentKey(Secret::new(&bytes));
-        bytes.zeroize();
-        key
-    }
-
-    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for ContentKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ContentKey(<redacted>)")
-    }
-}
-
-/// content key = HKDF-SHA256(IKM = seed, salt = none, info = "csap/v1/asset" ‖ asset id), 32 bytes.
-pub fn derive_content_key(seed: &Seed, asset_id: &AssetId) -> ContentKey {
-    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, seed.as_bytes());
-    let mut info = [0u8; 13 + 16];
-    info[..13].copy_from_slice(CONTENT_KEY_INFO);
-    info[13..].copy_from_slice(&asset_id.0);
-    let mut key = Secret::<KEY_LEN>::zeroed();
-    hkdf.expand(&info, key.as_bytes_mut())
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    ContentKey(key)
-}
+// The key types and the content-key derivation are csap-base's, shared with the key server.
+pub use csap_base::keys::{
+    derive_content_key, ContentKey, KeyFileError, Seed, CONTENT_KEY_INFO, KEY_LEN,
+};
 
 /// BLAKE3 `derive_key` contexts for the per-asset subkeys (FORMAT.md §Keys).
 const HEADER_MAC_CONTEXT: &str = "csap v1 header mac";
@@ -298,9 +197,7 @@ fn ctr_mac(
 
 /// The operating system's random number generator failed. Nothing is sealed and no id is made
 /// without fresh randomness: the write that needed it fails (`EIO` at the mount).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the operating system's random number generator failed: {0}")]
-pub struct RandomnessUnavailable(getrandom::Error);
+pub use csap_base::ids::RandomnessUnavailable;
 
 /// A fresh random 96-bit nonce from the operating system. Random (not counter) nonces need no
 /// state to survive crashes, and with one key per asset the 2^32-messages bound of NIST SP
@@ -311,38 +208,19 @@ pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN], RandomnessUnavailable> {
     Ok(nonce)
 }
 
-/// 16 random bytes (asset ids, scope ids).
-pub fn random_id() -> Result<[u8; 16], RandomnessUnavailable> {
-    let mut id = [0u8; 16];
-    getrandom::getrandom(&mut id).map_err(RandomnessUnavailable)?;
-    Ok(id)
-}
+pub use csap_base::ids::random_id;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::AssetId;
 
     #[test]
     fn debug_output_never_shows_key_bytes() {
-        let seed = Seed::from_bytes([0xAB; 32]);
-        let key = derive_content_key(&seed, &AssetId([1; 16]));
-        for text in [
-            format!("{seed:?}"),
-            format!("{key:?}"),
-            format!("{:?}", AssetKeys::new(Suite::Gcm, &key)),
-        ] {
-            assert!(text.contains("redacted"), "{text}");
-            assert!(!text.to_lowercase().contains("ab"), "{text}");
-        }
-    }
-
-    #[test]
-    fn content_keys_differ_per_asset_and_per_seed() {
-        let a = derive_content_key(&Seed::from_bytes([1; 32]), &AssetId([1; 16]));
-        let b = derive_content_key(&Seed::from_bytes([1; 32]), &AssetId([2; 16]));
-        let c = derive_content_key(&Seed::from_bytes([2; 32]), &AssetId([1; 16]));
-        assert_ne!(a.as_bytes(), b.as_bytes());
-        assert_ne!(a.as_bytes(), c.as_bytes());
+        let key = derive_content_key(&Seed::from_bytes([0xAB; 32]), &AssetId([1; 16]));
+        let text = format!("{:?}", AssetKeys::new(Suite::Gcm, &key));
+        assert!(text.contains("redacted"), "{text}");
+        assert!(!text.to_lowercase().contains("ab"), "{text}");
     }
 
     #[test]
@@ -369,16 +247,5 @@ mod tests {
             let mut wrong_aad = sealed.clone();
             assert!(keys.open_in_place(&nonce, b"aae", &mut wrong_aad).is_err());
         }
-    }
-
-    #[test]
-    fn key_file_must_be_exactly_32_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k");
-        std::fs::write(&path, [0u8; 31]).unwrap();
-        let err = Seed::from_file(&path).unwrap_err();
-        assert!(err.to_string().contains("exactly 32 raw bytes"), "{err}");
-        std::fs::write(&path, [0u8; 32]).unwrap();
-        assert!(Seed::from_file(&path).is_ok());
     }
 }

@@ -69,53 +69,8 @@ impl fmt::Display for Suite {
     }
 }
 
-macro_rules! hex_id {
-    ($name:ident, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub [u8; 16]);
-
-        impl $name {
-            pub fn random() -> Result<Self, RandomnessUnavailable> {
-                Ok($name(crypto::random_id()?))
-            }
-
-            pub fn from_hex(text: &str) -> Result<Self, FormatError> {
-                let mut id = [0u8; 16];
-                hex::decode_to_slice(text, &mut id)
-                    .map_err(|_| FormatError::BadId(text.to_string()))?;
-                Ok($name(id))
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&hex::encode(self.0))
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self)
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_string())
-            }
-        }
-    };
-}
-
-hex_id!(
-    AssetId,
-    "The 128-bit random identity of one asset; it names the asset's content key."
-);
-hex_id!(
-    ScopeId,
-    "The 128-bit identity of a key scope (a key server scope, or a key file's fingerprint)."
-);
+// Ids are csap-base's: the key server allocates them and parses them with the same code.
+pub use csap_base::ids::{AssetId, ScopeId};
 
 /// Which key an asset is encrypted under: a key scope at a seed version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -464,6 +419,12 @@ pub enum FormatError {
     InvalidLength(u64),
     #[error("{0:?} is not a 32-digit hex id")]
     BadId(String),
+}
+
+impl From<csap_base::ids::BadId> for FormatError {
+    fn from(bad: csap_base::ids::BadId) -> Self {
+        FormatError::BadId(bad.0)
+    }
 }
 
 #[cfg(test)]

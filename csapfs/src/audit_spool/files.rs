@@ -3,12 +3,11 @@
 //! acknowledged (a torn last line, from a crash mid-append, is cut off).
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use keyserver::wire::MountAuditRecord;
+use keyserver_client::wire::MountAuditRecord;
 
 use super::{io_err, SpoolError};
 
@@ -47,26 +46,10 @@ pub(super) fn load_state(path: &Path) -> Result<Option<State>, SpoolError> {
     }
 }
 
-/// Replaces the state file atomically and durably (temp file, fsync, rename, fsync dir).
+/// Replaces the state file atomically and durably (`csap-base`'s secret-file writer).
 pub(super) fn save_state(path: &Path, state: &State) -> Result<(), SpoolError> {
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(state).expect("state serializes");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(&bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    Ok(())
+    csap_base::files::write_secret(path, &bytes).map_err(io_err(path))
 }
 
 /// The spooled records after `acked`, with their line sizes, and the highest seq in the

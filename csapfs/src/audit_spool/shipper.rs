@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyserver::wire::{AuditBatch, MountAuditRecord};
+use keyserver_client::wire::{AuditBatch, MountAuditRecord};
 
 use super::files::{save_state, State};
 use super::{Shared, Ship, LOG_AGAIN, MAX_BACKOFF, SHIP_BATCH};

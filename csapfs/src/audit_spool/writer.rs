@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use keyserver::wire::MountAuditRecord;
+use keyserver_client::wire::MountAuditRecord;
 use nix::fcntl::Flock;
 
 use super::{Decision, Shared, SpoolConfig, LOG_AGAIN};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyserver::LicenseClient;
+use keyserver_client::LicenseClient;
 
 use super::attest::{Allowances, CodeAllowance};
 

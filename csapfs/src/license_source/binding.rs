@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use keyserver::wire::{Action, AssetInfo, GenerationStep};
+use keyserver_client::wire::{Action, AssetInfo, GenerationStep};
 
 use super::{decisions, Asker, KeyServerSource, LicenseKey};
 use crate::binding::{self, Refusal, Registered};
@@ -21,7 +21,7 @@ pub(super) fn registry() -> Registry {
 }
 
 /// The record a grant carries.
-pub(super) fn registered_of(grant: &keyserver::license::OpenedGrant) -> Arc<Registered> {
+pub(super) fn registered_of(grant: &keyserver_client::license::OpenedGrant) -> Arc<Registered> {
     Arc::new(Registered {
         path: grant.grant.path.clone(),
         generation: grant.grant.generation,

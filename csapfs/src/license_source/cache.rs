@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyserver::wire::Action;
+use keyserver_client::wire::Action;
 
 use crate::crypto::ContentKey;
 use crate::format::{KeyId, ScopeId};
@@ -52,7 +52,7 @@ impl Held {
     /// A granted key of `user`, held until the grant or its license ends (`license_end`).
     pub(super) fn from_grant(
         user: &str,
-        grant: &keyserver::license::OpenedGrant,
+        grant: &keyserver_client::license::OpenedGrant,
         license_end: i64,
     ) -> Held {
         Held {
@@ -73,7 +73,7 @@ impl Held {
 impl Held {
     /// Not past its end (by a usable clock) and not revoked.
     pub(super) fn is_usable(&self) -> bool {
-        keyserver::now().is_ok_and(|now| self.not_after > now)
+        csap_base::unix_now().is_ok_and(|now| self.not_after > now)
             && !self.revoked.load(Ordering::Acquire)
     }
 }
@@ -89,11 +89,12 @@ impl moka::Expiry<LicenseKey, Arc<Held>> for UntilNotAfter {
         _created_at: Instant,
     ) -> Option<Duration> {
         // An unusable clock keeps nothing: the license is re-requested (and refused).
-        let left = keyserver::now().map_or(0, |now| value.not_after.saturating_sub(now).max(0));
+        let left =
+            csap_base::unix_now().map_or(0, |now| value.not_after.saturating_sub(now).max(0));
         Some(Duration::from_secs(left as u64))
     }
 }
 
-fn to_content_key(key: &keyserver::ContentKey) -> ContentKey {
+fn to_content_key(key: &csap_base::ContentKey) -> ContentKey {
     ContentKey::from_bytes(*key.as_bytes())
 }

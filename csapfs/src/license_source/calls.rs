@@ -2,9 +2,9 @@
 //! open's license request driven on the calling thread, and the key server's errors as the
 //! mount's ([`KeyError`]).
 
-use keyserver::client::ClientError;
-use keyserver::wire::Action;
-use keyserver::UserToken;
+use keyserver_client::wire::Action;
+use keyserver_client::ClientError;
+use keyserver_client::UserToken;
 
 use super::{siblings, KeyServerSource};
 use crate::keys::KeyError;
@@ -23,7 +23,7 @@ impl KeyServerSource {
         app: &str,
         action: Action,
         ids: &[[u8; 16]],
-    ) -> Result<Result<keyserver::license::OpenedLicense, ClientError>, KeyError> {
+    ) -> Result<Result<keyserver_client::license::OpenedLicense, ClientError>, KeyError> {
         let ask =
             siblings::retry_rate_limited(|| self.here_client.request(token, app, action, ids));
         match self.block_on(self.here.as_ref(), ask)? {

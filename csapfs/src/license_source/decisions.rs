@@ -10,8 +10,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use keyserver::wire::{Action, AuditBatch, AuditBatchAck};
-use keyserver::LicenseClient;
+use keyserver_client::wire::{Action, AuditBatch, AuditBatchAck};
+use keyserver_client::LicenseClient;
 
 use super::{KeyServerSource, LicenseSourceError};
 use crate::audit_spool::{AuditSpool, Decision, Ship, SpoolConfig};

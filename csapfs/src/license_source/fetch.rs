@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use keyserver::client::ClientError;
-use keyserver::wire::Action;
-use keyserver::UserToken;
+use keyserver_client::wire::Action;
+use keyserver_client::ClientError;
+use keyserver_client::UserToken;
 
 use super::cache::{Held, LicenseKey};
 use super::tokens::session_of;
@@ -227,7 +227,7 @@ impl KeyServerSource {
         &self,
         user: &str,
         own: &LicenseKey,
-        license: &keyserver::license::OpenedLicense,
+        license: &keyserver_client::license::OpenedLicense,
         sweeps: u64,
     ) {
         if self.revocations.sweeps() != sweeps {
@@ -252,7 +252,7 @@ impl KeyServerSource {
     pub(super) fn hold(
         &self,
         user: &str,
-        grant: &keyserver::license::OpenedGrant,
+        grant: &keyserver_client::license::OpenedGrant,
         license_end: i64,
     ) -> Arc<Held> {
         self.registry

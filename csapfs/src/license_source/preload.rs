@@ -1,14 +1,14 @@
 //! Pre-loading: when a rule released ahead of its window becomes active, the licenses of the
 //! assets it covers in the backing store are fetched at once, so the first open in the window is
 //! served from the license cache. Assets are selected by path in the one pattern dialect of
-//! every PEP ([`authz::glob`]).
+//! every PEP ([`csap_policy::glob`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyserver::wire::Action;
-use keyserver::{LicenseClient, UserToken};
+use keyserver_client::wire::Action;
+use keyserver_client::{LicenseClient, UserToken};
 
 use super::cache::{Held, LicenseKey, Licenses};
 use super::tokens::{session_of, TokenMap};
@@ -28,12 +28,12 @@ pub(super) struct Preloader {
 }
 
 /// Whether a rule's selectors name the asset at `rel` by path — the one glob dialect of every
-/// PEP ([`authz::glob`]); scopes are for the key server to check.
-fn selects(selectors: &[authz::request::AssetSelector], rel: &str) -> bool {
+/// PEP ([`csap_policy::glob`]); scopes are for the key server to check.
+fn selects(selectors: &[csap_policy::request::AssetSelector], rel: &str) -> bool {
     selectors.iter().any(|s| {
         s.path
             .as_deref()
-            .is_none_or(|p| authz::glob::matches(p, rel))
+            .is_none_or(|p| csap_policy::glob::matches(p, rel))
     })
 }
 
@@ -41,9 +41,9 @@ fn selects(selectors: &[authz::request::AssetSelector], rel: &str) -> bool {
 const PRELOAD_BATCH: usize = 256;
 
 impl Preloader {
-    pub(super) fn run(&self, rules: Vec<authz::Rule>) {
+    pub(super) fn run(&self, rules: Vec<csap_policy::Rule>) {
         for rule in rules {
-            let Some(spec) = authz::template::RuleSpec::from_rendered(&rule.policy) else {
+            let Some(spec) = csap_policy::template::RuleSpec::from_rendered(&rule.policy) else {
                 tracing::debug!(rule_id = %rule.id, "not a template rule; nothing to pre-load");
                 continue;
             };
@@ -63,7 +63,10 @@ impl Preloader {
     }
 
     /// (asset id, path) of every asset in the backing store a selector's path matches.
-    fn covered(&self, selectors: &[authz::request::AssetSelector]) -> Vec<([u8; 16], String)> {
+    fn covered(
+        &self,
+        selectors: &[csap_policy::request::AssetSelector],
+    ) -> Vec<([u8; 16], String)> {
         let mut found = Vec::new();
         let mut dirs = vec![self.backing.clone()];
         while let Some(dir) = dirs.pop() {
@@ -176,7 +179,7 @@ mod tests {
     #[test]
     pub(super) fn preloader_selects_in_the_rule_dialect() {
         let sel = |p: &str| {
-            vec![authz::request::AssetSelector {
+            vec![csap_policy::request::AssetSelector {
                 path: Some(p.into()),
                 scope: None,
             }]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keyserver::{LicenseClient, UserToken};
+use keyserver_client::{LicenseClient, UserToken};
 
 use super::LicenseSourceError;
 

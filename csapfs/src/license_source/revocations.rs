@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyserver::client::ClientError;
-use keyserver::revocation::{RevocationEvent, RevocationKind, RevocationsResponse};
-use keyserver::LicenseClient;
+use keyserver_client::revocation::{RevocationEvent, RevocationKind, RevocationsResponse};
+use keyserver_client::ClientError;
+use keyserver_client::LicenseClient;
 
 use super::{chain, Held, LicenseKey, LicenseSourceError};
 use crate::keys::RevocationListener;

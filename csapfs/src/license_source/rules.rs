@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use keyserver::wire::Action;
+use keyserver_client::wire::Action;
 
 use super::cache::Licenses;
 use super::preload::Preloader;
@@ -17,7 +17,7 @@ use crate::keys::KeyError;
 
 /// The mount's rule set as last seen, and the subscription that updates it.
 pub(super) struct MountRules {
-    pub(super) client: ards::RulesClient,
+    pub(super) client: ards_client::RulesClient,
     pub(super) device: String,
     pub(super) current: RwLock<Arc<LocalRules>>,
     /// Scope id → scope name, learned from licenses (rules name scopes, headers carry ids).
@@ -31,16 +31,16 @@ pub(super) struct MountRules {
 /// One rule-set snapshot: the evaluator, and every scope name its rules' asset selectors use
 /// (tried when a check's scope is not known yet).
 pub(super) struct LocalRules {
-    pub(super) evaluator: Arc<authz::Evaluator>,
+    pub(super) evaluator: Arc<csap_policy::Evaluator>,
     pub(super) scopes: Vec<String>,
 }
 
 impl LocalRules {
-    pub(super) fn from(evaluator: Arc<authz::Evaluator>) -> LocalRules {
+    pub(super) fn from(evaluator: Arc<csap_policy::Evaluator>) -> LocalRules {
         let mut scopes: Vec<String> = evaluator
             .rules()
             .iter()
-            .filter_map(|r| authz::template::RuleSpec::from_rendered(&r.policy))
+            .filter_map(|r| csap_policy::template::RuleSpec::from_rendered(&r.policy))
             .flat_map(|spec| spec.assets.into_iter().filter_map(|a| a.scope))
             .collect();
         scopes.sort();
@@ -58,7 +58,7 @@ impl LocalRules {
         scope: Option<&str>,
         action: Action,
     ) -> bool {
-        let now = match keyserver::now() {
+        let now = match csap_base::unix_now() {
             Ok(now) => now,
             Err(err) => {
                 tracing::warn!(error = %err, "local rules deny: the clock is unusable");
@@ -67,7 +67,7 @@ impl LocalRules {
         };
         let decide = |scope: &str| {
             self.evaluator
-                .decide(&authz::AccessRequest {
+                .decide(&csap_policy::AccessRequest {
                     participant: user,
                     application_digest: app,
                     device,
@@ -129,13 +129,13 @@ impl MountRules {
 impl MountRules {
     /// Active rules that were seen pending and are not pre-loaded yet (each is returned once);
     /// records the rules pending now.
-    pub(super) fn due_for_preload(&self) -> Vec<authz::Rule> {
+    pub(super) fn due_for_preload(&self) -> Vec<csap_policy::Rule> {
         let mut seen = self.pending_seen.lock().unwrap_or_else(|p| p.into_inner());
         for r in self.client.pending() {
             seen.insert(r.id);
         }
         let active = self.snapshot();
-        let due: Vec<authz::Rule> = active
+        let due: Vec<csap_policy::Rule> = active
             .evaluator
             .rules()
             .iter()
@@ -157,15 +157,15 @@ pub(super) fn subscribe(
     preload: Option<Preloader>,
     listeners: revocations::Listeners,
 ) -> Result<Arc<MountRules>, LicenseSourceError> {
-    let pep_id = authz::template::mount_pep(device);
+    let pep_id = csap_policy::template::mount_pep(device);
     // ARDS authenticates the mount with the device's certificate (PEP `mount:<device>`).
-    let identity = authz::tls::ClientIdentity::load(identity_dir).map_err(|e| {
-        LicenseSourceError::Ards(ards::ClientError::Config(format!(
+    let identity = csap_identity::ClientIdentity::load(identity_dir).map_err(|e| {
+        LicenseSourceError::Ards(ards_client::ClientError::Config(format!(
             "device identity for ARDS: {e}"
         )))
     })?;
     let client = runtime
-        .block_on(ards::RulesClient::start(ards::ClientConfig {
+        .block_on(ards_client::RulesClient::start(ards_client::ClientConfig {
             url: rc.ards_url.clone(),
             pep_id: pep_id.clone(),
             ca_pem: rc.ards_ca_pem,

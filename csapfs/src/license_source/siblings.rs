@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use keyserver::client::ClientError;
+use keyserver_client::ClientError;
 
 /// Most assets in one sibling batch: the key server's default `max_batch`. A server configured
 /// lower answers 400, and the open then asks for its own asset alone.

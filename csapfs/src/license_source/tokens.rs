@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keyserver::UserToken;
+use keyserver_client::UserToken;
 
 use crate::keys::KeyError;
 
@@ -119,7 +119,7 @@ impl TokenMap {
 /// The user a token names. The claims are read without checking the MAC (only the key server
 /// can); a forged name here can only make the local check stricter than the key server's.
 pub(super) fn token_user(token: &UserToken) -> Option<String> {
-    keyserver::token::read_claims_unverified(token.as_str())
+    csap_base::token::read_claims_unverified(token.as_str())
         .ok()
         .map(|c| c.user)
 }
@@ -146,7 +146,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = keyserver::token::TokenKey::from_bytes(&[3u8; 32]).unwrap();
         let token = |uid: u32, device: &str, issued_at: i64| {
-            key.issue(&keyserver::token::Claims {
+            key.issue(&csap_base::token::Claims {
                 user: "alice".into(),
                 device: device.into(),
                 uid,

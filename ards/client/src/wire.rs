@@ -1,8 +1,49 @@
-//! JSON bodies of the ARDS HTTP API that ARDS itself defines (publish and revoke bodies are
-//! `authz::wire` types, owned by the issuer side).
+//! JSON bodies of the ARDS HTTP API (the revoke body is the policy model's signed
+//! `Revocation`), and the syntax of the ids that travel in it, which ARDS and every PEP check.
 
-use authz::{Action, SignedRule};
+use csap_policy::{Action, SignedRule};
 use serde::{Deserialize, Serialize};
+
+pub use csap_policy::Revocation;
+
+/// Body of `POST {ards}/v1/publish` (what an authz issuer sends).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PublishRules {
+    pub rules: Vec<SignedRule>,
+}
+
+/// Longest accepted identifier (rule id, PEP id, issuer).
+pub const MAX_ID_LEN: usize = 256;
+
+/// What is wrong with `s` as a rule id or issuer name, if anything: 1..=256 printable ASCII
+/// characters, no spaces or slashes (they appear in logs and listings). `field` names it.
+pub fn id_problem(s: &str, field: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some(format!("{field} must not be empty"));
+    }
+    if s.len() > MAX_ID_LEN {
+        return Some(format!("{field} is longer than {MAX_ID_LEN} bytes"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+    {
+        return Some(format!(
+            "{field} may only contain printable ASCII without spaces or slashes"
+        ));
+    }
+    None
+}
+
+/// What is wrong with `s` as a PEP id, if anything: an id (see [`id_problem`]) of letters,
+/// digits and `. _ - : @ + =` only, because PEP ids travel unescaped in URL paths.
+pub fn pep_id_problem(s: &str, field: &str) -> Option<String> {
+    id_problem(s, field).or_else(|| {
+        (!s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=".contains(&b)))
+        .then(|| format!("{field} may only contain letters, digits and . _ - : @ + ="))
+    })
+}
 
 /// Why a rule left a PEP's rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,14 +56,15 @@ pub enum RemovalReason {
 }
 
 impl RemovalReason {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The reason's name in ARDS's store and on the wire.
+    pub fn as_str(self) -> &'static str {
         match self {
             RemovalReason::Revoked => "revoked",
             RemovalReason::Expired => "expired",
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "revoked" => Some(RemovalReason::Revoked),
             "expired" => Some(RemovalReason::Expired),
@@ -211,4 +253,31 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_a_url_path_are_refused() {
+        assert_eq!(pep_id_problem("mount:ws-07", "pep_id"), None);
+        assert_eq!(
+            id_problem("r-req-1/2", "rule.id").as_deref(),
+            Some("rule.id may only contain printable ASCII without spaces or slashes")
+        );
+        for bad in [
+            "",
+            "mount:ws 07",
+            "../admin",
+            "mount:ws-07?x=1",
+            "a#b",
+            "%2e%2e",
+        ] {
+            assert!(pep_id_problem(bad, "pep_id").is_some(), "{bad:?}");
+        }
+        assert!(id_problem(&"r".repeat(MAX_ID_LEN), "rule.id").is_none());
+        assert!(id_problem(&"r".repeat(MAX_ID_LEN + 1), "rule.id")
+            .is_some_and(|m| m.contains("longer than 256 bytes")));
+    }
 }

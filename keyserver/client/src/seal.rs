@@ -31,7 +31,7 @@ use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use rand_core::OsRng;
 use zeroize::Zeroizing;
 
-use crate::keys::ContentKey;
+use csap_base::keys::ContentKey;
 
 type Kem = X25519HkdfSha256;
 
@@ -143,7 +143,7 @@ impl HpkeKeyPair {
     /// Writes the private key as hex, mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), SealError> {
         let text = Zeroizing::new(hex::encode(self.secret.as_ref()));
-        crate::fsutil::write_private(path, text.as_bytes()).map_err(|source| SealError::Io {
+        csap_base::files::write_secret(path, text.as_bytes()).map_err(|source| SealError::Io {
             path: path.display().to_string(),
             source,
         })

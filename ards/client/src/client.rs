@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use authz::wire::Revocation;
-use authz::{Evaluator, IssuerPublicKey, Rule, SignedRule};
+use csap_identity::ClientIdentity;
+use csap_policy::{Evaluator, IssuerPublicKey, Revocation, Rule, SignedRule};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
@@ -59,7 +59,7 @@ impl ArdsHttp {
     pub fn new(
         url: &str,
         ca_pem: &str,
-        identity: Option<&authz::tls::ClientIdentity>,
+        identity: Option<&ClientIdentity>,
     ) -> Result<Self, ClientError> {
         let base = url.trim_end_matches('/').to_owned();
         if !base.starts_with("https://") {
@@ -67,7 +67,7 @@ impl ArdsHttp {
                 "ARDS URL must start with https://, got {url:?}"
             )));
         }
-        let tls = authz::tls::client_config_with(ca_pem, identity)
+        let tls = csap_identity::tls::client_config_with(ca_pem, identity)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -102,7 +102,7 @@ impl ArdsHttp {
 
     /// `POST /v1/publish`.
     pub async fn publish(&self, rules: &[SignedRule]) -> Result<PublishOutcome, ClientError> {
-        let body = authz::wire::PublishRules {
+        let body = crate::wire::PublishRules {
             rules: rules.to_vec(),
         };
         self.send(
@@ -197,7 +197,7 @@ pub struct ClientConfig {
     /// Certificate (PEM) that ARDS's TLS certificate must chain to.
     pub ca_pem: String,
     /// This PEP's client certificate (a device's, or the key server's service identity).
-    pub identity: authz::tls::ClientIdentity,
+    pub identity: ClientIdentity,
     /// Issuer name → key; rules from any other issuer are dropped.
     pub trusted_issuers: Vec<(String, IssuerPublicKey)>,
     /// The persistent rule cache (JSON, written atomically).
@@ -298,8 +298,9 @@ impl RulesClient {
 
     /// [`RulesClient::start`] with explicit options (test clock, backoff, poll wait).
     pub async fn start_with(cfg: ClientConfig, opts: ClientOptions) -> Result<Self, ClientError> {
-        crate::service::check_pep_id(&cfg.pep_id, "pep_id")
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        if let Some(problem) = crate::wire::pep_id_problem(&cfg.pep_id, "pep_id") {
+            return Err(ClientError::Config(problem));
+        }
         let http = ArdsHttp::new(&cfg.url, &cfg.ca_pem, Some(&cfg.identity))?;
         let issuers = cfg.trusted_issuers.iter().cloned().collect();
         let shared = Arc::new(Shared {
@@ -399,9 +400,9 @@ impl Shared {
     fn load_cache(&self) -> Result<(), ClientError> {
         let path = &self.cfg.cache_path;
         // The cache is written 0600; one left looser (older version, copied file) is tightened.
-        authz::statedir::private_file(path).map_err(|e| ClientError::Cache {
+        csap_base::files::tighten_secret(path).map_err(|source| ClientError::Cache {
             path: path.clone(),
-            source: std::io::Error::other(e),
+            source,
         })?;
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -637,36 +638,14 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// Writes `path` so that a crash leaves either the old or the new file, never a torn one:
-/// temp file in the same directory, fsync, rename, fsync the directory.
+/// Writes `path` so that a crash leaves either the old or the new file, never a torn one, and
+/// 0600 from its creation (the cache names rules, users and paths): `csap-base`'s writer, in a
+/// directory made when missing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("cache path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    csap_base::files::write_secret(path, bytes)
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! JSON wire types of the key server API, shared by the server handlers and the client library.
+//! Actions are the policy model's; roles and workflow grants are `csap-identity`'s.
 
 use serde::{Deserialize, Serialize};
 
-pub use authz::Action;
+pub use csap_identity::Role as PrincipalKind;
+pub use csap_policy::Action;
 
 /// Why a request or one asset of a batch was refused. Sent to clients; carries no other data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -319,7 +321,7 @@ pub struct ServerInfo {
     pub license_public_key: String,
     /// The authenticated peer, as the server sees it.
     pub peer: String,
-    pub peer_kind: crate::pki::PrincipalKind,
+    pub peer_kind: PrincipalKind,
 }
 
 // ---------- admin ----------
@@ -344,7 +346,7 @@ pub struct DirectorySnapshot {
     pub devices: std::collections::BTreeMap<String, bool>,
     /// Application digest → registered and not revoked.
     pub applications: std::collections::BTreeMap<String, bool>,
-    pub workflows: std::collections::BTreeMap<String, authz::principal::WorkflowGrant>,
+    pub workflows: std::collections::BTreeMap<String, csap_identity::WorkflowGrant>,
 }
 
 /// One issued client certificate.
@@ -352,7 +354,7 @@ pub struct DirectorySnapshot {
 pub struct PrincipalEntry {
     pub serial: String,
     pub name: String,
-    pub kind: crate::pki::PrincipalKind,
+    pub kind: PrincipalKind,
     pub revoked: bool,
 }
 
@@ -390,7 +392,7 @@ pub struct EnrollResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceInfo {
     pub name: String,
-    pub kind: crate::pki::PrincipalKind,
+    pub kind: PrincipalKind,
     pub serial: String,
     pub issued_at: i64,
     pub revoked_at: Option<i64>,

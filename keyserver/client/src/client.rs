@@ -1,5 +1,6 @@
 //! Client library of the key server: [`LicenseClient`] for devices (login, licenses, asset
 //! create/rename) and [`AdminClient`] for the admin identity. Both speak HTTPS with mTLS.
+//! Enrolling devices and principals makes key pairs and CSRs locally: feature `enroll`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,10 +9,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use csap_base::token::UserToken;
+use csap_identity::pki::{self, Identity, PkiError};
+
 use crate::license::{self, DeviceSession, LicenseError, OpenedLicense};
-use crate::pki::{self, Identity, PkiError};
 use crate::seal::{HpkeKeyPair, SealError};
-use crate::token::UserToken;
 use crate::wire::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +252,9 @@ impl LicenseClient {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
             // An unusable clock renews (and the server, reading its own clock, decides).
-            if crate::now().is_ok_and(|now| now < s.not_after - SESSION_RENEW_MARGIN_SECS) {
+            if csap_base::clock::unix_now()
+                .is_ok_and(|now| now < s.not_after - SESSION_RENEW_MARGIN_SECS)
+            {
                 return Ok(Arc::clone(s));
             }
         }
@@ -367,8 +371,8 @@ impl LicenseClient {
             .await
     }
 
-    /// One step of moving an asset to its next write generation (see
-    /// [`crate::generation`]); answers the asset's registry row after the step.
+    /// One step of moving an asset to its next write generation (reserve, then settle: the key
+    /// server's `generation` module); answers the asset's registry row after the step.
     pub async fn generation(
         &self,
         token: &UserToken,
@@ -441,6 +445,7 @@ impl AdminClient {
 
     /// Enrolls a device: creates its TLS key (CSR) and X25519 key locally, has the server sign
     /// the certificate, and writes cert.pem, key.pem, ca.pem, hpke.key and server.pub to `out`.
+    #[cfg(feature = "enroll")]
     pub async fn enroll_device(
         &self,
         name: &str,
@@ -467,12 +472,12 @@ impl AdminClient {
         .save(out)?;
         hpke.save(&out.join(pki::HPKE_KEY_FILE))?;
         let p = out.join(pki::SERVER_KEY_FILE);
-        crate::fsutil::write_public(&p, resp.license_public_key.as_bytes()).map_err(|source| {
-            ClientError::Io {
+        csap_base::files::write_public(&p, resp.license_public_key.as_bytes()).map_err(
+            |source| ClientError::Io {
                 path: p.display().to_string(),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(resp)
     }
 
@@ -572,11 +577,12 @@ impl AdminClient {
     }
     /// Issues a `workflow`, `auditor` or `service` certificate: creates the key (CSR) locally
     /// and writes cert.pem, key.pem and ca.pem to `out`. A workflow takes its grant.
+    #[cfg(feature = "enroll")]
     pub async fn add_principal(
         &self,
         kind: &str,
         name: &str,
-        grant: Option<&authz::principal::WorkflowGrant>,
+        grant: Option<&csap_identity::WorkflowGrant>,
         out: &Path,
     ) -> Result<AddPrincipalResponse, ClientError> {
         let (csr_pem, key_pem) = pki::new_csr(name)?;

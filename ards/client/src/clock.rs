@@ -1,6 +1,6 @@
 //! Time source for everything time-driven in ARDS (just-in-time release, expiry, rate limits),
 //! injectable so tests can move time without sleeping. Readings fail closed
-//! ([`authz::clock`]): an unusable clock is an error, never time 0.
+//! ([`csap_base::clock`]): an unusable clock is an error, never time 0.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use authz::clock::ClockError;
+pub use csap_base::clock::ClockError;
 
 use tokio::sync::watch;
 
@@ -30,7 +30,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Result<i64, ClockError> {
-        authz::clock::unix_now()
+        csap_base::clock::unix_now()
     }
 
     fn sleep_until(&self, deadline: i64) -> Sleep<'_> {
