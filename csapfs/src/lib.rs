@@ -9,6 +9,7 @@
 //! - [`license_source`]: content keys from key server licenses for attested callers;
 //! - [`audit_spool`]: the mount's own decisions, spooled durably and shipped to the key server;
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
+//! - [`storage`]: where the encrypted assets live (the local directory backend and its trait);
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above.
 
 pub mod audit_spool;
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod license_source;
 pub mod procmap;
 pub mod session;
+pub mod storage;
 
 pub use csap_format::{asset, crypto, format, stream};
 
