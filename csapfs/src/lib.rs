@@ -22,7 +22,7 @@ pub mod procmap;
 pub mod session;
 pub mod storage;
 
-pub use csap_format::{asset, crypto, format, stream};
+pub use csap_format::{asset, crypto, format, stored, stream, xattrs};
 
 pub use asset::{Asset, AssetError};
 pub use crypto::{derive_content_key, ContentKey, Seed};
