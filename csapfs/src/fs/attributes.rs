@@ -174,6 +174,13 @@ impl CsapFs {
                 Err(e) => return Err(e),
             }
         }
+        if mode.is_some_and(|mode| mode & 0o6000 != 0) {
+            // Set-ID bits set again: the next write without CAP_FSETID must clear them.
+            if let Some(open) = self.open_inode(ino) {
+                open.setid_checked
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
         self.attr(ino)
     }
 

@@ -249,12 +249,15 @@ impl Filesystem for CsapFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.do_write(req, fh, offset, data) {
+        // Direct I/O writes bypass the kernel's own clearing of set-user/group-ID bits; it
+        // tells us to do it instead (the writer lacks CAP_FSETID).
+        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.do_write(req, fh, offset, data, kill_setid) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }

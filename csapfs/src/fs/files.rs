@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::{Errno, FileAttr, FileHandle, Request};
@@ -15,6 +16,11 @@ use super::handles::OpenInode;
 use super::state::{asset_errno, io_errno, lock, CsapFs, StoredAsset};
 use crate::asset::{Asset, AssetError};
 use crate::keys::{Access, Lease};
+use crate::storage::AttrChange;
+
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o0010;
 
 /// Largest request: 1 MiB, i.e. the kernel's cap of 256 pages per FUSE request.
 pub(super) const MAX_REQUEST: u32 = 1 << 20;
@@ -118,6 +124,7 @@ impl CsapFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
+        kill_setid: bool,
     ) -> Result<u32, Errno> {
         let (ino, inode, writable) = self.live_handle(fh)?;
         if !writable {
@@ -126,10 +133,37 @@ impl CsapFs {
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         let mut asset = inode.write_asset();
         self.new_version(req, ino, &inode, &mut asset)?;
+        if kill_setid && !inode.setid_checked.load(Ordering::Acquire) {
+            self.kill_setid(ino, &asset)?;
+            inode.setid_checked.store(true, Ordering::Release);
+        }
         asset
             .write_at(offset, data)
             .map_err(|err| asset_errno(&err))?;
         Ok(len)
+    }
+
+    /// A write by someone without `CAP_FSETID` ends the file's set-user-ID bit and, if group
+    /// execution is allowed, its set-group-ID bit, as on a local filesystem. Checked once per
+    /// open asset (a `chmod` that sets either bit again makes it check again), so writes cost
+    /// no `stat` each.
+    fn kill_setid(&self, ino: u64, asset: &StoredAsset) -> Result<(), Errno> {
+        let perm = asset.file().attr().map_err(io_errno)?.perm;
+        let mut killed = perm & !S_ISUID;
+        if perm & S_IXGRP != 0 {
+            killed &= !S_ISGID;
+        }
+        if killed == perm {
+            return Ok(());
+        }
+        let Ok(rel) = self.rel_path(ino) else {
+            return Ok(()); // unlinked: nobody can execute it any more
+        };
+        let change = AttrChange {
+            perm: Some(killed),
+            ..AttrChange::default()
+        };
+        self.storage.set_attr(&rel, &change).map_err(io_errno)
     }
 
     /// Copies plaintext from one handle to another: each piece is read (authenticated) under

@@ -22,6 +22,8 @@ pub(super) struct OpenInode {
     pub(super) writable: bool,
     /// This open of the asset moved it to a new write generation already (or created it).
     pub(super) versioned: AtomicBool,
+    /// Set-ID bits were cleared (or found absent) for a writer without `CAP_FSETID`.
+    pub(super) setid_checked: AtomicBool,
 }
 
 impl OpenInode {
@@ -30,6 +32,7 @@ impl OpenInode {
             asset: RwLock::new(asset),
             writable,
             versioned: AtomicBool::new(versioned),
+            setid_checked: AtomicBool::new(false),
         }
     }
 
