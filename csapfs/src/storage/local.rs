@@ -150,7 +150,7 @@ impl LocalDir {
             match rustix::fs::openat2(at, rel, flags, Mode::empty(), resolve) {
                 // Another filesystem mounted inside the backing store: hidden, as in `stat`.
                 Err(Errno::XDEV) => return Err(io::Error::from(Errno::NOENT)),
-                Err(Errno::NOSYS | Errno::PERM) => {
+                Err(Errno::NOSYS) => {
                     tracing::debug!(
                         "openat2 refused; resolving backing paths one component at a time"
                     );
