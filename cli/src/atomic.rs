@@ -1,7 +1,8 @@
 //! Writing a file whole or not at all: through a temporary file in the same directory, fsynced,
 //! renamed into place, the directory fsynced. On any error the temporary file is removed and
 //! the destination is untouched. Used wherever a partial output would be wrong (a decrypt that
-//! fails authentication, an import interrupted mid-file).
+//! fails authentication). Imports write through the storage seam instead
+//! (`csapfs::storage::Storage::put_new`).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -14,8 +15,6 @@ use anyhow::{Context, Result};
 pub enum Existing {
     /// Replace it (an explicit output path).
     Replace,
-    /// Fail and leave it alone (import never overwrites).
-    Keep,
 }
 
 /// Writes `dest` through `.<name><tmp_mark><pid>` beside it; `write` fills the buffered file.
@@ -46,7 +45,6 @@ pub fn write_atomically<T>(
         file.sync_all()?;
         let flags = match existing {
             Existing::Replace => nix::fcntl::RenameFlags::empty(),
-            Existing::Keep => nix::fcntl::RenameFlags::RENAME_NOREPLACE,
         };
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,

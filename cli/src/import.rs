@@ -3,15 +3,17 @@
 //! derived from a local seed file offline — resumably, and never leaving a partial asset.
 //!
 //! Also owns the two steps every licensed import shares with `csap quickstart`:
-//! [`licensed_create`] (a create license → header and content key) and [`write_asset`]
-//! (temporary file, fsync, no-replace rename, directory fsync).
+//! [`licensed_create`] (a create license → header and content key) and [`write_asset`] (one
+//! whole asset put into the storage: complete or absent, never replacing another).
+//!
+//! Everything written goes through the mount's storage seam (`csapfs::storage`): a local
+//! backing directory today, the backend an object store will implement tomorrow.
 
 #![forbid(unsafe_code)]
 
-use crate::atomic::{write_atomically, Existing};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,8 +21,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use csapfs::format::{AssetId, Header, KeyId, ScopeId, DEFAULT_CHUNK_SIZE};
 use csapfs::keys::{KeyFileSource, NewAssetParams};
+use csapfs::storage::{LocalDir, OpenMode, Storage, StoredBytes};
 use csapfs::stream::encrypt_stream;
-use csapfs::{Asset, ContentKey, Seed, Suite};
+use csapfs::{Asset, AssetError, ContentKey, Seed, Suite};
 use indicatif::{ProgressBar, ProgressStyle};
 use keyserver_client::{LicenseClient, UserToken};
 
@@ -30,8 +33,6 @@ use crate::asset::SuiteArg;
 /// endpoint takes one asset per request (it allocates the asset id and registers the path), so
 /// import pipelines requests instead of batching them.
 const CREATES_IN_FLIGHT: usize = 8;
-/// Marks an import's temporary file: `.NAME.csap-import-PID` beside the destination `NAME`.
-const TMP_MARK: &str = ".csap-import-";
 
 #[derive(Args)]
 #[command(
@@ -114,19 +115,27 @@ pub async fn licensed_create(
     Ok((header, ContentKey::from_bytes(*grant.key.as_bytes())))
 }
 
-/// Encrypts `input` into a new asset at `dest`: written to a temporary file in the same
-/// directory, fsynced, renamed into place only if `dest` does not exist, then the directory is
-/// fsynced. On any error the temporary file is removed and `dest` is untouched. Returns the
-/// plaintext size.
+/// Encrypts `input` into a new asset at `rel` in `storage` ([`Storage::put_new`]: visible only
+/// complete and durable, never over an existing entry; on any error nothing is left at `rel`).
+/// Returns the plaintext size.
 pub fn write_asset(
-    dest: &Path,
+    storage: &dyn Storage,
+    rel: &Path,
     header: &Header,
     key: &ContentKey,
-    input: impl Read,
+    mut input: impl Read,
 ) -> Result<u64> {
-    write_atomically(dest, TMP_MARK, Existing::Keep, |out| {
-        Ok(encrypt_stream(input, out, header, key)?)
-    })
+    let mut size = 0;
+    storage
+        .put_new(rel, &mut |out| {
+            size = encrypt_stream(&mut input, out, header, key).map_err(|err| match err {
+                AssetError::Io(err) => err,
+                other => io::Error::other(other),
+            })?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot write the asset {}", rel.display()))?;
+    Ok(size)
 }
 
 /// One source file.
@@ -188,6 +197,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
     std::fs::create_dir_all(&args.backing)
         .with_context(|| format!("cannot create {}", args.backing.display()))?;
     let backing = args.backing.canonicalize()?;
+    let storage = LocalDir::open(&backing)
+        .with_context(|| format!("cannot open the backing store {}", backing.display()))?;
     if backing.starts_with(&src) {
         bail!(
             "the backing store {} lies inside the source {}: import would read its own output",
@@ -209,23 +220,18 @@ pub fn run(args: ImportArgs) -> Result<()> {
         eprintln!("csap import: {p}");
     }
 
-    // Pass 1: what is already done, what is in the way, what is to do.
-    let mut cleaned = HashSet::new();
+    // Pass 1: what is already done, what is in the way, what is to do. (Partial files of an
+    // interrupted run are the storage's to clean: the next put into their directory does.)
     let mut todo = Vec::new();
     for e in entries {
-        let dest = backing.join(&e.rel);
-        if let Some(dir) = dest.parent() {
-            if cleaned.insert(dir.to_path_buf()) {
-                remove_stale_temporaries(dir);
-            }
-        }
-        match std::fs::symlink_metadata(&dest) {
+        let dest = PathBuf::from(&e.rel);
+        match storage.stat(&dest) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => todo.push((e, dest)),
             Err(err) => {
                 tally.failed += 1;
-                eprintln!("csap import: {}: {err}", dest.display());
+                eprintln!("csap import: {}: {err}", backing.join(&dest).display());
             }
-            Ok(_) => match verify_existing(&dest, e.size, &keys) {
+            Ok(_) => match verify_existing(&storage, &dest, e.size, &keys) {
                 Ok(()) => tally.skipped += 1,
                 Err(err) => {
                     tally.failed += 1;
@@ -285,11 +291,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
                 1 << 20,
                 File::open(&e.src).with_context(|| format!("cannot open {}", e.src.display()))?,
             );
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            write_asset(dest, &header, &key, bar.wrap_read(input))
+            write_asset(&storage, dest, &header, &key, bar.wrap_read(input))
         });
         match result {
             Ok(size) => {
@@ -431,41 +433,14 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<Entry>, problems: &mut Vec<String>)
     }
 }
 
-/// Removes `.NAME.csap-import-PID` files in `dir` whose process is gone (an interrupted run).
-fn remove_stale_temporaries(dir: &Path) {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for item in read.flatten() {
-        let name = item.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(pid) = name
-            .starts_with('.')
-            .then(|| name.rsplit_once(TMP_MARK))
-            .flatten()
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
-            match std::fs::remove_file(item.path()) {
-                Ok(()) => {
-                    tracing::info!(file = %item.path().display(), "removed the temporary file of an interrupted import")
-                }
-                Err(e) => {
-                    tracing::warn!(file = %item.path().display(), error = %e, "cannot remove a stale temporary file")
-                }
-            }
-        }
-    }
-}
-
 /// Whether an existing destination is this source's finished asset (see `--help`).
-fn verify_existing(dest: &Path, src_size: u64, keys: &Keys) -> Result<()> {
-    let file = File::open(dest).context("exists and cannot be opened")?;
+fn verify_existing(storage: &dyn Storage, dest: &Path, src_size: u64, keys: &Keys) -> Result<()> {
+    let file = storage
+        .open(dest, OpenMode::Read)
+        .context("exists and cannot be opened")?;
     let header = csapfs::asset::read_header(&file)
         .context("exists and is not an asset; move it away to import this file")?;
-    let stored = file.metadata()?.len();
+    let stored = file.size()?;
     if stored != header.layout().stored_len(src_size) {
         bail!(
             "exists as an asset of another size ({stored} bytes stored, {} expected for the {src_size}-byte source); remove it to import this file again",

@@ -220,6 +220,7 @@ fn demo(
     );
     let backing = dir.join("backing");
     std::fs::create_dir_all(backing.join("samples"))?;
+    let storage = csapfs::storage::LocalDir::open(&backing)?;
     let mut frames = Vec::new();
     for i in 1..=FRAMES {
         let path = format!("samples/frame_{i:04}.raw");
@@ -232,7 +233,7 @@ fn demo(
             SCOPE,
             NewAssetParams::default(),
         ))?;
-        crate::import::write_asset(&backing.join(&path), &header, &key, &data[..])?;
+        crate::import::write_asset(&storage, Path::new(&path), &header, &key, &data[..])?;
         println!(
             "    {path}: {} bytes, asset id {}",
             data.len(),

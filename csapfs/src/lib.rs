@@ -16,8 +16,9 @@
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
 //! - [`license_source`]: content keys from key server licenses for attested callers, built on
 //!   all of the above;
-//! - [`fs`]: the FUSE mount (the data-plane PEP), which gets keys only through
-//!   [`keys::KeySource`].
+//! - [`storage`]: where the encrypted assets live (the local directory backend and its trait);
+//! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above, which gets keys
+//!   only through [`keys::KeySource`].
 
 pub mod audit_spool;
 pub mod binding;
@@ -27,8 +28,9 @@ pub mod keys;
 pub mod license_source;
 pub mod procmap;
 pub mod session;
+pub mod storage;
 
-pub use csap_format::{asset, crypto, format, stream};
+pub use csap_format::{asset, crypto, format, stored, stream, xattrs};
 
 pub use asset::{Asset, AssetError};
 pub use crypto::{derive_content_key, ContentKey, Seed};

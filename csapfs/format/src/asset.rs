@@ -1,13 +1,13 @@
 //! One encrypted asset file on disk: random-access reads, read-modify-write of chunks with fresh
 //! nonces, truncation up and down, holes, and recovery of a tail torn by a crash.
 //!
-//! I/O is positional (`pread`/`pwrite` through [`FileExt`]), so readers of one [`Asset`] share it
-//! without a seek position; writers need `&mut`, which the filesystem gets from a per-file lock.
+//! I/O is positional (`pread`/`pwrite` through [`StoredBytes`], a local [`File`] by default), so
+//! readers of one [`Asset`] share it without a seek position; writers need `&mut`, which the
+//! filesystem gets from a per-file lock.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use tracing::warn;
 
@@ -16,6 +16,7 @@ use crate::format::{
     open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD,
     FLAG_APPENDING, FLAG_SPARSE, HEADER_LEN,
 };
+use crate::stored::StoredBytes;
 
 /// A gap longer than this many chunks, opened by a write past EOF or a truncate up, is left as a
 /// hole in the backing file (see FORMAT.md "Holes") instead of being encrypted as zeros.
@@ -60,8 +61,8 @@ const fn libc_eio() -> i32 {
 }
 
 /// An open asset: its verified header, its keys and its plaintext size.
-pub struct Asset {
-    file: File,
+pub struct Asset<F = File> {
+    file: F,
     header: Header,
     keys: AssetKeys,
     layout: Layout,
@@ -73,7 +74,7 @@ pub struct Asset {
 
 /// Reads and strictly decodes the header of an asset without authenticating it (to learn which
 /// key to ask for). Nothing it returns may be trusted before [`Asset::open`] verifies it.
-pub fn read_header(file: &File) -> Result<Header, AssetError> {
+pub fn read_header<F: StoredBytes + ?Sized>(file: &F) -> Result<Header, AssetError> {
     let mut bytes = [0u8; HEADER_LEN as usize];
     let n = read_full_at(file, &mut bytes, 0)?;
     Ok(Header::decode_unauthenticated(&bytes[..n])?)
@@ -88,9 +89,9 @@ pub fn plain_size_of(layout: Layout, stored_len: u64) -> u64 {
     }
 }
 
-impl Asset {
+impl<F: StoredBytes> Asset<F> {
     /// Starts a new asset in `file` (which must be empty): header and one empty final chunk.
-    pub fn create(file: File, header: Header, key: &ContentKey) -> Result<Asset, AssetError> {
+    pub fn create(file: F, header: Header, key: &ContentKey) -> Result<Asset<F>, AssetError> {
         let keys = AssetKeys::new(header.suite, key);
         let asset = Asset {
             file,
@@ -100,7 +101,7 @@ impl Asset {
             plain_size: 0,
             torn_tail: false,
         };
-        asset.file.set_len(0)?;
+        asset.file.set_size(0)?;
         asset.write_header()?;
         let mut empty = [0u8; CHUNK_OVERHEAD as usize];
         seal_chunk(
@@ -117,7 +118,7 @@ impl Asset {
 
     /// Opens an existing asset, verifying its header under `key`. Strict: a stored length that
     /// no well-formed asset has is an error (truncated or extended file).
-    pub fn open(file: File, key: &ContentKey) -> Result<Asset, AssetError> {
+    pub fn open(file: F, key: &ContentKey) -> Result<Asset<F>, AssetError> {
         let (mut asset, stored_len) = Self::open_header(file, key)?;
         match asset.layout.classify(stored_len) {
             StoredLength::Valid(size) => asset.plain_size = size,
@@ -135,7 +136,7 @@ impl Asset {
     /// truncation finds no such chunk: the asset then opens at its stored length and the cut
     /// chunk fails to read (`EIO` for that range only), or, if the length is not even
     /// well-formed, the open fails.
-    pub fn open_recovering(file: File, key: &ContentKey) -> Result<Asset, AssetError> {
+    pub fn open_recovering(file: F, key: &ContentKey) -> Result<Asset<F>, AssetError> {
         let (mut asset, stored_len) = Self::open_header(file, key)?;
         if asset.header.flags & FLAG_APPENDING != 0 {
             // An extension was under way. While the chunk that was final before it still
@@ -188,13 +189,13 @@ impl Asset {
         }
     }
 
-    fn open_header(file: File, key: &ContentKey) -> Result<(Asset, u64), AssetError> {
+    fn open_header(file: F, key: &ContentKey) -> Result<(Asset<F>, u64), AssetError> {
         let mut bytes = [0u8; HEADER_LEN as usize];
         let n = read_full_at(&file, &mut bytes, 0)?;
         let header = Header::decode_unauthenticated(&bytes[..n])?;
         let keys = AssetKeys::new(header.suite, key);
         Header::verify(&bytes, &keys)?;
-        let stored_len = file.metadata()?.len();
+        let stored_len = file.size()?;
         let asset = Asset {
             file,
             layout: header.layout(),
@@ -221,7 +222,7 @@ impl Asset {
         self.plain_size
     }
 
-    pub fn file(&self) -> &File {
+    pub fn file(&self) -> &F {
         &self.file
     }
 
@@ -395,7 +396,7 @@ impl Asset {
             }
         }
         if new_size < old_size || self.torn_tail {
-            self.file.set_len(layout.stored_len(new_size))?;
+            self.file.set_size(layout.stored_len(new_size))?;
             self.torn_tail = false;
         }
         self.plain_size = new_size;
@@ -492,7 +493,7 @@ impl Asset {
     }
 }
 
-impl std::fmt::Debug for Asset {
+impl<F> std::fmt::Debug for Asset<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Asset")
             .field("asset_id", &self.header.asset_id)
@@ -509,7 +510,11 @@ fn too_large() -> AssetError {
 }
 
 /// `pread` until `buf` is full or end of file; returns the bytes read.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+fn read_full_at<F: StoredBytes + ?Sized>(
+    file: &F,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {

@@ -163,6 +163,19 @@ impl fmt::Debug for AssetKeys {
     }
 }
 
+/// BLAKE3 `derive_key` context of the key that seals an asset's user attributes (FORMAT.md §11).
+const XATTR_KEY_CONTEXT: &str = "csap v1 xattr key";
+
+/// The ciphers that seal an asset's user attributes (FORMAT.md §11): the asset's suite under a
+/// subkey of its content key, so attributes share neither a key nor a nonce space with chunks.
+pub(crate) fn xattr_keys(suite: Suite, key: &ContentKey) -> AssetKeys {
+    // `from_bytes` takes the subkey into locked memory and zeroizes its argument.
+    AssetKeys::new(
+        suite,
+        &ContentKey::from_bytes(blake3::derive_key(XATTR_KEY_CONTEXT, key.as_bytes())),
+    )
+}
+
 /// A BLAKE3 `derive_key` subkey of `key`, in locked memory (the stack copy zeroized).
 fn subkey(context: &str, key: &ContentKey) -> Secret<KEY_LEN> {
     let bytes = Zeroizing::new(blake3::derive_key(context, key.as_bytes()));

@@ -4,7 +4,8 @@
 //!
 //! - [`crypto`]: keys and ciphers (the only module that names a cipher implementation);
 //! - [`format`]: the byte format of an asset (header and chunk codec);
-//! - [`asset`]: one asset file on disk with random access; [`stream`]: whole-file streaming.
+//! - [`asset`]: one asset with random access, over [`stored`] bytes (a local file by default);
+//!   [`stream`]: whole-file streaming; [`xattrs`]: an asset's user attributes, sealed.
 //!
 //! `crypto` and `format` use each other (a chunk's codec needs the cipher, a key needs the
 //! header's ids); `asset` and `stream` are built on both.
@@ -12,7 +13,9 @@
 pub mod asset;
 pub mod crypto;
 pub mod format;
+pub mod stored;
 pub mod stream;
+pub mod xattrs;
 
 pub use asset::{Asset, AssetError};
 pub use crypto::{derive_content_key, ContentKey, Seed};

@@ -13,16 +13,21 @@ use fuser::Errno;
 use tracing::error;
 
 use csap_format::asset::Asset;
+use csap_format::stored::StoredBytes;
 
-pub(super) struct AssetLock(RwLock<Asset>);
+use crate::storage::StoredObject;
 
-impl AssetLock {
-    pub(super) fn new(asset: Asset) -> AssetLock {
+/// The lock of one open asset (generic over its bytes for the unit test; the mount's are a
+/// storage backend's objects).
+pub(super) struct AssetLock<S: StoredBytes = Box<dyn StoredObject>>(RwLock<Asset<S>>);
+
+impl<S: StoredBytes> AssetLock<S> {
+    pub(super) fn new(asset: Asset<S>) -> AssetLock<S> {
         AssetLock(RwLock::new(asset))
     }
 
     /// Shared access for reads and attributes; `EIO` once a writer panicked.
-    pub(super) fn read(&self) -> Result<RwLockReadGuard<'_, Asset>, Errno> {
+    pub(super) fn read(&self) -> Result<RwLockReadGuard<'_, Asset<S>>, Errno> {
         self.0.read().map_err(|poisoned| {
             refuse(poisoned.get_ref());
             Errno::EIO
@@ -30,7 +35,7 @@ impl AssetLock {
     }
 
     /// Exclusive access for changes and syncs; `EIO` once a writer panicked.
-    pub(super) fn write(&self) -> Result<RwLockWriteGuard<'_, Asset>, Errno> {
+    pub(super) fn write(&self) -> Result<RwLockWriteGuard<'_, Asset<S>>, Errno> {
         self.0.write().map_err(|poisoned| {
             refuse(poisoned.get_ref());
             Errno::EIO
@@ -38,7 +43,7 @@ impl AssetLock {
     }
 }
 
-fn refuse(asset: &Asset) {
+fn refuse<S: StoredBytes>(asset: &Asset<S>) {
     error!(asset = %asset.header().asset_id, "refused: a write to this open asset panicked; close every handle of it to open it afresh");
 }
 

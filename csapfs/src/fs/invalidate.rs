@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::filesystem::HandleLeases;
+use super::handles::HandleLeases;
 use crate::keys::KeySource;
 
 /// The longest the thread sleeps: a handle opened meanwhile may end before the lease the

@@ -1,28 +1,37 @@
 //! The encrypting FUSE mount (the data-plane PEP): mount options, mounting, unmounting.
 //!
-//! `BACKING` holds encrypted assets (one asset file per plaintext file, same names — names are
-//! not encrypted, a deliberate choice: asset management must see them); the mountpoint shows
-//! plaintext. [`filesystem`] holds the FUSE callbacks, [`inodes`] the inode-number table,
-//! [`invalidate`] ends cached and mapped plaintext pages when a handle's lease ends.
+//! The storage (a `BACKING` directory by default, [`crate::storage`]) holds encrypted assets
+//! (one asset per plaintext file, same names — names are not encrypted, a deliberate choice:
+//! asset management must see them); the mountpoint shows plaintext. [`state`] is the mount's
+//! state and the map of the operation families, [`callbacks`] the FUSE entry points,
+//! [`inodes`] the inode-number table, [`invalidate`] ends cached and mapped plaintext pages
+//! when a handle's lease ends.
 //!
 //! Speed by design (see `DESIGN.md` and the README's mount section):
 //! - several FUSE event loops, each with its own cloned `/dev/fuse` fd (fuser
 //!   `Config::n_threads` + `Config::clone_fd`);
 //! - 1 MiB requests (`KernelConfig::set_max_write`, which also sets `max_pages` = 256, the
 //!   kernel's cap) and a readahead window raised through the mount's BDI in sysfs;
-//! - no per-read allocation (thread-local buffers); the backing file stays open per inode.
+//! - no per-read allocation (thread-local buffers); the stored bytes stay open per inode.
 //!
 //! Page-cache behaviour is a deliberate choice, see [`CacheMode`].
 
 #![forbid(unsafe_code)]
 
 mod asset_lock;
-mod filesystem;
+mod attributes;
+mod callbacks;
+mod directories;
+mod files;
+mod handles;
 mod inodes;
 mod invalidate;
 mod mountpoint;
 mod moves;
+mod special;
+mod state;
 mod versioning;
+mod xattrs;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,9 +39,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::KeySource;
+use crate::storage::{LocalDir, Storage};
 
-pub use filesystem::CsapFs;
 pub use mountpoint::{mounted_fs_type, wait_until_released, MountpointClaim};
+pub use state::CsapFs;
 
 /// How long a new mount waits for the previous server of its mountpoint to finish exiting.
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
@@ -135,12 +145,22 @@ pub fn mount(
     keys: Arc<dyn KeySource>,
     options: &MountOptions,
 ) -> Result<MountedFs, MountError> {
-    let backing = backing
-        .canonicalize()
-        .map_err(|source| MountError::Backing {
-            path: backing.to_path_buf(),
-            source,
-        })?;
+    let backing_error = |source| MountError::Backing {
+        path: backing.to_path_buf(),
+        source,
+    };
+    let canonical = backing.canonicalize().map_err(backing_error)?;
+    let storage = LocalDir::open(&canonical).map_err(backing_error)?;
+    mount_storage(Arc::new(storage), mountpoint, keys, options)
+}
+
+/// [`mount`] over any [`Storage`].
+pub fn mount_storage(
+    storage: Arc<dyn Storage>,
+    mountpoint: &Path,
+    keys: Arc<dyn KeySource>,
+    options: &MountOptions,
+) -> Result<MountedFs, MountError> {
     let mountpoint_meta =
         std::fs::metadata(mountpoint).map_err(|source| MountError::Mountpoint {
             path: mountpoint.to_path_buf(),
@@ -161,11 +181,11 @@ pub fn mount(
     // Stacking a second mount on a live one hides it, and stopping either ends both.
     let claim = MountpointClaim::take(mountpoint, CLAIM_WAIT)?;
     mountpoint::check_empty(mountpoint, options.allow_nonempty)?;
-    let fs =
-        CsapFs::new(&backing, keys.clone(), options).map_err(|source| MountError::Backing {
-            path: backing.clone(),
-            source,
-        })?;
+    let source_name = storage.describe();
+    let fs = CsapFs::new(storage, keys.clone(), options).map_err(|source| MountError::Backing {
+        path: PathBuf::from(&source_name),
+        source,
+    })?;
 
     let leases = fs.leases();
 
@@ -176,7 +196,7 @@ pub fn mount(
     // allow_other that is what keeps users apart).
     let mut defaults = vec![O::DefaultPermissions];
     if !given(|o| matches!(o, O::FSName(_)), &mount_options) {
-        defaults.push(O::FSName(backing.display().to_string()));
+        defaults.push(O::FSName(source_name));
     }
     if !given(|o| matches!(o, O::Subtype(_)), &mount_options) {
         defaults.push(O::Subtype("csapfs".to_string()));

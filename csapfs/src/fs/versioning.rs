@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::asset::{Asset, AssetError};
 use crate::keys::{Caller, KeyError, KeySource};
+use crate::storage::StoredBytes;
 
 /// Moves `asset` to a new generation unless this open of it already did (`versioned`). The
 /// caller holds the asset exclusively, so two writers cannot both advance it.
-pub(super) fn before_change(
+pub(super) fn before_change<F: StoredBytes>(
     keys: &dyn KeySource,
     caller: &Caller,
     path: &str,
-    asset: &mut Asset,
+    asset: &mut Asset<F>,
     versioned: &AtomicBool,
 ) -> Result<(), KeyError> {
     if versioned.load(Ordering::Acquire) {
