@@ -73,6 +73,14 @@ impl Drop for Daemon {
 #[test]
 fn an_ordinary_process_is_readable_without_the_ptrace_capability() {
     let sleeper = Daemon(without_ptrace("sleep").arg("30").spawn().unwrap());
+    // Until setpriv has exec'd `sleep` the child still holds CAP_SYS_PTRACE, and a reader
+    // without it is refused for that reason alone: wait for the exec.
+    let comm = format!("/proc/{}/comm", sleeper.0.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep") {
+        assert!(Instant::now() < deadline, "setpriv never exec'd sleep");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     if let Err(err) = open_mem(sleeper.0.id()) {
         panic!("control: {err}");
     }
