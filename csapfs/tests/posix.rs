@@ -287,6 +287,63 @@ fn copy_file_range_from_a_source_the_caller_may_no_longer_read_fails_as_read_doe
     mounted.unmount().unwrap();
 }
 
+/// Attack: attributes are the file's content too. Once the license that allows a caller the
+/// file is revoked, its attributes are refused like its bytes — for a closed file (licensed
+/// afresh for the attribute call) and for one held open — and so is a truncate by path.
+#[test]
+fn a_revoked_license_reaches_attributes_and_truncation_too() {
+    require_fuse!();
+    let scratch = Scratch::new();
+    let revoked = Arc::new(AtomicBool::new(false));
+    let keys = Arc::new(Revocable {
+        inner: KeyFileSource::new(
+            Seed::from_file(&scratch.key_file).unwrap(),
+            NewAssetParams::default(),
+        ),
+        revoked: revoked.clone(),
+    });
+    let options = MountOptions {
+        threads: 2,
+        ..MountOptions::default()
+    };
+    let mounted = csapfs::fs::mount(&scratch.backing, &scratch.mnt, keys, &options).unwrap();
+    let closed = scratch.mnt.join("closed");
+    let held = scratch.mnt.join("held");
+    for file in [&closed, &held] {
+        fs::write(file, b"frame").unwrap();
+        rustix::fs::setxattr(file, "user.grade", b"v3", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_eq!(xattr(file, "user.grade").unwrap(), b"v3");
+    }
+    let open = File::open(&held).unwrap();
+    revoked.store(true, Ordering::Release);
+    for file in [&closed, &held] {
+        assert_eq!(
+            xattr(file, "user.grade").unwrap_err(),
+            rustix::io::Errno::ACCESS
+        );
+        let set = rustix::fs::setxattr(file, "user.grade", b"x", rustix::fs::XattrFlags::empty());
+        assert_eq!(set.unwrap_err(), rustix::io::Errno::ACCESS);
+        let listed = rustix::fs::listxattr(file, &mut [0u8; 256]);
+        assert_eq!(listed.unwrap_err(), rustix::io::Errno::ACCESS);
+        let cut = OpenOptions::new()
+            .write(true)
+            .open(file)
+            .and_then(|f| f.set_len(0));
+        assert_eq!(cut.unwrap_err().raw_os_error(), Some(EACCES));
+        // By path, without an open of its own (truncate(2)).
+        let by_path = nix::unistd::truncate(file.as_path(), 0);
+        assert_eq!(by_path.unwrap_err(), nix::errno::Errno::EACCES);
+    }
+    drop(open);
+    revoked.store(false, Ordering::Release);
+    assert_eq!(
+        fs::read(&held).unwrap(),
+        b"frame",
+        "a refused truncate cut nothing"
+    );
+    mounted.unmount().unwrap();
+}
+
 #[test]
 fn user_xattrs_are_set_read_listed_and_removed_sealed_under_the_file_key() {
     require_fuse!();

@@ -14,6 +14,7 @@ use super::asset_lock::AssetLock;
 use super::state::{io_errno, lock, CsapFs, StoredAsset};
 use super::CacheMode;
 use crate::asset::{read_header, Asset};
+use crate::format::Header;
 use crate::keys::{Access, Lease, Licensed};
 use crate::storage::{OpenMode, StoredObject};
 
@@ -139,10 +140,7 @@ impl CsapFs {
             self.report_invalid(ino, rel, &err);
             Errno::EIO
         })?;
-        let licensed = self
-            .keys
-            .open_key(&Self::caller(req), &Self::asset_path(rel), &header, access)
-            .map_err(|err| self.key_errno(rel, &err))?;
+        let licensed = self.licensed_now(req, rel, &header, access)?;
         let asset = Asset::open_recovering(object, &licensed.key).map_err(|err| {
             self.report_invalid(ino, rel, &err);
             Errno::EIO
@@ -203,14 +201,32 @@ impl CsapFs {
     ) -> Result<Licensed, Errno> {
         let rel = self.rel_path(ino)?;
         let header = *inode.read_asset()?.header();
-        let licensed = self
-            .keys
-            .open_key(&Self::caller(req), &Self::asset_path(&rel), &header, access)
-            .map_err(|err| self.key_errno(&rel, &err))?;
+        let licensed = self.licensed_now(req, &rel, &header, access)?;
         // The open asset's header authenticated when it was opened; the path may have changed.
         self.keys
             .check_binding(&Self::caller(req), &Self::asset_path(&rel), &header)
             .map_err(|err| self.key_errno(&rel, &err))?;
+        Ok(licensed)
+    }
+
+    /// The caller's license for the asset of `header` at `rel`, refused (`EACCES`) if it is
+    /// revoked or ended already: every use of a license — an open, an attribute call, a
+    /// truncate by path — gets the check a handle makes on each read.
+    fn licensed_now(
+        &self,
+        req: &Request,
+        rel: &Path,
+        header: &Header,
+        access: Access,
+    ) -> Result<Licensed, Errno> {
+        let licensed = self
+            .keys
+            .open_key(&Self::caller(req), &Self::asset_path(rel), header, access)
+            .map_err(|err| self.key_errno(rel, &err))?;
+        if licensed.lease.is_revoked() {
+            debug!(path = %Self::asset_path(rel), "refused: the license is revoked or ended");
+            return Err(Errno::EACCES);
+        }
         Ok(licensed)
     }
 
