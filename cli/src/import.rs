@@ -103,16 +103,8 @@ pub async fn licensed_create(
         .grants
         .first()
         .context("the key server answered a create without a grant")?;
-    let header = Header::new(
-        params.suite,
-        params.chunk_size,
-        AssetId(grant.asset_id),
-        KeyId {
-            scope: ScopeId(grant.scope_id),
-            version: grant.grant.key_version,
-        },
-    )?;
-    Ok((header, ContentKey::from_bytes(*grant.key.as_bytes())))
+    let header = csapfs::license_source::grant_header(&params, grant)?;
+    Ok((header, grant.key.clone()))
 }
 
 /// Encrypts `input` into a new asset at `rel` in `storage` ([`Storage::put_new`]: visible only

@@ -52,7 +52,7 @@ use keyserver_client::wire::Action;
 use keyserver_client::ClientError;
 use keyserver_client::{LicenseClient, UserToken};
 
-use crate::format::{AssetId, Header, KeyId, ScopeId};
+use crate::format::{AssetId, FormatError, Header};
 use crate::keys::{
     Access, Caller, KeyError, KeySource, Lease, Licensed, NewAssetParams, RevocationListener,
 };
@@ -473,15 +473,7 @@ impl KeySource for KeyServerSource {
             .grants
             .first()
             .ok_or_else(|| KeyError::Denied("key server granted no create license".into()))?;
-        let header = Header::new(
-            self.params.suite,
-            self.params.chunk_size,
-            AssetId(grant.asset_id),
-            KeyId {
-                scope: ScopeId(grant.scope_id),
-                version: grant.grant.key_version,
-            },
-        )?;
+        let header = grant_header(&self.params, grant)?;
         tracing::debug!(uid = caller.uid, pid = caller.pid, path, asset_id = %header.asset_id, "created asset under a create license");
         // Held like any license, so the revocation sweep and `not_after` reach the creator's
         // handle too.
@@ -517,6 +509,21 @@ impl Drop for KeyServerSource {
             rt.shutdown_background();
         }
     }
+}
+
+/// The header of a new asset under a create license's grant, with `params`' suite and chunk
+/// size: the asset id, scope and key version are the key server's. (The mount's creates,
+/// `csap import` and the test kit's importer make their headers here.)
+pub fn grant_header(
+    params: &NewAssetParams,
+    grant: &keyserver_client::license::OpenedGrant,
+) -> Result<Header, FormatError> {
+    Header::new(
+        params.suite,
+        params.chunk_size,
+        AssetId(grant.asset_id),
+        cache::grant_key_id(grant),
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keyserver_client::license::OpenedGrant;
 use keyserver_client::wire::Action;
 
 use crate::crypto::ContentKey;
@@ -50,17 +51,10 @@ pub(super) struct Held {
 
 impl Held {
     /// A granted key of `user`, held until the grant or its license ends (`license_end`).
-    pub(super) fn from_grant(
-        user: &str,
-        grant: &keyserver_client::license::OpenedGrant,
-        license_end: i64,
-    ) -> Held {
+    pub(super) fn from_grant(user: &str, grant: &OpenedGrant, license_end: i64) -> Held {
         Held {
-            key: to_content_key(&grant.key),
-            key_id: KeyId {
-                scope: ScopeId(grant.scope_id),
-                version: grant.grant.key_version,
-            },
+            key: grant.key.clone(),
+            key_id: grant_key_id(grant),
             not_after: grant.grant.not_after.min(license_end),
             user: user.to_string(),
             path: grant.grant.path.clone(),
@@ -95,6 +89,10 @@ impl moka::Expiry<LicenseKey, Arc<Held>> for UntilNotAfter {
     }
 }
 
-fn to_content_key(key: &csap_base::ContentKey) -> ContentKey {
-    ContentKey::from_bytes(*key.as_bytes())
+/// The key a grant is for: its scope and seed version.
+pub(super) fn grant_key_id(grant: &OpenedGrant) -> KeyId {
+    KeyId {
+        scope: ScopeId(grant.scope_id),
+        version: grant.grant.key_version,
+    }
 }

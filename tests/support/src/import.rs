@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use csapfs::format::{AssetId, Header, KeyId, ScopeId, DEFAULT_CHUNK_SIZE};
-use csapfs::{Asset, ContentKey, Suite};
+use csapfs::format::Header;
+use csapfs::keys::NewAssetParams;
+use csapfs::{Asset, ContentKey};
 use keyserver::{ClientError, LicenseClient, UserToken};
 use tokio::runtime::Runtime;
 
@@ -45,16 +46,8 @@ impl Importer {
             .grants
             .first()
             .with_context(|| format!("the create license for {path} has no grant"))?;
-        let header = Header::new(
-            Suite::Gcm,
-            DEFAULT_CHUNK_SIZE,
-            AssetId(grant.asset_id),
-            KeyId {
-                scope: ScopeId(grant.scope_id),
-                version: grant.grant.key_version,
-            },
-        )?;
-        Ok((header, ContentKey::from_bytes(*grant.key.as_bytes())))
+        let header = csapfs::license_source::grant_header(&NewAssetParams::default(), grant)?;
+        Ok((header, grant.key.clone()))
     }
 
     /// Licenses `path` and writes `pieces` (one after the other) as its plaintext at
