@@ -17,7 +17,7 @@ use csapfs::keys::NewAssetParams;
 use keyserver_client::wire::RegisterAppRequest;
 use keyserver_client::{AdminClient, LicenseClient};
 
-use crate::server::{self, rfc3339_utc, EmbeddedServer, ServerOptions};
+use crate::server::{self, EmbeddedServer, ServerOptions};
 
 const USER: &str = "alice";
 const SCOPE: &str = "quickstart";
@@ -164,7 +164,7 @@ fn demo(
     println!(
         "    {USER} logged in; token in {} (until {})",
         token_file.display(),
-        rfc3339_utc(expires_at)
+        csap_policy::request::format_time(expires_at)
     );
 
     step(

@@ -455,6 +455,13 @@ mod tests {
     const EXAMPLE: &str = include_str!("../../examples/request-shot010.json");
 
     #[test]
+    fn times_are_formatted_as_rfc3339_utc() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time(1_795_424_400), "2026-11-23T09:00:00Z");
+    }
+
+    #[test]
     fn example_file_parses() {
         let r = PolicyRequest::from_json(EXAMPLE.as_bytes(), 0).unwrap();
         assert_eq!(r.task, "comp-shot010");

@@ -608,16 +608,8 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
-/// Formats unix seconds as RFC 3339 UTC (for CLI output).
-pub fn rfc3339(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
-}
+/// Formats unix seconds as RFC 3339 UTC (for CLI output): the policy model's formatter.
+pub use csap_policy::request::format_time as rfc3339;
 
 /// Parses a point in time: unix seconds, RFC 3339, or relative to `now` as `+90s`, `+30m`,
 /// `+4h`, `+2d`.
