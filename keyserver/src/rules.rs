@@ -82,7 +82,7 @@ impl RuleCheck for SwappableRules {
 }
 
 /// Rules from ARDS: the current verified, unexpired rules of the `keyserver` PEP.
-pub struct ArdsRules(pub ards::client::RulesClient);
+pub struct ArdsRules(pub ards_client::RulesClient);
 
 impl RuleCheck for ArdsRules {
     fn check(&self, req: &AccessRequest<'_>) -> RuleVerdict {
@@ -94,11 +94,11 @@ impl RuleCheck for ArdsRules {
 /// key server with the service certificate the key server makes at first start). Until the
 /// subscription is set, every check is denied.
 #[derive(Debug, Default, Clone)]
-pub struct LateRules(pub Arc<std::sync::OnceLock<Arc<ards::client::RulesClient>>>);
+pub struct LateRules(pub Arc<std::sync::OnceLock<Arc<ards_client::RulesClient>>>);
 
 impl LateRules {
     /// Sets the subscription (once; later calls are ignored).
-    pub fn set(&self, rules: Arc<ards::client::RulesClient>) {
+    pub fn set(&self, rules: Arc<ards_client::RulesClient>) {
         let _ = self.0.set(rules);
     }
 }
