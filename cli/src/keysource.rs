@@ -68,12 +68,13 @@ pub struct KeyServerKeys {
 }
 
 impl KeyServerArgs {
-    /// The key server source, or `None` when `--server` was not given. `backing` is walked
-    /// for pre-loading when `--ards` is given; `mountpoint` names the default audit spool.
+    /// The key server source, or `None` when `--server` was not given. `storage` is listed
+    /// for pre-loading when `--ards` is given and for sibling batches; `mountpoint` names the
+    /// default audit spool.
     pub fn source(
         &self,
         params: NewAssetParams,
-        backing: &std::path::Path,
+        storage: &Arc<dyn csapfs::storage::Storage>,
         mountpoint: &std::path::Path,
     ) -> Result<Option<KeyServerKeys>> {
         let Some(url) = &self.server else {
@@ -99,7 +100,7 @@ impl KeyServerArgs {
         cfg.tokens = tokens;
         cfg.params = params;
         cfg.rules = self.rules_config(identity)?;
-        cfg.backing = Some(backing.to_path_buf());
+        cfg.storage = Some(Arc::clone(storage));
         // The device name is filled in from the key server's answer on connecting.
         cfg.audit = Some(SpoolConfig::new(
             self.audit_spool_dir(identity, mountpoint)?,

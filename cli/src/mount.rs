@@ -197,17 +197,17 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 
     // After blocking signals: the key server source starts runtime threads of its own.
     // `_sessions` serves `csap login` handovers for as long as the mount runs.
+    let storage = csapfs::fs::open_backing(&args.backing)?;
     let (keys, _sessions): (Arc<dyn csapfs::keys::KeySource>, _) = match (
         seed,
-        args.key_server
-            .source(params, &args.backing, &args.mountpoint)?,
+        args.key_server.source(params, &storage, &args.mountpoint)?,
     ) {
         (_, Some(k)) => (k.source, k.sessions),
         (Some(seed), None) => (Arc::new(KeyFileSource::new(seed, params)), None),
         (None, None) => bail!("give --key-file or --server"),
     };
 
-    let mounted = csapfs::fs::mount(&args.backing, &args.mountpoint, keys, &options)?;
+    let mounted = csapfs::fs::mount_storage(storage, &args.mountpoint, keys, &options)?;
     // Held until this function returns: the file names a live mount only.
     let _pid_file = args
         .pid_file

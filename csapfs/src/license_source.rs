@@ -56,6 +56,7 @@ use crate::format::{AssetId, FormatError, Header};
 use crate::keys::{
     Access, Caller, KeyError, KeySource, Lease, Licensed, NewAssetParams, RevocationListener,
 };
+use crate::storage::Storage;
 
 use attest::{AttestError, Attestor};
 use cache::{Held, LicenseKey, Licenses};
@@ -84,9 +85,10 @@ pub struct LicenseSourceConfig {
     pub request_timeout: Duration,
     /// The mount's own rules from ARDS; `None` leaves every decision to the key server.
     pub rules: Option<RulesConfig>,
-    /// The mount's backing directory: walked for pre-loading (assets a rule released ahead of
-    /// its window covers get their licenses when the window opens, before the first open).
-    pub backing: Option<PathBuf>,
+    /// The mount's backing store: listed for pre-loading (assets a rule released ahead of its
+    /// window covers get their licenses when the window opens, before the first open) and for
+    /// sibling batches.
+    pub storage: Option<Arc<dyn Storage>>,
     /// Where the mount spools its own decisions for the key server's audit trail
     /// ([`crate::audit_spool`]); `None` records nothing locally.
     pub audit: Option<crate::audit_spool::SpoolConfig>,
@@ -118,7 +120,7 @@ impl LicenseSourceConfig {
             attest_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
             rules: None,
-            backing: None,
+            storage: None,
             audit: None,
         }
     }
@@ -164,7 +166,7 @@ pub struct KeyServerSource {
     /// The mount's own decisions on their way to the audit trail (see [`decisions`]).
     trail: Option<crate::audit_spool::AuditSpool>,
     /// The backing store, where a cold open finds its directory's other assets ([`siblings`]).
-    backing: Option<PathBuf>,
+    storage: Option<Arc<dyn Storage>>,
     /// Sibling batches in flight, one per (session, application, directory).
     flights: siblings::Flights,
     /// Each asset's registered path and write generation, as licenses said ([`binding`]).
@@ -212,15 +214,15 @@ impl KeyServerSource {
             request_timeout: cfg.request_timeout,
         }
         .start(&runtime)?;
-        let backing = cfg.backing.clone();
+        let storage = cfg.storage.clone();
         let rules = match cfg.rules {
             None => None,
             Some(rc) => {
-                let preload = cfg.backing.map(|backing| preload::Preloader {
+                let preload = cfg.storage.map(|storage| preload::Preloader {
                     handle: runtime.handle().clone(),
                     client: client.clone(),
                     tokens: cfg.tokens.clone(),
-                    backing,
+                    storage,
                     licenses: licenses.clone(),
                     registry: registry.clone(),
                     request_timeout: cfg.request_timeout,
@@ -273,7 +275,7 @@ impl KeyServerSource {
             revocations,
             listeners,
             trail,
-            backing,
+            storage,
             flights: siblings::Flights::default(),
             registry,
         })

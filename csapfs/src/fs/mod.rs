@@ -145,13 +145,19 @@ pub fn mount(
     keys: Arc<dyn KeySource>,
     options: &MountOptions,
 ) -> Result<MountedFs, MountError> {
+    mount_storage(open_backing(backing)?, mountpoint, keys, options)
+}
+
+/// The backing directory `backing` as the mount's [`Storage`] (shared with the key source,
+/// which lists it for pre-loading and sibling batches).
+pub fn open_backing(backing: &Path) -> Result<Arc<dyn Storage>, MountError> {
     let backing_error = |source| MountError::Backing {
         path: backing.to_path_buf(),
         source,
     };
     let canonical = backing.canonicalize().map_err(backing_error)?;
     let storage = LocalDir::open(&canonical).map_err(backing_error)?;
-    mount_storage(Arc::new(storage), mountpoint, keys, options)
+    Ok(Arc::new(storage))
 }
 
 /// [`mount`] over any [`Storage`].

@@ -174,7 +174,7 @@ impl KeyServerSource {
             leading: None,
             siblings: Vec::new(),
         };
-        let (Some(rules), Some(backing)) = (&self.rules, &self.backing) else {
+        let (Some(rules), Some(storage)) = (&self.rules, &self.storage) else {
             return none;
         };
         if cache_key.action != Action::Read {
@@ -196,7 +196,7 @@ impl KeyServerSource {
             siblings::Turn::Lead(leading) => leading,
         };
         let local = rules.snapshot();
-        let siblings = siblings::siblings(backing, path, siblings::SIBLING_BATCH - 1)
+        let siblings = siblings::siblings(storage.as_ref(), path, siblings::SIBLING_BATCH - 1)
             .into_iter()
             .filter(|s| {
                 let key = LicenseKey {

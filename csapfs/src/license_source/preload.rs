@@ -13,6 +13,7 @@ use keyserver_client::{LicenseClient, UserToken};
 use super::cache::{Held, LicenseKey, Licenses};
 use super::tokens::{session_of, TokenMap};
 use super::{binding, chain, siblings};
+use crate::storage::{Kind, Storage};
 
 /// Fetches licenses for the assets a newly active rule covers, so the first open in the
 /// window is served from the license cache. Runs on a blocking thread of the source runtime.
@@ -21,7 +22,7 @@ pub(super) struct Preloader {
     pub(super) handle: tokio::runtime::Handle,
     pub(super) client: LicenseClient,
     pub(super) tokens: TokenMap,
-    pub(super) backing: PathBuf,
+    pub(super) storage: Arc<dyn Storage>,
     pub(super) licenses: Licenses,
     pub(super) registry: binding::Registry,
     pub(super) request_timeout: Duration,
@@ -68,39 +69,27 @@ impl Preloader {
         selectors: &[csap_policy::request::AssetSelector],
     ) -> Vec<([u8; 16], String)> {
         let mut found = Vec::new();
-        let mut dirs = vec![self.backing.clone()];
+        let mut dirs = vec![PathBuf::new()];
         while let Some(dir) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+            let Ok(entries) = self.storage.list(&dir) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                let path = entry.path();
-                if kind.is_dir() {
-                    dirs.push(path);
-                    continue;
-                }
-                if !kind.is_file() {
-                    continue;
-                }
-                let Some(rel) = path
-                    .strip_prefix(&self.backing)
-                    .ok()
-                    .and_then(|r| r.to_str())
-                    .map(str::to_owned)
-                else {
-                    continue;
-                };
-                if !selects(selectors, &rel) {
-                    continue;
-                }
-                if let Ok(header) = std::fs::File::open(&path)
-                    .map_err(crate::asset::AssetError::from)
-                    .and_then(|f| crate::asset::read_header(&f))
-                {
-                    found.push((header.asset_id.0, rel));
+            for entry in entries {
+                let path = dir.join(&entry.name);
+                match entry.kind {
+                    Kind::Dir => dirs.push(path),
+                    Kind::File => {
+                        let Some(rel) = path.to_str() else {
+                            continue;
+                        };
+                        if !selects(selectors, rel) {
+                            continue;
+                        }
+                        if let Some(header) = siblings::stored_header(self.storage.as_ref(), rel) {
+                            found.push((header.asset_id.0, rel.to_owned()));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

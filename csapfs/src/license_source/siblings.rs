@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use keyserver_client::ClientError;
 
+use crate::storage::{Kind, OpenMode, Storage};
+
 /// Most assets in one sibling batch: the key server's default `max_batch`. A server configured
 /// lower answers 400, and the open then asks for its own asset alone.
 pub(super) const SIBLING_BATCH: usize = 1024;
@@ -59,18 +61,18 @@ pub(super) struct Sibling {
 
 /// Every other asset in the directory of `rel`, in name order, as far as their headers can be
 /// read; at most `limit`.
-pub(super) fn siblings(backing: &Path, rel: &str, limit: usize) -> Vec<Sibling> {
+pub(super) fn siblings(storage: &dyn Storage, rel: &str, limit: usize) -> Vec<Sibling> {
     let (dir, own) = match rel.rsplit_once('/') {
         Some((dir, name)) => (dir, name),
         None => ("", rel),
     };
-    let Ok(entries) = std::fs::read_dir(backing.join(dir)) else {
+    let Ok(entries) = storage.list(Path::new(dir)) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter_map(|e| e.file_name().into_string().ok())
+        .into_iter()
+        .filter(|e| e.kind == Kind::File)
+        .filter_map(|e| e.name.into_string().ok())
         .filter(|name| name != own)
         .collect();
     names.sort();
@@ -85,10 +87,7 @@ pub(super) fn siblings(backing: &Path, rel: &str, limit: usize) -> Vec<Sibling> 
             format!("{dir}/{name}")
         };
         // Not an asset (or unreadable): not asked for; its own open reports it.
-        if let Ok(header) = std::fs::File::open(backing.join(&rel))
-            .map_err(crate::asset::AssetError::from)
-            .and_then(|f| crate::asset::read_header(&f))
-        {
+        if let Some(header) = stored_header(storage, &rel) {
             found.push(Sibling {
                 asset_id: header.asset_id.0,
                 scope_id: header.key_id.scope.0,
@@ -97,6 +96,12 @@ pub(super) fn siblings(backing: &Path, rel: &str, limit: usize) -> Vec<Sibling> 
         }
     }
     found
+}
+
+/// The header of the asset stored at `rel` (not yet authenticated), if it reads as one.
+pub(super) fn stored_header(storage: &dyn Storage, rel: &str) -> Option<crate::format::Header> {
+    let stored = storage.open(Path::new(rel), OpenMode::Read).ok()?;
+    crate::asset::read_header(stored.as_ref()).ok()
 }
 
 /// Whose sibling batch: one request at a time per (session, application, directory).

@@ -162,7 +162,7 @@ pub trait StoredObject: StoredBytes + Send + Sync {
 }
 
 /// A tree of entries holding encrypted assets (see the module documentation for the contract).
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: std::fmt::Debug + Send + Sync + 'static {
     /// Names the store in logs and as the mount's source (`fsname`).
     fn describe(&self) -> String;
     /// Metadata of `path`; a final symlink is not followed.
