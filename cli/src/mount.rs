@@ -208,6 +208,9 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     };
 
     let mounted = csapfs::fs::mount_storage(storage, &args.mountpoint, keys, &options)?;
+    mounted
+        .hold_claim_until_exit()
+        .context("holding the claim on the mountpoint")?;
     // Held until this function returns: the file names a live mount only.
     let _pid_file = args
         .pid_file

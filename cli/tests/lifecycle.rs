@@ -68,12 +68,22 @@ fn exited(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
 }
 
-fn wait_exited(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+fn exited_within(pid: u32, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
     while !exited(pid) {
-        assert!(Instant::now() < deadline, "daemon {pid} did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
+    true
+}
+
+fn wait_exited(pid: u32) {
+    assert!(
+        exited_within(pid, Duration::from_secs(30)),
+        "daemon {pid} did not exit"
+    );
 }
 
 /// A second backing directory beside the scratch area's.
@@ -94,7 +104,9 @@ fn issue_14_remount_at_once_stays_mounted() {
     let a = mount_daemon(&scratch.backing, &scratch.mnt, &scratch.key_file, &log, &[]);
     fs::write(scratch.mnt.join("frame"), b"through A").unwrap();
     umount(&scratch.mnt);
-    let a_gone = exited(a);
+    // The daemon releases its claim as it exits: the kernel closes its files a moment before
+    // it reaps the process.
+    let a_gone = exited_within(a, Duration::from_millis(250));
     let b = mount_daemon(&backing_b, &scratch.mnt, &scratch.key_file, &log, &[]);
     std::thread::sleep(Duration::from_secs(1));
     let source = mounted_source(&scratch.mnt);

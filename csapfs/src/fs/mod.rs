@@ -319,6 +319,16 @@ impl MountedFs {
         &self.mountpoint
     }
 
+    /// Holds the claim on the mountpoint until this process exits, past the end of the mount:
+    /// `csap umount` (which waits for the claim, [`wait_until_released`]) then returns only
+    /// once the serving process is gone, not while it is still tearing down.
+    pub fn hold_claim_until_exit(&self) -> io::Result<()> {
+        use std::os::fd::IntoRawFd;
+        // Never closed by us: the kernel closes it, releasing the lock, as the process exits.
+        let _ = self._claim.share()?.into_raw_fd();
+        Ok(())
+    }
+
     /// True once the session has ended (for example after an external `umount`).
     pub fn is_finished(&self) -> bool {
         self.session.guard.is_finished()

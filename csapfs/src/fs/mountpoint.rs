@@ -27,6 +27,13 @@ pub struct MountpointClaim {
 }
 
 impl MountpointClaim {
+    /// A second descriptor of the claim's open file: the lock is held while any of them is
+    /// open, so whoever keeps one extends the claim.
+    pub(super) fn share(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self._lock.as_fd().try_clone_to_owned()
+    }
+
     /// Claims `mountpoint` (canonical, a directory): refuses it if something is mounted there,
     /// and waits up to `wait` for a previous server that is still shutting down.
     pub(super) fn take(mountpoint: &Path, wait: Duration) -> Result<MountpointClaim, MountError> {
