@@ -71,7 +71,7 @@ fn parse_issuer(spec: &str) -> Result<(String, csap_policy::IssuerPublicKey)> {
 }
 
 /// `300`, `300s`, `5m`, `2h`, `1d` → seconds.
-fn parse_duration(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 's')) => (&s[..i], 1),

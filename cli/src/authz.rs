@@ -73,7 +73,11 @@ pub struct RequestArgs {
 
 #[derive(Subcommand)]
 enum RequestCommand {
-    /// Submit an authorization policy request (OMC-style JSON; see authz/examples/).
+    /// Print a request made from flags (users, apps, devices, paths, actions, a window from
+    /// now), ready for `csap request submit`.
+    New(crate::request_new::NewRequest),
+    /// Submit an authorization policy request (OMC-style JSON; see authz/examples/); `-` reads
+    /// it from standard input.
     Submit { file: PathBuf },
     /// Replace a request with a new version: its rules are revoked and reissued.
     Change { id: String, file: PathBuf },
@@ -234,6 +238,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn read(p: &Path) -> Result<String> {
+    if p == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin()).context("cannot read standard input");
+    }
     std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
@@ -313,36 +320,22 @@ fn print(v: &Value) -> Result<()> {
 }
 
 pub fn run_request(args: RequestArgs) -> Result<()> {
+    use reqwest::Method;
+    let (method, path, body) = match args.command {
+        RequestCommand::New(new) => return crate::request_new::run(new),
+        RequestCommand::Submit { file } => {
+            (Method::POST, "/v1/requests".into(), Some(read(&file)?))
+        }
+        RequestCommand::Change { id, file } => (
+            Method::PUT,
+            format!("/v1/requests/{id}"),
+            Some(read(&file)?),
+        ),
+        RequestCommand::Cancel { id } => (Method::DELETE, format!("/v1/requests/{id}"), None),
+        RequestCommand::Show { id } => (Method::GET, format!("/v1/requests/{id}"), None),
+    };
     let client = Client::new(&args.client)?;
-    runtime()?.block_on(async {
-        let v = match args.command {
-            RequestCommand::Submit { file } => {
-                client
-                    .call(reqwest::Method::POST, "/v1/requests", Some(read(&file)?))
-                    .await?
-            }
-            RequestCommand::Change { id, file } => {
-                client
-                    .call(
-                        reqwest::Method::PUT,
-                        &format!("/v1/requests/{id}"),
-                        Some(read(&file)?),
-                    )
-                    .await?
-            }
-            RequestCommand::Cancel { id } => {
-                client
-                    .call(reqwest::Method::DELETE, &format!("/v1/requests/{id}"), None)
-                    .await?
-            }
-            RequestCommand::Show { id } => {
-                client
-                    .call(reqwest::Method::GET, &format!("/v1/requests/{id}"), None)
-                    .await?
-            }
-        };
-        print(&v)
-    })
+    runtime()?.block_on(async { print(&client.call(method, &path, body).await?) })
 }
 
 pub fn run_policy(args: PolicyArgs) -> Result<()> {

@@ -20,6 +20,7 @@ mod mount;
 mod mount_preflight;
 mod password;
 mod quickstart;
+mod request_new;
 mod server;
 
 use std::io::IsTerminal;

@@ -55,7 +55,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
     let viewer = csap.with_file_name("csap-view");
     if !viewer.exists() {
         bail!(
-            "the demo viewer {} is missing; build it with `cargo build -p cli --bins`",
+            "the demo viewer {} is missing; build it with `cargo build -p csap-view`",
             viewer.display()
         );
     }

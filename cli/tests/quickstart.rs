@@ -34,9 +34,13 @@ fn assert_audit_shows_the_mount_denial(stdout: &str) {
 #[test]
 fn quickstart_allows_the_viewer_and_denies_cat() {
     require_fuse!();
-    // The viewer must sit beside csap (cargo builds every bin of the package for tests).
+    // The viewer must sit beside csap: `cargo test --workspace` builds it for its own test.
     let viewer = std::path::Path::new(CSAP).with_file_name("csap-view");
-    assert!(viewer.exists(), "{} missing", viewer.display());
+    assert!(
+        viewer.exists(),
+        "{} missing: build it with `cargo build -p csap-view`",
+        viewer.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("qs");
     let stdout = quickstart_ok(Command::new(CSAP).arg("quickstart").arg("--dir").arg(&work));

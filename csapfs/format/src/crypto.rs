@@ -1,7 +1,7 @@
 //! Key types and the chunk ciphers: seeds, content keys, per-asset subkeys, nonces.
 //!
 //! This module is the only place that names a cipher implementation, so the implementation can
-//! change without touching the format or the filesystem. Measured in `bench/` (README table):
+//! change without touching the format or the filesystem. Measured in `bench/` (docs/benchmarks.md):
 //! `ring`'s AES-256-GCM decrypts about 3x faster than RustCrypto's `aes-gcm` on our machines, so
 //! the GCM suite uses `ring`. `ring` has no raw AES-CTR, so the CTR suite uses RustCrypto's
 //! `aes` + `ctr` (AES-NI), whose speed is not the bottleneck there: the BLAKE3 MAC is.

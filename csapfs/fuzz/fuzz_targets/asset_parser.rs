@@ -1,7 +1,7 @@
 //! Fuzzes everything that reads untrusted asset bytes: the strict header decoder, the layout
 //! math on the input's length, and the streaming decryptor (which must reject, never panic).
 //! The input is taken as a whole asset file; a fixed seed keys it, so inputs built from a valid
-//! asset (see the seed corpus the README names) reach deep into chunk decoding.
+//! asset (see the seed corpus docs/guide.md names (Fuzzing)) reach deep into chunk decoding.
 #![no_main]
 
 use csap_format::format::{Header, Layout};

@@ -5,7 +5,7 @@
 //! own (an expanded cipher key). Both live in slots of [`pool`]'s arenas (`memfd_secret` where
 //! the kernel has it, else `mlock` + `MADV_DONTDUMP`) and are zeroized when dropped. What this
 //! does not cover: copies the compiler leaves on the stack or in registers while a key is
-//! built, and anything root can still do (README, security section).
+//! built, and anything root can still do (docs/security.md).
 //!
 //! `unsafe` is allowed here only: mapping memory and owning raw slots. Each block has a
 //! `// SAFETY:` line.

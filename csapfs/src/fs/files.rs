@@ -293,7 +293,7 @@ impl CsapFs {
             // Preallocation without a size change is only a hint; ciphertext space is
             // allocated when chunks are sealed.
             nix::libc::FALLOC_FL_KEEP_SIZE => Ok(()),
-            // Punching or zeroing ranges: a documented limit (README, "POSIX behaviour").
+            // Punching or zeroing ranges: a documented limit (docs/guide.md, "Mounting a volume", Limits).
             _ => Err(Errno::EOPNOTSUPP),
         }
     }

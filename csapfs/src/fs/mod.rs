@@ -7,7 +7,7 @@
 //! [`inodes`] the inode-number table, [`invalidate`] ends cached and mapped plaintext pages
 //! when a handle's lease ends.
 //!
-//! Speed by design (see `DESIGN.md` and the README's mount section):
+//! Speed by design (see `DESIGN.md` and docs/guide.md's mount section):
 //! - several FUSE event loops, each with its own cloned `/dev/fuse` fd (fuser
 //!   `Config::n_threads` + `Config::clone_fd`);
 //! - 1 MiB requests (`KernelConfig::set_max_write`, which also sets `max_pages` = 256, the

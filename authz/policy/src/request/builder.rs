@@ -83,6 +83,15 @@ impl RequestBuilder {
         self
     }
 
+    /// An application build by its BLAKE3 digest alone, or with its name.
+    pub fn application_build(mut self, digest: &str, name: Option<&str>) -> Self {
+        self.0.applications.push(WireEntity {
+            name: name.map(Into::into),
+            ..entity("Application", "blake3", digest)
+        });
+        self
+    }
+
     /// A device by name.
     pub fn device(mut self, device: &str) -> Self {
         self.0.devices.push(entity("Device", "csap", device));
