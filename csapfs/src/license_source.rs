@@ -314,6 +314,22 @@ impl KeyServerSource {
     }
 }
 
+/// A key server refusal an admin can fix says how: an unregistered build is named by its digest
+/// and executable, with the command that registers it (the log is where they look first).
+fn with_fix(e: KeyError, caller: &Caller, app_digest: Option<&str>) -> KeyError {
+    match (e, app_digest) {
+        (KeyError::Denied(m), Some(digest)) if m.ends_with("unknown_application") => {
+            let exe = std::fs::read_link(format!("/proc/{}/exe", caller.pid))
+                .map_or_else(|_| "PATH".into(), |p| p.display().to_string());
+            KeyError::Denied(format!(
+                "{m}: application blake3 {digest} ({exe}) is not registered; \
+                 register it with `csap app register {exe}` if it may read these assets"
+            ))
+        }
+        (e, _) => e,
+    }
+}
+
 fn attest_error(e: AttestError) -> KeyError {
     match e {
         AttestError::Timeout { .. } | AttestError::Overloaded => {
@@ -405,7 +421,9 @@ impl KeySource for KeyServerSource {
     ) -> Result<Licensed, KeyError> {
         let path = path.trim_start_matches('/');
         let mut seen = decisions::Seen::default();
-        let result = self.open_key_seen(caller, path, header, access, &mut seen);
+        let result = self
+            .open_key_seen(caller, path, header, access, &mut seen)
+            .map_err(|e| with_fix(e, caller, seen.app.as_deref()));
         self.audit_open(caller, path, header, access, seen, result)
     }
 
@@ -470,7 +488,9 @@ impl KeySource for KeyServerSource {
         let (token, who) = self.who(caller)?;
         let user = token_user(&token)
             .ok_or_else(|| KeyError::Denied(format!("uid {}: unreadable token", caller.uid)))?;
-        let license = self.call(self.client.create(&token, &who.app_digest, path, scope))?;
+        let license = self
+            .call(self.client.create(&token, &who.app_digest, path, scope))
+            .map_err(|e| with_fix(e, caller, Some(&who.app_digest)))?;
         let grant = license
             .grants
             .first()
@@ -663,7 +683,9 @@ mod tests {
             let _ = c.wait();
         }
         assert!(
-            matches!(&denied, Err(KeyError::Denied(m)) if m.contains("unknown_application")),
+            matches!(&denied, Err(KeyError::Denied(m)) if m.contains("unknown_application")
+                && m.contains("is not registered; register it with `csap app register")
+                && m.contains("/tail`")),
             "{denied:?}"
         );
         // No token for this uid: denied before any network call.
