@@ -979,7 +979,7 @@ async fn every_route_refuses_anonymous_and_wrong_principal_callers() {
 
     // Health answers anyone; every route is in the table the handlers follow.
     assert_eq!(status(anonymous.health().await), 200);
-    assert_eq!(ards::http::ROUTES.len(), 8);
+    assert_eq!(ards::http::ROUTES.len(), 10);
 
     // A revoked device's next request is refused, also on a connection opened before.
     let dev = h.pep_identity("mount:ws-09");
