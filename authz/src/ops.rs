@@ -177,6 +177,7 @@ pub struct OpsListener {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
 }
 
 impl OpsListener {
@@ -188,6 +189,7 @@ impl OpsListener {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        self.upkeep.abort();
     }
 }
 
@@ -216,7 +218,7 @@ pub async fn serve(addr: SocketAddr, probes: Vec<Arc<dyn Probe>>) -> Result<OpsL
         }
     });
     // Upkeep drains histogram samples even when nobody scrapes for a while.
-    tokio::spawn(async move {
+    let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
@@ -224,7 +226,12 @@ pub async fn serve(addr: SocketAddr, probes: Vec<Arc<dyn Probe>>) -> Result<OpsL
         }
     });
     tracing::info!(url = %format!("http://{addr}/metrics"), "metrics listener up");
-    Ok(OpsListener { addr, stop, task })
+    Ok(OpsListener {
+        addr,
+        stop,
+        task,
+        upkeep,
+    })
 }
 
 /// A `--metrics-listen` value: an address, or `off` (`None`).

@@ -18,6 +18,21 @@ use clap::Command;
 /// The subcommands that take `--config`.
 pub const CONFIGURABLE: &[&str] = &["server", "mount"];
 
+/// Flags a file may not set, and why: `csap mount --daemon` runs itself again without
+/// `--daemon` and `--log-file` (and with the same `--config`), so from a file they would reach
+/// the background process too.
+const COMMAND_LINE_ONLY: &[(&str, &str)] = &[
+    ("config", "a config file cannot name another"),
+    (
+        "daemon",
+        "give --daemon on the command line (the background process reads the same file)",
+    ),
+    (
+        "log-file",
+        "give --log-file on the command line, with --daemon",
+    ),
+];
+
 /// Where the subcommand is in `argv`, skipping the global `--log-format VALUE`.
 fn subcommand_at(argv: &[OsString]) -> Option<usize> {
     let mut i = 1;
@@ -92,11 +107,8 @@ pub fn apply(cli: Command, argv: Vec<OsString>) -> Result<Vec<OsString>> {
                 path.display()
             );
         };
-        if key == "config" {
-            bail!(
-                "{}: a config file cannot name another (--config)",
-                path.display()
-            );
+        if let Some((_, why)) = COMMAND_LINE_ONLY.iter().find(|(k, _)| k == key) {
+            bail!("{}: {key}: {why}", path.display());
         }
         let id = arg.get_id().as_str();
         let set = given.as_ref().and_then(|m| m.value_source(id));
@@ -291,5 +303,17 @@ mod tests {
         assert!(e.contains("is not valid TOML"), "{e}");
         let e = err("config = \"/other.toml\"\n");
         assert!(e.contains("cannot name another"), "{e}");
+        let mount = dir.path().join("mount.toml");
+        std::fs::write(&mount, "daemon = true\n").unwrap();
+        let e = apply(
+            crate::Cli::command(),
+            os(&["csap", "mount", "--config", mount.to_str().unwrap()]),
+        )
+        .unwrap_err();
+        let e = crate::errors::sentence(&e);
+        assert!(
+            e.contains("daemon: give --daemon on the command line"),
+            "{e}"
+        );
     }
 }

@@ -71,7 +71,7 @@ enum Command {
     #[command(subcommand)]
     Asset(asset::AssetCommand),
     /// Mount a backing directory of encrypted assets; the mountpoint shows plaintext.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a `csap mount` (it flushes open files and exits).
     Umount(mount::UmountArgs),
     /// Encrypt a directory tree into a backing store (licensed per file, resumable).
@@ -154,7 +154,7 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Asset(cmd) => asset::run(cmd),
-        Command::Mount(args) => mount::run_mount(args),
+        Command::Mount(args) => mount::run_mount(*args),
         Command::Umount(args) => mount::run_umount(args),
         Command::Import(args) => import::run(args),
         Command::Authz(cmd) => authz::run_authz(cmd),
