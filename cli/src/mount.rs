@@ -102,7 +102,7 @@ pub struct MountArgs {
     #[command(flatten)]
     pub observe: crate::mount_observer::ObserveArgs,
     /// Read settings from this TOML file: its keys are these long flags without the dashes
-    /// (`key-file`, `cache`, `options = ["ro"]`, …) and `backing`/`mountpoint`; flags given
+    /// (`key-file`, `cache`, `options = ["ro"]`, ...) and `backing`/`mountpoint`; flags given
     /// here win over it. Example: contrib/config/mount.toml.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
