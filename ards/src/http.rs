@@ -30,9 +30,11 @@ pub const SMALL_BODY_LIMIT: usize = 64 << 10;
 /// - `GET /v1/exceptions?after=ID&all=BOOL` → [`crate::wire::ExceptionList`]
 /// - `GET /v1/rules?pep=ID` → [`crate::wire::RuleList`]
 /// - `GET /v1/peps` → `[`[`crate::wire::PepStatus`]`]`
-/// - `GET /v1/health` → `{"status":"ok"}`
+/// - `GET /v1/health`, `GET /healthz` → `{"status":"ok"}`
+/// - `GET /readyz` → `{"ready":true}`, or 503 `{"ready":false,"error"}` when the store does not
+///   answer
 ///
-/// Every route but health needs a client certificate from the installation's CA
+/// Every route but health and readiness needs a client certificate from the installation's CA
 /// ([`authz::principal::Caller`]); [`ROUTES`] says which roles may call what.
 pub fn app(state: Ards) -> Router {
     Router::new()
@@ -47,6 +49,8 @@ pub fn app(state: Ards) -> Router {
         .route("/v1/rules", get(rules))
         .route("/v1/peps", get(peps))
         .route("/v1/health", get(health))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
@@ -68,6 +72,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/rules", "admin, auditor"),
     ("GET", "/v1/peps", "admin, auditor"),
     ("GET", "/v1/health", "anyone"),
+    ("GET", "/healthz", "anyone"),
+    ("GET", "/readyz", "anyone"),
 ];
 
 const INSPECTORS: &[Role] = &[Role::Admin, Role::Auditor];
@@ -92,6 +98,10 @@ async fn method_not_allowed() -> ArdsError {
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(ards): State<Ards>) -> axum::response::Response {
+    authz::ops::readiness_response(&ards).await
 }
 
 /// A JSON body whose parse errors become a 400 naming the offending field

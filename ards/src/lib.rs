@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod http;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod store;

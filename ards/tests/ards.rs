@@ -573,6 +573,30 @@ async fn exception_releases_a_matching_pending_rule() {
     assert_eq!(ids(&ks.upserts), vec!["r-pend"]);
 }
 
+/// Issue 15: `/healthz` and `/readyz` answer without a certificate; readiness reads the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_answer_anyone() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    let h = Harness::start().await;
+    let app = ards::app(h.ards().clone());
+    for (path, key, want) in [
+        ("/healthz", "status", serde_json::json!("ok")),
+        ("/readyz", "ready", serde_json::json!(true)),
+    ] {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body[key], want, "{path}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_400_json_naming_the_field() {
     use axum::body::Body;
@@ -979,7 +1003,7 @@ async fn every_route_refuses_anonymous_and_wrong_principal_callers() {
 
     // Health answers anyone; every route is in the table the handlers follow.
     assert_eq!(status(anonymous.health().await), 200);
-    assert_eq!(ards::http::ROUTES.len(), 8);
+    assert_eq!(ards::http::ROUTES.len(), 10);
 
     // A revoked device's next request is refused, also on a connection opened before.
     let dev = h.pep_identity("mount:ws-09");

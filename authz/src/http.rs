@@ -3,6 +3,7 @@
 //!
 //! | method | path | success |
 //! |---|---|---|
+//! | GET | /v1/requests?limit=N | 200 `{requests: [view...]}`, newest first (a workflow sees its own; default 100, at most 1000) |
 //! | POST | /v1/requests | 201 `{id, status, revision, rule_ids, delivered}`; 409 refused `{error, id, status, reasons}` |
 //! | GET | /v1/requests/{id} | 200 request view (status, reasons, rule ids, the request) |
 //! | PUT | /v1/requests/{id} | 200 `{…, replaced}`; 409 refused (request unchanged) |
@@ -12,7 +13,8 @@
 //! | DELETE | /v1/policies/{id} | 200 `{id, removed: true}` |
 //! | GET | /v1/rules?pep=ID | 200 `{rules: [SignedRule...]}` |
 //! | GET | /v1/issuer | 200 `{issuer, public_key}` |
-//! | GET | /v1/health | 200 `{status: "ok"}` (the only route that needs no certificate) |
+//! | GET | /v1/health, /healthz | 200 `{status: "ok"}` (alive; no certificate needed) |
+//! | GET | /readyz | 200 `{ready: true}`; 503 `{ready: false, error}` when the store does not answer (no certificate needed) |
 //!
 //! Every caller presents a client certificate from the installation's CA (see
 //! [`crate::principal`]); [`ROUTES`] says which roles may call what. Every error is JSON
@@ -126,6 +128,7 @@ impl From<Refusal> for ApiError {
 /// Every route and the roles that may call it (`None`: anyone, no certificate needed). The
 /// handlers enforce it; a test walks this table against the router.
 pub const ROUTES: &[(&str, &str, Option<&[Role]>)] = &[
+    ("GET", "/v1/requests", Some(READERS)),
     ("POST", "/v1/requests", Some(SUBMITTERS)),
     ("GET", "/v1/requests/{id}", Some(READERS)),
     ("PUT", "/v1/requests/{id}", Some(SUBMITTERS)),
@@ -136,6 +139,8 @@ pub const ROUTES: &[(&str, &str, Option<&[Role]>)] = &[
     ("GET", "/v1/rules", Some(INSPECTORS)),
     ("GET", "/v1/issuer", Some(ANY_PRINCIPAL)),
     ("GET", "/v1/health", None),
+    ("GET", "/healthz", None),
+    ("GET", "/readyz", None),
 ];
 
 const ADMINS: &[Role] = &[Role::Admin];
@@ -156,7 +161,7 @@ const ANY_PRINCIPAL: &[Role] = &[
 /// `oneshot`, inserting `PeerCert` and `DirectoryHandle` extensions).
 pub fn app(state: Arc<Authz>) -> Router {
     Router::new()
-        .route("/v1/requests", axum::routing::post(submit))
+        .route("/v1/requests", get(list_requests).post(submit))
         .route(
             "/v1/requests/{id}",
             get(get_request).put(change_request).delete(cancel_request),
@@ -166,6 +171,8 @@ pub fn app(state: Arc<Authz>) -> Router {
         .route("/v1/rules", get(list_rules))
         .route("/v1/issuer", get(issuer))
         .route("/v1/health", get(health))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .fallback(|| async {
             ApiError(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"}))
         })
@@ -219,6 +226,10 @@ async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+async fn ready(State(s): State<AppState>) -> Response {
+    crate::ops::readiness_response(s.as_ref()).await
+}
+
 async fn submit(
     State(s): State<AppState>,
     caller: Caller,
@@ -228,6 +239,30 @@ async fn submit(
     let by = submitter(&s, &caller.0)?;
     let issued = s.submit(&body(b)?, &by).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+/// Requests listed at most by `GET /v1/requests`.
+const LIST_LIMIT: u32 = 1000;
+
+async fn list_requests(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    allow(&caller, "GET", "/v1/requests")?;
+    let Query(q) = q.map_err(|r| ApiError::bad("query", r.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > LIST_LIMIT {
+        return Err(ApiError::bad("limit", format!("must be 1 to {LIST_LIMIT}")));
+    }
+    let by = submitter(&s, &caller.0)?;
+    Ok(Json(json!({"requests": s.list(&by, limit).await?})).into_response())
 }
 
 async fn get_request(

@@ -144,6 +144,23 @@ pub struct RequestView {
     pub request: serde_json::Value,
 }
 
+/// A request row and its rules as workflow management reads them.
+fn view(row: RequestRow, rules: Vec<RuleRow>) -> RequestView {
+    let (live, revoked): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.revoked_at.is_none());
+    RequestView {
+        id: row.id,
+        status: row.status,
+        revision: row.revision,
+        reasons: row.reasons,
+        change_refused: row.change_refused,
+        rule_ids: live.into_iter().map(|r| r.signed.rule.id).collect(),
+        revoked_rule_ids: revoked.into_iter().map(|r| r.signed.rule.id).collect(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        request: row.body,
+    }
+}
+
 /// The service. Share it as `Arc<Authz>`.
 pub struct Authz {
     /// Held for the service's life: no second process on this data directory.
@@ -471,20 +488,17 @@ impl Authz {
     pub async fn get(&self, id: &str, by: &Submitter) -> Result<RequestView, ServiceError> {
         self.check_owner(id, by).await?;
         let (row, rules) = self.store.request(id).await?.ok_or_else(|| not_found(id))?;
-        let (live, revoked): (Vec<_>, Vec<_>) =
-            rules.into_iter().partition(|r| r.revoked_at.is_none());
-        Ok(RequestView {
-            id: row.id,
-            status: row.status,
-            revision: row.revision,
-            reasons: row.reasons,
-            change_refused: row.change_refused,
-            rule_ids: live.into_iter().map(|r| r.signed.rule.id).collect(),
-            revoked_rule_ids: revoked.into_iter().map(|r| r.signed.rule.id).collect(),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            request: row.body,
-        })
+        Ok(view(row, rules))
+    }
+
+    /// The newest `limit` requests `by` may read (a workflow: its own), newest first.
+    pub async fn list(&self, by: &Submitter, limit: u32) -> Result<Vec<RequestView>, ServiceError> {
+        let owner = by.grant.is_some().then_some(by.label.as_str());
+        let rows = self.store.requests(owner, limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, rules)| view(row, rules))
+            .collect())
     }
 
     /// Adds a global security policy (body as for `POST /v1/policies`) and revokes every live

@@ -889,6 +889,26 @@ async fn a_workflow_authorizes_only_inside_its_grant_and_only_its_own_requests()
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
 
+    // Listing: the owner and an admin see it, another workflow does not.
+    let listed = |v: &serde_json::Value| {
+        v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (status, v) = h.call_as(Some(&a), Method::GET, "/v1/requests", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(listed(&v), vec![id.clone()]);
+    let (_, v) = h.call_as(Some(&b), Method::GET, "/v1/requests", None).await;
+    assert!(listed(&v).is_empty(), "{v}");
+    let (_, v) = h.call(Method::GET, "/v1/requests?limit=1", None).await;
+    assert_eq!(listed(&v), vec![id.clone()]);
+    let (status, v) = h.call(Method::GET, "/v1/requests?limit=5000", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["field"], "limit", "{v}");
+
     // Another workflow neither sees, changes nor cancels it; the owner and an admin do.
     let uri = format!("/v1/requests/{id}");
     for m in [Method::GET, Method::DELETE] {
@@ -970,7 +990,7 @@ async fn method_not_allowed_has_a_json_body() {
     for (method, uri) in [
         (Method::PATCH, "/v1/requests/req-1"),
         (Method::DELETE, "/v1/issuer"),
-        (Method::GET, "/v1/requests"),
+        (Method::PUT, "/v1/requests"),
     ] {
         let (st, body) = h.call(method.clone(), uri, None).await;
         assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// This service's identity directory (cert.pem, key.pem, ca.pem) from `csap service add`.
     #[arg(long, value_name = "DIR")]
     identity: PathBuf,
+    /// Plain-HTTP listener for /metrics (Prometheus), /healthz and /readyz (keep it on
+    /// loopback: it has no authentication), e.g. 127.0.0.1:7413. Default: none.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub fn run(cmd: ArdsCommand) -> Result<()> {
@@ -116,6 +120,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         on_refusal: None,
     };
     let _follow = tokio::spawn(follow);
+    let ops = match args.metrics_listen {
+        Some(addr) => Some(
+            authz::ops::serve(addr, vec![Arc::new(service.clone())])
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let server = ards::server::serve_tls(
         &args.listen.to_string(),
         &identity,
@@ -149,6 +161,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .context("cannot wait for Ctrl-C")?;
     server.shutdown().await;
+    if let Some(ops) = ops {
+        ops.shutdown().await;
+    }
     Ok(())
 }
 

@@ -41,9 +41,8 @@ pub enum AssetCommand {
     /// Print an asset's header (no key needed; the fields are not authenticated without one).
     Inspect {
         file: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: crate::output::Format,
     },
 }
 
@@ -96,7 +95,7 @@ pub fn run(command: AssetCommand) -> Result<()> {
             })
             .with_context(|| format!("cannot decrypt {}", input.display()))
         }
-        AssetCommand::Inspect { file, json } => inspect(&file, json),
+        AssetCommand::Inspect { file, format } => inspect(&file, format),
     }
 }
 
@@ -115,7 +114,7 @@ struct Inspection {
     stored_size: u64,
 }
 
-fn inspect(path: &Path, json: bool) -> Result<()> {
+fn inspect(path: &Path, format: crate::output::Format) -> Result<()> {
     let file = open(path)?;
     let header = csapfs::asset::read_header(&file)
         .with_context(|| format!("{} is not a readable asset", path.display()))?;
@@ -135,24 +134,25 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         plaintext_size,
         stored_size,
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
-    } else {
-        println!("asset id:       {}", header.asset_id);
-        println!(
-            "key id:         {} (scope {}, version {})",
-            header.key_id, header.key_id.scope, header.key_id.version
-        );
-        println!("format version: {}", info.format_version);
-        println!("suite:          {}", header.suite);
-        println!("chunk size:     {}", header.chunk_size);
-        println!("chunk count:    {}", info.chunk_count);
-        println!("plaintext size: {}", plaintext_size);
-        println!("stored size:    {}", stored_size);
-        println!("sparse:         {}", info.sparse);
-        // The key server records the current one; an older one is a rollback (FORMAT.md §7).
-        println!("generation:     {}", header.generation);
-        println!("(header fields are unauthenticated until a key verifies them)");
-    }
-    Ok(())
+    format.print(&info, |info| {
+        let header = &info.header;
+        [
+            format!("asset id:       {}", header.asset_id),
+            format!(
+                "key id:         {} (scope {}, version {})",
+                header.key_id, header.key_id.scope, header.key_id.version
+            ),
+            format!("format version: {}", info.format_version),
+            format!("suite:          {}", header.suite),
+            format!("chunk size:     {}", header.chunk_size),
+            format!("chunk count:    {}", info.chunk_count),
+            format!("plaintext size: {}", info.plaintext_size),
+            format!("stored size:    {}", info.stored_size),
+            format!("sparse:         {}", info.sparse),
+            // The key server records the current one; an older one is a rollback (FORMAT.md §7).
+            format!("generation:     {}", header.generation),
+            "(header fields are unauthenticated until a key verifies them)".to_string(),
+        ]
+        .join("\n")
+    })
 }

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Extra DNS names or IPs for the self-signed certificate (first start only).
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
+    /// Plain-HTTP listener for /metrics (Prometheus), /healthz and /readyz (keep it on
+    /// loopback: it has no authentication), e.g. 127.0.0.1:7413. Default: none.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the client commands find the service.
@@ -76,6 +80,13 @@ enum RequestCommand {
     /// Print a request made from flags (users, apps, devices, paths, actions, a window from
     /// now), ready for `csap request submit`.
     New(crate::request_new::NewRequest),
+    #[command(flatten)]
+    Remote(RemoteRequest),
+}
+
+/// The request commands that call authz.
+#[derive(Subcommand)]
+enum RemoteRequest {
     /// Submit an authorization policy request (OMC-style JSON; see authz/examples/); `-` reads
     /// it from standard input.
     Submit { file: PathBuf },
@@ -84,7 +95,19 @@ enum RequestCommand {
     /// Cancel a request: its rules are revoked.
     Cancel { id: String },
     /// Show a request's status, reasons and rules.
-    Show { id: String },
+    Show {
+        id: String,
+        #[command(flatten)]
+        format: crate::output::Format,
+    },
+    /// List requests, newest first (a workflow identity sees its own).
+    List {
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        format: crate::output::Format,
+    },
 }
 
 #[derive(Args)]
@@ -107,7 +130,10 @@ enum GlobalCommand {
     /// Block one component; live rules that touch it are revoked at once.
     Add(AddPolicy),
     /// List global security policies.
-    List,
+    List {
+        #[command(flatten)]
+        format: crate::output::Format,
+    },
     /// Remove a global security policy (revoked rules are not reissued).
     Remove { id: String },
 }
@@ -161,6 +187,8 @@ enum RulesCommand {
     List {
         #[arg(long)]
         pep: Option<String>,
+        #[command(flatten)]
+        format: crate::output::Format,
     },
 }
 
@@ -224,6 +252,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     tokio::spawn(follow);
     tokio::spawn(service.clone().run_outbox_retry());
+    let _ops = match args.metrics_listen {
+        Some(addr) => Some(
+            authz::ops::serve(addr, vec![service.clone() as Arc<dyn authz::ops::Probe>])
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     authz::tls::serve(
         listener,
         tls,
@@ -320,22 +356,52 @@ fn print(v: &Value) -> Result<()> {
 }
 
 pub fn run_request(args: RequestArgs) -> Result<()> {
-    use reqwest::Method;
-    let (method, path, body) = match args.command {
+    let command = match args.command {
         RequestCommand::New(new) => return crate::request_new::run(new),
-        RequestCommand::Submit { file } => {
-            (Method::POST, "/v1/requests".into(), Some(read(&file)?))
-        }
-        RequestCommand::Change { id, file } => (
-            Method::PUT,
-            format!("/v1/requests/{id}"),
-            Some(read(&file)?),
-        ),
-        RequestCommand::Cancel { id } => (Method::DELETE, format!("/v1/requests/{id}"), None),
-        RequestCommand::Show { id } => (Method::GET, format!("/v1/requests/{id}"), None),
+        RequestCommand::Remote(command) => command,
     };
     let client = Client::new(&args.client)?;
-    runtime()?.block_on(async { print(&client.call(method, &path, body).await?) })
+    runtime()?.block_on(async {
+        let v = match command {
+            RemoteRequest::Submit { file } => {
+                client
+                    .call(reqwest::Method::POST, "/v1/requests", Some(read(&file)?))
+                    .await?
+            }
+            RemoteRequest::Change { id, file } => {
+                client
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/v1/requests/{id}"),
+                        Some(read(&file)?),
+                    )
+                    .await?
+            }
+            RemoteRequest::Cancel { id } => {
+                client
+                    .call(reqwest::Method::DELETE, &format!("/v1/requests/{id}"), None)
+                    .await?
+            }
+            RemoteRequest::Show { id, format } => {
+                let v = client
+                    .call(reqwest::Method::GET, &format!("/v1/requests/{id}"), None)
+                    .await?;
+                return format.print(&v, request_text);
+            }
+            RemoteRequest::List { limit, format } => {
+                let v = client
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/v1/requests?limit={limit}"),
+                        None,
+                    )
+                    .await?;
+                let list = v["requests"].as_array().cloned().unwrap_or_default();
+                return format.print(&list, |l| crate::output::lines(l, request_line));
+            }
+        };
+        print(&v)
+    })
 }
 
 pub fn run_policy(args: PolicyArgs) -> Result<()> {
@@ -373,10 +439,12 @@ pub fn run_policy(args: PolicyArgs) -> Result<()> {
                     )
                     .await?
             }
-            GlobalCommand::List => {
-                client
+            GlobalCommand::List { format } => {
+                let v = client
                     .call(reqwest::Method::GET, "/v1/policies", None)
-                    .await?
+                    .await?;
+                let list = v["policies"].as_array().cloned().unwrap_or_default();
+                return format.print(&list, |l| crate::output::lines(l, policy_line));
             }
             GlobalCommand::Remove { id } => {
                 client
@@ -391,7 +459,7 @@ pub fn run_policy(args: PolicyArgs) -> Result<()> {
 pub fn run_rules(args: RulesArgs) -> Result<()> {
     let client = Client::new(&args.client)?;
     runtime()?.block_on(async {
-        let RulesCommand::List { pep } = args.command;
+        let RulesCommand::List { pep, format } = args.command;
         let path = match pep {
             Some(p) => {
                 // Encode through Url so odd input reaches the server intact (and is refused there).
@@ -401,6 +469,79 @@ pub fn run_rules(args: RulesArgs) -> Result<()> {
             }
             None => "/v1/rules".to_string(),
         };
-        print(&client.call(reqwest::Method::GET, &path, None).await?)
+        let v = client.call(reqwest::Method::GET, &path, None).await?;
+        let list = v["rules"].as_array().cloned().unwrap_or_default();
+        format.print(&list, |l| crate::output::lines(l, rule_line))
     })
+}
+
+/// A time field (unix seconds) as RFC 3339, `-` when absent.
+fn time_of(v: &Value) -> String {
+    v.as_i64()
+        .map(keyserver::wire::rfc3339)
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// `req-… active rev 2 rules 3 updated 2026-…`.
+fn request_line(r: &Value) -> String {
+    format!(
+        "{:<28} {:<9} rev {} rules {} updated {}",
+        text_of(&r["id"]),
+        text_of(&r["status"]),
+        r["revision"],
+        r["rule_ids"].as_array().map_or(0, Vec::len),
+        time_of(&r["updated_at"])
+    )
+}
+
+/// A request's status, reasons and rules, one item per line.
+fn request_text(r: &Value) -> String {
+    let mut out = vec![request_line(r)];
+    for reason in r["reasons"].as_array().into_iter().flatten() {
+        out.push(format!("  refused: {}", text_of(&reason["message"])));
+    }
+    for id in r["rule_ids"].as_array().into_iter().flatten() {
+        out.push(format!("  rule {}", text_of(id)));
+    }
+    for id in r["revoked_rule_ids"].as_array().into_iter().flatten() {
+        out.push(format!("  rule {} (revoked)", text_of(id)));
+    }
+    out.join("\n")
+}
+
+/// `gp-… device=ws-07 (CVE-…)`.
+fn policy_line(p: &Value) -> String {
+    let kind = text_of(&p["kind"]);
+    let what = p
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !["id", "kind", "note", "created_at", "cedar"].contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let note = p["note"]
+        .as_str()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    format!("{:<14} {kind} {what}{note}", text_of(&p["id"]))
+}
+
+/// `rule-… keyserver,mount:ws-07 2026-… .. 2026-…`.
+fn rule_line(r: &Value) -> String {
+    let rule = &r["rule"];
+    let targets = rule["targets"]
+        .as_array()
+        .map(|t| t.iter().map(text_of).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    format!(
+        "{:<32} {targets} {} .. {}",
+        text_of(&rule["id"]),
+        time_of(&rule["not_before"]),
+        time_of(&rule["not_after"])
+    )
 }

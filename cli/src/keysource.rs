@@ -64,6 +64,8 @@ pub struct KeyServerArgs {
 /// its socket file when dropped, so it must live as long as the mount).
 pub struct KeyServerKeys {
     pub source: Arc<dyn KeySource>,
+    /// The same source, for its counts (metrics, `csap status`).
+    pub server: Arc<KeyServerSource>,
     pub sessions: Option<csapfs::session::SessionServer>,
 }
 
@@ -123,8 +125,10 @@ impl KeyServerArgs {
             }
             _ => None,
         };
+        let source = Arc::new(source);
         Ok(Some(KeyServerKeys {
-            source: Arc::new(source),
+            source: source.clone(),
+            server: source,
             sessions,
         }))
     }

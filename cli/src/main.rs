@@ -7,6 +7,7 @@ mod ards;
 mod asset;
 mod atomic;
 mod authz;
+mod config;
 mod daemon_files;
 mod directory;
 mod errors;
@@ -17,11 +18,14 @@ mod keyserver;
 mod keysource;
 mod manuals;
 mod mount;
+mod mount_observer;
 mod mount_preflight;
+mod output;
 mod password;
 mod quickstart;
 mod request_new;
 mod server;
+mod status;
 
 use std::io::IsTerminal;
 
@@ -34,8 +38,32 @@ use clap::{CommandFactory, Parser, Subcommand};
     about = "MovieLabs CSAP: per-asset encryption, licensed keys, rules-driven access"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log collectors).
+    #[arg(long, global = true, value_enum, env = "CSAP_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr, filtered by `CSAP_LOG` (default `warn`).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("CSAP_LOG").unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // One object per line: time, level, target, message and the event's fields.
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        // Colour codes only for a person at a terminal: a log file or the journal gets text.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -44,7 +72,7 @@ enum Command {
     #[command(subcommand)]
     Asset(asset::AssetCommand),
     /// Mount a backing directory of encrypted assets; the mountpoint shows plaintext.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a `csap mount` (it flushes open files and exits).
     Umount(mount::UmountArgs),
     /// Encrypt a directory tree into a backing store (licensed per file, resumable).
@@ -99,6 +127,9 @@ enum Command {
     /// Read the key server's audit trail.
     #[command(subcommand)]
     Audit(keyserver::AuditCommand),
+    /// Is the key server reachable, this identity's certificate, the login session, and the
+    /// csap mounts on this host with their rules and licenses (non-zero exit: server down).
+    Status(status::StatusArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(manuals::CompletionsArgs),
     /// Print the man page, or write every page (csap-mount.1, ...) into a directory.
@@ -106,23 +137,25 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CSAP_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal: a log file or the journal gets text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.first().is_some_and(|argv0| fstab::is_helper(argv0)) {
+        let json = std::env::var("CSAP_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+        init_logging(if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        });
         return exit_with(fstab::run(&argv[1..]), fstab::HELPER_NAME);
     }
+    let argv = match config::apply(Cli::command(), argv) {
+        Ok(argv) => argv,
+        Err(e) => return exit_with(Err(e), "csap"),
+    };
     let cli = Cli::parse_from(argv);
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Asset(cmd) => asset::run(cmd),
-        Command::Mount(args) => mount::run_mount(args),
+        Command::Mount(args) => mount::run_mount(*args),
         Command::Umount(args) => mount::run_umount(args),
         Command::Import(args) => import::run(args),
         Command::Authz(cmd) => authz::run_authz(cmd),
@@ -143,6 +176,7 @@ fn main() -> std::process::ExitCode {
         Command::Scope(cmd) => keyserver::run_scope(cmd),
         Command::Keys(cmd) => keyserver::run_keys(cmd),
         Command::Audit(cmd) => keyserver::run_audit(cmd),
+        Command::Status(args) => status::run(args),
         Command::Completions(args) => manuals::completions(args, Cli::command()),
         Command::Man(args) => manuals::man(args, Cli::command()),
     };

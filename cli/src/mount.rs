@@ -61,7 +61,12 @@ pub struct MountArgs {
     /// Mount options, comma-separated, repeatable: ro, rw, allow_other, nonempty (mount over a
     /// directory that has entries; refused otherwise); anything else is passed to the kernel
     /// as it is.
-    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    #[arg(
+        short = 'o',
+        long = "options",
+        value_name = "OPTIONS",
+        value_delimiter = ','
+    )]
     pub options: Vec<String>,
     /// Page-cache policy. direct: reads never put plaintext in the kernel page cache and every
     /// read passes the enforcement point (mmap still works on Linux >= 6.6). page: the kernel
@@ -94,6 +99,13 @@ pub struct MountArgs {
     /// $XDG_RUNTIME_DIR/csap/mount-NAME.pid.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub observe: crate::mount_observer::ObserveArgs,
+    /// Read settings from this TOML file: its keys are these long flags without the dashes
+    /// (`key-file`, `cache`, `options = ["ro"]`, ...) and `backing`/`mountpoint`; flags given
+    /// here win over it. Example: contrib/config/mount.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -160,6 +172,9 @@ fn mount_options(args: &MountArgs) -> MountOptions {
 }
 
 pub fn run_mount(args: MountArgs) -> Result<()> {
+    if let Some(config) = &args.config {
+        tracing::info!(config = %config.display(), "settings from the config file, flags over them");
+    }
     mount_preflight::key_source(args.key_file.as_deref(), args.key_server.server.as_deref())?;
     mount_preflight::directories(&args.backing, &args.mountpoint)?;
     if args.daemon {
@@ -198,12 +213,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     // After blocking signals: the key server source starts runtime threads of its own.
     // `_sessions` serves `csap login` handovers for as long as the mount runs.
     let storage = csapfs::fs::open_backing(&args.backing)?;
-    let (keys, _sessions): (Arc<dyn csapfs::keys::KeySource>, _) = match (
+    let (keys, _sessions, server): (Arc<dyn csapfs::keys::KeySource>, _, _) = match (
         seed,
         args.key_server.source(params, &storage, &args.mountpoint)?,
     ) {
-        (_, Some(k)) => (k.source, k.sessions),
-        (Some(seed), None) => (Arc::new(KeyFileSource::new(seed, params)), None),
+        (_, Some(k)) => (k.source, k.sessions, Some(k.server)),
+        (Some(seed), None) => (Arc::new(KeyFileSource::new(seed, params)), None, None),
         (None, None) => bail!("give --key-file or --server"),
     };
 
@@ -217,6 +232,16 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .as_deref()
         .map(daemon_files::PidFile::create)
         .transpose()?;
+    // Held until this function returns: metrics, the status file `csap status` reads.
+    let _observer = crate::mount_observer::start(
+        &args.observe,
+        crate::mount_observer::Observed {
+            mountpoint: args.mountpoint.clone(),
+            backing: args.backing.clone(),
+            server: args.key_server.server.clone(),
+            source: server,
+        },
+    )?;
     eprintln!(
         "csap: {} mounted on {} (cache {}, {} threads{}); stop with Ctrl-C or `csap umount {}`",
         args.backing.display(),

@@ -41,6 +41,22 @@ pub struct ServerArgs {
     /// BURST (default 200/400). A batch license counts one per asset.
     #[arg(long, value_name = "RATE/BURST", value_parser = parse_rate)]
     pub device_rate: Option<keyserver::ratelimit::RateLimit>,
+    /// Plain-HTTP listener for /metrics (Prometheus, all three services), /healthz and
+    /// /readyz; `off` to serve none. Default: 127.0.0.1 on PORT+3 (loopback: it has no
+    /// authentication).
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics_listen: Option<authz::ops::ListenChoice>,
+    /// Read settings from this TOML file: its keys are these long flags without the dashes
+    /// (`data-dir`, `listen`, `device-rate`, `metrics-listen`); flags given here win over it.
+    /// Example: contrib/config/server.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Where the operations listener goes when `--metrics-listen` is not given: loopback, PORT+3.
+pub fn default_metrics_listen(listen: SocketAddr) -> Result<SocketAddr> {
+    let port = port_plus(listen, 3)?.port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// `RATE/BURST`, both positive numbers.
@@ -63,6 +79,8 @@ pub struct ServerOptions {
     pub root_key_hex: Option<Zeroizing<String>>,
     /// The key server's per-device rate limit; `None` keeps its default (200/s, burst 400).
     pub device_rate: Option<keyserver::ratelimit::RateLimit>,
+    /// The operations listener (/metrics, /healthz, /readyz); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Delivers authz's signed rules and revocations straight into the in-process ARDS.
@@ -105,6 +123,9 @@ pub struct EmbeddedServer {
     pub authz: Arc<authz::Authz>,
     /// The key server's subscription to ARDS (PEP `keyserver`).
     pub keyserver_rules: Arc<ards_client::RulesClient>,
+    /// `http://ADDR` of the operations listener (/metrics, /healthz, /readyz), if one runs.
+    pub metrics_url: Option<String>,
+    ops: Option<authz::ops::OpsListener>,
     keyserver: keyserver::RunningServer,
     ards_server: ards::server::ServerHandle,
     authz_stop: watch::Sender<bool>,
@@ -257,7 +278,26 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     );
     late_rules.set(rules.clone());
 
+    // Last: /readyz answers for all three, so it must not come up before they do.
+    let ops = match opts.metrics_listen {
+        Some(addr) => {
+            let probes: Vec<Arc<dyn authz::ops::Probe>> = vec![
+                service.clone() as Arc<dyn authz::ops::Probe>,
+                Arc::new(ards.clone()),
+                ks.probe(),
+            ];
+            Some(
+                authz::ops::serve(addr, probes)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+        None => None,
+    };
+
     Ok(EmbeddedServer {
+        metrics_url: ops.as_ref().map(|o| o.url()),
+        ops,
         authz_url,
         ards_url,
         keyserver_url,
@@ -300,12 +340,16 @@ impl EmbeddedServer {
 
     /// What an operator needs to know, one item per line.
     pub fn describe(&self) -> String {
+        let metrics = match &self.metrics_url {
+            Some(url) => format!("\nmetrics     {url}/metrics  (/healthz, /readyz; plain HTTP)"),
+            None => String::new(),
+        };
         format!(
             "authz       {}  (trust {})\n\
              ARDS        {}  (trust {})\n\
              key server  {}  (CA {})\n\
              admin identity: {}  (cert.pem, key.pem, ca.pem — keep it private)\n\
-             authz issuer key: {}",
+             authz issuer key: {}{metrics}",
             self.authz_url,
             self.authz_cert.display(),
             self.ards_url,
@@ -319,6 +363,9 @@ impl EmbeddedServer {
 
     /// Stops every listener and background task and waits for them.
     pub async fn shutdown(self) {
+        if let Some(ops) = self.ops {
+            ops.shutdown().await;
+        }
         let _ = self.authz_stop.send(true);
         let _ = self.authz_task.await;
         self.keyserver.shutdown().await;
@@ -334,6 +381,9 @@ impl EmbeddedServer {
 
 /// `csap server`: runs until Ctrl-C (or SIGTERM).
 pub fn run(args: ServerArgs) -> Result<()> {
+    if let Some(config) = &args.config {
+        tracing::info!(config = %config.display(), "settings from the config file, flags over them");
+    }
     crate::hardening::not_dumpable()?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
@@ -342,6 +392,10 @@ pub fn run(args: ServerArgs) -> Result<()> {
             listen: args.listen,
             root_key_hex: std::env::var("CSAP_ROOT_KEY").ok().map(Zeroizing::new),
             device_rate: args.device_rate,
+            metrics_listen: match args.metrics_listen {
+                Some(choice) => choice.0,
+                None => Some(default_metrics_listen(args.listen)?),
+            },
         })
         .await?;
         println!("csap server running (state in {})", args.data_dir.display());
@@ -381,6 +435,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             root_key_hex: None,
             device_rate: None,
+            metrics_listen: None,
         }
     }
 

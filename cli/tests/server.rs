@@ -44,3 +44,62 @@ fn server_prints_its_urls_and_stops_on_sigterm() {
         .expect("server did not stop on SIGTERM");
     assert!(status.success(), "server exited with {status}");
 }
+
+/// `csap server --config FILE`: the file's keys stand for the flags (the data directory, the
+/// listen address, the metrics listener); a flag on the command line wins over the file.
+#[test]
+fn server_reads_its_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-config");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {:?}\nlisten = \"127.0.0.1:0\"\nmetrics-listen = \"127.0.0.1:0\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let start = |extra: &[&str]| -> String {
+        let out = dir.path().join("out");
+        let mut cmd = Command::new(CSAP);
+        cmd.arg("server")
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .env_remove("CSAP_ROOT_KEY")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null());
+        let mut proc = csap_testkit::Proc::spawn(&mut cmd, "csap server").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let printed = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.contains("\nnext:") {
+                break text;
+            }
+            assert!(
+                proc.exited().unwrap().is_none(),
+                "csap server exited: {text}"
+            );
+            assert!(std::time::Instant::now() < deadline, "no start: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let status = proc
+            .terminate(Duration::from_secs(10))
+            .expect("stops on SIGTERM");
+        assert!(status.success(), "{status}");
+        printed
+    };
+    let printed = start(&[]);
+    assert!(
+        printed.contains(&format!("state in {}", data.display())),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("metrics     http://127.0.0.1:"),
+        "{printed}"
+    );
+    let printed = start(&["--metrics-listen", "off"]);
+    assert!(!printed.contains("metrics "), "{printed}");
+}

@@ -16,6 +16,7 @@
 //! - [`session`]: user tokens handed to the mount over a Unix socket, bound by SO_PEERCRED;
 //! - [`license_source`]: content keys from key server licenses for attested callers, built on
 //!   all of the above;
+//! - [`observe`]: the mount's metrics (names, recording; the facade only, no exporter);
 //! - [`storage`]: where the encrypted assets live (the local directory backend and its trait);
 //! - [`fs`]: the FUSE mount (the data-plane PEP) built on the layers above, which gets keys
 //!   only through [`keys::KeySource`].
@@ -26,6 +27,7 @@ pub mod exec_watch;
 pub mod fs;
 pub mod keys;
 pub mod license_source;
+pub mod observe;
 pub mod procmap;
 pub mod session;
 pub mod storage;

@@ -66,6 +66,17 @@ use rules::MountRules;
 pub use tokens::{check_token_file, TokenMap};
 use tokens::{session_of, token_user};
 
+/// One reading of what a mount holds ([`KeyServerSource::stats`]).
+#[derive(Debug, Clone)]
+pub struct SourceStats {
+    /// Rules from ARDS in force (`None`: no subscription).
+    pub rules: Option<usize>,
+    /// Licenses held (each an asset's content key for one session, application and action).
+    pub licenses: u64,
+    /// The audit spool (`None`: the mount records nothing locally).
+    pub spool: Option<crate::audit_spool::SpoolStats>,
+}
+
 /// How to reach the key server and whom to ask for.
 #[derive(Debug, Clone)]
 pub struct LicenseSourceConfig {
@@ -300,6 +311,20 @@ impl KeyServerSource {
     /// The caller measurement in use (shared digest cache).
     pub fn attestor(&self) -> &Attestor {
         &self.attestor
+    }
+
+    /// What the mount holds now, for its metrics and `csap status`.
+    pub fn stats(&self) -> SourceStats {
+        // entry_count is maintained lazily; pending evictions (ended licenses) go first.
+        self.licenses.run_pending_tasks();
+        SourceStats {
+            rules: self
+                .rules
+                .as_ref()
+                .map(|r| r.snapshot().evaluator.rules().len()),
+            licenses: self.licenses.entry_count(),
+            spool: self.trail.as_ref().map(|t| t.stats()),
+        }
     }
 
     /// Drops every held license (after a revocation notice, or on demand).

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fsutil;
 pub mod keys;
 pub mod license;
+pub mod metrics;
 pub mod pki;
 pub mod ratelimit;
 pub mod readcache;

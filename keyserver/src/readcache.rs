@@ -64,10 +64,15 @@ impl ReadCache {
         V: Clone + Send + Sync + 'static,
     {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        cache
+        let hit = cache
             .get(key)
             .filter(|(at, _)| *at == epoch)
-            .map(|(_, v)| v)
+            .map(|(_, v)| v);
+        // A miss here is counted where the database is read (`through`), once.
+        if hit.is_some() {
+            crate::metrics::cache_hit();
+        }
+        hit
     }
 
     /// A valid entry, else `load` (a database read), stored unless `store` is false.
@@ -86,9 +91,11 @@ impl ReadCache {
         let epoch = self.epoch.load(Ordering::SeqCst);
         if let Some((at, v)) = cache.get(&key) {
             if at == epoch {
+                crate::metrics::cache_hit();
                 return Ok(Some(v));
             }
         }
+        crate::metrics::cache_miss();
         let row = load()?;
         if let Some(v) = &row {
             if store {

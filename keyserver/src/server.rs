@@ -431,6 +431,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     directory: crate::directory::KeyServerDirectory,
+    state: Arc<State>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -447,6 +448,10 @@ impl RunningServer {
     /// The installation's directory of principals and identities, for authz and ARDS.
     pub fn directory(&self) -> crate::directory::KeyServerDirectory {
         self.directory.clone()
+    }
+    /// The key server's part in the operations listener (`authz::ops`): readiness, gauges.
+    pub fn probe(&self) -> Arc<dyn authz::ops::Probe> {
+        Arc::clone(&self.state) as Arc<dyn authz::ops::Probe>
     }
     /// Stops accepting, closes every connection and waits for the loop to end.
     pub async fn shutdown(self) {
@@ -526,6 +531,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let url = format!("https://{host}:{}", addr.port());
     let router = crate::api::app(Arc::clone(&state));
+    let kept_state = Arc::clone(&state);
     let (tx, mut rx) = watch::channel(false);
     let store = Arc::clone(&state.store);
     let maintenance = tokio::spawn(async move { store.maintain().await });
@@ -554,6 +560,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         addr,
         data_dir,
         directory,
+        state: kept_state,
         shutdown: tx,
         task,
     })

@@ -49,6 +49,15 @@ impl SessionStore {
         }
     }
 
+    /// Live sessions (approximate: expired ones leave at the cache's next maintenance).
+    pub fn len(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Opens a session for `device` to `recipient`: returns it and the encapsulated key.
     pub fn open(
         &self,

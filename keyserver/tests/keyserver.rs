@@ -1381,6 +1381,33 @@ async fn error_statuses_have_json_bodies() {
     }
 }
 
+/// Issue 15: `/healthz` and `/readyz` answer any active certificate of the installation (a
+/// device's here); readiness reads the store.
+#[tokio::test]
+async fn health_and_readiness_answer_an_installation_certificate() {
+    let e = env().await;
+    let http = identity_client(&e.dev.device_dir);
+    for (path, want) in [("/healthz", "status"), ("/readyz", "ready")] {
+        let resp = http
+            .get(format!("{}{path}", e.lb.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert!(v.get(want).is_some(), "{path}: {v}");
+    }
+    let v: serde_json::Value = http
+        .get(format!("{}/readyz", e.lb.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["ready"], true, "{v}");
+}
+
 /// Issue 11: an unusable clock (before the epoch, unset) used to read as 0, so every
 /// `not_after > now` check passed. Through the clock seam: a license on a live session and a
 /// login are refused with a 503 naming the clock — no key — and work again once it heals.

@@ -148,6 +148,13 @@ pub trait AuthzStore: Send + Sync + 'static {
     /// A request and every rule issued for it.
     async fn request(&self, id: &str) -> Result<Option<(RequestRow, Vec<RuleRow>)>, StoreError>;
     async fn policies(&self) -> Result<Vec<GlobalPolicy>, StoreError>;
+    /// The newest `limit` requests (newest first) with their rules; only those submitted by
+    /// `owner` (`role:name`) when given.
+    async fn requests(
+        &self,
+        owner: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(RequestRow, Vec<RuleRow>)>, StoreError>;
     /// Rules not revoked and not yet expired at `now`, optionally only those targeting `pep`.
     async fn live_rules(&self, now: i64, pep: Option<&str>) -> Result<Vec<SignedRule>, StoreError>;
     /// Reads what `reads` names, lets `decide` decide on it, and writes what it returns, in

@@ -92,6 +92,19 @@ impl Db {
         get_request(&self.conn, id)
     }
 
+    /// The newest `limit` requests, newest first (of `owner` only, when given).
+    pub fn requests(&self, owner: Option<&str>, limit: u32) -> Result<Vec<RequestRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM requests WHERE ?1 IS NULL OR owner = ?1 ORDER BY rowid DESC LIMIT ?2",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map(params![owner, limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        ids.iter()
+            .filter_map(|id| get_request(&self.conn, id).transpose())
+            .collect()
+    }
+
     pub fn requests_with_status(&self, status: Status) -> Result<Vec<RequestRow>, StoreError> {
         let mut stmt = self
             .conn
@@ -458,6 +471,24 @@ impl AuthzStore for SqliteAuthzStore {
 
     async fn policies(&self) -> Result<Vec<GlobalPolicy>, StoreError> {
         self.with(|db| db.policies()).await
+    }
+
+    async fn requests(
+        &self,
+        owner: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(RequestRow, Vec<RuleRow>)>, StoreError> {
+        let owner = owner.map(str::to_owned);
+        self.with(move |db| {
+            db.requests(owner.as_deref(), limit)?
+                .into_iter()
+                .map(|row| {
+                    let rules = db.rules_of(&row.id)?;
+                    Ok((row, rules))
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn live_rules(&self, now: i64, pep: Option<&str>) -> Result<Vec<SignedRule>, StoreError> {

@@ -51,6 +51,8 @@ pub enum AppCommand {
     List {
         #[command(flatten)]
         conn: Conn,
+        #[command(flatten)]
+        format: crate::output::Format,
     },
 }
 
@@ -116,21 +118,24 @@ pub fn run_app(cmd: AppCommand) -> Result<()> {
                     .await?;
                 println!("revoked {} build(s)", r.revoked);
             }
-            AppCommand::List { conn } => {
-                for a in conn.admin()?.list_apps().await? {
-                    let state = if a.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    };
-                    println!(
-                        "{:<16} {:<10} {} {state}{}",
-                        a.name,
-                        a.version,
-                        a.digest,
-                        code_summary(&a.code)
-                    );
-                }
+            AppCommand::List { conn, format } => {
+                let apps = conn.admin()?.list_apps().await?;
+                format.print(&apps, |apps| {
+                    crate::output::lines(apps, |a| {
+                        let state = if a.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        format!(
+                            "{:<16} {:<10} {} {state}{}",
+                            a.name,
+                            a.version,
+                            a.digest,
+                            code_summary(&a.code)
+                        )
+                    })
+                })?;
             }
         }
         Ok(())

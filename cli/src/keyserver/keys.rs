@@ -21,6 +21,8 @@ pub enum ScopeCommand {
     List {
         #[command(flatten)]
         conn: Conn,
+        #[command(flatten)]
+        format: crate::output::Format,
     },
 }
 
@@ -83,13 +85,16 @@ pub fn run_scope(cmd: ScopeCommand) -> Result<()> {
                     s.name, s.scope_id, s.current_version
                 );
             }
-            ScopeCommand::List { conn } => {
-                for s in conn.admin()?.list_scopes().await? {
-                    println!(
-                        "{:<24} id {} version {} revoked {:?}",
-                        s.name, s.scope_id, s.current_version, s.revoked_versions
-                    );
-                }
+            ScopeCommand::List { conn, format } => {
+                let scopes = conn.admin()?.list_scopes().await?;
+                format.print(&scopes, |scopes| {
+                    crate::output::lines(scopes, |s| {
+                        format!(
+                            "{:<24} id {} version {} revoked {:?}",
+                            s.name, s.scope_id, s.current_version, s.revoked_versions
+                        )
+                    })
+                })?;
             }
         }
         Ok(())

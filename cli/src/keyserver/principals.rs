@@ -29,7 +29,40 @@ pub enum DeviceCommand {
     List {
         #[command(flatten)]
         conn: Conn,
+        #[command(flatten)]
+        format: crate::output::Format,
     },
+    /// Show one device: whether it is active, and each certificate issued to it.
+    Show {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        format: crate::output::Format,
+    },
+}
+
+/// `csap device show`: a device and its certificates.
+#[derive(serde::Serialize)]
+struct DeviceView {
+    name: String,
+    /// `active` when a certificate of it is unrevoked, else `revoked`.
+    state: &'static str,
+    certificates: Vec<wire::DeviceInfo>,
+}
+
+fn device_line(d: &wire::DeviceInfo) -> String {
+    let state = match d.revoked_at {
+        Some(t) => format!("revoked {}", wire::rfc3339(t)),
+        None => "active".into(),
+    };
+    format!(
+        "{:<24} {:<6} {} {}  {state}",
+        d.name,
+        d.kind.as_str(),
+        d.serial,
+        wire::rfc3339(d.issued_at)
+    )
 }
 
 #[derive(Subcommand)]
@@ -146,20 +179,35 @@ pub fn run_device(cmd: DeviceCommand) -> Result<()> {
                 let r = conn.admin()?.revoke_device(&name).await?;
                 println!("revoked {} certificate(s) of {name}", r.revoked);
             }
-            DeviceCommand::List { conn } => {
-                for d in conn.admin()?.list_devices().await? {
-                    let state = match d.revoked_at {
-                        Some(t) => format!("revoked {}", wire::rfc3339(t)),
-                        None => "active".into(),
-                    };
-                    println!(
-                        "{:<24} {:<6} {} {}  {state}",
-                        d.name,
-                        d.kind.as_str(),
-                        d.serial,
-                        wire::rfc3339(d.issued_at)
-                    );
+            DeviceCommand::List { conn, format } => {
+                let devices = conn.admin()?.list_devices().await?;
+                format.print(&devices, |d| crate::output::lines(d, device_line))?;
+            }
+            DeviceCommand::Show { name, conn, format } => {
+                let certificates: Vec<wire::DeviceInfo> = conn
+                    .admin()?
+                    .list_devices()
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.name == name && d.kind == wire::PrincipalKind::Device)
+                    .collect();
+                if certificates.is_empty() {
+                    anyhow::bail!("no device {name} is enrolled (see `csap device list`)");
                 }
+                let active = certificates.iter().any(|c| c.revoked_at.is_none());
+                let view = DeviceView {
+                    name,
+                    state: if active { "active" } else { "revoked" },
+                    certificates,
+                };
+                format.print(&view, |v| {
+                    format!(
+                        "device {} {}\n{}",
+                        v.name,
+                        v.state,
+                        crate::output::lines(&v.certificates, device_line)
+                    )
+                })?;
             }
         }
         Ok(())

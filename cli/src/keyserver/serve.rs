@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Extra DNS names / IPs for the server certificate (besides localhost and loopback).
     #[arg(long = "name")]
     pub names: Vec<String>,
+    /// Plain-HTTP listener for /metrics (Prometheus), /healthz and /readyz (keep it on
+    /// loopback: it has no authentication), e.g. 127.0.0.1:7412. Default: none.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
@@ -81,6 +85,14 @@ pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
                 eprintln!("csap: no --ards-url: the key server holds no rules and will license nothing (break-glass issues only)");
             }
         }
+        let _ops = match args.metrics_listen {
+            Some(addr) => Some(
+                authz::ops::serve(addr, vec![server.probe()])
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
         println!("{}", server.url);
         eprintln!(
             "key server on {} — admin identity: {}",

@@ -25,6 +25,19 @@ pub enum UserCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Enable a disabled user: they can log in again (tokens from before stay void).
+    Enable {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List users and whether each is enabled.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        format: crate::output::Format,
+    },
 }
 
 /// `csap login`: through the local mount's session socket (any user), or directly with the
@@ -71,6 +84,24 @@ pub fn run_user(cmd: UserCommand) -> Result<()> {
             conn.admin()?.disable_user(&name).await?;
             println!("disabled user {name}; outstanding tokens are void");
             Ok(())
+        }),
+        UserCommand::Enable { name, conn } => runtime()?.block_on(async move {
+            conn.admin()?.enable_user(&name).await?;
+            println!("enabled user {name}; they log in again to get a token");
+            Ok(())
+        }),
+        UserCommand::List { conn, format } => runtime()?.block_on(async move {
+            let users = conn.admin()?.list_users().await?;
+            format.print(&users, |users| {
+                crate::output::lines(users, |u| {
+                    format!(
+                        "{:<24} {:<8} added {}",
+                        u.name,
+                        if u.disabled { "disabled" } else { "enabled" },
+                        wire::rfc3339(u.created_at)
+                    )
+                })
+            })
         }),
     }
 }

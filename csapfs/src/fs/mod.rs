@@ -41,7 +41,9 @@ use std::time::Duration;
 use crate::keys::KeySource;
 use crate::storage::{LocalDir, Storage};
 
-pub use mountpoint::{mounted_fs_type, wait_until_released, MountpointClaim};
+pub use mountpoint::{
+    fuse_mounts, mounted_fs_type, wait_until_released, FuseMount, MountpointClaim, CSAP_FS_TYPE,
+};
 pub use state::CsapFs;
 
 /// How long a new mount waits for the previous server of its mountpoint to finish exiting.

@@ -124,6 +124,40 @@ pub fn mounted_fs_type(path: &Path) -> io::Result<Option<String>> {
     }))
 }
 
+/// The file system type of a csap mount made through `fusermount3` (unprivileged), which
+/// records the subtype the mount sets. A privileged mount calls mount(2) itself and shows as
+/// plain `fuse`: the kernel keeps no subtype then.
+pub const CSAP_FS_TYPE: &str = "fuse.csapfs";
+
+/// One FUSE mount of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuseMount {
+    pub mountpoint: PathBuf,
+    /// `fuse`, `fuse.csapfs`, `fuse.sshfs`, …
+    pub fs_type: String,
+    /// The backing store's name for a csap mount (its `fsname`).
+    pub source: String,
+}
+
+/// Every FUSE mount in this mount namespace, in mount order (a csap mount is `fuse.csapfs`,
+/// or plain `fuse` when mounted as root: tell those apart by what else is known of them).
+pub fn fuse_mounts() -> io::Result<Vec<FuseMount>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fs_type = *fields.get(sep + 1)?;
+            (fs_type == "fuse" || fs_type.starts_with("fuse.")).then(|| FuseMount {
+                mountpoint: PathBuf::from(unescape_mountinfo(fields.get(4).copied().unwrap_or(""))),
+                fs_type: fs_type.to_string(),
+                source: unescape_mountinfo(fields.get(sep + 2).copied().unwrap_or("")),
+            })
+        })
+        .collect())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();

@@ -24,6 +24,19 @@ impl KeyServerSource {
         action: Action,
         ids: &[[u8; 16]],
     ) -> Result<Result<keyserver_client::license::OpenedLicense, ClientError>, KeyError> {
+        let started = std::time::Instant::now();
+        let answer = self.request_once_or_twice(token, app, action, ids);
+        crate::observe::license_request(started.elapsed());
+        answer
+    }
+
+    fn request_once_or_twice(
+        &self,
+        token: &UserToken,
+        app: &str,
+        action: Action,
+        ids: &[[u8; 16]],
+    ) -> Result<Result<keyserver_client::license::OpenedLicense, ClientError>, KeyError> {
         let ask =
             siblings::retry_rate_limited(|| self.here_client.request(token, app, action, ids));
         match self.block_on(self.here.as_ref(), ask)? {

@@ -57,9 +57,13 @@ impl KeyServerSource {
         let held = match self.licenses.get(&cache_key) {
             Some(h) if h.is_usable() => {
                 seen.used_cached(action);
+                crate::observe::cache_hit();
                 h
             }
-            _ => self.fetch_unrevoked(asker, path, &cache_key, seen)?,
+            _ => {
+                crate::observe::cache_miss();
+                self.fetch_unrevoked(asker, path, &cache_key, seen)?
+            }
         };
         // The header is not authenticated yet: a mismatch means tampering or a misfiled
         // asset, and the key we hold would fail the header MAC anyway.
@@ -152,6 +156,11 @@ impl KeyServerSource {
                 .find(|d| d.asset_id == hex::encode(asset_id))
                 .map(|d| d.reason.to_string())
                 .unwrap_or_else(|| "not granted".into());
+            crate::observe::license_denied(if reason == "not granted" {
+                "not_granted"
+            } else {
+                &reason
+            });
             tracing::info!(uid = caller.uid, pid = caller.pid, app, path, ?action, %reason, "license denied");
             return Err(KeyError::Denied(format!("key server: {reason}")));
         };

@@ -152,6 +152,7 @@ impl Subscription {
                 depends_on(event, &self.device, key, held)
             });
             tracing::info!(seq = event.seq, kind = ?event.kind, subject = %event.subject, version = ?event.version, dropped, "identity revocation applied");
+            crate::observe::revocation(kind_label(event.kind), dropped, event.time);
             last = last.max(event.seq);
         }
         last
@@ -174,6 +175,16 @@ impl Subscription {
             notify(&self.listeners);
         }
         dropped
+    }
+}
+
+/// A revocation's kind as a metric label.
+fn kind_label(kind: RevocationKind) -> &'static str {
+    match kind {
+        RevocationKind::User => "user",
+        RevocationKind::App => "app",
+        RevocationKind::KeyVersion => "key_version",
+        RevocationKind::Device => "device",
     }
 }
 

@@ -122,6 +122,7 @@ impl MountRules {
                 tracing::info!(user = %held.user, app = %key.app_digest, path = %held.path, "license revoked: no rule of this mount allows it any more");
             }
         }
+        crate::observe::rule_revocations(revoked);
         revoked
     }
 }

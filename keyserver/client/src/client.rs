@@ -169,6 +169,14 @@ impl KsClient {
     }
 }
 
+/// `GET /v1/info` with any identity of the installation (device, admin, auditor…): who the
+/// server takes us for, its version and license key (`csap status`).
+pub async fn server_info(server_url: &str, identity_dir: &Path) -> Result<ServerInfo, ClientError> {
+    KsClient::new(server_url, &read_identity(identity_dir)?)?
+        .get("/v1/info")
+        .await
+}
+
 fn read_identity(dir: &Path) -> Result<Identity, ClientError> {
     Ok(Identity::load(dir)?)
 }
@@ -514,6 +522,18 @@ impl AdminClient {
                 &serde_json::json!({}),
             )
             .await
+    }
+    /// Lets a disabled user log in again; tokens issued before the disable stay void.
+    pub async fn enable_user(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.client
+            .post(
+                &format!("/v1/admin/users/{name}/enable"),
+                &serde_json::json!({}),
+            )
+            .await
+    }
+    pub async fn list_users(&self) -> Result<Vec<crate::wire::UserInfo>, ClientError> {
+        self.client.get("/v1/admin/users").await
     }
     pub async fn register_app(&self, req: &RegisterAppRequest) -> Result<AppInfo, ClientError> {
         self.client.post("/v1/admin/apps", req).await

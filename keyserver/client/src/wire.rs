@@ -322,6 +322,9 @@ pub struct ServerInfo {
     /// The authenticated peer, as the server sees it.
     pub peer: String,
     pub peer_kind: PrincipalKind,
+    /// The key server's version (empty from servers before it was reported).
+    #[serde(default)]
+    pub version: String,
 }
 
 // ---------- admin ----------
@@ -387,6 +390,15 @@ pub struct EnrollResponse {
     pub ca_pem: String,
     pub serial: String,
     pub license_public_key: String,
+}
+
+/// One user as `GET /v1/admin/users` lists it (never its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub disabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

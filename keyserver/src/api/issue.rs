@@ -142,6 +142,8 @@ pub(crate) async fn issue_license(
     }
     let license = g.finish(grants, denials);
     // No key leaves before its grant is on record.
+    let tally = crate::metrics::Tally::of(&events);
     st.store.record_audit(events).await?;
+    tally.count();
     Ok(Json(license))
 }

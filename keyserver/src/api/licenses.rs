@@ -21,6 +21,17 @@ use crate::store::{AuditEvent, LicenseReads, LicenseRows};
 use crate::wire::*;
 
 pub(crate) async fn licenses(
+    st: AxState<S>,
+    peer: DevicePeer,
+    req: ApiJson<LicenseRequest>,
+) -> Result<Json<SignedLicense>, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = license_request(st, peer, req).await;
+    crate::metrics::license_latency(started.elapsed());
+    answer
+}
+
+async fn license_request(
     AxState(st): AxState<S>,
     DevicePeer(peer): DevicePeer,
     ApiJson(req): ApiJson<LicenseRequest>,
@@ -107,10 +118,12 @@ pub(crate) async fn licenses(
     };
     // No key leaves before its grant is on record (a create's rows committed with its asset).
     if !events.is_empty() {
+        let tally = crate::metrics::Tally::of(&events);
         st.store
             .record_audit(events)
             .await
             .map_err(|e| ApiError::Internal(format!("audit write failed: {e}")))?;
+        tally.count();
     }
     Ok(Json(license))
 }
@@ -247,7 +260,9 @@ async fn create_work(
                 grant.rule_ids.clone(),
                 Some(format!("created {}", create.path)),
             );
+            let tally = crate::metrics::Tally::of(std::slice::from_ref(&ev));
             g.st.store.register_asset(&asset, vec![ev]).await?;
+            tally.count();
             Ok(g.finish(vec![grant], Vec::new()))
         }
     }
@@ -267,8 +282,12 @@ async fn deny_create(
         Some(reason.as_str().into()),
     );
     ev.path = Some(create.path.clone());
+    let tally = crate::metrics::Tally::of(std::slice::from_ref(&ev));
     match g.st.store.record_audit(vec![ev]).await {
-        Ok(()) => ApiError::Denied(reason),
+        Ok(()) => {
+            tally.count();
+            ApiError::Denied(reason)
+        }
         Err(e) => ApiError::Internal(format!("audit write failed: {e}")),
     }
 }

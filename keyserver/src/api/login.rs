@@ -28,6 +28,7 @@ pub(crate) async fn info(
         license_public_key: st.signer.public_hex(),
         peer: peer.name,
         peer_kind: peer.kind,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     }))
 }
 

@@ -44,8 +44,9 @@ pub fn app(state: Arc<State>) -> Router {
             post(principals::enroll).get(principals::list_devices),
         )
         .route("/devices/{name}/revoke", post(principals::revoke_device))
-        .route("/users", post(users::add_user))
+        .route("/users", post(users::add_user).get(users::list_users))
         .route("/users/{name}/disable", post(users::disable_user))
+        .route("/users/{name}/enable", post(users::enable_user))
         .route("/apps", post(apps::register_app).get(apps::list_apps))
         .route("/apps/revoke", post(apps::revoke_app))
         .route(
@@ -64,6 +65,8 @@ pub fn app(state: Arc<State>) -> Router {
             post(principals::revoke_principal),
         );
     Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/v1/info", get(login::info))
         .route("/v1/login", post(login::login))
         .route("/v1/sessions", post(licenses::open_session))
@@ -83,6 +86,16 @@ pub fn app(state: Arc<State>) -> Router {
             authz::http_errors::json_error_body,
         ))
         .with_state(state)
+}
+
+/// `GET /healthz`: alive (any active principal's certificate).
+async fn health(_: peers::AnyPeer) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when the store answers, else 503 naming why.
+async fn ready(AxState(st): AxState<S>, _: peers::AnyPeer) -> Response {
+    authz::ops::readiness_response(st.as_ref()).await
 }
 
 /// Bounds each request's time, and audits requests refused before any handler logic ran

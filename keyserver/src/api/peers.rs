@@ -39,6 +39,21 @@ impl FromRequestParts<S> for DevicePeer {
     }
 }
 
+/// Any active principal (health and readiness: the TLS layer admits only certificates from
+/// the installation's CA, so there is no anonymous caller on the key server).
+pub(crate) struct AnyPeer;
+
+impl FromRequestParts<S> for AnyPeer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, ApiError> {
+        let peer = peer_of(parts)?;
+        match st.registry.get(&peer.serial) {
+            Some(p) if !p.revoked => Ok(AnyPeer),
+            _ => Err(ApiError::Denied(Reason::UnknownDevice)),
+        }
+    }
+}
+
 /// Audits a request refused for who its peer is (not a device, revoked, not an admin).
 pub(crate) fn refuse_peer(st: &State, peer: &Peer, parts: &Parts, reason: Reason) {
     // Inside nested routers `parts.uri` lacks the prefix; the original URI has it.

@@ -115,9 +115,11 @@ pub(crate) async fn deny_request(
             })
             .collect()
     };
+    let tally = crate::metrics::Tally::of(&events);
     if let Err(e) = st.store.record_audit(events).await {
         return ApiError::Internal(e.to_string());
     }
+    tally.count();
     tracing::info!(device = who.device, reason = %reason, "request denied");
     ApiError::Denied(reason)
 }

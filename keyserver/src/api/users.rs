@@ -1,5 +1,7 @@
-//! Users: `POST /v1/admin/users` (argon2id password hash) and
-//! `POST /v1/admin/users/{name}/disable` (every token void, a revocation event).
+//! Users: `POST /v1/admin/users` (argon2id password hash), `GET /v1/admin/users` (names and
+//! standing, never hashes), `POST /v1/admin/users/{name}/disable` (every token void, a
+//! revocation event) and `POST /v1/admin/users/{name}/enable` (logins again; older tokens stay
+//! void).
 
 use axum::extract::{Path, State as AxState};
 use axum::Json;
@@ -44,4 +46,22 @@ pub(crate) async fn disable_user(
     st.store.disable_user(&name, st.clock.stamp()).await?;
     audited(&st, &admin, "user.disable", &name).await?;
     Ok(Json(serde_json::json!({ "user": name, "disabled": true })))
+}
+
+pub(crate) async fn enable_user(
+    AxState(st): AxState<S>,
+    AdminPeer(admin): AdminPeer,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("name", &name)?;
+    st.store.enable_user(&name).await?;
+    audited(&st, &admin, "user.enable", &name).await?;
+    Ok(Json(serde_json::json!({ "user": name, "disabled": false })))
+}
+
+pub(crate) async fn list_users(
+    AxState(st): AxState<S>,
+    AdminPeer(_): AdminPeer,
+) -> Result<Json<Vec<crate::wire::UserInfo>>, ApiError> {
+    Ok(Json(st.store.users().await?))
 }

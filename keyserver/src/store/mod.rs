@@ -307,6 +307,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError>;
     /// Disables the user, bumps its generation (every token void) and records the revocation.
     async fn disable_user(&self, name: &str, now: i64) -> Result<(), StoreError>;
+    /// Enables a disabled user again; its generation stays, so older tokens stay void.
+    async fn enable_user(&self, name: &str) -> Result<(), StoreError>;
+    /// Every user, by name.
+    async fn users(&self) -> Result<Vec<crate::wire::UserInfo>, StoreError>;
 
     // ----- application builds -----
 

@@ -62,6 +62,8 @@ pub struct ServerInfo {
     pub admin_dir: PathBuf,
     /// authz's issuer public key (`csap mount --issuer-pub`).
     pub issuer_pub: PathBuf,
+    /// `http://ADDR` of the operations listener (/metrics, /healthz, /readyz).
+    pub metrics_url: Option<String>,
     /// The key server's rule cache: a rule id in it is in the key server's evaluator (the
     /// subscription swaps the evaluator before it writes the file).
     pub rules_cache: PathBuf,
@@ -101,6 +103,11 @@ impl ServerInfo {
             ards_cert: between("ARDS ", "(trust ", ")")?,
             admin_dir: between("admin identity:", "admin identity:", "  (")?,
             issuer_pub: between("authz issuer key:", "authz issuer key:", "\n")?,
+            metrics_url: printed
+                .lines()
+                .find(|l| l.starts_with("metrics "))
+                .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+                .map(|w| w.trim_end_matches("/metrics").to_owned()),
             rules_cache: data_dir.join("keyserver-rules.json"),
         })
     }
@@ -123,7 +130,9 @@ impl CsapServer {
             .arg("--data-dir")
             .arg(&opts.data_dir)
             .arg("--listen")
-            .arg(opts.listen.to_string());
+            .arg(opts.listen.to_string())
+            // A free port: PORT+3 of a fixed triple is nobody's to take.
+            .args(["--metrics-listen", "127.0.0.1:0"]);
         if let Some(rate) = &opts.device_rate {
             cmd.args(["--device-rate", rate]);
         }

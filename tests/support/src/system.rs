@@ -211,8 +211,8 @@ impl System {
             .filter_map(|v| v.as_str())
             .collect();
         // Which PEP each rule is for, from authz's inventory.
-        let live = self.csap_authz(&["rules", "list"])?;
-        let rules = live["rules"]
+        let live = self.csap_authz(&["rules", "list", "--json"])?;
+        let rules = live
             .as_array()
             .context("no rules in authz's inventory")?
             .iter()

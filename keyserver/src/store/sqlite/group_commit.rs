@@ -252,8 +252,13 @@ impl Shared {
 /// write lock was not free within `busy_timeout`; other failures are told to the jobs.
 fn commit(conn: &mut Connection, batch: Vec<Job>, busy_timeout: Duration) -> Result<(), Vec<Job>> {
     let _ = conn.busy_timeout(busy_timeout);
+    let started = std::time::Instant::now();
     let outcome = match super::audit::insert_audit(conn, batch.iter().flat_map(|j| &j.events)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            let records = batch.iter().map(|j| j.events.len()).sum();
+            crate::metrics::audit_commit(records, started.elapsed());
+            Ok(())
+        }
         Err(e) if busy_timeout.is_zero() && is_busy(&e) => return Err(batch),
         Err(e) => {
             tracing::error!(error = %e, "audit write failed");

@@ -254,6 +254,31 @@ pub(crate) fn disable_user(conn: &Connection, name: &str) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Clears `disabled` only: the generation the disable bumped stays, so no token from before it
+/// works again.
+pub(crate) fn enable_user(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE users SET disabled = 0 WHERE name = ?1",
+        params![name],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("user {name}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn list_users(conn: &Connection) -> Result<Vec<crate::wire::UserInfo>, StoreError> {
+    let mut st = conn.prepare("SELECT name, disabled, created_at FROM users ORDER BY name")?;
+    let rows = st.query_map([], |r| {
+        Ok(crate::wire::UserInfo {
+            name: r.get(0)?,
+            disabled: r.get(1)?,
+            created_at: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 // ---------- applications ----------
 
 pub(crate) fn register_app(conn: &Connection, app: &AppInfo) -> Result<(), StoreError> {

@@ -289,6 +289,15 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn enable_user(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(move |c| identities::enable_user(c, &name)).await
+    }
+
+    async fn users(&self) -> Result<Vec<crate::wire::UserInfo>, StoreError> {
+        self.call(|c| identities::list_users(c)).await
+    }
+
     async fn register_app(&self, app: &AppInfo) -> Result<(), StoreError> {
         let app = app.clone();
         self.call(move |c| identities::register_app(c, &app)).await
