@@ -1103,3 +1103,52 @@ async fn unusable_clock_fails_closed_in_service_and_pep(engine: Engine) {
         "kept, and active again once the clock is usable"
     );
 }
+
+/// Two ARDS replicas on one PostgreSQL database: a rule published and then revoked through
+/// replica A reaches a PEP long-polling replica B (the revocation within a second), through
+/// PostgreSQL's notifications alone — B's service never saw either call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_wake_each_others_long_polls() {
+    let Some(db) = csap_testkit::postgres::database() else {
+        return;
+    };
+    let h = Harness::start_on(Engine::Postgres(db)).await;
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_opts = Harness::options(
+        b_dir.path().join("ards"),
+        &h.clock,
+        &h.key,
+        &h.pki,
+        &h.engine,
+    );
+    let b = ards::testing::spawn_loopback(b_opts).await.unwrap();
+    let pep = "mount:ws-07";
+    let mut cfg = h.client_config(pep);
+    (cfg.url, cfg.ca_pem) = (b.url.clone(), b.ca_pem.clone());
+    let mut opts = h.client_options();
+    opts.poll_wait = Duration::from_secs(30); // a wake-up, not a re-poll, must deliver it
+    let c = ards::RulesClient::start_with(cfg, opts).await.unwrap();
+    assert!(c.wait_synced(LONG).await);
+
+    let r = h.sign(rule("r-rep", "alice", "ws-07", &[pep], T0 - 10, T0 + 3600));
+    h.http.publish(&[r]).await.unwrap();
+    assert!(
+        wait_until(LONG, || c.evaluator().rules().len() == 1)
+            .await
+            .is_some(),
+        "the publish through A reached the PEP on B"
+    );
+    let mut rx = c.subscribe();
+    rx.mark_unchanged();
+    let start = std::time::Instant::now();
+    let rev = Revocation::sign("r-rep", ISSUER, "task cancelled", T0, &h.key);
+    assert_eq!(h.http.revoke(&rev).await.unwrap().removed_from, vec![pep]);
+    tokio::time::timeout(SEC, rx.changed())
+        .await
+        .expect("the revocation through A reached the PEP on B within 1 s")
+        .unwrap();
+    let took = start.elapsed();
+    assert!(c.evaluator().rules().is_empty(), "revoked rule gone");
+    println!("revocation through replica A, PEP on replica B: {took:?}");
+    b.shutdown().await;
+}

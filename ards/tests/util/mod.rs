@@ -63,7 +63,7 @@ impl Harness {
         }
     }
 
-    fn options(
+    pub fn options(
         dir: PathBuf,
         clock: &ManualClock,
         key: &IssuerKey,
