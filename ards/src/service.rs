@@ -137,6 +137,17 @@ struct Inner {
     throttled: Mutex<HashMap<String, u64>>,
     /// Per-PEP (acknowledged revision, last poll time); in memory only.
     acks: Mutex<HashMap<String, PollInfo>>,
+    /// The task that wakes long polls for other replicas' commits (PostgreSQL).
+    follow: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Its end drops the store's subscription, which closes that database connection.
+        if let Some(task) = lock(&self.follow).take() {
+            task.abort();
+        }
+    }
 }
 
 /// A running ARDS (cheap to clone; clones share everything).
@@ -189,12 +200,13 @@ impl Ards {
         if let Some(mut remote) = remote {
             // Wakes this replica's long polls for what any replica committed.
             let weak: Weak<Inner> = Arc::downgrade(&ards.inner);
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 while let Some(touched) = remote.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
                     Ards { inner }.wake(touched);
                 }
             });
+            *lock(&ards.inner.follow) = Some(task.abort_handle());
         }
         Ok(ards)
     }
@@ -221,6 +233,7 @@ impl Ards {
                 buckets: Mutex::new(HashMap::new()),
                 throttled: Mutex::new(HashMap::new()),
                 acks: Mutex::new(HashMap::new()),
+                follow: Mutex::new(None),
             }),
         }
     }

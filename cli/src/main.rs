@@ -21,6 +21,7 @@ mod mount_preflight;
 mod password;
 mod quickstart;
 mod server;
+mod store_args;
 
 use std::io::IsTerminal;
 

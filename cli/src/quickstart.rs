@@ -67,6 +67,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
         root_key_hex: None,
         device_rate: None,
+        store: authz::pg::Engine::Sqlite,
     }))?;
     print!("{}", indent(&server.describe()));
     let result = demo(&rt, &server, &dir, &csap, &viewer, keep);

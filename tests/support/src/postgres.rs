@@ -41,6 +41,18 @@ pub enum Engine {
     Postgres(TestDb),
 }
 
+impl TestDb {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// Runs one SQL command in this database as the superuser; returns what it printed.
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        self.server.psql_in(self.name(), sql)
+    }
+}
+
 impl Engine {
     /// The database URL when on PostgreSQL.
     pub fn url(&self) -> Option<&str> {
@@ -214,6 +226,11 @@ impl PgServer {
 
     /// Runs one SQL command as the superuser in database `postgres`; returns what it printed.
     pub fn psql(&self, sql: &str) -> Result<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs one SQL command as the superuser in database `db`; returns what it printed.
+    pub fn psql_in(&self, db: &str, sql: &str) -> Result<String> {
         let port = self.port.to_string();
         let out = self.run_ok(Command::new(self.bin.join("psql")).args([
             "-X",
@@ -229,7 +246,7 @@ impl PgServer {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-c",
             sql,
         ]))?;

@@ -75,7 +75,15 @@ async fn relay(
     mut notices: mpsc::UnboundedReceiver<Notice>,
     tx: mpsc::UnboundedSender<Touched>,
 ) {
-    while let Some(notice) = notices.recv().await {
+    loop {
+        // Ends once the service stops listening, which ends the subscription's connection.
+        let notice = tokio::select! {
+            notice = notices.recv() => match notice {
+                Some(notice) => notice,
+                None => return,
+            },
+            _ = tx.closed() => return,
+        };
         let touched = match notice {
             Notice::Payload(p) => match p.split_once(' ') {
                 Some((rev, pep)) => match rev.parse::<u64>() {
