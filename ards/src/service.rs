@@ -191,7 +191,7 @@ impl Ards {
     pub async fn connect(cfg: ArdsConfig, clock: Arc<dyn Clock>) -> Result<Self, ArdsError> {
         let target = match &cfg.store {
             authz::pg::Engine::Sqlite => return Self::open(cfg, clock),
-            authz::pg::Engine::Postgres(target) => target.clone(),
+            authz::pg::Engine::Postgres(target) => (**target).clone(),
         };
         let dir_lock = lock_data_dir(&cfg)?;
         let store = PgRuleStore::connect(&target, PG_POOL_SIZE).await?;

@@ -88,7 +88,7 @@ impl Target {
     pub fn pool(&self, schema: &str, size: usize) -> Result<Pool, PgError> {
         let mut config = self.config.clone();
         config.options(format!("-c search_path={schema}"));
-        config.application_name(&format!("csap-{schema}"));
+        config.application_name(format!("csap-{schema}"));
         config.connect_timeout(Duration::from_secs(10));
         let mgr_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -296,13 +296,20 @@ pub const fn lock_key(name: &str) -> i64 {
     hash as i64
 }
 
+impl Engine {
+    /// PostgreSQL at `target`.
+    pub fn postgres(target: Target) -> Engine {
+        Engine::Postgres(Box::new(target))
+    }
+}
+
 /// Where a service keeps its state: SQLite under its data directory (the default) or a
 /// PostgreSQL database shared by its replicas.
 #[derive(Debug, Clone, Default)]
 pub enum Engine {
     #[default]
     Sqlite,
-    Postgres(Target),
+    Postgres(Box<Target>),
 }
 
 #[cfg(test)]

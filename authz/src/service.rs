@@ -262,7 +262,7 @@ impl Authz {
     ) -> Result<Self, ServiceError> {
         let target = match &cfg.store {
             crate::pg::Engine::Sqlite => return Self::open(cfg, sink, directory),
-            crate::pg::Engine::Postgres(target) => target.clone(),
+            crate::pg::Engine::Postgres(target) => (**target).clone(),
         };
         let (lock, key) = Self::open_data_dir(cfg)?;
         let store = PgAuthzStore::connect(&target, PG_POOL_SIZE).await?;

@@ -78,7 +78,7 @@ impl Harness {
     fn config(dir: &std::path::Path, engine: &Engine) -> Config {
         let mut cfg = Config::new(dir);
         if let Some(url) = engine.url() {
-            cfg.store = authz::pg::Engine::Postgres(authz::pg::Target::parse(url, None).unwrap());
+            cfg.store = authz::pg::Engine::postgres(authz::pg::Target::parse(url, None).unwrap());
         }
         cfg
     }

@@ -26,7 +26,7 @@ impl StoreArgs {
     pub fn engine(&self) -> Result<authz::pg::Engine> {
         Ok(match &self.store {
             None => authz::pg::Engine::Sqlite,
-            Some(url) => authz::pg::Engine::Postgres(authz::pg::Target::parse(
+            Some(url) => authz::pg::Engine::postgres(authz::pg::Target::parse(
                 url,
                 self.store_ca.as_deref(),
             )?),

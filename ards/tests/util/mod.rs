@@ -79,7 +79,7 @@ impl Harness {
         opts.clock = Arc::new(clock.clone());
         if let Some(url) = engine.url() {
             let target = authz::pg::Target::parse(url, None).unwrap();
-            opts.store = authz::pg::Engine::Postgres(target);
+            opts.store = authz::pg::Engine::postgres(target);
         }
         opts
     }
