@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -131,6 +131,10 @@ struct Inner {
     next_due: AtomicI64,
     /// Wakes the scheduler when a publish or revocation may have moved `next_due`.
     kick: Arc<Notify>,
+    /// Another replica stored time-driven work: the next tick asks the store whatever
+    /// `next_due` says (a flag, not `next_due = MIN`, which a tick already under way would
+    /// overwrite with what it read before that work was committed).
+    recheck: AtomicBool,
     /// Per-PEP head revision, watched by that PEP's long polls.
     streams: Mutex<HashMap<String, watch::Sender<u64>>>,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -203,6 +207,11 @@ impl Ards {
             let task = tokio::spawn(async move {
                 while let Some(touched) = remote.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
+                    if touched.is_empty() {
+                        // Another replica stored pending work: ask the store when it is due.
+                        inner.recheck.store(true, Ordering::SeqCst);
+                        inner.kick.notify_one();
+                    }
                     Ards { inner }.wake(touched);
                 }
             });
@@ -229,6 +238,7 @@ impl Ards {
                 // Unknown until the first tick asks the store (it advances at once).
                 next_due: AtomicI64::new(i64::MIN),
                 kick: Arc::new(Notify::new()),
+                recheck: AtomicBool::new(false),
                 streams: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
                 throttled: Mutex::new(HashMap::new()),
@@ -282,10 +292,19 @@ impl Ards {
     /// nothing is due (no store access).
     pub async fn tick(&self) -> Result<(), ArdsError> {
         let now = self.inner.clock.now()?;
-        if now < self.inner.next_due.load(Ordering::SeqCst) {
+        let recheck = self.inner.recheck.swap(false, Ordering::SeqCst);
+        if !recheck && now < self.inner.next_due.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let outcome = self.inner.store.advance(now).await?;
+        let outcome = match self.inner.store.advance(now).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if recheck {
+                    self.inner.recheck.store(true, Ordering::SeqCst);
+                }
+                return Err(e.into());
+            }
+        };
         self.apply(outcome, false);
         Ok(())
     }

@@ -165,8 +165,9 @@ pub trait RuleStore: Send + Sync + 'static {
     async fn exceptions(&self, after: i64, all: bool) -> Result<Vec<ExceptionRecord>, StoreError>;
 
     /// The PEPs whose log grew through any writer of this store, this process's included, as
-    /// commits are seen (taken once; later calls get `None`). `None` when this process is the
-    /// only writer (SQLite: one process per file), so [`Outcome::touched`] tells everything.
+    /// commits are seen (taken once; later calls get `None`); an empty set says time-driven
+    /// work may have been added (ask [`RuleStore::advance`] again). `None` when this process
+    /// is the only writer (SQLite: one process per file), so [`Outcome`] tells everything.
     fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Touched>> {
         None
     }

@@ -14,6 +14,9 @@
 //!   wakes its long polls ([`RuleStore::remote_changes`]). After a reconnect of that
 //!   subscription every PEP's head is re-read, so a notification lost meanwhile costs a wake-up
 //!   at most, never a missed change (the poll re-reads the store).
+//! - A publish that stored a pending rule sends `NOTIFY csap_ards, 'due'`, so every replica's
+//!   scheduler asks the store for its next due time: the rule is released on time even when
+//!   the replica that took the publish is gone by then.
 
 mod schema;
 
@@ -69,7 +72,11 @@ impl PgRuleStore {
     }
 }
 
-/// Turns notifications into [`Touched`] sets; a resync reports every PEP at its head.
+/// The payload that says a publish stored pending work.
+const DUE: &str = "due";
+
+/// Turns notifications into [`Touched`] sets; a resync reports every PEP at its head (and,
+/// like a `due` notice, comes with an empty set: time-driven work may have moved).
 async fn relay(
     pool: Pool,
     mut notices: mpsc::UnboundedReceiver<Notice>,
@@ -85,6 +92,7 @@ async fn relay(
             _ = tx.closed() => return,
         };
         let touched = match notice {
+            Notice::Payload(p) if p == DUE => Touched::new(),
             Notice::Payload(p) => match p.split_once(' ') {
                 Some((rev, pep)) => match rev.parse::<u64>() {
                     Ok(rev) => Touched::from([(pep.to_owned(), rev)]),
@@ -93,7 +101,12 @@ async fn relay(
                 None => continue,
             },
             Notice::Resync => match heads(&pool).await {
-                Ok(all) => all.into_iter().collect(),
+                Ok(all) => {
+                    if tx.send(Touched::new()).is_err() {
+                        return;
+                    }
+                    all.into_iter().collect()
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot re-read PEP heads after reconnecting");
                     continue;
@@ -350,6 +363,16 @@ impl RuleStore for PgRuleStore {
         let mut value = Vec::with_capacity(batch.len());
         for (signed, release_at) in &batch {
             value.push(publish_one(&tx, signed, *release_at, now, &mut touched).await?);
+        }
+        let pending = batch
+            .iter()
+            .zip(&value)
+            .any(|((_, release_at), published)| {
+                *published == Published::Stored && *release_at > now
+            });
+        if pending {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &DUE])
+                .await?;
         }
         let next_due = next_due(&tx).await?;
         commit(tx, &touched).await?;
