@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
 use crate::error::ArdsError;
+use crate::store::postgres::PgRuleStore;
 use crate::store::sqlite::SqliteRuleStore;
 use crate::store::{Outcome, Published, Revoked, RuleStore, StoreError, Touched};
 use crate::wire::{
@@ -52,8 +53,12 @@ impl Default for ExceptionPolicy {
 /// Everything ARDS needs to start.
 #[derive(Debug, Clone)]
 pub struct ArdsConfig {
-    /// The SQLite file (created if missing).
+    /// The SQLite file (created if missing); its directory is this ARDS's data directory
+    /// (locked while it runs) whichever engine holds the store.
     pub db_path: PathBuf,
+    /// Where the store lives: the SQLite file `db_path` (default) or a PostgreSQL database
+    /// shared by replicas (open with [`Ards::connect`]).
+    pub store: authz::pg::Engine,
     /// Issuer name → Ed25519 public key. Rules and revocations from anyone else are refused.
     pub trusted_issuers: Vec<(String, IssuerPublicKey)>,
     /// How long before `not_before` a rule is released to its PEPs.
@@ -71,12 +76,25 @@ impl ArdsConfig {
     ) -> Self {
         Self {
             db_path: db_path.into(),
+            store: authz::pg::Engine::Sqlite,
             trusted_issuers,
             lead_time_secs: DEFAULT_LEAD_TIME_SECS,
             max_wait_secs: 60,
             exceptions: ExceptionPolicy::default(),
         }
     }
+}
+
+/// Connections one ARDS replica keeps to PostgreSQL.
+const PG_POOL_SIZE: usize = 8;
+
+/// The data directory (`cfg.db_path`'s): private, and one process only.
+fn lock_data_dir(cfg: &ArdsConfig) -> Result<authz::statedir::DirLock, ArdsError> {
+    let dir = match cfg.db_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    Ok(authz::statedir::lock(&dir)?)
 }
 
 /// Longest accepted report field.
@@ -113,12 +131,27 @@ struct Inner {
     next_due: AtomicI64,
     /// Wakes the scheduler when a publish or revocation may have moved `next_due`.
     kick: Arc<Notify>,
+    /// Another replica stored time-driven work: the next tick asks the store whatever
+    /// `next_due` says (a flag, not `next_due = MIN`, which a tick already under way would
+    /// overwrite with what it read before that work was committed).
+    recheck: AtomicBool,
     /// Per-PEP head revision, watched by that PEP's long polls.
     streams: Mutex<HashMap<String, watch::Sender<u64>>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     throttled: Mutex<HashMap<String, u64>>,
     /// Per-PEP (acknowledged revision, last poll time); in memory only.
     acks: Mutex<HashMap<String, PollInfo>>,
+    /// The task that wakes long polls for other replicas' commits (PostgreSQL).
+    follow: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Its end drops the store's subscription, which closes that database connection.
+        if let Some(task) = lock(&self.follow).take() {
+            task.abort();
+        }
+    }
 }
 
 /// A running ARDS (cheap to clone; clones share everything).
@@ -144,20 +177,59 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Ards {
     /// Opens the SQLite store in `cfg.db_path`'s directory (this ARDS's data directory). Call
     /// [`Ards::spawn_scheduler`] to have rules released and expired on time (the HTTP handlers
-    /// also catch up on every request).
+    /// also catch up on every request). A PostgreSQL store is opened by [`Ards::connect`].
     pub fn open(cfg: ArdsConfig, clock: Arc<dyn Clock>) -> Result<Self, ArdsError> {
-        // The database's directory is this ARDS's data directory: private, and one process only.
-        let dir = match cfg.db_path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let dir_lock = authz::statedir::lock(&dir)?;
+        if !matches!(cfg.store, authz::pg::Engine::Sqlite) {
+            return Err(ArdsError::Internal(
+                "a PostgreSQL store is opened with Ards::connect".into(),
+            ));
+        }
+        let dir_lock = lock_data_dir(&cfg)?;
         authz::statedir::private_sqlite(&cfg.db_path)?;
         let store = SqliteRuleStore::open(&cfg.db_path)?;
-        let ards = Self {
+        Ok(Self::with_store(cfg, dir_lock, Arc::new(store), clock))
+    }
+
+    /// Opens the store `cfg.store` names: SQLite as [`Ards::open`] does, or connects to
+    /// PostgreSQL (migrating schema `ards`) and follows the changes other replicas commit.
+    pub async fn connect(cfg: ArdsConfig, clock: Arc<dyn Clock>) -> Result<Self, ArdsError> {
+        let target = match &cfg.store {
+            authz::pg::Engine::Sqlite => return Self::open(cfg, clock),
+            authz::pg::Engine::Postgres(target) => (**target).clone(),
+        };
+        let dir_lock = lock_data_dir(&cfg)?;
+        let store = PgRuleStore::connect(&target, PG_POOL_SIZE).await?;
+        let remote = store.remote_changes();
+        let ards = Self::with_store(cfg, dir_lock, Arc::new(store), clock);
+        if let Some(mut remote) = remote {
+            // Wakes this replica's long polls for what any replica committed.
+            let weak: Weak<Inner> = Arc::downgrade(&ards.inner);
+            let task = tokio::spawn(async move {
+                while let Some(touched) = remote.recv().await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if touched.is_empty() {
+                        // Another replica stored pending work: ask the store when it is due.
+                        inner.recheck.store(true, Ordering::SeqCst);
+                        inner.kick.notify_one();
+                    }
+                    Ards { inner }.wake(touched);
+                }
+            });
+            *lock(&ards.inner.follow) = Some(task.abort_handle());
+        }
+        Ok(ards)
+    }
+
+    fn with_store(
+        cfg: ArdsConfig,
+        dir_lock: authz::statedir::DirLock,
+        store: Arc<dyn RuleStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 _dir_lock: dir_lock,
-                store: Arc::new(store),
+                store,
                 issuers: cfg.trusted_issuers.into_iter().collect(),
                 clock,
                 lead_time_secs: cfg.lead_time_secs.max(0),
@@ -166,13 +238,14 @@ impl Ards {
                 // Unknown until the first tick asks the store (it advances at once).
                 next_due: AtomicI64::new(i64::MIN),
                 kick: Arc::new(Notify::new()),
+                recheck: AtomicBool::new(false),
                 streams: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
                 throttled: Mutex::new(HashMap::new()),
                 acks: Mutex::new(HashMap::new()),
+                follow: Mutex::new(None),
             }),
-        };
-        Ok(ards)
+        }
     }
 
     /// The clock ARDS runs on.
@@ -204,7 +277,12 @@ impl Ards {
                 if tx.receiver_count() == 0 {
                     streams.remove(&pep);
                 } else {
-                    tx.send_replace(rev);
+                    // A replica's notification may arrive after a newer local commit's.
+                    tx.send_if_modified(|head| {
+                        let newer = rev > *head;
+                        *head = (*head).max(rev);
+                        newer
+                    });
                 }
             }
         }
@@ -214,10 +292,19 @@ impl Ards {
     /// nothing is due (no store access).
     pub async fn tick(&self) -> Result<(), ArdsError> {
         let now = self.inner.clock.now()?;
-        if now < self.inner.next_due.load(Ordering::SeqCst) {
+        let recheck = self.inner.recheck.swap(false, Ordering::SeqCst);
+        if !recheck && now < self.inner.next_due.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let outcome = self.inner.store.advance(now).await?;
+        let outcome = match self.inner.store.advance(now).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if recheck {
+                    self.inner.recheck.store(true, Ordering::SeqCst);
+                }
+                return Err(e.into());
+            }
+        };
         self.apply(outcome, false);
         Ok(())
     }

@@ -19,6 +19,8 @@ pub struct LoopbackOptions {
     pub clock: Arc<dyn Clock>,
     /// How callers are authenticated (e.g. `authz::testing::pki::TestPki::client_auth`).
     pub client_auth: authz::tls::ClientAuth,
+    /// Where the store lives (default: SQLite in `data_dir`).
+    pub store: authz::pg::Engine,
 }
 
 impl LoopbackOptions {
@@ -34,6 +36,7 @@ impl LoopbackOptions {
             client_auth,
             lead_time_secs: crate::service::DEFAULT_LEAD_TIME_SECS,
             clock: Arc::new(crate::clock::SystemClock),
+            store: authz::pg::Engine::Sqlite,
         }
     }
 }
@@ -79,7 +82,8 @@ pub async fn spawn_on(opts: LoopbackOptions, addr: &str) -> Result<LoopbackArds,
     let identity = load_or_create_identity(&opts.data_dir, &[])?;
     let mut cfg = ArdsConfig::new(opts.data_dir.join("ards.db"), opts.trusted_issuers);
     cfg.lead_time_secs = opts.lead_time_secs;
-    let ards = Ards::open(cfg, opts.clock)?;
+    cfg.store = opts.store;
+    let ards = Ards::connect(cfg, opts.clock).await?;
     let scheduler = ards.spawn_scheduler();
     let server = serve_tls(
         addr,

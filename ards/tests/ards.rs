@@ -1,5 +1,6 @@
-//! ARDS end to end: a real ARDS over TLS on loopback (SQLite file in a temp dir, manual clock)
-//! and real PEP clients.
+//! ARDS end to end: a real ARDS over TLS on loopback (manual clock) and real PEP clients. The
+//! suite runs on both store engines (`on_sqlite::…`: a SQLite file in a temp dir;
+//! `on_postgres::…`: a fresh database on the test PostgreSQL server).
 
 mod util;
 
@@ -10,14 +11,32 @@ use ards::wire::{ExceptionOutcome, ExceptionStatus, RemovalReason, TargetState};
 use ards::ClientError;
 use authz::wire::Revocation;
 use authz::IssuerKey;
+use csap_testkit::postgres::Engine;
 use util::*;
+
+csap_testkit::on_both_engines!(
+    publish_is_delivered_only_to_targeted_peps,
+    rules_are_released_just_in_time,
+    revocation_reaches_the_pep_within_a_second,
+    expired_rules_are_removed_everywhere,
+    resume_after_disconnect_gets_only_the_delta,
+    service_rejects_tampered_and_unknown_issuer_rules,
+    client_drops_tampered_and_unknown_issuer_rules_from_its_cache,
+    pep_restarted_while_ards_is_down_enforces_from_cache,
+    exception_flood_is_throttled_and_duplicates_are_counted,
+    exception_releases_a_matching_pending_rule,
+    malformed_input_gets_400_json_naming_the_field,
+    store_is_durable_wal_sqlite_and_cert_is_reused,
+    authz_http_sink_publishes_and_revokes,
+    every_route_refuses_anonymous_and_wrong_principal_callers,
+    unusable_clock_fails_closed_in_service_and_pep,
+);
 
 const SEC: Duration = Duration::from_secs(1);
 const LONG: Duration = Duration::from_secs(10);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_is_delivered_only_to_targeted_peps() {
-    let h = Harness::start().await;
+async fn publish_is_delivered_only_to_targeted_peps(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let r1 = h.sign(rule(
         "r-1",
         "alice",
@@ -80,9 +99,8 @@ async fn publish_is_delivered_only_to_targeted_peps() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_are_released_just_in_time() {
-    let h = Harness::start().await;
+async fn rules_are_released_just_in_time(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let nb = T0 + 3600;
     let r = h.sign(rule(
         "r-jit",
@@ -139,9 +157,8 @@ async fn rules_are_released_just_in_time() {
     assert!(c.evaluator().decide(&access("alice", "ws-07", nb)).allowed);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_reaches_the_pep_within_a_second() {
-    let h = Harness::start().await;
+async fn revocation_reaches_the_pep_within_a_second(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let r = h.sign(rule(
         "r-rev",
         "alice",
@@ -196,9 +213,8 @@ async fn revocation_reaches_the_pep_within_a_second() {
     assert!(ch.upserts.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_rules_are_removed_everywhere() {
-    let h = Harness::start().await;
+async fn expired_rules_are_removed_everywhere(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let r = h.sign(rule(
         "r-exp",
         "alice",
@@ -232,9 +248,8 @@ async fn expired_rules_are_removed_everywhere() {
     assert!(h.http.rules(None).await.unwrap().rules.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_disconnect_gets_only_the_delta() {
-    let mut h = Harness::start().await;
+async fn resume_after_disconnect_gets_only_the_delta(engine: Engine) {
+    let mut h = Harness::start_on(engine).await;
     let pep = "mount:ws-07";
     let mk = |id: &str| rule(id, "alice", "ws-07", &[pep], T0 - 10, T0 + 3600);
     h.http
@@ -308,9 +323,8 @@ async fn resume_after_disconnect_gets_only_the_delta() {
     assert_eq!(ids(&expected_delta.upserts), vec!["r-e"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_rejects_tampered_and_unknown_issuer_rules() {
-    let h = Harness::start().await;
+async fn service_rejects_tampered_and_unknown_issuer_rules(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let good = h.sign(rule(
         "r-ok",
         "alice",
@@ -375,9 +389,8 @@ async fn service_rejects_tampered_and_unknown_issuer_rules() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_drops_tampered_and_unknown_issuer_rules_from_its_cache() {
-    let h = Harness::start().await;
+async fn client_drops_tampered_and_unknown_issuer_rules_from_its_cache(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let pep = "mount:ws-07";
     let good = h.sign(rule("r-good", "alice", "ws-07", &[pep], T0 - 10, T0 + 3600));
     let mut tampered = h.sign(rule("r-tamp", "bob", "ws-07", &[pep], T0 - 10, T0 + 3600));
@@ -412,9 +425,8 @@ async fn client_drops_tampered_and_unknown_issuer_rules_from_its_cache() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pep_restarted_while_ards_is_down_enforces_from_cache() {
-    let mut h = Harness::start().await;
+async fn pep_restarted_while_ards_is_down_enforces_from_cache(engine: Engine) {
+    let mut h = Harness::start_on(engine).await;
     let pep = "mount:ws-07";
     let r = h.sign(rule(
         "r-cached",
@@ -452,9 +464,8 @@ async fn pep_restarted_while_ards_is_down_enforces_from_cache() {
     assert!(c.evaluator().rules().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exception_flood_is_throttled_and_duplicates_are_counted() {
-    let h = Harness::start().await;
+async fn exception_flood_is_throttled_and_duplicates_are_counted(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let ws07 = h.http_as(&h.pep_identity("mount:ws-07"));
     let ws08 = h.http_as(&h.pep_identity("mount:ws-08"));
     let mut accepted = 0;
@@ -515,9 +526,8 @@ async fn exception_flood_is_throttled_and_duplicates_are_counted() {
         .is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exception_releases_a_matching_pending_rule() {
-    let h = Harness::start().await;
+async fn exception_releases_a_matching_pending_rule(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let pep = "mount:ws-07";
     let nb = T0 + 7200;
     let r = h.sign(rule(
@@ -597,13 +607,12 @@ async fn health_and_readiness_answer_anyone() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_input_gets_400_json_naming_the_field() {
+async fn malformed_input_gets_400_json_naming_the_field(engine: Engine) {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use tower::ServiceExt;
 
-    let h = Harness::start().await;
+    let h = Harness::start_on(engine).await;
     let app = ards::app(h.ards().clone());
     // Reports are filed by the PEP itself; everything else is called as the admin.
     let ws07 = h.pep_identity("mount:ws-07");
@@ -799,9 +808,8 @@ async fn malformed_input_gets_400_json_naming_the_field() {
     assert!(h.http.rules(None).await.unwrap().rules.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_is_durable_wal_sqlite_and_cert_is_reused() {
-    let mut h = Harness::start().await;
+async fn store_is_durable_wal_sqlite_and_cert_is_reused(engine: Engine) {
+    let mut h = Harness::start_on(engine).await;
     let pep = "keyserver";
     let r = h.sign(rule(
         "r-dur",
@@ -824,9 +832,11 @@ async fn store_is_durable_wal_sqlite_and_cert_is_reused() {
     h.clock.set(T0 + 3300);
     let ch = h.http.changes(pep, 0, Duration::ZERO).await.unwrap();
     assert_eq!(ids(&ch.upserts), vec!["r-dur"]);
-    let db = h.dir.path().join("ards/ards.db");
-    let store = ards::store::sqlite::Db::open(&db).unwrap();
-    assert_eq!(store.journal_mode().unwrap(), "wal");
+    if h.on_sqlite() {
+        let db = h.dir.path().join("ards/ards.db");
+        let store = ards::store::sqlite::Db::open(&db).unwrap();
+        assert_eq!(store.journal_mode().unwrap(), "wal");
+    }
 }
 
 /// Distribution latency with many PEPs (run explicitly; prints figures):
@@ -877,10 +887,9 @@ async fn many_peps_get_a_publish_and_a_revocation() {
 }
 
 /// authz's own HTTP sink (what `csap authz serve` uses) talks to ARDS unchanged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authz_http_sink_publishes_and_revokes() {
+async fn authz_http_sink_publishes_and_revokes(engine: Engine) {
     use authz::wire::{HttpSink, PublishRules, RuleSink};
-    let h = Harness::start().await;
+    let h = Harness::start_on(engine).await;
     // The issuer's service principal (named like the issuer) may publish.
     let issuer = h.pki.issue(util::ISSUER, authz::principal::Role::Service);
     let sink = HttpSink::new(&h.url, &h.ca_pem, &issuer.identity).unwrap();
@@ -929,9 +938,8 @@ async fn authz_http_sink_publishes_and_revokes() {
 /// health refuses a caller without a certificate; a PEP reads and reports only as itself; only
 /// an admin or the trusted issuer's service principal publishes; inventories are for admins and
 /// auditors.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_route_refuses_anonymous_and_wrong_principal_callers() {
-    let h = Harness::start().await;
+async fn every_route_refuses_anonymous_and_wrong_principal_callers(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let anonymous = ards::ArdsHttp::new(&h.url, &h.ca_pem, None).unwrap();
     let ws07 = h.http_as(&h.pep_identity("mount:ws-07"));
     let ws08 = h.http_as(&h.pep_identity("mount:ws-08"));
@@ -1082,9 +1090,8 @@ async fn state_files_are_private_and_tightened_on_restart() {
 
 /// Issue 11: an unusable clock (before the epoch, unset) makes ARDS refuse time-driven work with
 /// a 503 and the PEP client deactivate every rule, instead of acting as if it were 1970.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unusable_clock_fails_closed_in_service_and_pep() {
-    let h = Harness::start().await;
+async fn unusable_clock_fails_closed_in_service_and_pep(engine: Engine) {
+    let h = Harness::start_on(engine).await;
     let pep = "mount:ws-07";
     h.http
         .publish(&[h.sign(rule("r-c", "alice", "ws-07", &[pep], T0 - 10, T0 + 600))])

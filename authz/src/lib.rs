@@ -9,6 +9,7 @@ pub mod http_errors;
 pub mod listener;
 pub mod migrate;
 pub mod ops;
+pub mod pg;
 pub mod principal;
 mod probe;
 pub mod service;

@@ -12,12 +12,16 @@ use crate::global::{self, Block, GlobalPolicy, Reason};
 use crate::principal::{Directory, Standing, WorkflowGrant};
 use crate::request::{InputError, PolicyRequest};
 use crate::rule::{sign, IssuerKey, IssuerPublicKey, RuleError, SignedRule};
+use crate::store::postgres::PgAuthzStore;
 use crate::store::sqlite::SqliteAuthzStore;
 use crate::store::{
     AuthzStore, Decide, Outgoing, Reads, RequestRow, RuleRow, Status, StoreError, Writes,
 };
 use crate::template;
 use crate::wire::{Revocation, RuleSink, SinkError};
+
+/// Connections one authz replica keeps to PostgreSQL.
+const PG_POOL_SIZE: usize = 4;
 
 /// Errors of the service core; the HTTP layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +56,12 @@ pub enum ServiceError {
 /// Where the service keeps its files and what it calls itself.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Holds the issuer key, the TLS identity and (on SQLite) `authz.sqlite`; locked while
+    /// the service runs, whichever engine holds the store.
     pub data_dir: PathBuf,
+    /// Where the store lives: SQLite in `data_dir` (default) or a PostgreSQL database shared by
+    /// replicas (open with [`Authz::connect`]).
+    pub store: crate::pg::Engine,
     /// Issuer name written into every rule (ARDS/PEPs map it to `issuer.pub`).
     pub issuer: String,
 }
@@ -61,6 +70,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            store: crate::pg::Engine::Sqlite,
             issuer: "authz".into(),
         }
     }
@@ -232,12 +242,59 @@ fn not_found(id: &str) -> ServiceError {
 
 impl Authz {
     /// Opens the service state in `cfg.data_dir` (created if missing): `authz.sqlite`,
-    /// `issuer.key` (0600, generated on first start) and `issuer.pub` (hex public key).
+    /// `issuer.key` (0600, generated on first start) and `issuer.pub` (hex public key). A
+    /// PostgreSQL store is opened by [`Authz::connect`].
     pub fn open(
         cfg: &Config,
         sink: Arc<dyn RuleSink>,
         directory: Arc<dyn Directory>,
     ) -> Result<Self, ServiceError> {
+        if !matches!(cfg.store, crate::pg::Engine::Sqlite) {
+            return Err(StoreError::Worker(
+                "a PostgreSQL store is opened with Authz::connect".into(),
+            )
+            .into());
+        }
+        let (lock, key) = Self::open_data_dir(cfg)?;
+        let db_path = cfg.data_dir.join("authz.sqlite");
+        crate::statedir::private_sqlite(&db_path)?;
+        let store = SqliteAuthzStore::open(&db_path)?;
+        Ok(Self::with_store(
+            cfg,
+            lock,
+            key,
+            Arc::new(store),
+            sink,
+            directory,
+        ))
+    }
+
+    /// Opens the store `cfg.store` names: SQLite as [`Authz::open`] does, or connects to
+    /// PostgreSQL (migrating schema `authz`). The issuer key stays in `cfg.data_dir` either
+    /// way: replicas of one authz need the same `issuer.key`.
+    pub async fn connect(
+        cfg: &Config,
+        sink: Arc<dyn RuleSink>,
+        directory: Arc<dyn Directory>,
+    ) -> Result<Self, ServiceError> {
+        let target = match &cfg.store {
+            crate::pg::Engine::Sqlite => return Self::open(cfg, sink, directory),
+            crate::pg::Engine::Postgres(target) => (**target).clone(),
+        };
+        let (lock, key) = Self::open_data_dir(cfg)?;
+        let store = PgAuthzStore::connect(&target, PG_POOL_SIZE).await?;
+        Ok(Self::with_store(
+            cfg,
+            lock,
+            key,
+            Arc::new(store),
+            sink,
+            directory,
+        ))
+    }
+
+    /// Locks the data directory and loads (or makes) the issuer key, writing `issuer.pub`.
+    fn open_data_dir(cfg: &Config) -> Result<(crate::statedir::DirLock, IssuerKey), ServiceError> {
         crate::model::check_name(&cfg.issuer).map_err(|m| InputError::new("issuer", m))?;
         let io = |p: &Path| {
             let path = p.display().to_string();
@@ -252,12 +309,20 @@ impl Authz {
         let key = IssuerKey::load_or_generate(&key_path)?;
         let pub_path = cfg.data_dir.join("issuer.pub");
         std::fs::write(&pub_path, format!("{}\n", key.public().to_hex())).map_err(io(&pub_path))?;
-        let db_path = cfg.data_dir.join("authz.sqlite");
-        crate::statedir::private_sqlite(&db_path)?;
-        let store = SqliteAuthzStore::open(&db_path)?;
-        Ok(Self {
+        Ok((lock, key))
+    }
+
+    fn with_store(
+        cfg: &Config,
+        lock: crate::statedir::DirLock,
+        key: IssuerKey,
+        store: Arc<dyn AuthzStore>,
+        sink: Arc<dyn RuleSink>,
+        directory: Arc<dyn Directory>,
+    ) -> Self {
+        Self {
             _lock: lock,
-            store: Arc::new(store),
+            store,
             signer: Arc::new(Signer {
                 key,
                 issuer: cfg.issuer.clone(),
@@ -265,7 +330,7 @@ impl Authz {
             sink,
             directory,
             flushing: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     pub fn issuer(&self) -> &str {

@@ -1,5 +1,6 @@
-//! Integration tests of the authz service: the HTTP API in-process (oneshot), the SQLite state,
-//! delivery to ARDS through a sink, and one run over real TLS on loopback.
+//! Integration tests of the authz service: the HTTP API in-process (oneshot), the store (on
+//! both engines: `on_sqlite::…`, `on_postgres::…`), delivery to ARDS through a sink, and one
+//! run over real TLS on loopback.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,15 +11,34 @@ use authz::wire::{MemorySink, PublishRules, Revocation, RuleSink};
 use authz::{AccessRequest, Authz, Config, Evaluator, IssuerPublicKey, SignedRule, Submitter};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use csap_testkit::postgres::Engine;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
+
+csap_testkit::on_both_engines!(
+    submit_issues_signed_rules_for_the_right_peps,
+    blocked_application_version_refuses_with_reason_recorded,
+    two_blocks_list_both_reasons,
+    adding_a_global_policy_revokes_live_rules,
+    cancel_revokes_every_rule,
+    change_replaces_rules,
+    malformed_input_on_every_endpoint_is_400_naming_the_field,
+    undelivered_changes_stay_queued_and_are_retried,
+    state_and_issuer_key_survive_restart,
+    every_route_refuses_anonymous_and_wrong_role_callers,
+    a_workflow_authorizes_only_inside_its_grant_and_only_its_own_requests,
+    requests_naming_unknown_or_disabled_principals_are_refused,
+    method_not_allowed_has_a_json_body,
+);
 
 const EXAMPLE: &str = include_str!("../examples/request-shot010.json");
 const DIGEST: &str = "6c3b8d2f0a1e4b5c9d7e8f901a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d";
 
 struct Harness {
     dir: tempfile::TempDir,
+    /// The store's engine (a PostgreSQL test database lives while this does).
+    engine: Engine,
     sink: Arc<MemorySink>,
     authz: Arc<Authz>,
     /// Every caller's certificate comes from here; names not set explicitly are active.
@@ -28,13 +48,9 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self::with_directory(TestDirectory::new(Standing::Active))
-    }
-
-    fn with_directory(directory: TestDirectory) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sink = Arc::new(MemorySink::new());
-        let pki = Arc::new(TestPki::new(directory));
+        let pki = Arc::new(TestPki::new(TestDirectory::new(Standing::Active)));
         let authz = Arc::new(
             Authz::open(
                 &Config::new(dir.path()),
@@ -46,6 +62,41 @@ impl Harness {
         let admin = pki.issue("admin", Role::Admin);
         Self {
             dir,
+            engine: Engine::Sqlite,
+            sink,
+            authz,
+            pki,
+            admin,
+        }
+    }
+
+    async fn on(engine: Engine) -> Self {
+        Self::with_directory_on(TestDirectory::new(Standing::Active), engine).await
+    }
+
+    /// The service's configuration: its data directory, its store on `engine`.
+    fn config(dir: &std::path::Path, engine: &Engine) -> Config {
+        let mut cfg = Config::new(dir);
+        if let Some(url) = engine.url() {
+            cfg.store = authz::pg::Engine::postgres(authz::pg::Target::parse(url, None).unwrap());
+        }
+        cfg
+    }
+
+    async fn with_directory_on(directory: TestDirectory, engine: Engine) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let pki = Arc::new(TestPki::new(directory));
+        let cfg = Self::config(dir.path(), &engine);
+        let authz = Arc::new(
+            Authz::connect(&cfg, sink.clone(), pki.directory.clone())
+                .await
+                .unwrap(),
+        );
+        let admin = pki.issue("admin", Role::Admin);
+        Self {
+            dir,
+            engine,
             sink,
             authz,
             pki,
@@ -114,9 +165,8 @@ fn access<'a>(device: &'a str, path: &'a str, action: Action) -> AccessRequest<'
     }
 }
 
-#[tokio::test]
-async fn submit_issues_signed_rules_for_the_right_peps() {
-    let h = Harness::new();
+async fn submit_issues_signed_rules_for_the_right_peps(engine: Engine) {
+    let h = Harness::on(engine).await;
     let (st, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -196,9 +246,8 @@ async fn add_policy(h: &Harness, body: Value) -> Value {
     v
 }
 
-#[tokio::test]
-async fn blocked_application_version_refuses_with_reason_recorded() {
-    let h = Harness::new();
+async fn blocked_application_version_refuses_with_reason_recorded(engine: Engine) {
+    let h = Harness::on(engine).await;
     add_policy(&h, json!({"kind": "application_version", "name": "nuke", "version": "15.1", "note": "CVE-2026-1234"})).await;
     let (st, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
@@ -225,9 +274,8 @@ async fn blocked_application_version_refuses_with_reason_recorded() {
     assert_eq!(got["rule_ids"], json!([]));
 }
 
-#[tokio::test]
-async fn two_blocks_list_both_reasons() {
-    let h = Harness::new();
+async fn two_blocks_list_both_reasons(engine: Engine) {
+    let h = Harness::on(engine).await;
     add_policy(&h, json!({"kind": "device", "device": "ws-07"})).await;
     add_policy(
         &h,
@@ -249,9 +297,8 @@ async fn two_blocks_list_both_reasons() {
     assert_eq!(list["policies"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn adding_a_global_policy_revokes_live_rules() {
-    let h = Harness::new();
+async fn adding_a_global_policy_revokes_live_rules(engine: Engine) {
+    let h = Harness::on(engine).await;
     let (_, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -313,9 +360,8 @@ async fn adding_a_global_policy_revokes_live_rules() {
     assert_eq!(got["status"], "revoked");
 }
 
-#[tokio::test]
-async fn cancel_revokes_every_rule() {
-    let h = Harness::new();
+async fn cancel_revokes_every_rule(engine: Engine) {
+    let h = Harness::on(engine).await;
     let (_, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -356,9 +402,8 @@ async fn cancel_revokes_every_rule() {
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn change_replaces_rules() {
-    let h = Harness::new();
+async fn change_replaces_rules(engine: Engine) {
+    let h = Harness::on(engine).await;
     let (_, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -410,9 +455,8 @@ async fn change_replaces_rules() {
     assert_eq!(got["change_refused"][0]["field"], "participants[0]");
 }
 
-#[tokio::test]
-async fn malformed_input_on_every_endpoint_is_400_naming_the_field() {
-    let h = Harness::new();
+async fn malformed_input_on_every_endpoint_is_400_naming_the_field(engine: Engine) {
+    let h = Harness::on(engine).await;
     let (_, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -486,9 +530,8 @@ async fn malformed_input_on_every_endpoint_is_400_naming_the_field() {
     assert_eq!(got["revision"], 1);
 }
 
-#[tokio::test]
-async fn undelivered_changes_stay_queued_and_are_retried() {
-    let h = Harness::new();
+async fn undelivered_changes_stay_queued_and_are_retried(engine: Engine) {
+    let h = Harness::on(engine).await;
     h.sink.set_failing(true);
     let (st, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
@@ -507,9 +550,8 @@ async fn undelivered_changes_stay_queued_and_are_retried() {
     assert_eq!(h.authz.pending_deliveries().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn state_and_issuer_key_survive_restart() {
-    let h = Harness::new();
+async fn state_and_issuer_key_survive_restart(engine: Engine) {
+    let h = Harness::on(engine).await;
     let (_, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -518,19 +560,18 @@ async fn state_and_issuer_key_survive_restart() {
     // The data directory is locked while the first service lives: stop it first.
     let Harness {
         dir,
+        engine,
         sink,
         authz,
         pki,
         ..
     } = h;
     drop(authz);
+    let cfg = Harness::config(dir.path(), &engine);
     let reopened = Arc::new(
-        Authz::open(
-            &Config::new(dir.path()),
-            sink.clone(),
-            pki.directory.clone(),
-        )
-        .unwrap(),
+        Authz::connect(&cfg, sink.clone(), pki.directory.clone())
+            .await
+            .unwrap(),
     );
     assert_eq!(reopened.public_key(), pk);
     assert_eq!(
@@ -542,7 +583,8 @@ async fn state_and_issuer_key_survive_restart() {
             .len(),
         2
     );
-    assert!(dir.path().join("authz.sqlite").exists());
+    let on_sqlite = matches!(engine, Engine::Sqlite);
+    assert_eq!(dir.path().join("authz.sqlite").exists(), on_sqlite);
 }
 
 /// A minimal ARDS stand-in over TLS: verifies signatures like the real one must, records bodies.
@@ -747,9 +789,8 @@ fn principals(h: &Harness) -> Vec<Issued> {
 /// Attack: anyone who can connect issues rules for themselves. Every route of the router but
 /// health refuses a caller without a certificate (401) and each role it does not list (403),
 /// and answers a role it lists (neither 401 nor 403).
-#[tokio::test]
-async fn every_route_refuses_anonymous_and_wrong_role_callers() {
-    let h = Harness::new();
+async fn every_route_refuses_anonymous_and_wrong_role_callers(engine: Engine) {
+    let h = Harness::on(engine).await;
     h.pki.directory.set_grant(
         "wf-render",
         WorkflowGrant {
@@ -824,9 +865,8 @@ fn granted_request(path: &str, scope: &str) -> String {
 
 /// Attack: a workflow principal granted `show/seq1` in scope `shot010` authorizes itself (or
 /// anyone) for other paths or scopes, or cancels another workflow's request.
-#[tokio::test]
-async fn a_workflow_authorizes_only_inside_its_grant_and_only_its_own_requests() {
-    let h = Harness::new();
+async fn a_workflow_authorizes_only_inside_its_grant_and_only_its_own_requests(engine: Engine) {
+    let h = Harness::on(engine).await;
     let grant = WorkflowGrant {
         scopes: vec!["shot010".into()],
         paths: vec!["show/seq1".into()],
@@ -934,13 +974,12 @@ async fn a_workflow_authorizes_only_inside_its_grant_and_only_its_own_requests()
 /// A request naming a user, device or application build the directory does not know (or has
 /// disabled) is refused with the field, the value and how to fix it — not issued as rules that
 /// never match.
-#[tokio::test]
-async fn requests_naming_unknown_or_disabled_principals_are_refused() {
+async fn requests_naming_unknown_or_disabled_principals_are_refused(engine: Engine) {
     let dir = TestDirectory::new(Standing::Unknown);
     dir.set_user("alice", Standing::Active);
     dir.set_device("ws-07", Standing::Active);
     dir.set_application(DIGEST, Standing::Active);
-    let h = Harness::with_directory(dir);
+    let h = Harness::with_directory_on(dir, engine).await;
     let (status, v) = h
         .call(Method::POST, "/v1/requests", Some(request_json(|_| {})))
         .await;
@@ -984,9 +1023,8 @@ async fn requests_naming_unknown_or_disabled_principals_are_refused() {
 
 /// Issue 11: a wrong method is a 405 with a JSON `{"error"}` body (it was empty), like every
 /// other error status; `call` panics on a non-JSON body.
-#[tokio::test]
-async fn method_not_allowed_has_a_json_body() {
-    let h = Harness::new();
+async fn method_not_allowed_has_a_json_body(engine: Engine) {
+    let h = Harness::on(engine).await;
     for (method, uri) in [
         (Method::PATCH, "/v1/requests/req-1"),
         (Method::DELETE, "/v1/issuer"),

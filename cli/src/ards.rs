@@ -45,6 +45,8 @@ pub struct ServeArgs {
     /// loopback: it has no authentication), e.g. 127.0.0.1:7413. Default: none.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    store: crate::store_args::StoreArgs,
 }
 
 pub fn run(cmd: ArdsCommand) -> Result<()> {
@@ -107,8 +109,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .context("cannot prepare the TLS certificate")?;
     let mut cfg = ards::ArdsConfig::new(args.data_dir.join("ards.db"), issuers.clone());
     cfg.lead_time_secs = args.lead_time;
-    let service = ards::Ards::open(cfg, Arc::new(ards::SystemClock))
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    cfg.store = args.store.engine()?;
+    let service = ards::Ards::connect(cfg, Arc::new(ards::SystemClock))
+        .await
+        .with_context(|| match &args.store.store {
+            None => format!("cannot open the store in {}", args.data_dir.display()),
+            Some(url) => format!("cannot open the store in {}", authz::pg::redact(url)),
+        })?;
     let _scheduler = service.spawn_scheduler();
     let (directory, follow) = crate::directory::mirror(&args.keyserver, &args.identity).await?;
     let ca_pem = std::fs::read_to_string(args.identity.join("ca.pem"))

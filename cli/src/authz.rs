@@ -50,6 +50,8 @@ pub struct ServeArgs {
     /// loopback: it has no authentication), e.g. 127.0.0.1:7413. Default: none.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    store: crate::store_args::StoreArgs,
 }
 
 /// Where the client commands find the service.
@@ -212,11 +214,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let cfg = authz::Config {
         data_dir: args.data_dir.clone(),
+        store: args.store.engine()?,
         issuer: args.issuer.clone(),
     };
     let service = Arc::new(
-        authz::Authz::open(&cfg, Arc::new(sink), directory.clone())
-            .with_context(|| format!("cannot open authz state in {}", args.data_dir.display()))?,
+        authz::Authz::connect(&cfg, Arc::new(sink), directory.clone())
+            .await
+            .with_context(|| match &args.store.store {
+                None => format!("cannot open authz state in {}", args.data_dir.display()),
+                Some(url) => format!("cannot open authz state in {}", authz::pg::redact(url)),
+            })?,
     );
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     if !args.listen.ip().is_unspecified() {

@@ -26,6 +26,7 @@ mod quickstart;
 mod request_new;
 mod server;
 mod status;
+mod store_args;
 
 use std::io::IsTerminal;
 

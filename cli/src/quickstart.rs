@@ -68,6 +68,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         root_key_hex: None,
         device_rate: None,
         metrics_listen: None,
+        store: authz::pg::Engine::Sqlite,
     }))?;
     print!("{}", indent(&server.describe()));
     let result = demo(&rt, &server, &dir, &csap, &viewer, keep);

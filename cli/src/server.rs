@@ -47,10 +47,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR|off")]
     pub metrics_listen: Option<authz::ops::ListenChoice>,
     /// Read settings from this TOML file: its keys are these long flags without the dashes
-    /// (`data-dir`, `listen`, `device-rate`, `metrics-listen`); flags given here win over it.
+    /// (`data-dir`, `listen`, `device-rate`, `metrics-listen`, `store`); flags given here win over it.
     /// Example: contrib/config/server.toml.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: crate::store_args::StoreArgs,
 }
 
 /// Where the operations listener goes when `--metrics-listen` is not given: loopback, PORT+3.
@@ -81,6 +83,8 @@ pub struct ServerOptions {
     pub device_rate: Option<keyserver::ratelimit::RateLimit>,
     /// The operations listener (/metrics, /healthz, /readyz); `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where authz and ARDS keep their state (SQLite under `data_dir` by default).
+    pub store: authz::pg::Engine,
 }
 
 /// Delivers authz's signed rules and revocations straight into the in-process ARDS.
@@ -167,6 +171,14 @@ fn tls_names(listen: SocketAddr) -> Vec<String> {
     names
 }
 
+/// Where a service's store is, for errors: its SQLite directory or the database URL.
+fn store_place(opts: &ServerOptions, sqlite_dir: &std::path::Path) -> String {
+    match &opts.store {
+        authz::pg::Engine::Sqlite => format!("SQLite in {}", sqlite_dir.display()),
+        authz::pg::Engine::Postgres(target) => format!("PostgreSQL {}", target.shown()),
+    }
+}
+
 /// Opens (or creates) every service's state under `opts.data_dir` and starts serving.
 pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     let dir = &opts.data_dir;
@@ -203,18 +215,19 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     };
 
     // The issuer key: ARDS must trust it before authz can deliver anything.
-    let authz_cfg = authz::Config::new(&authz_dir);
+    let mut authz_cfg = authz::Config::new(&authz_dir);
+    authz_cfg.store = opts.store.clone();
     let issuer_key = authz::IssuerKey::load_or_generate(&authz_dir.join("issuer.key"))
         .context("cannot load or create authz's issuer key")?;
     let trusted = vec![(authz_cfg.issuer.clone(), issuer_key.public())];
     drop(issuer_key);
 
     // ARDS.
-    let ards = ards::Ards::open(
-        ards::ArdsConfig::new(ards_dir.join("ards.db"), trusted.clone()),
-        Arc::new(ards::SystemClock),
-    )
-    .with_context(|| format!("cannot open ARDS state in {}", ards_dir.display()))?;
+    let mut ards_cfg = ards::ArdsConfig::new(ards_dir.join("ards.db"), trusted.clone());
+    ards_cfg.store = opts.store.clone();
+    let ards = ards::Ards::connect(ards_cfg, Arc::new(ards::SystemClock))
+        .await
+        .with_context(|| format!("cannot open ARDS state ({})", store_place(&opts, &ards_dir)))?;
     let scheduler = ards.spawn_scheduler();
     let ards_identity = ards::server::load_or_create_identity(&ards_dir, &names)
         .context("cannot create or load ARDS's TLS certificate")?;
@@ -235,12 +248,18 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
 
     // authz, delivering into ARDS in-process; its HTTP API for workflow management.
     let service = Arc::new(
-        authz::Authz::open(
+        authz::Authz::connect(
             &authz_cfg,
             Arc::new(DirectSink(ards.clone())),
             directory.clone(),
         )
-        .with_context(|| format!("cannot open authz state in {}", authz_dir.display()))?,
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open authz state ({})",
+                store_place(&opts, &authz_dir)
+            )
+        })?,
     );
     let (cert, key) = authz::tls::load_or_create(&authz_dir, &names)
         .context("cannot create or load authz's TLS certificate")?;
@@ -396,9 +415,18 @@ pub fn run(args: ServerArgs) -> Result<()> {
                 Some(choice) => choice.0,
                 None => Some(default_metrics_listen(args.listen)?),
             },
+            store: args.store.engine()?,
         })
         .await?;
-        println!("csap server running (state in {})", args.data_dir.display());
+        match &args.store.store {
+            None => println!("csap server running (state in {})", args.data_dir.display()),
+            Some(url) => println!(
+                "csap server running (authz and ARDS in PostgreSQL {}; keys and the key server's \
+                 store in {})",
+                authz::pg::redact(url),
+                args.data_dir.display()
+            ),
+        }
         println!("{}", server.describe());
         println!(
             "next: csap device enroll / user add / app register / scope create with --identity {}",
@@ -436,6 +464,7 @@ mod tests {
             root_key_hex: None,
             device_rate: None,
             metrics_listen: None,
+            store: authz::pg::Engine::Sqlite,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The ARDS store layer: what the service keeps durably, as operations in its own words
-//! ([`RuleStore`]), with SQLite ([`sqlite::SqliteRuleStore`]) the embedded default.
+//! ([`RuleStore`]), with SQLite ([`sqlite::SqliteRuleStore`]) the embedded default and
+//! PostgreSQL ([`postgres::PgRuleStore`]) for replicas sharing one database.
 //!
 //! The store trusts its caller to have verified signatures; it owns ordering and durability.
 //! An engine keeps these rules:
@@ -9,8 +10,12 @@
 //! - A revocation leaves a tombstone, so a rule published after its revocation never releases.
 //! - A mutation reports the PEPs whose log grew ([`Touched`], for waking their long polls) and,
 //!   when time-driven work may have moved, the next time [`RuleStore::advance`] has any.
-//! - Migrations are versioned per engine (SQLite: `authz::migrate`).
+//! - Migrations are versioned per engine (SQLite: `authz::migrate`; PostgreSQL:
+//!   `authz::pg::migrate`).
+//! - An engine with other writers (PostgreSQL replicas) reports the PEPs whose log grew in
+//!   another process ([`RuleStore::remote_changes`]), so every replica's long polls wake.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -26,6 +31,8 @@ use crate::wire::{
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] authz::pg::PgError),
     #[error("database schema version {0} is newer than this build understands")]
     FutureSchema(i64),
     #[error("stored rule {id} is unreadable: {source}")]
@@ -37,6 +44,18 @@ pub enum StoreError {
     Conflict { id: String },
     #[error("store task failed: {0}")]
     Worker(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Postgres(e.into())
+    }
 }
 
 impl From<authz::migrate::MigrateError> for StoreError {
@@ -144,6 +163,14 @@ pub trait RuleStore: Send + Sync + 'static {
 
     /// Stored exceptions with id > `after`; only open ones unless `all`.
     async fn exceptions(&self, after: i64, all: bool) -> Result<Vec<ExceptionRecord>, StoreError>;
+
+    /// The PEPs whose log grew through any writer of this store, this process's included, as
+    /// commits are seen (taken once; later calls get `None`); an empty set says time-driven
+    /// work may have been added (ask [`RuleStore::advance`] again). `None` when this process
+    /// is the only writer (SQLite: one process per file), so [`Outcome`] tells everything.
+    fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Touched>> {
+        None
+    }
 }
 
 /// Parses the upserts of a [`RawChanges`].
@@ -167,4 +194,37 @@ fn parse_signed(id: &str, text: &str) -> Result<SignedRule, StoreError> {
         id: id.to_owned(),
         source,
     })
+}
+
+pub(crate) fn raw(id: &str, text: String) -> Result<Box<serde_json::value::RawValue>, StoreError> {
+    serde_json::value::RawValue::from_string(text).map_err(|source| StoreError::Corrupt {
+        id: id.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn action_str(action: authz::Action) -> String {
+    match serde_json::to_value(action) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{action:?}").to_lowercase(),
+    }
+}
+
+/// Identity of a report for deduplication: every field, unambiguously framed.
+pub(crate) fn dedup_key(pep: &str, r: &DenialReport) -> String {
+    let mut h = blake3::Hasher::new();
+    let action = action_str(r.action);
+    for part in [
+        pep,
+        &r.participant,
+        &r.application_digest,
+        &r.device,
+        &r.asset_path,
+        &r.asset_scope,
+        &action,
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
 }

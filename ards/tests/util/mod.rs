@@ -11,6 +11,7 @@ use authz::principal::{Role, Standing};
 use authz::template::RuleSpec;
 use authz::testing::pki::{Issued, TestDirectory, TestPki};
 use authz::{AccessRequest, Action, IssuerKey, Rule, SignedRule};
+pub use csap_testkit::postgres::Engine;
 
 pub const T0: i64 = 1_795_000_000;
 pub const ISSUER: &str = "authz";
@@ -28,19 +29,25 @@ pub struct Harness {
     pub url: String,
     pub ca_pem: String,
     pub http: ArdsHttp,
+    /// The store's engine (a PostgreSQL test database lives while this does).
+    pub engine: Engine,
 }
 
 impl Harness {
-    /// ARDS with lead time 300 s, clock at `T0`, trusting `ISSUER`.
+    /// ARDS with lead time 300 s, clock at `T0`, trusting `ISSUER`, on SQLite.
     pub async fn start() -> Self {
+        Self::start_on(Engine::Sqlite).await
+    }
+
+    /// [`Harness::start`] with the store on `engine`.
+    pub async fn start_on(engine: Engine) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let key = IssuerKey::from_seed([7; 32]);
         let pki = Arc::new(TestPki::new(TestDirectory::new(Standing::Unknown)));
         let admin = pki.issue("admin", Role::Admin);
-        let server = spawn_loopback(Self::options(dir.path().join("ards"), &clock, &key, &pki))
-            .await
-            .unwrap();
+        let opts = Self::options(dir.path().join("ards"), &clock, &key, &pki, &engine);
+        let server = spawn_loopback(opts).await.unwrap();
         let http = ArdsHttp::new(&server.url, &server.ca_pem, Some(&admin.identity)).unwrap();
         Self {
             pki,
@@ -52,14 +59,16 @@ impl Harness {
             key,
             server: Some(server),
             http,
+            engine,
         }
     }
 
-    fn options(
+    pub fn options(
         dir: PathBuf,
         clock: &ManualClock,
         key: &IssuerKey,
         pki: &TestPki,
+        engine: &Engine,
     ) -> LoopbackOptions {
         let mut opts = LoopbackOptions::new(
             dir,
@@ -68,7 +77,16 @@ impl Harness {
         );
         opts.lead_time_secs = 300;
         opts.clock = Arc::new(clock.clone());
+        if let Some(url) = engine.url() {
+            let target = authz::pg::Target::parse(url, None).unwrap();
+            opts.store = authz::pg::Engine::postgres(target);
+        }
         opts
+    }
+
+    /// Whether the store is the SQLite file.
+    pub fn on_sqlite(&self) -> bool {
+        matches!(self.engine, Engine::Sqlite)
     }
 
     pub fn ards(&self) -> &ards::Ards {
@@ -95,6 +113,7 @@ impl Harness {
                 &self.clock,
                 &self.key,
                 &self.pki,
+                &self.engine,
             );
             match spawn_on(opts, &addr).await {
                 Err(ards::server::ServeError::Ards(ards::ArdsError::StateDir(

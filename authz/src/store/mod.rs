@@ -1,7 +1,8 @@
 //! The authz service's store layer: requests (status, reasons), rules issued and their
 //! revocations, global policies, and the outbox of deliveries to ARDS not yet acknowledged —
 //! as operations in the service's words ([`AuthzStore`]), with SQLite
-//! ([`sqlite::SqliteAuthzStore`]) the embedded default.
+//! ([`sqlite::SqliteAuthzStore`]) the embedded default and PostgreSQL
+//! ([`postgres::PgAuthzStore`]) for replicas sharing one database.
 //!
 //! An engine keeps these rules:
 //! - A state change and the outbox entries that announce it are written in one transaction, so
@@ -10,8 +11,10 @@
 //!   it read (the global policies, the request and its rules) cannot change before it commits,
 //!   so a request is never approved against policies another decision just replaced.
 //! - Outbox entries are delivered in the order they were written.
-//! - Migrations are versioned per engine (SQLite: `crate::migrate`).
+//! - Migrations are versioned per engine (SQLite: `crate::migrate`; PostgreSQL:
+//!   `crate::pg::migrate`).
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::global::{GlobalPolicy, Reason};
@@ -23,6 +26,8 @@ use crate::wire::{PublishRules, Revocation};
 pub enum StoreError {
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] crate::pg::PgError),
     #[error("stored JSON is corrupt: {0}")]
     Json(#[from] serde_json::Error),
     #[error("database schema version {0} is newer than this build understands")]

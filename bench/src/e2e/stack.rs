@@ -80,6 +80,7 @@ impl Stack {
             devices: vec![NODE.into(), IMPORT_DEVICE.into()],
             listen: "127.0.0.1:0".parse()?,
             device_rate: None,
+            store: None,
         })?;
         Ok(Stack {
             csap_mount: None,

@@ -113,6 +113,11 @@ impl Env {
 
     /// [`Self::start`] with the key server's per-device rate limit (`RATE/BURST`).
     pub fn start_with(device_rate: Option<String>) -> Option<Env> {
+        Env::start_on(device_rate, None)
+    }
+
+    /// [`Self::start_with`] with `csap server --store URL` when `store` is given.
+    pub fn start_on(device_rate: Option<String>, store: Option<String>) -> Option<Env> {
         if !fuse_usable() {
             return None;
         }
@@ -125,6 +130,7 @@ impl Env {
             devices: vec![DEVICE.into()],
             listen: free_port_triple(),
             device_rate,
+            store,
         })
         .unwrap();
         let apps = Apps {

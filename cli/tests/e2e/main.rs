@@ -7,6 +7,7 @@ mod binding;
 mod code;
 mod fixture;
 mod mappings;
+mod postgres;
 mod ratelimit;
 mod revocation;
 mod tokens;

@@ -10,6 +10,8 @@
 //! - [`request`]: authorization policy requests as workflow management submits them;
 //! - [`process`]: child processes stopped on drop, started without cargo's loader variables
 //!   (attestation rightly refuses them), and conversing children driven line by line;
+//! - [`postgres`]: a real PostgreSQL server (Debian's package) on loopback, a fresh database
+//!   per test;
 //! - [`fuse`]: whether real mounts can run here (a failure, not a skip, under `CI=true`), and
 //!   mount-table checks.
 
@@ -18,6 +20,7 @@
 pub mod fuse;
 pub mod import;
 pub mod mount;
+pub mod postgres;
 pub mod process;
 pub mod request;
 pub mod server;

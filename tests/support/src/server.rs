@@ -26,6 +26,9 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// `--device-rate RATE/BURST`, the key server's per-device license limit.
     pub device_rate: Option<String>,
+    /// `--store URL`: authz and ARDS on this PostgreSQL database (e.g. a
+    /// [`crate::postgres::TestDb`]'s); `None`: SQLite under the data directory.
+    pub store: Option<String>,
     /// `CSAP_LOG` of the server.
     pub log_level: String,
     /// Where its standard output (what it prints when up) and its log go.
@@ -41,6 +44,7 @@ impl ServerOptions {
             data_dir: dir.join("server"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             device_rate: None,
+            store: None,
             log_level: "warn".into(),
             out: dir.join("server.out"),
             log: dir.join("server.log"),
@@ -136,8 +140,16 @@ impl CsapServer {
         if let Some(rate) = &opts.device_rate {
             cmd.args(["--device-rate", rate]);
         }
+        if let Some(url) = &opts.store {
+            cmd.args(["--store", url]);
+        }
         // What the developer's shell points at is not this installation.
-        for var in ["CSAP_SERVER", "CSAP_IDENTITY", "CSAP_ROOT_KEY"] {
+        for var in [
+            "CSAP_SERVER",
+            "CSAP_IDENTITY",
+            "CSAP_ROOT_KEY",
+            "CSAP_STORE",
+        ] {
             cmd.env_remove(var);
         }
         let log = File::options()

@@ -38,6 +38,8 @@ pub struct Setup {
     pub listen: std::net::SocketAddr,
     /// The key server's per-device license limit, `RATE/BURST`.
     pub device_rate: Option<String>,
+    /// `csap server --store URL` (authz and ARDS on PostgreSQL); `None`: SQLite.
+    pub store: Option<String>,
 }
 
 /// A submitted request: its id and its rules, with the PEPs each targets.
@@ -78,6 +80,7 @@ impl System {
         let mut server_opts = ServerOptions::new(&setup.csap, dir.path());
         server_opts.listen = setup.listen;
         server_opts.device_rate = setup.device_rate.clone();
+        server_opts.store = setup.store.clone();
         let server = CsapServer::start(&server_opts)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

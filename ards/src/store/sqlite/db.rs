@@ -9,7 +9,10 @@ use authz::migrate::Step;
 use authz::{Rule, SignedRule};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::store::{parse_changes, parse_signed, Published, Recorded, StoreError, Touched};
+use crate::store::{
+    action_str, dedup_key, parse_changes, parse_signed, raw, Published, Recorded, StoreError,
+    Touched,
+};
 use crate::wire::{
     Changes, DenialReport, ExceptionRecord, ExceptionStatus, ListedRule, ListedTarget, RawChanges,
     Removal, RemovalReason, TargetState,
@@ -633,37 +636,4 @@ fn append_event(
         params![pep, rev, rule_id, kind, reason.map(|r| r.as_str()), now],
     )?;
     Ok(rev as u64)
-}
-
-fn raw(id: &str, text: String) -> Result<Box<serde_json::value::RawValue>, StoreError> {
-    serde_json::value::RawValue::from_string(text).map_err(|source| StoreError::Corrupt {
-        id: id.to_owned(),
-        source,
-    })
-}
-
-fn action_str(action: authz::Action) -> String {
-    match serde_json::to_value(action) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{action:?}").to_lowercase(),
-    }
-}
-
-/// Identity of a report for deduplication: every field, unambiguously framed.
-fn dedup_key(pep: &str, r: &DenialReport) -> String {
-    let mut h = blake3::Hasher::new();
-    let action = action_str(r.action);
-    for part in [
-        pep,
-        &r.participant,
-        &r.application_digest,
-        &r.device,
-        &r.asset_path,
-        &r.asset_scope,
-        &action,
-    ] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().to_hex().to_string()
 }

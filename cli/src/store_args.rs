@@ -1,0 +1,35 @@
+//! `--store`: where a service keeps its state — SQLite under `--data-dir` (the default) or a
+//! PostgreSQL database that replicas share (authz and ARDS so far; the key server stays on
+//! SQLite under its data directory).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct StoreArgs {
+    /// Keep authz's and ARDS's state in this PostgreSQL database instead of SQLite under
+    /// --data-dir: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (libpq URL syntax; prefer the
+    /// environment variable for a password). Keys, certificates and the key server's store
+    /// stay in --data-dir.
+    #[arg(long, env = "CSAP_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// PEM file of the CA that signed the PostgreSQL server's certificate: connect over TLS
+    /// verified against it (add sslmode=require to the URL to refuse plain connections).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub store_ca: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The engine these flags name.
+    pub fn engine(&self) -> Result<authz::pg::Engine> {
+        Ok(match &self.store {
+            None => authz::pg::Engine::Sqlite,
+            Some(url) => authz::pg::Engine::postgres(authz::pg::Target::parse(
+                url,
+                self.store_ca.as_deref(),
+            )?),
+        })
+    }
+}
