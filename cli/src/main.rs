@@ -21,6 +21,7 @@ mod mount_preflight;
 mod password;
 mod quickstart;
 mod server;
+mod store_location;
 
 use std::io::IsTerminal;
 

@@ -10,6 +10,7 @@
 //! - [`request`]: authorization policy requests as workflow management submits them;
 //! - [`process`]: child processes stopped on drop, started without cargo's loader variables
 //!   (attestation rightly refuses them), and conversing children driven line by line;
+//! - [`s3`]: a real S3 server (`s3s-fs`) on loopback with a fresh bucket, killable;
 //! - [`fuse`]: whether real mounts can run here (a failure, not a skip, under `CI=true`), and
 //!   mount-table checks.
 
@@ -20,6 +21,7 @@ pub mod import;
 pub mod mount;
 pub mod process;
 pub mod request;
+pub mod s3;
 pub mod server;
 pub mod system;
 
