@@ -157,7 +157,7 @@ impl Blocks {
     }
 
     /// Reads `buf.len()` bytes at `offset` (fewer only at the end), from the cache or the
-    /// store; `ahead` blocks after the read are fetched in the background when asked.
+    /// store. Returns the count and the block after the last one read.
     pub(super) fn read_at(
         self: &Arc<Self>,
         rt: &tokio::runtime::Handle,
@@ -165,10 +165,9 @@ impl Blocks {
         layout: Layout,
         buf: &mut [u8],
         offset: u64,
-        ahead: u64,
-    ) -> io::Result<usize> {
+    ) -> io::Result<(usize, u64)> {
         if offset >= source.size || buf.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let end = source.size.min(offset + buf.len() as u64);
         let first = layout.block_of(offset);
@@ -186,10 +185,7 @@ impl Blocks {
             buf[copied..copied + piece.len()].copy_from_slice(piece);
             copied += piece.len();
         }
-        if ahead > 0 {
-            self.read_ahead(rt, source, layout, last + 1..last + 1 + ahead);
-        }
-        Ok(copied)
+        Ok((copied, last + 1))
     }
 
     /// Every block of `blocks`, waiting for fetches in flight and starting the missing ones.
@@ -252,7 +248,7 @@ impl Blocks {
     }
 
     /// Starts fetches of the blocks ahead of a sequential reader.
-    fn read_ahead(
+    pub(super) fn read_ahead(
         self: &Arc<Self>,
         rt: &tokio::runtime::Handle,
         source: &Source,

@@ -70,6 +70,8 @@ pub(super) struct ObjectFile {
     pub state: Arc<OpenState>,
     /// The next block a sequential reader asks for; a read starting there reads ahead.
     next_block_offset: AtomicU64,
+    /// Blocks before this one were asked for ahead of the reader already.
+    ahead_until: AtomicU64,
 }
 
 impl ObjectFile {
@@ -79,6 +81,7 @@ impl ObjectFile {
             inner,
             state,
             next_block_offset: AtomicU64::new(0),
+            ahead_until: AtomicU64::new(0),
         }
     }
 
@@ -287,21 +290,22 @@ impl StoredBytes for ObjectFile {
                 };
                 // Sequential: this read starts where the last one ended.
                 let sequential = self.next_block_offset.load(Ordering::Relaxed) == offset;
-                let ahead = if sequential {
-                    self.inner.config.readahead_bytes / layout.block_len
-                } else {
-                    0
-                };
-                let n = self.inner.blocks.read_at(
-                    self.inner.rt.handle(),
-                    source,
-                    layout,
-                    buf,
-                    offset,
-                    ahead,
-                )?;
+                let rt = self.inner.rt.handle();
+                let (n, next) = self.inner.blocks.read_at(rt, source, layout, buf, offset)?;
                 self.next_block_offset
                     .store(offset + n as u64, Ordering::Relaxed);
+                let window = self.inner.config.readahead_bytes / layout.block_len;
+                if sequential && window > 0 && n > 0 {
+                    // Topped up when a quarter of the window was consumed, not on every read.
+                    let until = self.ahead_until.load(Ordering::Relaxed);
+                    if until < next + window - window / 4 {
+                        let end = next + window;
+                        self.ahead_until.store(end, Ordering::Relaxed);
+                        self.inner
+                            .blocks
+                            .read_ahead(rt, source, layout, until.max(next)..end);
+                    }
+                }
                 Ok(n)
             }
         }

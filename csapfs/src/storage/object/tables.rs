@@ -169,7 +169,14 @@ impl OpenObjects {
         let rel = state.rel.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut map = self.by_path.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = map.get_mut(&rel) {
-            list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(state)));
+            // One registration per open object: another open of the same state keeps its own.
+            if let Some(i) = list
+                .iter()
+                .position(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(state)))
+            {
+                list.swap_remove(i);
+            }
+            list.retain(|w| w.strong_count() > 0);
             if list.is_empty() {
                 map.remove(&rel);
             }
