@@ -383,20 +383,19 @@ impl Inner {
             .filter_map(|p| p.filename())
             .map(|name| Listed {
                 name: name.to_string(),
-                is_dir: true,
+                meta: Meta::Dir,
             })
             .collect();
-        listed.extend(
-            result
-                .objects
-                .iter()
-                .filter_map(|o| o.location.filename())
-                .filter(|name| *name != DIR_MARKER)
-                .map(|name| Listed {
-                    name: name.to_string(),
-                    is_dir: false,
-                }),
-        );
+        listed.extend(result.objects.iter().filter_map(|o| {
+            let name = o.location.filename()?;
+            (name != DIR_MARKER).then(|| Listed {
+                name: name.to_string(),
+                meta: Meta::File {
+                    size: o.size,
+                    mtime: o.last_modified.into(),
+                },
+            })
+        }));
         let has_marker = result
             .objects
             .iter()
@@ -409,7 +408,9 @@ impl Inner {
         Ok(listed)
     }
 
-    /// What `rel` is: an open object here, then the cache, then HEAD and LIST.
+    /// What `rel` is: an open object here, then the cache, then its parent's listing (one
+    /// LIST answers for every sibling, and works where a server answers HEAD of a prefix
+    /// with an error).
     fn meta(&self, rel: &str) -> io::Result<Meta> {
         if rel.is_empty() {
             return Ok(Meta::Dir);
@@ -423,24 +424,12 @@ impl Inner {
         if let Some(meta) = self.meta.stat(rel) {
             return Ok(meta);
         }
-        let key = self.key(rel);
-        let meta = match self.block_on("looking up", key.as_ref(), self.store.head(&key)) {
-            Ok(found) => Meta::File {
-                size: found.size,
-                mtime: found.last_modified.into(),
-            },
-            Err(err) if err.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
-                let listed = self.list_raw(rel)?;
-                // A directory: objects below it, or its marker (which the listing hides).
-                if !listed.is_empty() || self.meta.stat(rel) == Some(Meta::Dir) {
-                    Meta::Dir
-                } else {
-                    Meta::Missing
-                }
-            }
-            Err(err) => return Err(err),
-        };
-        self.meta.remember_stat(rel, meta);
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let meta = self
+            .list_raw(parent_of(rel))?
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(Meta::Missing, |l| l.meta);
         Ok(meta)
     }
 

@@ -136,7 +136,11 @@ impl Storage for ObjectStorage {
             .map(|l| DirItem {
                 ino: self.inner.inodes.of(&child(&l.name)),
                 name: OsString::from(&l.name),
-                kind: if l.is_dir { Kind::Dir } else { Kind::File },
+                kind: if l.meta == Meta::Dir {
+                    Kind::Dir
+                } else {
+                    Kind::File
+                },
             })
             .collect();
         // Created here and not uploaded yet: listed all the same.

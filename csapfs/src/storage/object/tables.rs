@@ -76,7 +76,8 @@ pub(super) enum Meta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Listed {
     pub name: String,
-    pub is_dir: bool,
+    /// `Meta::Dir`, or `Meta::File` with the object's size and time.
+    pub meta: Meta,
 }
 
 /// Recent HEAD and LIST answers. Our own changes invalidate what they touch (the entry, every
