@@ -15,13 +15,12 @@ pub(super) fn store_error(what: &str, key: &str, err: object_store::Error) -> io
         object_store::Error::AlreadyExists { .. } => io::Error::from(Errno::EXIST),
         object_store::Error::Precondition { .. } => {
             tracing::warn!(
-                key,
                 "{what} of {key} failed: the object changed in the store while it was open here; reopen the file"
             );
             io::Error::from(Errno::IO)
         }
         other => {
-            tracing::warn!(key, error = %other, "{what} of {key} failed in the object store: {other}");
+            tracing::warn!("{what} of {key} failed in the object store: {other}");
             io::Error::from(Errno::IO)
         }
     }
@@ -30,7 +29,6 @@ pub(super) fn store_error(what: &str, key: &str, err: object_store::Error) -> io
 /// The error of an operation that took longer than the configured timeout.
 pub(super) fn timed_out(what: &str, key: &str, limit: Duration) -> io::Error {
     tracing::warn!(
-        key,
         "{what} of {key} got no answer from the object store within {limit:?}; is the server reachable?"
     );
     io::Error::from(Errno::IO)
@@ -38,6 +36,6 @@ pub(super) fn timed_out(what: &str, key: &str, limit: Duration) -> io::Error {
 
 /// `EIO` with a logged sentence, for failures that are not the store's (local staging).
 pub(super) fn local_error(what: &str, key: &str, err: io::Error) -> io::Error {
-    tracing::warn!(key, error = %err, "{what} of {key} failed locally: {err}");
+    tracing::warn!("{what} of {key} failed locally: {err}");
     io::Error::from(Errno::IO)
 }
