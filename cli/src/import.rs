@@ -50,8 +50,8 @@ Crash-safe: each asset is written to a temporary file `.NAME.csap-import-PID` in
 directory, fsynced, then renamed into place (never over an existing file), so an asset under its \
 final name is always complete. Temporary files left by an interrupted import (whose process is \
 gone) are removed by the next run. Into object storage (s3://BUCKET/PREFIX), each asset is staged \
-in an unlinked local file (ciphertext) and uploaded whole — one PUT, or a multipart upload that \
-S3 shows only once complete — so no partial object is ever visible under its key; --jobs \
+in an unlinked local file (ciphertext) and uploaded whole (one PUT, or a multipart upload that \
+S3 shows only once complete), so no partial object is ever visible under its key; --jobs \
 uploads run at once.
 
 Resumable: re-run the same command after an interruption. A destination that already exists is \

@@ -48,7 +48,7 @@ rename is copy + delete (not atomic). See the README, \"Assets in S3\".
 
 Examples:
   csap mount /data/show.enc /mnt/show --key-file ~/dev.key
-  AWS_ENDPOINT_URL=https://s3.example.net csap mount s3://show/assets /mnt/show --server …
+  AWS_ENDPOINT_URL=https://s3.example.net csap mount s3://show/assets /mnt/show --key-file ~/dev.key
   csap mount /data/show.enc /mnt/show --key-file ~/dev.key -o ro,allow_other --cache page --daemon
   csap umount /mnt/show")]
 pub struct MountArgs {
