@@ -219,3 +219,64 @@ fn a_killed_server_fails_reads_within_the_timeout_and_a_restarted_one_serves_aga
         ErrorKind::NotFound
     );
 }
+
+#[test]
+fn random_operations_match_a_model_on_s3_with_the_page_cache() {
+    let Some(server) = server() else { return };
+    let mount = TestMount::on_s3(CacheMode::Page, 4096, server, None);
+    support::model::run(&mount, 0x9A6E, 300);
+}
+
+#[test]
+fn a_put_is_whole_or_absent_and_never_replaces_an_object() {
+    use csapfs::storage::{ObjectStorage, Storage};
+    use std::path::Path;
+    let Some(server) = s3_server() else { return };
+    let storage = ObjectStorage::open(support::s3_config(&server, "vol")).unwrap();
+    let big = Rng(5).bytes(9 << 20); // multipart
+    for (name, data) in [("a/small", &b"0123456789"[..]), ("a/big", &big[..])] {
+        storage
+            .put_new(Path::new(name), &mut |out| out.write_all(data))
+            .unwrap();
+        assert_eq!(
+            fs::read(server.object_file(&format!("vol/{name}"))).unwrap(),
+            data
+        );
+        let again = storage.put_new(Path::new(name), &mut |out| out.write_all(b"other"));
+        assert_eq!(
+            again.unwrap_err().kind(),
+            ErrorKind::AlreadyExists,
+            "{name}"
+        );
+        assert_eq!(
+            fs::read(server.object_file(&format!("vol/{name}"))).unwrap(),
+            data
+        );
+    }
+    // A fill that fails half way (after more than a part) leaves nothing under the key.
+    let failed = storage.put_new(Path::new("a/cut"), &mut |out| {
+        out.write_all(&big)?;
+        Err(std::io::Error::other("the source went away"))
+    });
+    assert!(failed.is_err());
+    assert!(!server.object_file("vol/a/cut").exists());
+    assert_eq!(
+        storage.stat(Path::new("a/cut")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // Paths an object key cannot hold, or that leave the prefix, are refused.
+    for bad in ["../x", "./a", "/abs", "a/.csap-dir"] {
+        assert_eq!(
+            storage.stat(Path::new(bad)).unwrap_err().raw_os_error(),
+            Some(22), // EINVAL
+            "{bad}"
+        );
+    }
+    let items: Vec<String> = storage
+        .list(Path::new("a"))
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name.into_string().unwrap())
+        .collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+}
