@@ -7,7 +7,8 @@
 //! whole asset put into the storage: complete or absent, never replacing another).
 //!
 //! Everything written goes through the mount's storage seam (`csapfs::storage`): a local
-//! backing directory today, the backend an object store will implement tomorrow.
+//! backing directory, or a bucket of S3-compatible object storage (`s3://BUCKET/PREFIX`), where
+//! `--jobs` uploads run at once.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -47,7 +49,10 @@ exactly as `csap asset encrypt` does.
 Crash-safe: each asset is written to a temporary file `.NAME.csap-import-PID` in its destination \
 directory, fsynced, then renamed into place (never over an existing file), so an asset under its \
 final name is always complete. Temporary files left by an interrupted import (whose process is \
-gone) are removed by the next run.
+gone) are removed by the next run. Into object storage (s3://BUCKET/PREFIX), each asset is staged \
+in an unlinked local file (ciphertext) and uploaded whole (one PUT, or a multipart upload that \
+S3 shows only once complete), so no partial object is ever visible under its key; --jobs \
+uploads run at once.
 
 Resumable: re-run the same command after an interruption. A destination that already exists is \
 skipped when it is an asset of the right size for its source — with --key-file its header and \
@@ -61,8 +66,16 @@ Per-file errors are reported and counted; the exit status is non-zero if any fil
 pub struct ImportArgs {
     /// Directory tree of plaintext files to import.
     pub src: PathBuf,
-    /// Backing directory of the volume (created if missing); must not lie inside SRC.
+    /// Backing directory of the volume (created if missing; must not lie inside SRC), or
+    /// `s3://BUCKET/PREFIX` in S3-compatible object storage (see the --s3-* flags).
     pub backing: PathBuf,
+    /// With an s3:// location: how to reach the store.
+    #[command(flatten)]
+    pub s3: crate::store_location::S3Args,
+    /// Assets encrypted and stored at once (default: 1 into a directory, 4 into object
+    /// storage, where each upload waits on the network).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Key scope the assets are created in (required with --server).
     #[arg(long, value_name = "NAME")]
     pub scope: Option<String>,
@@ -186,18 +199,25 @@ pub fn run(args: ImportArgs) -> Result<()> {
     if !src.is_dir() {
         bail!("{} is not a directory", src.display());
     }
-    std::fs::create_dir_all(&args.backing)
-        .with_context(|| format!("cannot create {}", args.backing.display()))?;
-    let backing = args.backing.canonicalize()?;
-    let storage = LocalDir::open(&backing)
-        .with_context(|| format!("cannot open the backing store {}", backing.display()))?;
-    if backing.starts_with(&src) {
-        bail!(
-            "the backing store {} lies inside the source {}: import would read its own output",
-            backing.display(),
-            src.display()
-        );
-    }
+    let object = crate::store_location::is_object(&args.backing);
+    let (storage, backing): (Arc<dyn Storage>, PathBuf) = if object {
+        (args.s3.open(&args.backing)?, args.backing.clone())
+    } else {
+        std::fs::create_dir_all(&args.backing)
+            .with_context(|| format!("cannot create {}", args.backing.display()))?;
+        let backing = args.backing.canonicalize()?;
+        let storage = LocalDir::open(&backing)
+            .with_context(|| format!("cannot open the backing store {}", backing.display()))?;
+        if backing.starts_with(&src) {
+            bail!(
+                "the backing store {} lies inside the source {}: import would read its own output",
+                backing.display(),
+                src.display()
+            );
+        }
+        (Arc::new(storage), backing)
+    };
+    let jobs = args.jobs.unwrap_or(if object { 4 } else { 1 }).max(1);
     let keys = keys_from(&args, params)?;
 
     let mut problems = Vec::new();
@@ -223,7 +243,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
                 tally.failed += 1;
                 eprintln!("csap import: {}: {err}", backing.join(&dest).display());
             }
-            Ok(_) => match verify_existing(&storage, &dest, e.size, &keys) {
+            Ok(_) => match verify_existing(storage.as_ref(), &dest, e.size, &keys) {
                 Ok(()) => tally.skipped += 1,
                 Err(err) => {
                     tally.failed += 1;
@@ -247,58 +267,69 @@ pub fn run(args: ImportArgs) -> Result<()> {
     let mut pending: VecDeque<tokio::task::JoinHandle<Result<(Header, ContentKey)>>> =
         VecDeque::new();
     let mut next_request = 0;
-    for (i, (e, dest)) in todo.iter().enumerate() {
-        bar.set_message(format!("files {i}/{n}"));
-        let key = match &keys {
-            Keys::Local(source) => source.new_asset().map_err(anyhow::Error::from),
-            Keys::Server {
-                rt,
-                client,
-                token,
-                app_digest,
-                scope,
-                params,
-            } => {
-                while next_request < n && next_request < i + CREATES_IN_FLIGHT {
-                    let (client, token, app_digest, scope, params) = (
-                        client.clone(),
-                        token.clone(),
-                        app_digest.clone(),
-                        scope.clone(),
-                        *params,
-                    );
-                    let path = todo[next_request].0.rel.clone();
-                    pending.push_back(rt.spawn(async move {
-                        licensed_create(&client, &token, &app_digest, &path, &scope, params).await
-                    }));
-                    next_request += 1;
+    let tally = Mutex::new(tally);
+    // Keys are asked for here, in order; `jobs` workers encrypt and store.
+    let (work, queue) = std::sync::mpsc::sync_channel::<(usize, Header, ContentKey)>(jobs);
+    let queue = Mutex::new(queue);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((i, header, key)) = next else { break };
+                let (e, dest) = &todo[i];
+                let result = File::open(&e.src)
+                    .with_context(|| format!("cannot open {}", e.src.display()))
+                    .and_then(|file| {
+                        let input = BufReader::with_capacity(1 << 20, file);
+                        write_asset(storage.as_ref(), dest, &header, &key, bar.wrap_read(input))
+                    });
+                record(&tally, &bar, e, result);
+            });
+        }
+        for (i, (e, _)) in todo.iter().enumerate() {
+            bar.set_message(format!("files {i}/{n}"));
+            let key = match &keys {
+                Keys::Local(source) => source.new_asset().map_err(anyhow::Error::from),
+                Keys::Server {
+                    rt,
+                    client,
+                    token,
+                    app_digest,
+                    scope,
+                    params,
+                } => {
+                    while next_request < n && next_request < i + CREATES_IN_FLIGHT {
+                        let (client, token, app_digest, scope, params) = (
+                            client.clone(),
+                            token.clone(),
+                            app_digest.clone(),
+                            scope.clone(),
+                            *params,
+                        );
+                        let path = todo[next_request].0.rel.clone();
+                        pending.push_back(rt.spawn(async move {
+                            licensed_create(&client, &token, &app_digest, &path, &scope, params)
+                                .await
+                        }));
+                        next_request += 1;
+                    }
+                    let task = pending.pop_front().expect("a request per file");
+                    rt.block_on(task)
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("create request failed: {e}")))
                 }
-                let task = pending.pop_front().expect("a request per file");
-                rt.block_on(task)
-                    .unwrap_or_else(|e| Err(anyhow::anyhow!("create request failed: {e}")))
-            }
-        };
-        let result = key.and_then(|(header, key)| {
-            let input = BufReader::with_capacity(
-                1 << 20,
-                File::open(&e.src).with_context(|| format!("cannot open {}", e.src.display()))?,
-            );
-            write_asset(&storage, dest, &header, &key, bar.wrap_read(input))
-        });
-        match result {
-            Ok(size) => {
-                tally.imported += 1;
-                tally.imported_bytes += size;
-                tracing::info!(path = %e.rel, size, "imported");
-            }
-            Err(err) => {
-                tally.failed += 1;
-                bar.suspend(|| {
-                    eprintln!("csap import: {}: {}", e.rel, crate::errors::sentence(&err))
-                });
+            };
+            match key {
+                Ok((header, key)) => {
+                    if work.send((i, header, key)).is_err() {
+                        break; // every worker is gone (they only stop once the queue closes)
+                    }
+                }
+                Err(err) => record(&tally, &bar, e, Err(err)),
             }
         }
-    }
+        drop(work);
+    });
+    let tally = tally.into_inner().unwrap_or_else(|p| p.into_inner());
     bar.finish_and_clear();
     println!(
         "imported {} file(s), {} bytes in {:.1} s; skipped {} already complete; {} failed",
@@ -315,6 +346,22 @@ pub fn run(args: ImportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Counts one file's outcome and says why it failed.
+fn record(tally: &Mutex<Tally>, bar: &ProgressBar, e: &Entry, result: Result<u64>) {
+    let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(size) => {
+            tally.imported += 1;
+            tally.imported_bytes += size;
+            tracing::info!(path = %e.rel, size, "imported");
+        }
+        Err(err) => {
+            tally.failed += 1;
+            bar.suspend(|| eprintln!("csap import: {}: {}", e.rel, crate::errors::sentence(&err)));
+        }
+    }
 }
 
 fn keys_from(args: &ImportArgs, params: NewAssetParams) -> Result<Keys> {

@@ -27,6 +27,7 @@ mod request_new;
 mod server;
 mod status;
 mod store_args;
+mod store_location;
 
 use std::io::IsTerminal;
 
@@ -67,6 +68,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+// One value per run: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Encrypt, decrypt and inspect single asset files offline (break-glass and tests).

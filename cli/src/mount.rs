@@ -42,16 +42,25 @@ files within a second, pre-loading of licenses for rules released ahead of their
 Names are not encrypted (asset management must see them); contents are, chunk by chunk. A file \
 in BACKING that is not a valid asset is logged once and fails to open with EIO.
 
+BACKING may be s3://BUCKET/PREFIX: assets are objects of that bucket, read by ranged GETs with \
+readahead, written through a local (encrypted) staging file and uploaded at fsync and close; \
+rename is copy + delete (not atomic). See the README, \"Assets in S3\".
+
 Examples:
   csap mount /data/show.enc /mnt/show --key-file ~/dev.key
+  AWS_ENDPOINT_URL=https://s3.example.net csap mount s3://show/assets /mnt/show --key-file ~/dev.key
   csap mount /data/show.enc /mnt/show --key-file ~/dev.key -o ro,allow_other --cache page --daemon
   csap umount /mnt/show")]
 pub struct MountArgs {
-    /// Directory of encrypted assets (as written by `csap asset encrypt` or by a mount).
+    /// Directory of encrypted assets (as written by `csap asset encrypt` or by a mount), or
+    /// `s3://BUCKET/PREFIX` in S3-compatible object storage (see the --s3-* flags).
     pub backing: PathBuf,
     /// Empty directory where the plaintext view appears (refused if something is mounted there
     /// already, or if it has entries unless `-o nonempty`).
     pub mountpoint: PathBuf,
+    /// With an s3:// location: how to reach and read the store.
+    #[command(flatten)]
+    pub s3: crate::store_location::S3Args,
     /// Local development key source: a 32-byte seed file (see below).
     #[arg(long, value_name = "K")]
     pub key_file: Option<PathBuf>,
@@ -176,7 +185,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         tracing::info!(config = %config.display(), "settings from the config file, flags over them");
     }
     mount_preflight::key_source(args.key_file.as_deref(), args.key_server.server.as_deref())?;
-    mount_preflight::directories(&args.backing, &args.mountpoint)?;
+    let object = crate::store_location::is_object(&args.backing);
+    if object {
+        mount_preflight::directories(&args.mountpoint, &args.mountpoint)?;
+    } else {
+        mount_preflight::directories(&args.backing, &args.mountpoint)?;
+    }
     if args.daemon {
         return spawn_daemon(&args);
     }
@@ -212,7 +226,11 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 
     // After blocking signals: the key server source starts runtime threads of its own.
     // `_sessions` serves `csap login` handovers for as long as the mount runs.
-    let storage = csapfs::fs::open_backing(&args.backing)?;
+    let storage = if object {
+        args.s3.open(&args.backing)?
+    } else {
+        csapfs::fs::open_backing(&args.backing)?
+    };
     let (keys, _sessions, server): (Arc<dyn csapfs::keys::KeySource>, _, _) = match (
         seed,
         args.key_server.source(params, &storage, &args.mountpoint)?,

@@ -272,9 +272,10 @@ impl Filesystem for CsapFs {
         reply: ReplyEmpty,
     ) {
         // Writes go straight to the stored bytes (no buffering here), so close has nothing to
-        // push; durability is fsync's job, as on a local filesystem.
-        match self.handle(fh) {
-            Ok(_) => reply.ok(),
+        // push on a local store; durability is fsync's job, as on a local filesystem. An
+        // object store stages writes: a written asset is uploaded here (`do_flush`).
+        match self.do_flush(fh) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }

@@ -304,6 +304,20 @@ impl CsapFs {
         asset.sync().map_err(|err| asset_errno(&err))
     }
 
+    /// At close: a writable handle's asset is synced when its store keeps writes back until
+    /// then (an object store, [`crate::storage::StoredObject::syncs_at_close`]).
+    pub(super) fn do_flush(&self, fh: FileHandle) -> Result<(), Errno> {
+        let (_, inode, writable) = self.handle(fh)?;
+        if !writable || !inode.writable {
+            return Ok(());
+        }
+        let mut asset = inode.write_asset()?;
+        if !asset.file().syncs_at_close() {
+            return Ok(());
+        }
+        asset.sync().map_err(|err| asset_errno(&err))
+    }
+
     /// Flushes every open asset to stable storage (unmount and shutdown).
     pub(super) fn sync_all(&self) {
         let inodes: Vec<Arc<OpenInode>> =

@@ -3,7 +3,8 @@
 //! Everything above this module sees a tree of entries named by volume-relative paths (the
 //! paths that rules and the key server's registry use) and, for each asset, its stored bytes
 //! through [`StoredObject`]. [`LocalDir`] — a directory on a local or network filesystem — is
-//! the embedded backend; an object store can implement the same trait.
+//! the embedded backend; [`ObjectStorage`] keeps the assets in an S3-compatible bucket
+//! ([`object`]: what it does where an object store differs from a filesystem).
 //!
 //! # What a backend must guarantee
 //!
@@ -33,6 +34,7 @@
 
 mod dircache;
 mod local;
+pub mod object;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -41,6 +43,7 @@ use std::time::SystemTime;
 
 pub use csap_format::stored::StoredBytes;
 pub use local::LocalDir;
+pub use object::{AccessKey, ObjectConfig, ObjectStorage};
 
 /// What kind of entry a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +162,12 @@ pub trait StoredObject: StoredBytes + Send + Sync {
     fn sealed_xattrs(&self) -> io::Result<Option<Vec<u8>>>;
     /// Replaces the sealed user attributes in one step; `None` removes them.
     fn set_sealed_xattrs(&self, sealed: Option<&[u8]>) -> io::Result<()>;
+    /// The bytes written reach the store only at [`StoredBytes::sync_data`] (an object store
+    /// stages them): the mount then syncs a written asset when a handle closes, so that a
+    /// closed file is stored. A local file is stored as it is written: no sync at close.
+    fn syncs_at_close(&self) -> bool {
+        false
+    }
 }
 
 /// A tree of entries holding encrypted assets (see the module documentation for the contract).

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod model;
+
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use csap_testkit::s3::S3Server;
 use csapfs::fs::{CacheMode, MountOptions, MountedFs};
 use csapfs::keys::{KeyFileSource, NewAssetParams};
+use csapfs::storage::{AccessKey, ObjectConfig, ObjectStorage};
 use csapfs::Seed;
 use tempfile::TempDir;
 
@@ -75,7 +79,23 @@ pub struct TestMount {
     pub scratch: Scratch,
     pub options: MountOptions,
     pub chunk_size: u32,
+    /// Mount this server's bucket (prefix `vol`) instead of `scratch.backing`.
+    pub s3: Option<S3Server>,
+    /// How the S3 backend is tuned (timeout, readahead), with `s3`.
+    pub s3_tuning: Option<fn(&mut ObjectConfig)>,
     mounted: Option<MountedFs>,
+}
+
+/// The S3 backend's configuration for `server`'s bucket under `prefix`.
+pub fn s3_config(server: &S3Server, prefix: &str) -> ObjectConfig {
+    ObjectConfig {
+        endpoint: Some(server.endpoint()),
+        credentials: Some(AccessKey {
+            id: server.access_key.clone(),
+            secret: server.secret_key.clone(),
+        }),
+        ..ObjectConfig::new(&server.url(prefix))
+    }
 }
 
 impl TestMount {
@@ -93,6 +113,32 @@ impl TestMount {
             scratch: Scratch::new(),
             options,
             chunk_size,
+            s3: None,
+            s3_tuning: None,
+            mounted: None,
+        };
+        mount.mount();
+        mount
+    }
+
+    /// A mount of `server`'s bucket, tuned by `tuning`.
+    pub fn on_s3(
+        cache: CacheMode,
+        chunk_size: u32,
+        server: S3Server,
+        tuning: Option<fn(&mut ObjectConfig)>,
+    ) -> TestMount {
+        let options = MountOptions {
+            cache,
+            threads: 4,
+            ..MountOptions::default()
+        };
+        let mut mount = TestMount {
+            scratch: Scratch::new(),
+            options,
+            chunk_size,
+            s3: Some(server),
+            s3_tuning: tuning,
             mounted: None,
         };
         mount.mount();
@@ -102,6 +148,23 @@ impl TestMount {
     pub fn mount(&mut self) {
         assert!(self.mounted.is_none());
         let keys = self.scratch.key_source(self.chunk_size);
+        if let Some(server) = &self.s3 {
+            let mut config = s3_config(server, "vol");
+            if let Some(tune) = self.s3_tuning {
+                tune(&mut config);
+            }
+            let storage = ObjectStorage::open(config).expect("open the bucket");
+            self.mounted = Some(
+                csapfs::fs::mount_storage(
+                    Arc::new(storage),
+                    &self.scratch.mnt,
+                    keys,
+                    &self.options,
+                )
+                .expect("mount the bucket"),
+            );
+            return;
+        }
         self.mounted = Some(
             csapfs::fs::mount(
                 &self.scratch.backing,

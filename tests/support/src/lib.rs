@@ -12,6 +12,7 @@
 //!   (attestation rightly refuses them), and conversing children driven line by line;
 //! - [`postgres`]: a real PostgreSQL server (Debian's package) on loopback, a fresh database
 //!   per test;
+//! - [`s3`]: a real S3 server (`s3s-fs`) on loopback with a fresh bucket, killable;
 //! - [`fuse`]: whether real mounts can run here (a failure, not a skip, under `CI=true`), and
 //!   mount-table checks.
 
@@ -23,6 +24,7 @@ pub mod mount;
 pub mod postgres;
 pub mod process;
 pub mod request;
+pub mod s3;
 pub mod server;
 pub mod system;
 
