@@ -38,6 +38,9 @@ const FLAG_OPTIONS: &[&str] = &[
     "chunk-size",
     "log-file",
     "pid-file",
+    "metrics-listen",
+    "metrics-textfile",
+    "config",
 ];
 
 /// Options that are mount(8)'s or fstab's own, not the filesystem's.
@@ -187,7 +190,7 @@ mod tests {
             "/mnt/show",
             "-s",
             "-o",
-            "rw,key_file=/etc/csap/dev.key,cache=direct,noauto,x-systemd.automount,allow_other",
+            "rw,key_file=/etc/csap/dev.key,cache=direct,noauto,x-systemd.automount,allow_other,config=/etc/csap/show.toml,metrics-listen=127.0.0.1:9464",
         ]))
         .unwrap();
         assert_eq!(
@@ -200,6 +203,10 @@ mod tests {
                 "/etc/csap/dev.key",
                 "--cache",
                 "direct",
+                "--config",
+                "/etc/csap/show.toml",
+                "--metrics-listen",
+                "127.0.0.1:9464",
                 "-o",
                 "rw,allow_other",
                 "--daemon",

@@ -244,13 +244,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     mounted
         .hold_claim_until_exit()
         .context("holding the claim on the mountpoint")?;
-    // Held until this function returns: the file names a live mount only.
-    let _pid_file = args
-        .pid_file
-        .as_deref()
-        .map(daemon_files::PidFile::create)
-        .transpose()?;
     // Held until this function returns: metrics, the status file `csap status` reads.
+    // Before the pid file: `--daemon` takes that file for a mount that came up whole.
     let _observer = crate::mount_observer::start(
         &args.observe,
         crate::mount_observer::Observed {
@@ -260,6 +255,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             source: server,
         },
     )?;
+    // Held until this function returns: the file names a live mount only.
+    let _pid_file = args
+        .pid_file
+        .as_deref()
+        .map(daemon_files::PidFile::create)
+        .transpose()?;
     eprintln!(
         "csap: {} mounted on {} (cache {}, {} threads{}); stop with Ctrl-C or `csap umount {}`",
         args.backing.display(),

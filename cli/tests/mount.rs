@@ -221,3 +221,41 @@ fn daemon_mode_and_csap_umount() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a mount point"));
 }
+
+/// A metrics listener that cannot bind fails `--daemon` before its pid file exists: the launch
+/// reports the daemon's exit (naming its log, which says why), and nothing stays mounted.
+#[test]
+fn a_metrics_listener_that_cannot_bind_fails_the_daemon_start() {
+    require_fuse!();
+    let scratch = Scratch::new();
+    let log = scratch.dir.path().join("daemon.log");
+    let pid_file = scratch.dir.path().join("daemon.pid");
+    // TEST-NET-1: no interface of this host has it.
+    let out = csap(&[
+        "mount".as_ref(),
+        scratch.backing.as_os_str(),
+        scratch.mnt.as_os_str(),
+        "--key-file".as_ref(),
+        scratch.key_file.as_os_str(),
+        "--metrics-listen".as_ref(),
+        "192.0.2.1:9".as_ref(),
+        "--daemon".as_ref(),
+        "--log-file".as_ref(),
+        log.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("before mounting") && err.contains("daemon.log"),
+        "{err}"
+    );
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("the metrics listener cannot bind 192.0.2.1:9"),
+        "{logged}"
+    );
+    wait_until("the failed mount to go away", || !is_mounted(&scratch.mnt));
+    assert!(!pid_file.exists());
+}

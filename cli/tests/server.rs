@@ -103,3 +103,51 @@ fn server_reads_its_config_file_and_flags_win() {
     let printed = start(&["--metrics-listen", "off"]);
     assert!(!printed.contains("metrics "), "{printed}");
 }
+
+/// `--log-format json` (and `CSAP_LOG_FORMAT=json`): every log line is one JSON object with
+/// its level and fields, for a log collector; no colour codes.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for how in ["flag", "env"] {
+        let out = dir.path().join(format!("out-{how}"));
+        let err = dir.path().join(format!("err-{how}"));
+        let mut cmd = Command::new(CSAP);
+        if how == "flag" {
+            cmd.args(["--log-format", "json"]);
+        } else {
+            cmd.env("CSAP_LOG_FORMAT", "json");
+        }
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{how}")))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .env("CSAP_LOG", "info")
+            .env_remove("CSAP_ROOT_KEY")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        let mut proc = csap_testkit::Proc::spawn(&mut cmd, "csap server").unwrap();
+        csap_testkit::until("csap server up", Duration::from_secs(60), || {
+            std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\nnext:"))
+        })
+        .unwrap();
+        proc.terminate(Duration::from_secs(10))
+            .expect("stops on SIGTERM");
+        let log = std::fs::read_to_string(&err).unwrap();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.iter().any(|l| l.contains("key server listening")),
+            "{how}: {log}"
+        );
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{how}: not JSON ({e}): {line}"));
+            assert!(
+                v["level"].is_string() && v["fields"].is_object(),
+                "{how}: {line}"
+            );
+            assert!(!line.contains('\u{1b}'), "{how}: colour codes in {line}");
+        }
+    }
+}
