@@ -55,13 +55,13 @@ fn checked(block: &str) -> String {
         .collect()
 }
 
-/// Three consecutive free loopback ports: authz, ARDS, the key server.
+/// Four consecutive free loopback ports: authz, ARDS, the key server, the metrics listener.
 fn free_ports() -> u16 {
     let seed = std::process::id() as u16;
     (0..200u16)
         .map(|i| 20_000 + (seed.wrapping_mul(7).wrapping_add(i * 3)) % 40_000)
-        .find(|&p| (p..p + 3).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
-        .expect("three free consecutive ports")
+        .find(|&p| (p..p + 4).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
+        .expect("four free consecutive ports")
 }
 
 /// Whatever the script left mounted under `dir` is detached, whatever it left running killed.
