@@ -22,6 +22,7 @@ fn system() -> System {
         devices: vec![DEVICE.into()],
         listen: "127.0.0.1:0".parse().unwrap(),
         device_rate: None,
+        store: None,
     })
     .unwrap()
 }

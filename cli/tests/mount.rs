@@ -259,3 +259,69 @@ fn a_metrics_listener_that_cannot_bind_fails_the_daemon_start() {
     wait_until("the failed mount to go away", || !is_mounted(&scratch.mnt));
     assert!(!pid_file.exists());
 }
+
+/// `csap mount --config FILE --daemon`: the file alone names the backing directory, the
+/// mountpoint, the key and the options, as the flags would (the background process reads the
+/// same file); the metrics textfile it names is written.
+#[test]
+fn a_config_file_mounts_as_its_flags_would() {
+    require_fuse!();
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let textfile = dir.join("mount.prom");
+    let config = dir.join("mount.toml");
+    fs::write(
+        &config,
+        format!(
+            "backing = {:?}\nmountpoint = {:?}\nkey-file = {:?}\noptions = [\"noatime\"]\n\
+             cache = \"page\"\nmetrics-textfile = {:?}\n",
+            scratch.backing, scratch.mnt, scratch.key_file, textfile
+        ),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let pid_file = dir.join("daemon.pid");
+    let out = csap(&[
+        "mount".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--daemon".as_ref(),
+        "--log-file".as_ref(),
+        log.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&scratch.mnt), "mounted from the config file");
+    fs::write(scratch.mnt.join("x"), b"via the config file").unwrap();
+    assert_eq!(
+        fs::read(scratch.mnt.join("x")).unwrap(),
+        b"via the config file"
+    );
+    let stored = fs::read(scratch.backing.join("x")).unwrap();
+    assert!(
+        !stored.windows(6).any(|w| w == b"config"),
+        "the backing file holds plaintext"
+    );
+    wait_until("the metrics textfile", || {
+        fs::read_to_string(&textfile).is_ok_and(|t| t.contains("csap_mount_"))
+    });
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(scratch.mnt.to_str().unwrap()))
+        .expect("the mount in mountinfo");
+    assert!(line.contains("noatime"), "the file's options apply: {line}");
+
+    let out = csap(&["umount".as_ref(), scratch.mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&scratch.mnt));
+}
