@@ -307,9 +307,9 @@ fn a_config_file_mounts_as_its_flags_would() {
         !stored.windows(6).any(|w| w == b"config"),
         "the backing file holds plaintext"
     );
-    wait_until("the metrics textfile", || {
-        fs::read_to_string(&textfile).is_ok_and(|t| t.contains("csap_mount_"))
-    });
+    // A key-file mount has no license series to export; the file's existence shows the key
+    // was honoured (it is written at start and every refresh).
+    wait_until("the metrics textfile", || textfile.exists());
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = mounts
         .lines()
