@@ -41,9 +41,15 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StateDirError + '_ {
     }
 }
 
-/// Creates `dir` (and missing parents) and makes it 0700, tightening an existing looser mode.
+/// Creates `dir` (and missing parents) 0700, and tightens an existing looser mode (with a
+/// warning: only a directory made by something else can be looser).
 pub fn private_dir(dir: &Path) -> Result<(), StateDirError> {
-    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_at(dir))?;
     tighten(dir, DIR_MODE)
 }
 

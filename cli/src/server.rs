@@ -187,7 +187,8 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     let ks_dir = dir.join("keyserver");
     let dir_lock = authz::statedir::lock(dir)?;
     for d in [dir, &authz_dir, &ards_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        authz::statedir::private_dir(d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
     }
     let names = tls_names(opts.listen);
 
@@ -388,6 +389,8 @@ impl EmbeddedServer {
         let _ = self.authz_stop.send(true);
         let _ = self.authz_task.await;
         self.keyserver.shutdown().await;
+        // Before ARDS stops: a poll still waiting there would log the lost connection.
+        self.keyserver_rules.stop();
         self.ards_server.shutdown().await;
         for t in self.background {
             t.abort();

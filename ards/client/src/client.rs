@@ -290,6 +290,14 @@ impl Drop for RulesClient {
 }
 
 impl RulesClient {
+    /// Stops syncing now, though other holders keep the client (its rules stay as they are):
+    /// a process shutting down stops its subscription before the ARDS it polls goes away.
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
     /// Loads the persistent cache (re-verifying every rule), then syncs in the background.
     /// Never waits for ARDS: a PEP restarted while ARDS is down enforces its cached rules.
     pub async fn start(cfg: ClientConfig) -> Result<Self, ClientError> {
