@@ -325,3 +325,61 @@ fn a_config_file_mounts_as_its_flags_would() {
     );
     assert!(!is_mounted(&scratch.mnt));
 }
+
+/// `cp -a` tries to copy each file's ACL (`system.posix_acl_access`), which the mount does not
+/// keep: the copy succeeds, and the mount's log says so once, not once per file.
+#[test]
+fn copying_a_tree_with_cp_a_warns_once_about_unsupported_attributes() {
+    require_fuse!();
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let src = dir.join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..5 {
+        fs::write(src.join(format!("f{i}")), format!("frame {i}")).unwrap();
+    }
+    let log = dir.join("daemon.log");
+    let pid_file = dir.join("daemon.pid");
+    let out = csap(&[
+        "mount".as_ref(),
+        scratch.backing.as_os_str(),
+        scratch.mnt.as_os_str(),
+        "--key-file".as_ref(),
+        scratch.key_file.as_os_str(),
+        "--daemon".as_ref(),
+        "--log-file".as_ref(),
+        log.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(scratch.mnt.join("tree"))
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    for i in 0..5 {
+        assert_eq!(
+            fs::read_to_string(scratch.mnt.join(format!("tree/f{i}"))).unwrap(),
+            format!("frame {i}")
+        );
+    }
+    let out = csap(&["umount".as_ref(), scratch.mnt.as_os_str()]);
+    assert!(out.status.success());
+    let text = fs::read_to_string(&log).unwrap();
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("extended attribute refused"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for the whole copy:\n{text}");
+}

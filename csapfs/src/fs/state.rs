@@ -49,6 +49,9 @@ pub struct CsapFs {
     reported_invalid: Mutex<HashSet<u64>>,
     /// Serializes changes of sealed user attributes (read, change, reseal, store).
     pub(super) xattr_writes: Mutex<()>,
+    /// Whether a refused attribute namespace was already reported at warn level: `cp -a` and
+    /// `tar` try ACLs on every file, so each refusal after the first is logged at debug only.
+    pub(super) xattr_refusal_told: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CsapFs {
@@ -100,6 +103,7 @@ impl CsapFs {
             next_fh: AtomicU64::new(1),
             reported_invalid: Mutex::new(HashSet::new()),
             xattr_writes: Mutex::new(()),
+            xattr_refusal_told: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -146,7 +146,15 @@ impl CsapFs {
     fn refuse_changes_outside_user(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
         if let Some((errno, why)) = refusal(name.as_bytes()) {
             let path = self.rel_path(ino).unwrap_or_default();
-            warn!(path = %Self::asset_path(&path), attribute = ?name, "extended attribute refused: {why}");
+            let path = Self::asset_path(&path);
+            if self
+                .xattr_refusal_told
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                debug!(%path, attribute = ?name, "extended attribute refused: {why}");
+            } else {
+                warn!(%path, attribute = ?name, "extended attribute refused: {why} (further refusals are logged at debug level)");
+            }
             return Err(errno);
         }
         if self.read_only {
