@@ -3,8 +3,6 @@
 //! the series an operator alerts on with the values those requests must have left; /healthz and
 //! /readyz answer for all three services.
 
-use std::path::PathBuf;
-
 use csap_testkit::{Request, Setup, System};
 use keyserver::wire::Action;
 use keyserver::ClientError;
@@ -14,17 +12,7 @@ const CSAP: &str = env!("CARGO_BIN_EXE_csap");
 const DEVICE: &str = "ws-metrics";
 
 fn system() -> System {
-    System::start(Setup {
-        csap: PathBuf::from(CSAP),
-        user: "alice".into(),
-        password: "a long passphrase".into(),
-        scope: "show".into(),
-        devices: vec![DEVICE.into()],
-        listen: "127.0.0.1:0".parse().unwrap(),
-        device_rate: None,
-        store: None,
-    })
-    .unwrap()
+    System::start(Setup::one_device(CSAP, DEVICE)).unwrap()
 }
 
 fn get(system: &System, path: &str) -> (u16, String) {
@@ -126,6 +114,16 @@ fn metrics_count_a_real_grant_and_real_denials() {
     );
 
     let m = scrape(&system);
+    // The listener has no authentication: counts and names only, never what a request carried.
+    let (_, text) = get(&system, "/metrics");
+    for secret in [
+        token.as_str(),
+        "show/frame.exr",
+        "alice",
+        &hex::encode(header.asset_id.0),
+    ] {
+        assert!(!text.contains(secret), "/metrics shows {secret:?}");
+    }
     let granted = "csap_keyserver_licenses_granted_total";
     let denied = "csap_keyserver_licenses_denied_total";
     assert_eq!(value(&m, granted, &[("action", "create")]), 1.0);

@@ -26,6 +26,27 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `csap mount ARGS… --daemon` with its log and pid file in the scratch directory (the
+/// defaults as root, /var/log/csap and /run/csap, would outlive it): what it printed, the log,
+/// the pid file.
+fn mount_daemon(
+    scratch: &Scratch,
+    args: &[&std::ffi::OsStr],
+) -> (std::process::Output, std::path::PathBuf, std::path::PathBuf) {
+    let log = scratch.dir.path().join("daemon.log");
+    let pid_file = scratch.dir.path().join("daemon.pid");
+    let mut all = vec!["mount".as_ref()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--daemon".as_ref(),
+        "--log-file".as_ref(),
+        log.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+    ]);
+    (csap(&all), log, pid_file)
+}
+
 #[test]
 fn kill_9_during_writes_keeps_fsynced_data() {
     require_fuse!();
@@ -170,23 +191,17 @@ fn sigterm_unmounts_and_exits_cleanly() {
 fn daemon_mode_and_csap_umount() {
     require_fuse!();
     let scratch = Scratch::new();
-    // In the scratch directory: the defaults (as root /var/log/csap, /run/csap) would outlive it.
-    let log = scratch.dir.path().join("daemon.log");
-    let pid_file = scratch.dir.path().join("daemon.pid");
-    let out = csap(&[
-        "mount".as_ref(),
-        scratch.backing.as_os_str(),
-        scratch.mnt.as_os_str(),
-        "--key-file".as_ref(),
-        scratch.key_file.as_os_str(),
-        "-o".as_ref(),
-        "noatime".as_ref(),
-        "--daemon".as_ref(),
-        "--log-file".as_ref(),
-        log.as_os_str(),
-        "--pid-file".as_ref(),
-        pid_file.as_os_str(),
-    ]);
+    let (out, log, pid_file) = mount_daemon(
+        &scratch,
+        &[
+            scratch.backing.as_os_str(),
+            scratch.mnt.as_os_str(),
+            "--key-file".as_ref(),
+            scratch.key_file.as_os_str(),
+            "-o".as_ref(),
+            "noatime".as_ref(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -228,23 +243,18 @@ fn daemon_mode_and_csap_umount() {
 fn a_metrics_listener_that_cannot_bind_fails_the_daemon_start() {
     require_fuse!();
     let scratch = Scratch::new();
-    let log = scratch.dir.path().join("daemon.log");
-    let pid_file = scratch.dir.path().join("daemon.pid");
     // TEST-NET-1: no interface of this host has it.
-    let out = csap(&[
-        "mount".as_ref(),
-        scratch.backing.as_os_str(),
-        scratch.mnt.as_os_str(),
-        "--key-file".as_ref(),
-        scratch.key_file.as_os_str(),
-        "--metrics-listen".as_ref(),
-        "192.0.2.1:9".as_ref(),
-        "--daemon".as_ref(),
-        "--log-file".as_ref(),
-        log.as_os_str(),
-        "--pid-file".as_ref(),
-        pid_file.as_os_str(),
-    ]);
+    let (out, log, pid_file) = mount_daemon(
+        &scratch,
+        &[
+            scratch.backing.as_os_str(),
+            scratch.mnt.as_os_str(),
+            "--key-file".as_ref(),
+            scratch.key_file.as_os_str(),
+            "--metrics-listen".as_ref(),
+            "192.0.2.1:9".as_ref(),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -279,18 +289,7 @@ fn a_config_file_mounts_as_its_flags_would() {
         ),
     )
     .unwrap();
-    let log = dir.join("daemon.log");
-    let pid_file = dir.join("daemon.pid");
-    let out = csap(&[
-        "mount".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--daemon".as_ref(),
-        "--log-file".as_ref(),
-        log.as_os_str(),
-        "--pid-file".as_ref(),
-        pid_file.as_os_str(),
-    ]);
+    let (out, log, pid_file) = mount_daemon(&scratch, &["--config".as_ref(), config.as_os_str()]);
     assert!(
         out.status.success(),
         "{}",
@@ -338,20 +337,15 @@ fn copying_a_tree_with_cp_a_warns_once_about_unsupported_attributes() {
     for i in 0..5 {
         fs::write(src.join(format!("f{i}")), format!("frame {i}")).unwrap();
     }
-    let log = dir.join("daemon.log");
-    let pid_file = dir.join("daemon.pid");
-    let out = csap(&[
-        "mount".as_ref(),
-        scratch.backing.as_os_str(),
-        scratch.mnt.as_os_str(),
-        "--key-file".as_ref(),
-        scratch.key_file.as_os_str(),
-        "--daemon".as_ref(),
-        "--log-file".as_ref(),
-        log.as_os_str(),
-        "--pid-file".as_ref(),
-        pid_file.as_os_str(),
-    ]);
+    let (out, log, pid_file) = mount_daemon(
+        &scratch,
+        &[
+            scratch.backing.as_os_str(),
+            scratch.mnt.as_os_str(),
+            "--key-file".as_ref(),
+            scratch.key_file.as_os_str(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

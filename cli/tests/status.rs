@@ -4,7 +4,7 @@
 //! list and show commands with and without `--json` (user list/enable, device show, request
 //! list, app/scope/rules/policy lists).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -16,17 +16,7 @@ const CSAP: &str = env!("CARGO_BIN_EXE_csap");
 const DEVICE: &str = "ws-status";
 
 fn system() -> System {
-    System::start(Setup {
-        csap: PathBuf::from(CSAP),
-        user: "alice".into(),
-        password: "a long passphrase".into(),
-        scope: "show".into(),
-        devices: vec![DEVICE.into()],
-        listen: "127.0.0.1:0".parse().unwrap(),
-        device_rate: None,
-        store: None,
-    })
-    .unwrap()
+    System::start(Setup::one_device(CSAP, DEVICE)).unwrap()
 }
 
 fn csap(args: &[&str]) -> Output {

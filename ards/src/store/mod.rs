@@ -228,3 +228,42 @@ pub(crate) fn dedup_key(pep: &str, r: &DenialReport) -> String {
     }
     h.finalize().to_hex().to_string()
 }
+
+/// Where a newly stored rule starts at each of its targets, the same on every engine: `removed`
+/// when already revoked (by its own issuer) or expired, `released` when its release time has
+/// come (the caller appends the upsert events), else `pending`; and what publishing it was.
+pub(crate) struct TargetStart {
+    pub state: &'static str,
+    pub release_now: bool,
+    pub published: Published,
+}
+
+pub(crate) fn initial_target_state(
+    revoked: bool,
+    not_after: i64,
+    release_at: i64,
+    now: i64,
+) -> TargetStart {
+    let inactive = revoked || not_after <= now;
+    let release_now = !inactive && release_at <= now;
+    let (state, published) = if inactive {
+        ("removed", Published::Inactive)
+    } else if release_now {
+        ("released", Published::Stored)
+    } else {
+        ("pending", Published::Stored)
+    };
+    TargetStart {
+        state,
+        release_now,
+        published,
+    }
+}
+
+/// A rule's target PEPs, each once, in a fixed order (events are appended in it).
+pub(crate) fn distinct_targets(rule: &Rule) -> Vec<&String> {
+    let mut targets: Vec<&String> = rule.targets.iter().collect();
+    targets.sort();
+    targets.dedup();
+    targets
+}

@@ -91,6 +91,19 @@ impl PgAuthzStore {
     }
 }
 
+/// Begins a read of one snapshot: what it reads, one commit left (requests with their rules).
+async fn begin_snapshot(
+    client: &mut deadpool_postgres::Client,
+) -> Result<Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
+}
+
 /// Begins a write: a transaction holding the authz write lock.
 async fn begin_write(
     client: &mut deadpool_postgres::Client,
@@ -298,14 +311,7 @@ impl AuthzStore for PgAuthzStore {
 
     async fn request(&self, id: &str) -> Result<Option<(RequestRow, Vec<RuleRow>)>, StoreError> {
         let mut client = self.client().await?;
-        // One snapshot: the request and its rules as one commit left them.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg)?;
+        let tx = begin_snapshot(&mut client).await?;
         let Some(row) = get_request(&*tx, id).await? else {
             return Ok(None);
         };
@@ -324,14 +330,7 @@ impl AuthzStore for PgAuthzStore {
         limit: u32,
     ) -> Result<Vec<(RequestRow, Vec<RuleRow>)>, StoreError> {
         let mut client = self.client().await?;
-        // One snapshot, as `request`: each listed request with the rules one commit left it.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg)?;
+        let tx = begin_snapshot(&mut client).await?;
         let ids = tx
             .query(
                 "SELECT id FROM requests WHERE $1::TEXT IS NULL OR owner = $1

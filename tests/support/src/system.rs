@@ -42,6 +42,23 @@ pub struct Setup {
     pub store: Option<String>,
 }
 
+impl Setup {
+    /// User `alice` in scope `show` on one `device`, free loopback ports, the default rate
+    /// limit, SQLite.
+    pub fn one_device(csap: impl Into<PathBuf>, device: &str) -> Setup {
+        Setup {
+            csap: csap.into(),
+            user: "alice".into(),
+            password: "a long passphrase".into(),
+            scope: "show".into(),
+            devices: vec![device.into()],
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            device_rate: None,
+            store: None,
+        }
+    }
+}
+
 /// A submitted request: its id and its rules, with the PEPs each targets.
 #[derive(Debug, Clone)]
 pub struct Submitted {

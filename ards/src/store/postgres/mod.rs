@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::IsolationLevel;
 
 use super::{
-    action_str, dedup_key, parse_signed, raw, Outcome, Published, Recorded, Revoked, RuleStore,
-    StoreError, Touched, WouldAllow,
+    action_str, dedup_key, distinct_targets, initial_target_state, parse_signed, raw, Outcome,
+    Published, Recorded, Revoked, RuleStore, StoreError, Touched, WouldAllow,
 };
 use crate::wire::{
     DenialReport, ExceptionOutcome, ExceptionRecord, ExceptionStatus, ListedRule, ListedTarget,
@@ -256,19 +256,9 @@ async fn publish_one(
         )
         .await?
         .is_some();
-    let inactive = revoked || rule.not_after <= now;
-    let release_now = !inactive && release_at <= now;
-    let state = if inactive {
-        "removed"
-    } else if release_now {
-        "released"
-    } else {
-        "pending"
-    };
-    let mut targets: Vec<&String> = rule.targets.iter().collect();
-    targets.sort();
-    targets.dedup();
-    for pep in targets {
+    let start = initial_target_state(revoked, rule.not_after, release_at, now);
+    let (state, release_now) = (start.state, start.release_now);
+    for pep in distinct_targets(rule) {
         tx.execute(
             "INSERT INTO targets(rule_id, pep_id, state) VALUES ($1, $2, $3)",
             &[&rule.id, pep, &state],
@@ -279,11 +269,7 @@ async fn publish_one(
             touched.insert(pep.clone(), rev);
         }
     }
-    Ok(if inactive {
-        Published::Inactive
-    } else {
-        Published::Stored
-    })
+    Ok(start.published)
 }
 
 /// Stores a denial report, or folds it into an identical one seen within `window` seconds.

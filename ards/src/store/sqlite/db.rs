@@ -10,8 +10,8 @@ use authz::{Rule, SignedRule};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::store::{
-    action_str, dedup_key, parse_changes, parse_signed, raw, Published, Recorded, StoreError,
-    Touched,
+    action_str, dedup_key, distinct_targets, initial_target_state, parse_changes, parse_signed,
+    raw, Published, Recorded, StoreError, Touched,
 };
 use crate::wire::{
     Changes, DenialReport, ExceptionRecord, ExceptionStatus, ListedRule, ListedTarget, RawChanges,
@@ -570,19 +570,9 @@ fn publish_one(
         )
         .optional()?
         .is_some();
-    let inactive = revoked || rule.not_after <= now;
-    let release_now = !inactive && release_at <= now;
-    let state = if inactive {
-        "removed"
-    } else if release_now {
-        "released"
-    } else {
-        "pending"
-    };
-    let mut targets: Vec<&String> = rule.targets.iter().collect();
-    targets.sort();
-    targets.dedup();
-    for pep in targets {
+    let start = initial_target_state(revoked, rule.not_after, release_at, now);
+    let (state, release_now) = (start.state, start.release_now);
+    for pep in distinct_targets(rule) {
         tx.execute(
             "INSERT INTO targets(rule_id, pep_id, state) VALUES (?1, ?2, ?3)",
             params![rule.id, pep, state],
@@ -592,11 +582,7 @@ fn publish_one(
             touched.insert(pep.clone(), rev);
         }
     }
-    Ok(if inactive {
-        Published::Inactive
-    } else {
-        Published::Stored
-    })
+    Ok(start.published)
 }
 
 /// Marks one target released and appends its upsert event.

@@ -68,25 +68,31 @@ impl RequestBuilder {
 
     /// An application build by its BLAKE3 digest, with its name, version and vendor.
     pub fn application(
-        mut self,
+        self,
         digest: &str,
         name: &str,
         version: &str,
         vendor: Option<&str>,
     ) -> Self {
-        self.0.applications.push(WireEntity {
-            name: Some(name.into()),
-            version: Some(version.into()),
-            vendor: vendor.map(Into::into),
-            ..entity("Application", "blake3", digest)
-        });
-        self
+        self.push_application(digest, Some(name), Some(version), vendor)
     }
 
     /// An application build by its BLAKE3 digest alone, or with its name.
-    pub fn application_build(mut self, digest: &str, name: Option<&str>) -> Self {
+    pub fn application_build(self, digest: &str, name: Option<&str>) -> Self {
+        self.push_application(digest, name, None, None)
+    }
+
+    fn push_application(
+        mut self,
+        digest: &str,
+        name: Option<&str>,
+        version: Option<&str>,
+        vendor: Option<&str>,
+    ) -> Self {
         self.0.applications.push(WireEntity {
             name: name.map(Into::into),
+            version: version.map(Into::into),
+            vendor: vendor.map(Into::into),
             ..entity("Application", "blake3", digest)
         });
         self
