@@ -191,7 +191,7 @@ fn sigterm_unmounts_and_exits_cleanly() {
 fn daemon_mode_and_csap_umount() {
     require_fuse!();
     let scratch = Scratch::new();
-    let (out, log, pid_file) = mount_daemon(
+    let (out, _, pid_file) = mount_daemon(
         &scratch,
         &[
             scratch.backing.as_os_str(),
@@ -289,7 +289,7 @@ fn a_config_file_mounts_as_its_flags_would() {
         ),
     )
     .unwrap();
-    let (out, log, pid_file) = mount_daemon(&scratch, &["--config".as_ref(), config.as_os_str()]);
+    let (out, _, _) = mount_daemon(&scratch, &["--config".as_ref(), config.as_os_str()]);
     assert!(
         out.status.success(),
         "{}",
@@ -337,7 +337,7 @@ fn copying_a_tree_with_cp_a_warns_once_about_unsupported_attributes() {
     for i in 0..5 {
         fs::write(src.join(format!("f{i}")), format!("frame {i}")).unwrap();
     }
-    let (out, log, pid_file) = mount_daemon(
+    let (out, log, _) = mount_daemon(
         &scratch,
         &[
             scratch.backing.as_os_str(),
