@@ -244,6 +244,50 @@ fn tampered_chunk_fails_only_its_own_range() {
     assert_eq!(err.errno(), 5);
 }
 
+/// A read of many chunks is split across two threads (`Asset::read_at`): what it returns is
+/// still exactly the plaintext, at any alignment, and a tampered chunk in either half fails the
+/// whole read with that chunk's index.
+#[test]
+fn reads_split_across_threads_return_the_plaintext_or_fail_whole() {
+    let plain = pattern(600 * CHUNK as usize + 123);
+    for suite in SUITES {
+        let asset = encrypt(suite, &plain);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        std::fs::write(&path, &asset).unwrap();
+        let h = csapfs::asset::read_header(&File::open(&path).unwrap()).unwrap();
+        let a = Asset::open(File::open(&path).unwrap(), &key_of(&h.asset_id)).unwrap();
+        for (start, len) in [
+            (0usize, 1 << 20),
+            (1, (1 << 20) - 1),
+            (CHUNK as usize * 3 - 7, 700_001),
+            (plain.len() - 400_000, 1 << 20), // runs past the end: short
+        ] {
+            let mut buf = vec![0u8; len];
+            let got = a.read_at(start as u64, &mut buf).unwrap();
+            let expected = &plain[start..plain.len().min(start + len)];
+            assert_eq!(got, expected.len(), "{suite:?} at {start}");
+            assert!(buf[..got] == *expected, "{suite:?} at {start}");
+        }
+        for tampered in [10usize, 200] {
+            let mut bad = asset.clone();
+            bad[H + tampered * STORED + 50] ^= 1;
+            std::fs::write(&path, &bad).unwrap();
+            let a = Asset::open(File::open(&path).unwrap(), &key_of(&h.asset_id)).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let err = a.read_at(0, &mut buf).unwrap_err();
+            assert!(
+                matches!(err, AssetError::Authentication { chunk_index } if chunk_index == tampered as u64),
+                "{suite:?}, chunk {tampered}: {err}"
+            );
+            assert!(
+                buf.iter().all(|&b| b == 0),
+                "a failed read leaves no plaintext"
+            );
+        }
+    }
+}
+
 #[test]
 fn torn_append_recovers_the_last_consistent_size() {
     // A crash during an append leaves new bytes after the old final chunk, which still

@@ -7,14 +7,14 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSliceMut};
 
 use tracing::warn;
 
 use crate::crypto::{AssetKeys, ContentKey, RandomnessUnavailable};
 use crate::format::{
-    open_chunk, seal_chunk, FormatError, Header, Layout, StoredLength, CHUNK_OVERHEAD,
-    FLAG_APPENDING, FLAG_SPARSE, HEADER_LEN,
+    open_chunk, open_chunk_detached, seal_chunk, FormatError, Header, Layout, StoredLength,
+    CHUNK_OVERHEAD, FLAG_APPENDING, FLAG_SPARSE, HEADER_LEN, NONCE_LEN, TAG_LEN,
 };
 use crate::stored::StoredBytes;
 
@@ -25,12 +25,33 @@ const HOLE_THRESHOLD_CHUNKS: u64 = 16;
 const WRITE_BATCH_CHUNKS: u64 = 16;
 /// How far back from a torn tail recovery looks for the last chunk sealed as final.
 const TORN_TAIL_SCAN_CHUNKS: u64 = 256;
+/// A read is split across two cores from this many chunks and bytes on: below it, handing half
+/// to another thread costs more than it saves.
+const PARALLEL_READ_MIN_CHUNKS: u64 = 4;
+const PARALLEL_READ_MIN_BYTES: usize = 256 << 10;
 
 thread_local! {
-    /// Per-thread scratch for stored chunks, so the read path does not allocate per call.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread (chunks read in part, nonces and tags of whole chunks) for the read path, so
+    /// it does not allocate per call.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// Per-thread (sealed batch, one chunk's plaintext) buffers for the write path.
     static WRITE_SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A chunk's stored bytes beyond its plaintext: nonce and tag.
+const OVERHEAD: usize = CHUNK_OVERHEAD as usize;
+
+/// One chunk of a read: where its plaintext goes and how much of it is wanted.
+struct Piece {
+    index: u64,
+    plain_len: usize,
+    /// The read wants all of it: its ciphertext is read straight into the caller's buffer.
+    whole: bool,
+    /// The wanted range within the chunk's plaintext.
+    from: usize,
+    to: usize,
+    /// Where the wanted range goes in the caller's buffer.
+    at: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,40 +247,181 @@ impl<F: StoredBytes> Asset<F> {
         &self.file
     }
 
-    /// Reads plaintext at `offset` into `buf`; short only at end of file. Each chunk is
-    /// authenticated before any of its bytes are copied out.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, AssetError> {
+    /// Reads plaintext at `offset` into `buf`; short only at end of file. Every chunk is
+    /// authenticated before the read returns; on an error `buf` is zeroed, so nothing of the
+    /// read (neither the failed chunk nor its neighbours) can be used by mistake.
+    ///
+    /// A read of many chunks is split in two halves, the second read and decrypted by a pool
+    /// thread while the caller does the first: a single sequential reader (`dd`, one request in
+    /// flight) otherwise leaves every core but one idle (docs/benchmarks.md).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, AssetError>
+    where
+        F: Sync,
+    {
         if offset >= self.plain_size || buf.is_empty() {
             return Ok(0);
         }
         let end = self.plain_size.min(offset.saturating_add(buf.len() as u64));
+        let buf = &mut buf[..(end - offset) as usize];
         let cs = self.layout.chunk_size;
-        let first = offset / cs;
-        let last = (end - 1) / cs;
-        let stored_start = self.layout.chunk_offset(first);
-        let stored_end = self.layout.chunk_offset(last)
-            + self.layout.chunk_plain_len(last, self.plain_size)
-            + CHUNK_OVERHEAD;
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.resize((stored_end - stored_start) as usize, 0);
-            self.read_stored(&mut scratch, stored_start)?;
-            let mut copied = 0usize;
-            let mut at = 0usize;
-            for index in first..=last {
-                let plain_len = self.layout.chunk_plain_len(index, self.plain_size);
-                let stored_len = (plain_len + CHUNK_OVERHEAD) as usize;
-                let stored = &mut scratch[at..at + stored_len];
-                at += stored_len;
-                let plain = self.open_stored_chunk(index, stored)?;
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let chunks = last - first + 1;
+        let result = if chunks < PARALLEL_READ_MIN_CHUNKS || buf.len() < PARALLEL_READ_MIN_BYTES {
+            self.read_span(offset, buf)
+        } else {
+            let split = (first + chunks / 2) * cs; // a chunk boundary inside the read
+            let (head, tail) = buf.split_at_mut((split - offset) as usize);
+            let mut tail_result = None;
+            let head_result = rayon_core::in_place_scope(|scope| {
+                scope.spawn(|_| tail_result = Some(self.read_span(split, tail)));
+                self.read_span(offset, head)
+            });
+            let tail_result = tail_result.expect("the scope waits for its spawned half");
+            head_result.and_then(|head| Ok(head + tail_result?))
+        };
+        if result.is_err() {
+            buf.fill(0);
+        }
+        result
+    }
+
+    /// [`Self::read_at`] on the calling thread alone, in one `preadv`: a chunk the read covers
+    /// whole has its ciphertext read straight into `buf`, where it is decrypted in place (its
+    /// nonce and tag go to a side table); a chunk covered in part (at most the first and the
+    /// last) is read whole into scratch, opened there and the wanted piece copied out.
+    fn read_span(&self, offset: u64, buf: &mut [u8]) -> Result<usize, AssetError> {
+        if offset >= self.plain_size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = self.plain_size.min(offset.saturating_add(buf.len() as u64));
+        let buf = &mut buf[..(end - offset) as usize];
+        let cs = self.layout.chunk_size;
+        let pieces: Vec<Piece> = (offset / cs..=(end - 1) / cs)
+            .map(|index| {
                 let chunk_start = index * cs;
+                let plain_len = self.layout.chunk_plain_len(index, self.plain_size);
                 let from = offset.max(chunk_start) - chunk_start;
                 let to = end.min(chunk_start + plain_len) - chunk_start;
-                let piece = &plain[from as usize..to as usize];
-                buf[copied..copied + piece.len()].copy_from_slice(piece);
-                copied += piece.len();
+                Piece {
+                    index,
+                    plain_len: plain_len as usize,
+                    whole: from == 0 && to == plain_len,
+                    from: from as usize,
+                    to: to as usize,
+                    at: (chunk_start + from - offset) as usize,
+                }
+            })
+            .collect();
+        let stored_start = self.layout.chunk_offset(pieces[0].index);
+        SCRATCH.with(|scratch| {
+            let (scratch, side) = &mut *scratch.borrow_mut();
+            let parts = pieces.iter().filter(|p| !p.whole);
+            scratch.resize(parts.map(|p| p.plain_len + OVERHEAD).sum(), 0);
+            side.resize(pieces.iter().filter(|p| p.whole).count() * OVERHEAD, 0);
+            self.read_pieces(&pieces, stored_start, buf, scratch, side)?;
+            let (mut scratch, mut side) = (&mut scratch[..], &side[..]);
+            for piece in &pieces {
+                if piece.whole {
+                    let (nonce_tag, rest) = side.split_at(OVERHEAD);
+                    side = rest;
+                    let data = &mut buf[piece.at..piece.at + piece.plain_len];
+                    self.open_whole_chunk(piece.index, nonce_tag, data)?;
+                } else {
+                    let (stored, rest) =
+                        std::mem::take(&mut scratch).split_at_mut(piece.plain_len + OVERHEAD);
+                    scratch = rest;
+                    let plain = self.open_stored_chunk(piece.index, stored)?;
+                    let wanted = piece.to - piece.from;
+                    buf[piece.at..piece.at + wanted].copy_from_slice(&plain[piece.from..piece.to]);
+                }
             }
-            Ok(copied)
+            Ok(buf.len())
+        })
+    }
+
+    /// The one `preadv` of [`Self::read_span`], repeated from where it stopped if the kernel
+    /// returns short; the stored bytes ending first means the file shrank under us.
+    fn read_pieces(
+        &self,
+        pieces: &[Piece],
+        stored_start: u64,
+        buf: &mut [u8],
+        scratch: &mut [u8],
+        side: &mut [u8],
+    ) -> Result<(), AssetError> {
+        let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(pieces.len() * 3);
+        let (mut buf, mut scratch, mut side) = (buf, scratch, side);
+        let mut buf_at = 0;
+        for piece in pieces {
+            if piece.whole {
+                let (nonce_tag, rest) = std::mem::take(&mut side).split_at_mut(OVERHEAD);
+                side = rest;
+                let (nonce, tag) = nonce_tag.split_at_mut(NONCE_LEN);
+                let rest = std::mem::take(&mut buf).split_at_mut(piece.at - buf_at).1;
+                let (data, rest) = rest.split_at_mut(piece.plain_len);
+                buf = rest;
+                buf_at = piece.at + piece.plain_len;
+                iov.extend([nonce, data, tag].map(IoSliceMut::new));
+            } else {
+                let (stored, rest) =
+                    std::mem::take(&mut scratch).split_at_mut(piece.plain_len + OVERHEAD);
+                scratch = rest;
+                iov.push(IoSliceMut::new(stored));
+            }
+        }
+        let mut iov = &mut iov[..];
+        let mut at = stored_start;
+        while !iov.is_empty() {
+            match self.file.read_vectored_at(iov, at) {
+                Ok(0) => {
+                    // The file shrank under us (another writer outside the mount): nothing to trust.
+                    return Err(AssetError::Authentication {
+                        chunk_index: (at.saturating_sub(HEADER_LEN))
+                            / self.layout.stored_chunk_size(),
+                    });
+                }
+                Ok(n) => {
+                    IoSliceMut::advance_slices(&mut iov, n);
+                    at += n as u64;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies and decrypts, in place in `data`, a chunk read apart from its nonce and tag
+    /// (`nonce_tag`: 12 + 16 bytes). A hole of a sparse asset reads as zeros.
+    fn open_whole_chunk(
+        &self,
+        index: u64,
+        nonce_tag: &[u8],
+        data: &mut [u8],
+    ) -> Result<(), AssetError> {
+        let is_final = index + 1 == self.layout.chunk_count(self.plain_size);
+        if self.header.is_sparse()
+            && !is_final
+            && nonce_tag.iter().all(|&b| b == 0)
+            && data.iter().all(|&b| b == 0)
+        {
+            return Ok(());
+        }
+        let (nonce, tag) = nonce_tag.split_at(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("NONCE_LEN bytes");
+        let tag: &[u8; TAG_LEN] = tag.try_into().expect("TAG_LEN bytes");
+        open_chunk_detached(
+            &self.keys,
+            &self.header.asset_id,
+            index,
+            is_final,
+            nonce,
+            data,
+            tag,
+        )
+        .map_err(|_| {
+            warn!(asset = %self.header.asset_id, chunk_index = index, "chunk failed authentication");
+            AssetError::Authentication { chunk_index: index }
         })
     }
 
@@ -279,18 +441,6 @@ impl<F: StoredBytes> Asset<F> {
             warn!(asset = %self.header.asset_id, chunk_index = index, "chunk failed authentication");
             AssetError::Authentication { chunk_index: index }
         })
-    }
-
-    fn read_stored(&self, buf: &mut [u8], at: u64) -> Result<(), AssetError> {
-        let n = read_full_at(&self.file, buf, at)?;
-        if n < buf.len() {
-            // The file shrank under us (another writer outside the mount): nothing to trust.
-            return Err(AssetError::Authentication {
-                chunk_index: (at + n as u64).saturating_sub(HEADER_LEN)
-                    / self.layout.stored_chunk_size(),
-            });
-        }
-        Ok(())
     }
 
     /// Writes `data` at `offset`, growing the asset as needed (a gap reads as zeros).
@@ -473,7 +623,7 @@ impl<F: StoredBytes> Asset<F> {
         };
         plain.fill(0);
         if old_len > 0 && !fully_covered {
-            let n = self.read_at(chunk_start, &mut plain[..old_len as usize])?;
+            let n = self.read_span(chunk_start, &mut plain[..old_len as usize])?;
             debug_assert_eq!(n as u64, old_len);
         }
         if let Some((offset, data)) = write {

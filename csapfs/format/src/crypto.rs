@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use secmem::{LockedBox, Secret};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -132,26 +132,44 @@ impl AssetKeys {
         if data_and_tag.len() < TAG_LEN {
             return Err(AuthenticationFailed);
         }
+        let (data, tag) = data_and_tag.split_at_mut(data_and_tag.len() - TAG_LEN);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("TAG_LEN bytes");
+        self.open_detached(nonce, aad, data, tag)?;
+        Ok(data)
+    }
+
+    /// Verifies `tag` over `data` and decrypts `data` in place, the tag kept apart (so the
+    /// ciphertext can be read straight into the buffer its plaintext is wanted in). On failure
+    /// `data` is zeros (GCM: ring clears it) or the untouched ciphertext (CTR: verified first).
+    pub(crate) fn open_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AuthenticationFailed> {
         match &self.chunk {
             ChunkCipher::Gcm(key) => key
-                .open_in_place(
+                .open_in_place_separate_tag(
                     Nonce::assume_unique_for_key(*nonce),
                     Aad::from(aad),
-                    data_and_tag,
+                    Tag::from(*tag),
+                    data,
+                    0..,
                 )
+                .map(|_| ())
                 .map_err(|_| AuthenticationFailed),
             ChunkCipher::CtrBlake3 {
                 encryption_key,
                 mac_key,
             } => {
-                let (data, tag) = data_and_tag.split_at_mut(data_and_tag.len() - TAG_LEN);
                 // Encrypt-then-MAC: verify before any keystream touches the data.
                 let expected = ctr_mac(mac_key.as_bytes(), nonce, aad, data);
                 if !bool::from(expected.as_slice().ct_eq(tag)) {
                     return Err(AuthenticationFailed);
                 }
                 apply_ctr(encryption_key.as_bytes(), nonce, data);
-                Ok(data)
+                Ok(())
             }
         }
     }

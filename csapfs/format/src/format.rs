@@ -395,6 +395,21 @@ pub fn open_chunk<'a>(
     keys.open_in_place(&nonce, &chunk_aad(asset_id, index, is_final), data_and_tag)
 }
 
+/// [`open_chunk`] for a chunk read apart: its nonce and tag in one place, its ciphertext in the
+/// buffer the plaintext is wanted in (decrypted there in place). On failure `data` holds no
+/// plaintext and must not be used.
+pub fn open_chunk_detached(
+    keys: &AssetKeys,
+    asset_id: &AssetId,
+    index: u64,
+    is_final: bool,
+    nonce: &[u8; NONCE_LEN],
+    data: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), AuthenticationFailed> {
+    keys.open_detached(nonce, &chunk_aad(asset_id, index, is_final), data, tag)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     #[error("not a csap asset (the file does not start with the CSAP-AST magic)")]

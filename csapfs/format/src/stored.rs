@@ -3,7 +3,7 @@
 //! the bytes — a local file, an object staged from a store — can back an asset.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::unix::fs::FileExt;
 
 /// Positional access to the stored (encrypted) bytes of one asset.
@@ -15,6 +15,20 @@ use std::os::unix::fs::FileExt;
 pub trait StoredBytes {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end (0 at or past it).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Reads consecutive bytes from `offset` into `bufs` in order, as [`Self::read_at`] would
+    /// into one buffer: `preadv` where there is a file. By default one `read_at` into a joined
+    /// buffer, then copied apart (a remote store reads whole ranges; its copy is not the cost).
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        let mut joined = vec![0u8; bufs.iter().map(|b| b.len()).sum()];
+        let n = self.read_at(&mut joined, offset)?;
+        let mut from = &joined[..n];
+        for buf in bufs.iter_mut() {
+            let take = buf.len().min(from.len());
+            buf[..take].copy_from_slice(&from[..take]);
+            from = &from[take..];
+        }
+        Ok(n)
+    }
     /// Writes all of `buf` at `offset`, growing the stored bytes as needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// The stored length in bytes.
@@ -28,6 +42,10 @@ pub trait StoredBytes {
 impl StoredBytes for File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         FileExt::read_at(self, buf, offset)
+    }
+
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        Ok(rustix::io::preadv(self, bufs, offset)?)
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -50,6 +68,10 @@ impl StoredBytes for File {
 impl<T: StoredBytes + ?Sized> StoredBytes for Box<T> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         (**self).read_at(buf, offset)
+    }
+
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        (**self).read_vectored_at(bufs, offset)
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

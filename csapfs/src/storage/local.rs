@@ -570,6 +570,10 @@ impl StoredBytes for LocalObject {
         StoredBytes::read_at(&self.file, buf, offset)
     }
 
+    fn read_vectored_at(&self, bufs: &mut [io::IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        StoredBytes::read_vectored_at(&self.file, bufs, offset)
+    }
+
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         StoredBytes::write_all_at(&self.file, buf, offset)
     }
