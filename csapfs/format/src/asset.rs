@@ -25,10 +25,10 @@ const HOLE_THRESHOLD_CHUNKS: u64 = 16;
 const WRITE_BATCH_CHUNKS: u64 = 16;
 /// How far back from a torn tail recovery looks for the last chunk sealed as final.
 const TORN_TAIL_SCAN_CHUNKS: u64 = 256;
-/// A read is split across two cores from this many chunks and bytes on: below it, handing half
-/// to another thread costs more than it saves.
-const PARALLEL_READ_MIN_CHUNKS: u64 = 4;
-const PARALLEL_READ_MIN_BYTES: usize = 256 << 10;
+/// A read, or a run of chunks to seal, is split across two cores from this many chunks and
+/// bytes on: below it, handing half to another thread costs more than it saves.
+const PARALLEL_MIN_CHUNKS: u64 = 4;
+const PARALLEL_MIN_BYTES: usize = 256 << 10;
 
 thread_local! {
     /// Per-thread (chunks read in part, nonces and tags of whole chunks) for the read path, so
@@ -266,7 +266,7 @@ impl<F: StoredBytes> Asset<F> {
         let cs = self.layout.chunk_size;
         let (first, last) = (offset / cs, (end - 1) / cs);
         let chunks = last - first + 1;
-        let result = if chunks < PARALLEL_READ_MIN_CHUNKS || buf.len() < PARALLEL_READ_MIN_BYTES {
+        let result = if chunks < PARALLEL_MIN_CHUNKS || buf.len() < PARALLEL_MIN_BYTES {
             self.read_span(offset, buf)
         } else {
             let split = (first + chunks / 2) * cs; // a chunk boundary inside the read
@@ -444,7 +444,10 @@ impl<F: StoredBytes> Asset<F> {
     }
 
     /// Writes `data` at `offset`, growing the asset as needed (a gap reads as zeros).
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), AssetError> {
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), AssetError>
+    where
+        F: Sync,
+    {
         if data.is_empty() {
             return Ok(());
         }
@@ -455,7 +458,10 @@ impl<F: StoredBytes> Asset<F> {
     }
 
     /// Truncates or extends the asset to `size` plaintext bytes; extension reads as zeros.
-    pub fn set_len(&mut self, size: u64) -> Result<(), AssetError> {
+    pub fn set_len(&mut self, size: u64) -> Result<(), AssetError>
+    where
+        F: Sync,
+    {
         if size == self.plain_size && !self.torn_tail {
             return Ok(());
         }
@@ -485,7 +491,10 @@ impl<F: StoredBytes> Asset<F> {
 
     /// The one mutation path: re-seals every chunk whose content, length or finality changes,
     /// each with a fresh nonce, then fixes the file length.
-    fn rewrite(&mut self, new_size: u64, write: Option<(u64, &[u8])>) -> Result<(), AssetError> {
+    fn rewrite(&mut self, new_size: u64, write: Option<(u64, &[u8])>) -> Result<(), AssetError>
+    where
+        F: Sync,
+    {
         let layout = self.layout;
         let old_size = self.plain_size;
         let old_final = layout.chunk_count(old_size) - 1;
@@ -538,18 +547,60 @@ impl<F: StoredBytes> Asset<F> {
         runs.sort_unstable();
         runs.dedup();
         for &(first, last) in runs.iter().rev() {
-            let mut batch_end = last + 1;
-            while batch_end > first {
-                let batch_start = batch_end.saturating_sub(WRITE_BATCH_CHUNKS).max(first);
-                self.seal_batch(batch_start, batch_end - 1, old_size, new_size, write)?;
-                batch_end = batch_start;
-            }
+            self.seal_run(first, last, old_size, new_size, write)?;
         }
         if new_size < old_size || self.torn_tail {
             self.file.set_size(layout.stored_len(new_size))?;
             self.torn_tail = false;
         }
         self.plain_size = new_size;
+        Ok(())
+    }
+
+    /// Seals and writes chunks `first..=last`, highest batch first. A run of many chunks is
+    /// split in two halves, the upper one sealed on a pool thread while the caller seals the
+    /// lower: runs are the unit of ordering against a crash (see `rewrite`), the chunks within
+    /// one are independent, and one writer (`dd`, one request in flight) would use one core.
+    fn seal_run(
+        &self,
+        first: u64,
+        last: u64,
+        old_size: u64,
+        new_size: u64,
+        write: Option<(u64, &[u8])>,
+    ) -> Result<(), AssetError>
+    where
+        F: Sync,
+    {
+        let chunks = last - first + 1;
+        let bytes = chunks.saturating_mul(self.layout.chunk_size);
+        if chunks < PARALLEL_MIN_CHUNKS || bytes < PARALLEL_MIN_BYTES as u64 {
+            return self.seal_batches(first, last, old_size, new_size, write);
+        }
+        let mid = first + chunks / 2;
+        let mut upper = None;
+        let lower = rayon_core::in_place_scope(|scope| {
+            scope.spawn(|_| upper = Some(self.seal_batches(mid, last, old_size, new_size, write)));
+            self.seal_batches(first, mid - 1, old_size, new_size, write)
+        });
+        upper.expect("the scope waits for its spawned half")?;
+        lower
+    }
+
+    fn seal_batches(
+        &self,
+        first: u64,
+        last: u64,
+        old_size: u64,
+        new_size: u64,
+        write: Option<(u64, &[u8])>,
+    ) -> Result<(), AssetError> {
+        let mut batch_end = last + 1;
+        while batch_end > first {
+            let batch_start = batch_end.saturating_sub(WRITE_BATCH_CHUNKS).max(first);
+            self.seal_batch(batch_start, batch_end - 1, old_size, new_size, write)?;
+            batch_end = batch_start;
+        }
         Ok(())
     }
 
