@@ -145,7 +145,7 @@ run_fsx() { # system seed
   local system=$1 seed=$2 log=$LOGS/fsx-$1-seed$2.log
   mount_system "$system" ""
   mkdir -p "$work/fsxlog-$system-$seed"
-  if "$fsx" -q -p 50000 -N "$FSX_OPS" -S "$seed" -c 50 -f -P "$work/fsxlog-$system-$seed" "$work/mnt/fsx.$seed" > "$log" 2>&1; then
+  if "$fsx" -p 50000 -N "$FSX_OPS" -S "$seed" -c 50 -f -P "$work/fsxlog-$system-$seed" "$work/mnt/fsx.$seed" > "$log" 2>&1; then
     result[$system,fsx,$seed]=pass
   else
     result[$system,fsx,$seed]=FAIL
