@@ -8,6 +8,7 @@ pub mod http;
 pub mod http_errors;
 pub mod listener;
 pub mod migrate;
+pub mod omc;
 pub mod ops;
 pub mod pg;
 pub mod principal;
