@@ -93,6 +93,9 @@ impl Harness {
                 .await
                 .unwrap(),
         );
+        // The example's participant is of acme-vfx: requests name only known organizations.
+        // (A restarted service on the same store has it already: a conflict, not a failure.)
+        let _exists_after_restart = authz.add_organization("acme-vfx", &[]).await.is_err();
         let admin = pki.issue("admin", Role::Admin);
         Self {
             dir,

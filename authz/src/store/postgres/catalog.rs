@@ -16,9 +16,9 @@ CREATE TABLE asset_ids (
 );
 CREATE TABLE organizations (
   name TEXT PRIMARY KEY,
-  authentication BOOLEAN NOT NULL,
-  authorization BOOLEAN NOT NULL,
-  asset_protection BOOLEAN NOT NULL,
+  deleg_authentication BOOLEAN NOT NULL,
+  deleg_authorization BOOLEAN NOT NULL,
+  deleg_asset_protection BOOLEAN NOT NULL,
   created_at BIGINT NOT NULL
 );
 ";
@@ -41,7 +41,8 @@ fn organization(r: &Row) -> Organization {
     }
 }
 
-const ORG_COLUMNS: &str = "name, authentication, authorization, asset_protection, created_at";
+const ORG_COLUMNS: &str =
+    "name, deleg_authentication, deleg_authorization, deleg_asset_protection, created_at";
 
 #[async_trait::async_trait]
 impl Catalog for PgAuthzStore {
@@ -98,7 +99,7 @@ impl Catalog for PgAuthzStore {
         let tx = begin_write(&mut client).await?;
         let n = tx
             .execute(
-                "INSERT INTO organizations (name, authentication, authorization, asset_protection, created_at)
+                "INSERT INTO organizations (name, deleg_authentication, deleg_authorization, deleg_asset_protection, created_at)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
                 &[
                     &org.name,

@@ -15,9 +15,9 @@ CREATE TABLE IF NOT EXISTS asset_ids (
 );
 CREATE TABLE IF NOT EXISTS organizations (
   name TEXT PRIMARY KEY,
-  authentication INTEGER NOT NULL,
-  authorization INTEGER NOT NULL,
-  asset_protection INTEGER NOT NULL,
+  deleg_authentication INTEGER NOT NULL,
+  deleg_authorization INTEGER NOT NULL,
+  deleg_asset_protection INTEGER NOT NULL,
   created_at INTEGER NOT NULL
 );
 ";
@@ -40,7 +40,8 @@ fn organization(r: &Row<'_>) -> rusqlite::Result<Organization> {
     })
 }
 
-const ORG_COLUMNS: &str = "name, authentication, authorization, asset_protection, created_at";
+const ORG_COLUMNS: &str =
+    "name, deleg_authentication, deleg_authorization, deleg_asset_protection, created_at";
 
 #[async_trait::async_trait]
 impl Catalog for SqliteAuthzStore {
@@ -93,7 +94,7 @@ impl Catalog for SqliteAuthzStore {
     async fn add_organization(&self, org: Organization) -> Result<bool, StoreError> {
         self.with(move |db| {
             let n = db.conn.execute(
-                "INSERT INTO organizations (name, authentication, authorization, asset_protection, created_at)
+                "INSERT INTO organizations (name, deleg_authentication, deleg_authorization, deleg_asset_protection, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
                 params![
                     org.name,
