@@ -13,6 +13,7 @@
 //! | DELETE | /v1/policies/{id} | 200 `{id, removed: true}` |
 //! | GET | /v1/rules?pep=ID | 200 `{rules: [SignedRule...]}` |
 //! | GET | /v1/issuer | 200 `{issuer, public_key}` |
+//! | | /v1/asset-ids, /v1/organizations | the catalog: [`crate::http_catalog`] |
 //! | GET | /v1/health, /healthz | 200 `{status: "ok"}` (alive; no certificate needed) |
 //! | GET | /readyz | 200 `{ready: true}`; 503 `{ready: false, error}` when the store does not answer (no certificate needed) |
 //!
@@ -95,7 +96,7 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|r| {
         let status = r.status();
         let (field, msg) = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -110,7 +111,7 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn id_param(id: &str) -> Result<(), ApiError> {
+pub(crate) fn id_param(id: &str) -> Result<(), ApiError> {
     check_name(id).map_err(|m| ApiError::bad("id", m))
 }
 
@@ -138,6 +139,12 @@ pub const ROUTES: &[(&str, &str, Option<&[Role]>)] = &[
     ("DELETE", "/v1/policies/{id}", Some(ADMINS)),
     ("GET", "/v1/rules", Some(INSPECTORS)),
     ("GET", "/v1/issuer", Some(ANY_PRINCIPAL)),
+    ("GET", "/v1/asset-ids", Some(INSPECTORS)),
+    ("POST", "/v1/asset-ids", Some(ADMINS)),
+    ("GET", "/v1/organizations", Some(INSPECTORS)),
+    ("POST", "/v1/organizations", Some(ADMINS)),
+    ("GET", "/v1/organizations/{name}", Some(INSPECTORS)),
+    ("DELETE", "/v1/organizations/{name}", Some(ADMINS)),
     ("GET", "/v1/health", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
@@ -173,6 +180,7 @@ pub fn app(state: Arc<Authz>) -> Router {
         .route("/v1/health", get(health))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
+        .merge(crate::http_catalog::routes())
         .fallback(|| async {
             ApiError(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"}))
         })
@@ -190,7 +198,7 @@ pub fn app(state: Arc<Authz>) -> Router {
 }
 
 /// The roles of `method path` in [`ROUTES`], checked against the caller.
-fn allow(caller: &Caller, method: &str, path: &str) -> Result<(), ApiError> {
+pub(crate) fn allow(caller: &Caller, method: &str, path: &str) -> Result<(), ApiError> {
     let roles = ROUTES
         .iter()
         .find(|(m, p, _)| *m == method && *p == path)

@@ -3,11 +3,15 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+pub mod catalog;
 pub mod global;
 pub mod http;
+pub mod http_catalog;
 pub mod http_errors;
+mod intake;
 pub mod listener;
 pub mod migrate;
+pub mod omc;
 pub mod ops;
 pub mod pg;
 pub mod principal;

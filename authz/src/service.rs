@@ -341,6 +341,11 @@ impl Authz {
         self.signer.key.public()
     }
 
+    /// The store, for the catalog's operations (`crate::catalog`).
+    pub(crate) fn store(&self) -> &dyn AuthzStore {
+        self.store.as_ref()
+    }
+
     /// What an admin granted workflow principal `name` (from the directory).
     pub fn workflow_grant(&self, name: &str) -> Option<WorkflowGrant> {
         self.directory.workflow_grant(name)
@@ -349,8 +354,7 @@ impl Authz {
     /// Submits a new authorization policy request (wire JSON).
     pub async fn submit(&self, body: &[u8], by: &Submitter) -> Result<Issued, ServiceError> {
         let now = now()?;
-        let wire: serde_json::Value = crate::request::parse_json(body)?;
-        let req = PolicyRequest::from_json(body, now)?;
+        let (wire, req) = crate::intake::read(self.store.as_ref(), body, now).await?;
         self.admit(&req, by)?;
         let id = random_id("req-", 12)?;
         let signer = Arc::clone(&self.signer);
@@ -441,8 +445,7 @@ impl Authz {
         by: &Submitter,
     ) -> Result<Issued, ServiceError> {
         let now = now()?;
-        let wire: serde_json::Value = crate::request::parse_json(body)?;
-        let req = PolicyRequest::from_json(body, now)?;
+        let (wire, req) = crate::intake::read(self.store.as_ref(), body, now).await?;
         self.check_owner(id, by).await?;
         self.admit(&req, by)?;
         let signer = Arc::clone(&self.signer);

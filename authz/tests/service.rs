@@ -93,6 +93,9 @@ impl Harness {
                 .await
                 .unwrap(),
         );
+        // The example's participant is of acme-vfx: requests name only known organizations.
+        // (A restarted service on the same store has it already: a conflict, not a failure.)
+        let _exists_after_restart = authz.add_organization("acme-vfx", &[]).await.is_err();
         let admin = pki.issue("admin", Role::Admin);
         Self {
             dir,
@@ -613,6 +616,7 @@ async fn service_over_real_tls_on_loopback_delivers_to_ards_over_tls() {
         Arc::new(authz::wire::HttpSink::new(&ards_url, &ards_cert, &publisher.identity).unwrap());
     let service =
         Arc::new(Authz::open(&Config::new(dir.path()), sink, pki.directory.clone()).unwrap());
+    service.add_organization("acme-vfx", &[]).await.unwrap();
     let pk =
         IssuerPublicKey::from_hex(&std::fs::read_to_string(dir.path().join("issuer.pub")).unwrap())
             .unwrap();
@@ -854,6 +858,7 @@ async fn every_route_refuses_anonymous_and_wrong_role_callers(engine: Engine) {
 fn granted_request(path: &str, scope: &str) -> String {
     request_json(|v| {
         v["assets"] = json!([{
+            "schemaVersion": "https://movielabs.com/omc/json/schema/v2.8",
             "entityType": "Asset",
             "identifier": [
                 {"identifierScope": "path", "identifierValue": path},

@@ -18,6 +18,8 @@ use csapfs::{AssetError, Header, Seed, Suite};
 
 #[derive(Subcommand)]
 pub enum AssetCommand {
+    /// authz's asset-identifier map: an asset manager's identifiers → csap path patterns.
+    Map(crate::catalog::AssetMapArgs),
     /// Encrypt a plaintext file into an asset keyed from a 32-byte seed file.
     Encrypt {
         /// Key file: exactly 32 raw bytes (`head -c 32 /dev/urandom > k`), a key-scope seed.
@@ -56,6 +58,7 @@ pub enum SuiteArg {
 
 pub fn run(command: AssetCommand) -> Result<()> {
     match command {
+        AssetCommand::Map(args) => crate::catalog::run_asset_map(args),
         AssetCommand::Encrypt {
             key_file,
             suite,

@@ -194,7 +194,7 @@ enum RulesCommand {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
@@ -280,20 +280,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn read(p: &Path) -> Result<String> {
+pub(crate) fn read(p: &Path) -> Result<String> {
     if p == Path::new("-") {
         return std::io::read_to_string(std::io::stdin()).context("cannot read standard input");
     }
     std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Result<Self> {
+    pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
         let ca = args
             .ca
             .as_ref()
@@ -315,7 +315,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -357,7 +357,7 @@ impl Client {
     }
 }
 
-fn print(v: &Value) -> Result<()> {
+pub(crate) fn print(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -7,6 +7,7 @@ mod ards;
 mod asset;
 mod atomic;
 mod authz;
+mod catalog;
 mod config;
 mod daemon_files;
 mod directory;
@@ -86,6 +87,8 @@ enum Command {
     Authz(authz::AuthzCommand),
     /// Submit, change, cancel or show authorization policy requests.
     Request(authz::RequestArgs),
+    /// Organizations taking part (vendors), and what is delegated to each.
+    Org(catalog::OrgArgs),
     /// Global security policies (block participants, apps, devices, scopes).
     Policy(authz::PolicyArgs),
     /// List the signed rules authz has issued.
@@ -164,6 +167,7 @@ fn main() -> std::process::ExitCode {
         Command::Import(args) => import::run(args),
         Command::Authz(cmd) => authz::run_authz(cmd),
         Command::Request(args) => authz::run_request(args),
+        Command::Org(args) => catalog::run_org(args),
         Command::Policy(args) => authz::run_policy(args),
         Command::Rules(args) => authz::run_rules(args),
         Command::Ards(cmd) => ards::run(cmd),

@@ -1,18 +1,23 @@
 //! Authorization policy requests from workflow management: the OMC-JSON-flavoured wire form,
 //! its strict parsing (every error names the offending field) and the normalized form.
 //!
-//! Mapping to MovieLabs OMC-JSON vocabulary (see `authz/examples/request-shot010.json`):
-//! - every entity is an object with `entityType` (optional; checked when present) and
-//!   `identifier: [{identifierScope, identifierValue}]`;
+//! The request is csap's envelope around MovieLabs OMC-JSON v2.8 entities (see
+//! `authz/examples/request-shot010.json` and the table in docs/services.md); authz checks
+//! the OMC ones against the schema (`authz::omc`) before this parser reads them:
 //! - `task` is an OMC `Task`; its identifier with scope `csap` names it;
-//! - `participants[]` are OMC `Participant`s: scope `csap` gives the user/service/org name,
-//!   `structuralCharacteristics.structuralType` is `person` (default), `organization` or
-//!   `service`; `organization` (csap extension) names the participant's organization;
-//! - `applications[]` (csap extension, `entityType: "Application"`): identifier scope `blake3`
-//!   gives the build's digest; `name`, `version`, `vendor` are optional;
-//! - `devices[]` (csap extension, `entityType: "Device"`): identifier scope `csap`;
+//! - `participants[]` are OMC `Participant`s; the `entityType` of their `ParticipantSC`
+//!   (`Person`, `Organization`, `Service`) is the kind; the identifier with scope `csap` (on
+//!   the Participant, else on its ParticipantSC) gives the user/organization/service name; a
+//!   Person's organization is csap's `customData` entry `{"domain": "csap", "namespace":
+//!   "organization", "value": NAME}`;
+//! - `applications[]`: csap's `Application` (`name`, `version`, `vendor`) or an OMC
+//!   `Service` (`software[0].softwareName` / `softwareVersion`); identifier scope `blake3`
+//!   gives the build's digest;
+//! - `devices[]`: csap's `Device` or an OMC `Infrastructure`; identifier scope `csap`;
 //! - `assets[]` are OMC `Asset`s: identifier scope `path` gives a path pattern
-//!   (see [`crate::model`]) and scope `scope` a key scope; one asset may carry both;
+//!   (see [`crate::model`]) and scope `scope` a key scope; one asset may carry both; an asset
+//!   with neither is named by an asset manager's identifiers (scope `labkoat`, …), resolved
+//!   to a path through the asset-identifier map ([`AssetIds`]);
 //! - `actions` lists `read`, `write`, `create`, `delete`, `license`;
 //! - `window.start`/`window.end`: RFC 3339 text or unix seconds; rules apply in `[start, end)`.
 //!
@@ -20,7 +25,7 @@
 
 mod builder;
 
-pub use builder::RequestBuilder;
+pub use builder::{RequestBuilder, OMC_SCHEMA_VERSION};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,15 +88,19 @@ pub struct Identifier {
     pub identifier_value: String,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct StructuralCharacteristics {
-    #[serde(rename = "structuralType")]
-    pub structural_type: String,
-}
-
-/// One OMC-style entity as it appears on the wire (fields beyond these are ignored).
+/// One entity as it appears on the wire: an OMC-JSON v2.8 entity (`Task`, `Participant` and
+/// its `ParticipantSC` — `Person`, `Organization` or `Service` —, `Asset`, `Infrastructure`,
+/// `Service`) or one of csap's own (`Application`, `Device`). Only the fields csap reads are
+/// here; the rest of an OMC entity is kept in the stored body and checked by the schema
+/// (`authz::omc`), not here.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct WireEntity {
+    #[serde(
+        rename = "schemaVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub schema_version: Option<String>,
     #[serde(
         rename = "entityType",
         default,
@@ -101,19 +110,49 @@ pub struct WireEntity {
     pub identifier: Vec<Identifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// csap `Application`: the build's version (text). OMC `Asset`: its version object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<serde_json::Value>,
+    /// csap `Application`: the vendor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vendor: Option<String>,
+    /// OMC `Participant`: the Person, Organization or Service it is.
     #[serde(
-        rename = "structuralCharacteristics",
+        rename = "ParticipantSC",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub structural_characteristics: Option<StructuralCharacteristics>,
+    pub participant_sc: Option<Box<WireEntity>>,
+    /// OMC `Person` / `Organization` / `Service`: `person`, `organization`, `service`.
+    #[serde(
+        rename = "structuralType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub structural_type: Option<String>,
+    /// OMC `customData`: csap reads `{"domain": "csap", "namespace": "organization",
+    /// "value": NAME}` on a Person participant (its organization).
+    #[serde(
+        rename = "customData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub custom_data: Option<serde_json::Value>,
+    /// OMC `Service`: `[{softwareName, softwareVersion}]` (an application build).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub organization: Option<String>,
+    pub software: Option<serde_json::Value>,
 }
+
+/// The `customData` domain and namespace of a Person participant's organization.
+pub const CSAP_DOMAIN: &str = "csap";
+pub const ORGANIZATION_NAMESPACE: &str = "organization";
+
+/// Asset identifiers of an asset manager resolved to csap path patterns: (identifierScope,
+/// identifierValue) → path, what `authz` looked up in its asset-identifier map.
+pub type AssetIds = std::collections::BTreeMap<(String, String), String>;
+
+/// Identifier scopes csap itself names assets by.
+const CSAP_ASSET_SCOPES: [&str; 2] = ["path", "scope"];
 
 /// A point in time: RFC 3339 text or unix seconds.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
@@ -147,6 +186,22 @@ pub struct WireRequest {
     pub assets: Vec<WireEntity>,
     pub actions: Vec<String>,
     pub window: WireWindow,
+}
+
+impl WireRequest {
+    /// The identifiers of assets named by neither a csap path nor a key scope: the ones to
+    /// look up in the asset-identifier map before [`PolicyRequest::from_wire_with`].
+    pub fn foreign_asset_identifiers(&self) -> Vec<Identifier> {
+        self.assets
+            .iter()
+            .filter(|a| {
+                !a.identifier
+                    .iter()
+                    .any(|i| CSAP_ASSET_SCOPES.contains(&i.identifier_scope.as_str()))
+            })
+            .flat_map(|a| a.identifier.iter().cloned())
+            .collect()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,13 +265,26 @@ pub struct PolicyRequest {
 pub const MAX_LIST: usize = 256;
 
 impl PolicyRequest {
-    /// Parses and validates a request body. `now` rejects windows that already ended.
+    /// Parses and validates a request body. `now` rejects windows that already ended. Assets
+    /// named only by an asset manager's identifiers are refused (nothing resolves them here:
+    /// see [`PolicyRequest::from_wire_with`]).
     pub fn from_json(body: &[u8], now: i64) -> Result<Self, InputError> {
         let wire: WireRequest = parse_json(body)?;
         Self::from_wire(&wire, now)
     }
 
     pub fn from_wire(w: &WireRequest, now: i64) -> Result<Self, InputError> {
+        Self::from_wire_with(w, now, &AssetIds::new())
+    }
+
+    /// [`PolicyRequest::from_wire`], an asset named only by foreign identifiers taking the
+    /// path `asset_ids` maps them to; an asset none of whose identifiers is mapped is refused,
+    /// naming them.
+    pub fn from_wire_with(
+        w: &WireRequest,
+        now: i64,
+        asset_ids: &AssetIds,
+    ) -> Result<Self, InputError> {
         if let Some(t) = &w.entity_type {
             if t != "AuthorizationPolicyRequest" {
                 return Err(InputError::new(
@@ -231,29 +299,33 @@ impl PolicyRequest {
 
         let participants = list(&w.participants, "participants", |e, f| {
             check_entity_type(e, "Participant", f)?;
-            let id = csap_id(e, f)?;
-            let kind = match e.structural_characteristics.as_ref() {
-                None => ParticipantKind::Person,
-                Some(sc) => match sc.structural_type.as_str() {
-                    "person" => ParticipantKind::Person,
-                    "organization" => ParticipantKind::Organization,
-                    "service" => ParticipantKind::Service,
-                    _ => {
-                        return Err(InputError::new(
-                            format!("{f}.structuralCharacteristics.structuralType"),
-                            "must be \"person\", \"organization\" or \"service\"",
-                        ))
-                    }
-                },
-            };
-            let organization = match &e.organization {
-                None => None,
-                Some(o) => {
-                    model::check_name(o)
-                        .map_err(|m| InputError::new(format!("{f}.organization"), m))?;
-                    Some(o.clone())
+            let sc = e.participant_sc.as_deref();
+            let kind = match sc.and_then(|sc| sc.entity_type.as_deref()) {
+                Some("Person") => ParticipantKind::Person,
+                Some("Organization") => ParticipantKind::Organization,
+                Some("Service") => ParticipantKind::Service,
+                _ => {
+                    return Err(InputError::new(
+                        format!("{f}.ParticipantSC"),
+                        "must be a Person, Organization or Service entity (its entityType is \
+                         the participant's kind)",
+                    ))
                 }
             };
+            // The Participant's csap identifier names it, else its Person/Organization/Service's.
+            let id = match (find_identifier(e, "csap"), sc) {
+                (None, Some(sc)) if find_identifier(sc, "csap").is_some() => {
+                    csap_id(sc, &format!("{f}.ParticipantSC"))?
+                }
+                _ => csap_id(e, f)?,
+            };
+            let organization = member_of(e, f)?;
+            if organization.is_some() && kind != ParticipantKind::Person {
+                return Err(InputError::new(
+                    format!("{f}.customData"),
+                    "only a Person participant names its organization",
+                ));
+            }
             Ok(Participant {
                 id,
                 kind,
@@ -262,7 +334,10 @@ impl PolicyRequest {
         })?;
 
         let applications = list(&w.applications, "applications", |e, f| {
-            check_entity_type(e, "Application", f)?;
+            let omc = e.entity_type.as_deref() == Some("Service");
+            if !omc {
+                check_entity_type(e, "Application", f)?;
+            }
             let (i, raw) = find_identifier(e, "blake3").ok_or_else(|| {
                 InputError::new(
                     format!("{f}.identifier"),
@@ -271,16 +346,44 @@ impl PolicyRequest {
             })?;
             let digest = model::normalize_digest(raw)
                 .map_err(|m| InputError::new(format!("{f}.identifier[{i}].identifierValue"), m))?;
+            let (name, version, vendor) = if omc {
+                let sw = e.software.as_ref().and_then(|s| s.get(0));
+                let text = |key: &str| sw.and_then(|s| s.get(key)).and_then(|v| v.as_str());
+                let name = text("softwareName")
+                    .map(Into::into)
+                    .or_else(|| e.name.clone());
+                (
+                    opt_text(&name, &format!("{f}.software[0].softwareName"))?,
+                    opt_text(
+                        &text("softwareVersion").map(Into::into),
+                        &format!("{f}.software[0].softwareVersion"),
+                    )?,
+                    None,
+                )
+            } else {
+                let version = match &e.version {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(v)) => Some(v.clone()),
+                    Some(_) => return Err(InputError::new(format!("{f}.version"), "must be text")),
+                };
+                (
+                    opt_text(&e.name, &format!("{f}.name"))?,
+                    opt_text(&version, &format!("{f}.version"))?,
+                    opt_text(&e.vendor, &format!("{f}.vendor"))?,
+                )
+            };
             Ok(Application {
                 digest,
-                name: opt_text(&e.name, &format!("{f}.name"))?,
-                version: opt_text(&e.version, &format!("{f}.version"))?,
-                vendor: opt_text(&e.vendor, &format!("{f}.vendor"))?,
+                name,
+                version,
+                vendor,
             })
         })?;
 
         let devices = list(&w.devices, "devices", |e, f| {
-            check_entity_type(e, "Device", f)?;
+            if e.entity_type.as_deref() != Some("Infrastructure") {
+                check_entity_type(e, "Device", f)?;
+            }
             csap_id(e, f)
         })?;
 
@@ -311,10 +414,7 @@ impl PolicyRequest {
                 }
             }
             if sel.path.is_none() && sel.scope.is_none() {
-                return Err(InputError::new(
-                    format!("{f}.identifier"),
-                    "needs an identifier with identifierScope \"path\" or \"scope\"",
-                ));
+                sel.path = Some(resolve_foreign(e, f, asset_ids)?);
             }
             Ok(sel)
         })?;
@@ -378,6 +478,79 @@ fn list<T>(
         out.push(f(e, &format!("{field}[{i}]"))?);
     }
     Ok(out)
+}
+
+/// The path an asset named only by an asset manager's identifiers maps to: every mapped
+/// identifier must agree; none mapped refuses the request, naming them.
+fn resolve_foreign(e: &WireEntity, f: &str, asset_ids: &AssetIds) -> Result<String, InputError> {
+    let field = format!("{f}.identifier");
+    if e.identifier.is_empty() {
+        return Err(InputError::new(
+            field,
+            "needs an identifier with identifierScope \"path\" or \"scope\", or one in the asset-identifier map",
+        ));
+    }
+    let mut found: Option<String> = None;
+    for id in &e.identifier {
+        let key = (id.identifier_scope.clone(), id.identifier_value.clone());
+        if let Some(path) = asset_ids.get(&key) {
+            match &found {
+                Some(p) if p != path => {
+                    return Err(InputError::new(
+                        field,
+                        format!("its identifiers map to different paths ({p:?} and {path:?})"),
+                    ))
+                }
+                _ => found = Some(path.clone()),
+            }
+        }
+    }
+    let named = e
+        .identifier
+        .iter()
+        .map(|i| format!("{} {:?}", i.identifier_scope, i.identifier_value))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let path = found.ok_or_else(|| {
+        InputError::new(
+            &field,
+            format!(
+                "names an asset csap does not know: {named} is not in the asset-identifier map \
+                 (add it with `csap asset map add --scope SCOPE --value VALUE --path PATH`)"
+            ),
+        )
+    })?;
+    model::normalize_pattern(&path).map_err(|m| InputError::new(field, m))
+}
+
+/// A Person participant's organization: csap's `customData` entry
+/// `{"domain": "csap", "namespace": "organization", "value": NAME}` (OMC 2.8 has no
+/// membership field on a Person or Participant).
+fn member_of(e: &WireEntity, f: &str) -> Result<Option<String>, InputError> {
+    let Some(serde_json::Value::Array(items)) = &e.custom_data else {
+        return Ok(None);
+    };
+    let mut org = None;
+    for (i, item) in items.iter().enumerate() {
+        let is_ours = item.get("domain").and_then(|d| d.as_str()) == Some(CSAP_DOMAIN)
+            && item.get("namespace").and_then(|n| n.as_str()) == Some(ORGANIZATION_NAMESPACE);
+        if !is_ours {
+            continue;
+        }
+        let field = format!("{f}.customData[{i}].value");
+        let name = item
+            .get("value")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| InputError::new(&field, "must be the organization's name"))?;
+        model::check_name(name).map_err(|m| InputError::new(&field, m))?;
+        if org.replace(name.to_string()).is_some() {
+            return Err(InputError::new(
+                field,
+                "only one organization per participant",
+            ));
+        }
+    }
+    Ok(org)
 }
 
 fn check_entity_type(e: &WireEntity, expected: &str, field: &str) -> Result<(), InputError> {

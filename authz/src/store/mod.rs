@@ -14,8 +14,11 @@
 //! - Migrations are versioned per engine (SQLite: `crate::migrate`; PostgreSQL:
 //!   `crate::pg::migrate`).
 
+pub mod catalog;
 pub mod postgres;
 pub mod sqlite;
+
+pub use catalog::{AssetMapping, Catalog, Organization};
 
 use crate::global::{GlobalPolicy, Reason};
 use crate::rule::SignedRule;
@@ -147,7 +150,7 @@ pub struct Writes {
 pub type Decide = Box<dyn FnOnce(Seen) -> Result<Writes, ServiceError> + Send>;
 
 #[async_trait::async_trait]
-pub trait AuthzStore: Send + Sync + 'static {
+pub trait AuthzStore: Catalog {
     /// Who submitted request `id` (`role:name` of the principal), if it exists.
     async fn owner(&self, id: &str) -> Result<Option<String>, StoreError>;
     /// A request and every rule issued for it.

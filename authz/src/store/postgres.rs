@@ -28,7 +28,9 @@ const WRITE_LOCK: i64 = crate::pg::lock_key("csap.authz.writes");
 
 /// The schema, one step per version (`crate::pg::migrate`). Append only; version numbers
 /// count per engine.
-const MIGRATIONS: &[&str] = &[SCHEMA_1];
+const MIGRATIONS: &[&str] = &[SCHEMA_1, catalog::SCHEMA_2];
+
+mod catalog;
 
 const SCHEMA_1: &str = "
 CREATE TABLE requests (

@@ -23,7 +23,13 @@ pub struct Db {
 
 /// The schema, one step per version (`authz::migrate`). Append only; the steps are written to
 /// also adopt a database made before versioning (they create only what is missing).
-const MIGRATIONS: &[Step] = &[Step::Sql(SCHEMA_1), Step::Code(add_owner_column)];
+const MIGRATIONS: &[Step] = &[
+    Step::Sql(SCHEMA_1),
+    Step::Code(add_owner_column),
+    Step::Sql(catalog::SCHEMA_3),
+];
+
+mod catalog;
 
 const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS requests (

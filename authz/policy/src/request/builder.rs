@@ -3,8 +3,8 @@
 //! the quickstart, the tests and the benchmarks instead of JSON written by hand.
 
 use super::{
-    format_time, Identifier, StructuralCharacteristics, WireEntity, WireRequest, WireTime,
-    WireWindow,
+    format_time, Identifier, WireEntity, WireRequest, WireTime, WireWindow, CSAP_DOMAIN,
+    ORGANIZATION_NAMESPACE,
 };
 
 /// A [`WireRequest`] under construction; [`RequestBuilder::build`] returns it. Nothing is
@@ -22,7 +22,7 @@ impl WireRequest {
             identifier: Vec::new(),
             task: WireEntity {
                 name: Some(task.into()),
-                ..entity("Task", "csap", task)
+                ..omc("Task", "csap", task)
             },
             participants: Vec::new(),
             applications: Vec::new(),
@@ -57,12 +57,29 @@ impl RequestBuilder {
 
     /// A participant who is a person, by user name.
     pub fn person(mut self, user: &str) -> Self {
-        self.0.participants.push(WireEntity {
-            structural_characteristics: Some(StructuralCharacteristics {
-                structural_type: "person".into(),
-            }),
-            ..entity("Participant", "csap", user)
-        });
+        self.0
+            .participants
+            .push(participant("Person", "person", user));
+        self
+    }
+
+    /// A participant who is a person of organization `org`.
+    pub fn person_of(mut self, user: &str, org: &str) -> Self {
+        let mut p = participant("Person", "person", user);
+        p.custom_data = Some(serde_json::json!([{
+            "domain": CSAP_DOMAIN,
+            "namespace": ORGANIZATION_NAMESPACE,
+            "value": org,
+        }]));
+        self.0.participants.push(p);
+        self
+    }
+
+    /// A participant that is an organization (`csap org add NAME`).
+    pub fn organization(mut self, org: &str) -> Self {
+        self.0
+            .participants
+            .push(participant("Organization", "organization", org));
         self
     }
 
@@ -91,7 +108,7 @@ impl RequestBuilder {
     ) -> Self {
         self.0.applications.push(WireEntity {
             name: name.map(Into::into),
-            version: version.map(Into::into),
+            version: version.map(|v| serde_json::Value::String(v.into())),
             vendor: vendor.map(Into::into),
             ..entity("Application", "blake3", digest)
         });
@@ -106,13 +123,20 @@ impl RequestBuilder {
 
     /// The assets whose paths match `pattern` (the [`crate::glob`] dialect).
     pub fn asset_path(mut self, pattern: &str) -> Self {
-        self.0.assets.push(entity("Asset", "path", pattern));
+        self.0.assets.push(omc("Asset", "path", pattern));
         self
     }
 
     /// The assets of key scope `scope`.
     pub fn asset_scope(mut self, scope: &str) -> Self {
-        self.0.assets.push(entity("Asset", "scope", scope));
+        self.0.assets.push(omc("Asset", "scope", scope));
+        self
+    }
+
+    /// An asset by an asset manager's identifier (resolved through authz's asset-identifier
+    /// map, `csap asset map add`).
+    pub fn asset_id(mut self, scope: &str, value: &str) -> Self {
+        self.0.assets.push(omc("Asset", scope, value));
         self
     }
 
@@ -148,17 +172,43 @@ fn identifier(scope: &str, value: &str) -> Identifier {
     }
 }
 
+/// csap's own entity types (`Application`, `Device`): no OMC schema version.
 fn entity(entity_type: &str, scope: &str, value: &str) -> WireEntity {
     WireEntity {
+        schema_version: None,
         entity_type: Some(entity_type.into()),
         identifier: vec![identifier(scope, value)],
         name: None,
         version: None,
         vendor: None,
-        structural_characteristics: None,
-        organization: None,
+        participant_sc: None,
+        structural_type: None,
+        custom_data: None,
+        software: None,
     }
 }
+
+/// An OMC-JSON v2.8 entity.
+fn omc(entity_type: &str, scope: &str, value: &str) -> WireEntity {
+    WireEntity {
+        schema_version: Some(OMC_SCHEMA_VERSION.into()),
+        ..entity(entity_type, scope, value)
+    }
+}
+
+/// An OMC Participant whose ParticipantSC is a `kind` (`Person`, …) named `name` in csap.
+fn participant(kind: &str, structural_type: &str, name: &str) -> WireEntity {
+    WireEntity {
+        participant_sc: Some(Box::new(WireEntity {
+            structural_type: Some(structural_type.into()),
+            ..omc(kind, "csap", name)
+        })),
+        ..omc("Participant", "csap", name)
+    }
+}
+
+/// The `schemaVersion` of the OMC entities csap writes.
+pub const OMC_SCHEMA_VERSION: &str = "https://movielabs.com/omc/json/schema/v2.8";
 
 #[cfg(test)]
 mod tests {
@@ -170,10 +220,10 @@ mod tests {
     #[test]
     fn a_built_request_is_the_example_file() {
         let example = include_bytes!("../../../examples/request-shot010.json");
-        let mut built = WireRequest::builder("comp-shot010")
+        let built = WireRequest::builder("comp-shot010")
             .workflow_id("wf-2026-0042")
             .task_name("Comp shot 010")
-            .person("alice")
+            .person_of("alice", "acme-vfx")
             .application(
                 "6c3b8d2f0a1e4b5c9d7e8f901a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d",
                 "nuke",
@@ -187,8 +237,6 @@ mod tests {
             .action("write")
             .window(1_795_424_400, 1_795_770_000)
             .build();
-        // The one field the builder does not set: the participant's organization.
-        built.participants[0].organization = Some("acme-vfx".into());
         let wire: WireRequest = serde_json::from_slice(example).unwrap();
         assert_eq!(built, wire);
         assert_eq!(
