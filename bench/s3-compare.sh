@@ -62,7 +62,7 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-wait_mounted() { for _ in $(seq 200); do mountpoint -q "$1" && return 0; sleep 0.1; done; echo "mount $1 failed" >&2; exit 1; }
+wait_mounted() { for _ in $(seq 600); do mountpoint -q "$1" && return 0; sleep 0.1; done; echo "mount $1 failed" >&2; exit 1; }
 
 echo "> $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg); $FRAMES frames of $FRAME_MIB MiB, a $BIG_MIB MiB file; $WORKERS render workers; $JOBS transfers" >&2
 mkdir -p "$work/src/shot"
