@@ -19,10 +19,13 @@ const MAX_BATCH: usize = 1024;
 /// Queued receipt-less jobs beyond which [`AuditWriter::record_later`] drops events (a flood).
 const MAX_QUEUED_LATER: usize = 4096;
 
+/// Told a batch's outcome once its events are committed (or failed to be).
+type Done = oneshot::Sender<Result<(), String>>;
+
 enum Msg {
     Job {
         events: Vec<AuditEvent>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: Option<Done>,
     },
     /// Commit what came before, then stop.
     Stop(oneshot::Sender<()>),
@@ -126,10 +129,7 @@ async fn writer(pool: Pool, mut rx: mpsc::UnboundedReceiver<Msg>, queued_later: 
     }
 }
 
-async fn commit(
-    pool: &Pool,
-    batch: &[(Vec<AuditEvent>, Option<oneshot::Sender<Result<(), String>>>)],
-) -> Result<(), StoreError> {
+async fn commit(pool: &Pool, batch: &[(Vec<AuditEvent>, Option<Done>)]) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     super::audit::lock(&*tx).await?;
