@@ -82,7 +82,8 @@ pub struct ImportArgs {
     /// Offline mode: derive keys from this 32-byte seed file (as `csap asset encrypt`).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Key server URL (ignored with --key-file).
+    /// Key server URL (ignored with --key-file); replicas comma-separated, the next one asked
+    /// when one cannot be reached.
     #[arg(long, env = "CSAP_SERVER")]
     pub server: Option<String>,
     /// This device's enrollment directory (from `csap device enroll`), for mTLS.

@@ -31,7 +31,8 @@ use keyserver::client::AdminClient;
 /// Where the key server is and who we are (an admin or device identity directory).
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
-    /// Key server URL, e.g. https://127.0.0.1:7402.
+    /// Key server URL, e.g. https://127.0.0.1:7402; replicas comma-separated (the next one is
+    /// asked when one cannot be reached).
     #[arg(long, env = "CSAP_SERVER")]
     pub server: String,
     /// Identity directory with cert.pem, key.pem and ca.pem (DATA_DIR/admin for admins, the

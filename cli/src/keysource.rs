@@ -17,7 +17,8 @@ use csapfs::license_source::{KeyServerSource, LicenseSourceConfig, RulesConfig, 
 #[derive(Args, Debug, Clone)]
 pub struct KeyServerArgs {
     /// Key server URL: content keys come from licenses for each attested caller
-    /// (instead of --key-file).
+    /// (instead of --key-file). Replicas comma-separated (https://ks1:7402,https://ks2:7402):
+    /// when one cannot be reached the next is asked, without failing the open.
     #[arg(long, value_name = "URL", conflicts_with = "key_file")]
     pub server: Option<String>,
     /// This device's enrollment directory (from `csap device enroll`), used for mTLS.

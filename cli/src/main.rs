@@ -25,6 +25,7 @@ mod output;
 mod password;
 mod quickstart;
 mod request_new;
+mod root_key;
 mod server;
 mod status;
 mod store_args;

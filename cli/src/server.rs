@@ -53,6 +53,8 @@ pub struct ServerArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub store: crate::store_args::StoreArgs,
+    #[command(flatten)]
+    pub root_key: crate::root_key::RootKeyArgs,
 }
 
 /// Where the operations listener goes when `--metrics-listen` is not given: loopback, PORT+3.
@@ -83,7 +85,8 @@ pub struct ServerOptions {
     pub device_rate: Option<keyserver::ratelimit::RateLimit>,
     /// The operations listener (/metrics, /healthz, /readyz); `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
-    /// Where authz and ARDS keep their state (SQLite under `data_dir` by default).
+    /// Where authz, ARDS and the key server keep their state (SQLite under `data_dir` by
+    /// default).
     pub store: authz::pg::Engine,
 }
 
@@ -198,12 +201,16 @@ pub async fn start(opts: ServerOptions) -> Result<EmbeddedServer> {
     let mut ks_cfg = keyserver::ServerConfig::new(&ks_dir, ks_addr, Arc::new(late_rules.clone()));
     ks_cfg.server_names = names.clone();
     ks_cfg.root_key_hex = opts.root_key_hex.clone();
+    ks_cfg.store = opts.store.clone();
     if let Some(rate) = opts.device_rate {
         ks_cfg.limits.per_device = rate;
     }
-    let ks = keyserver::start(ks_cfg)
-        .await
-        .context("cannot start the key server")?;
+    let ks = keyserver::start(ks_cfg).await.with_context(|| {
+        format!(
+            "cannot start the key server ({})",
+            store_place(&opts, &ks_dir)
+        )
+    })?;
     let keyserver_url = format!("https://{}:{}", url_host(ks.addr), ks.addr.port());
     let directory: Arc<dyn authz::principal::Directory> = Arc::new(ks.directory());
     let ca_pem = std::fs::read_to_string(ks.admin_dir().join(csap_identity::pki::CA_FILE))
@@ -412,7 +419,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
         let server = start(ServerOptions {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
-            root_key_hex: std::env::var("CSAP_ROOT_KEY").ok().map(Zeroizing::new),
+            root_key_hex: args.root_key.hex()?,
             device_rate: args.device_rate,
             metrics_listen: match args.metrics_listen {
                 Some(choice) => choice.0,
@@ -424,8 +431,8 @@ pub fn run(args: ServerArgs) -> Result<()> {
         match &args.store.store {
             None => println!("csap server running (state in {})", args.data_dir.display()),
             Some(url) => println!(
-                "csap server running (authz and ARDS in PostgreSQL {}; keys and the key server's \
-                 store in {})",
+                "csap server running (authz, ARDS and the key server in PostgreSQL {}; keys and \
+                 certificates in {})",
                 authz::pg::redact(url),
                 args.data_dir.display()
             ),

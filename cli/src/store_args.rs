@@ -1,6 +1,6 @@
 //! `--store`: where a service keeps its state — SQLite under `--data-dir` (the default) or a
-//! PostgreSQL database that replicas share (authz and ARDS so far; the key server stays on
-//! SQLite under its data directory).
+//! PostgreSQL database that replicas share (authz, ARDS and the key server, each in its own
+//! schema).
 
 use std::path::PathBuf;
 
@@ -9,10 +9,11 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct StoreArgs {
-    /// Keep authz's and ARDS's state in this PostgreSQL database instead of SQLite under
-    /// --data-dir: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (libpq URL syntax; prefer the
-    /// environment variable for a password). Keys, certificates and the key server's store
-    /// stay in --data-dir.
+    /// Keep the services' state (authz, ARDS, the key server's users, builds, scopes with
+    /// their sealed seeds, assets, audit trail) in this PostgreSQL database instead of SQLite
+    /// under --data-dir: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (libpq URL syntax;
+    /// prefer the environment variable for a password). Keys (the root key among them) and
+    /// certificates stay in --data-dir.
     #[arg(long, env = "CSAP_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// PEM file of the CA that signed the PostgreSQL server's certificate: connect over TLS

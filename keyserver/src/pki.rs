@@ -66,6 +66,18 @@ impl PrincipalRegistry {
         }
         n
     }
+    /// Takes in the certificates as the store now lists them (another replica issued or
+    /// revoked some). A revocation seen here stays, whatever the list says: a list read before
+    /// a revocation committed cannot bring the certificate back.
+    pub fn merge(&self, principals: impl IntoIterator<Item = Principal>) {
+        let mut map = self.by_serial.write().unwrap_or_else(|e| e.into_inner());
+        for mut p in principals {
+            if map.get(&p.serial).is_some_and(|known| known.revoked) {
+                p.revoked = true;
+            }
+            map.insert(p.serial.clone(), p);
+        }
+    }
     pub fn get(&self, serial: &str) -> Option<Principal> {
         let map = self.by_serial.read().unwrap_or_else(|e| e.into_inner());
         map.get(serial).cloned()

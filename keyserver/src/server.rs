@@ -131,7 +131,12 @@ pub struct ServerConfig {
     pub license_ttl_secs: i64,
     pub password_cost: PasswordCost,
     pub clock: Clock,
+    /// Connections of the store's pool (SQLite readers; PostgreSQL connections).
     pub db_connections: usize,
+    /// Where the store is: SQLite in the data directory (the default) or a PostgreSQL
+    /// database that replicas share (keys, the CA and certificates stay in the data directory;
+    /// the root key never goes in the database).
+    pub store: authz::pg::Engine,
     /// Lifetime of a license session (devices renew before it ends).
     pub session_ttl_secs: i64,
 }
@@ -154,6 +159,7 @@ impl ServerConfig {
             password_cost: PasswordCost::default(),
             clock: Clock::default(),
             db_connections: 4,
+            store: authz::pg::Engine::Sqlite,
             session_ttl_secs: 3600,
         }
     }
@@ -213,12 +219,19 @@ impl State {
         let files = tokio::task::spawn_blocking(move || open_files(&files_cfg))
             .await
             .map_err(|e| ServerError::Join(e.to_string()))??;
+        let store: Arc<dyn KeyStore> = match (&cfg.store, files.store) {
+            (_, Some(sqlite)) => sqlite,
+            (authz::pg::Engine::Postgres(target), None) => Arc::new(
+                crate::store::postgres::PgKeyStore::connect(target, cfg.db_connections).await?,
+            ),
+            (authz::pg::Engine::Sqlite, None) => unreachable!("open_files opens SQLite"),
+        };
         let DataFiles {
             root,
             tokens,
             signer,
             ca,
-            store,
+            store: _,
             dummy_hash,
         } = files;
         let dir = &cfg.data_dir;
@@ -316,7 +329,8 @@ struct DataFiles {
     tokens: TokenKey,
     signer: LicenseSigner,
     ca: Ca,
-    store: Arc<dyn KeyStore>,
+    /// The SQLite store; `None` on PostgreSQL (connected afterwards, on the runtime).
+    store: Option<Arc<dyn KeyStore>>,
     dummy_hash: String,
 }
 
@@ -342,10 +356,16 @@ fn open_files(cfg: &ServerConfig) -> Result<DataFiles, ServerError> {
     let tokens = TokenKey::load_or_create(&dir.join("token.key"))?;
     let signer = LicenseSigner::load_or_create(&dir.join("license.key"))?;
     let ca = Ca::load_or_create(dir)?;
-    let db_path = dir.join(DB_FILE);
-    // Password hashes, sealed seeds and the audit trail live here: owner-only, like the keys.
-    authz::statedir::private_sqlite(&db_path)?;
-    let store = SqliteStore::open(&db_path, cfg.db_connections)?;
+    let store: Option<Arc<dyn KeyStore>> = match cfg.store {
+        authz::pg::Engine::Sqlite => {
+            let db_path = dir.join(DB_FILE);
+            // Password hashes, sealed seeds and the audit trail live here: owner-only, like
+            // the keys.
+            authz::statedir::private_sqlite(&db_path)?;
+            Some(Arc::new(SqliteStore::open(&db_path, cfg.db_connections)?))
+        }
+        authz::pg::Engine::Postgres(_) => None,
+    };
     ensure_server_cert(&ca, dir, &cfg.server_names)?;
     let dummy_hash = {
         let mut pw = [0u8; 16];
@@ -357,7 +377,7 @@ fn open_files(cfg: &ServerConfig) -> Result<DataFiles, ServerError> {
         tokens,
         signer,
         ca,
-        store: Arc::new(store),
+        store,
         dummy_hash,
     })
 }
@@ -535,6 +555,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let (tx, mut rx) = watch::channel(false);
     let store = Arc::clone(&state.store);
     let maintenance = tokio::spawn(async move { store.maintain().await });
+    let registry_refresh = state.store.watch_directory().map(|changes| {
+        tokio::spawn(follow_directory(
+            changes,
+            Arc::clone(&state.store),
+            Arc::clone(&state.registry),
+        ))
+    });
     let admission = RegistryAdmission {
         registry: Arc::clone(&state.registry),
         audit: Arc::clone(&state.store),
@@ -551,6 +578,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         };
         authz::listener::serve(listener, tls, router, options, admission, stop).await;
         maintenance.abort();
+        if let Some(refresh) = registry_refresh {
+            refresh.abort();
+        }
         // Connections are gone: commit what they queued and stop the audit writer.
         state.store.close().await;
     });
@@ -564,6 +594,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         shutdown: tx,
         task,
     })
+}
+
+/// Keeps the certificate registry (what handshakes check) in step with a store that other
+/// replicas write: after each directory change, the certificates as the store lists them.
+async fn follow_directory(
+    mut changes: watch::Receiver<u64>,
+    store: Arc<dyn KeyStore>,
+    registry: Arc<PrincipalRegistry>,
+) {
+    while changes.changed().await.is_ok() {
+        match store.principals().await {
+            Ok(principals) => registry.merge(principals),
+            Err(e) => tracing::warn!(error = %e, "certificate registry refresh failed"),
+        }
+    }
 }
 
 /// The key server's mTLS hook on the shared accept loop: the verifier accepted the certificate;

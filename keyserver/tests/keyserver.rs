@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use authz::{Action, Evaluator};
+use csap_testkit::postgres::Engine;
 use keyserver::client::{AdminClient, ClientError, LicenseClient};
 use keyserver::license::{self, LicenseError};
 use keyserver::pki::Identity;
@@ -64,6 +65,8 @@ fn base_rules() -> Evaluator {
 }
 
 struct Env {
+    /// The store's engine (holding a PostgreSQL database keeps its server running).
+    engine: Engine,
     dir: tempfile::TempDir,
     lb: Loopback,
     admin: AdminClient,
@@ -72,16 +75,24 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_on(Engine::Sqlite).await
+}
+
+/// [`env`] with the key server's store on `engine`.
+async fn env_on(engine: Engine) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let rules = Arc::new(SwappableRules::new(base_rules()));
-    let lb = spawn_loopback(&dir.path().join("ks"), rules.clone())
-        .await
-        .unwrap();
+    let mut cfg = keyserver::testing::loopback_config(&dir.path().join("ks"), rules.clone());
+    if let Some(url) = engine.url() {
+        cfg.store = authz::pg::Engine::postgres(authz::pg::Target::parse(url, None).unwrap());
+    }
+    let lb = keyserver::testing::spawn_with(cfg).await.unwrap();
     let dev = provision(&lb, DEVICE, &dir.path().join("dev"), USER, APP, SCOPE)
         .await
         .unwrap();
     let admin = lb.admin().unwrap();
     Env {
+        engine,
         dir,
         lb,
         admin,
@@ -184,9 +195,8 @@ async fn handshake_without_client_certificate_fails() {
     e.assert_audited("deny", "no_client_certificate").await;
 }
 
-#[tokio::test]
-async fn revoked_device_fails_handshake_and_open_connections() {
-    let e = env().await;
+async fn revoked_device_fails_handshake_and_open_connections(engine: Engine) {
+    let e = env_on(engine).await;
     let id = e.create("show/seq1/a.exr").await;
     e.admin.revoke_device(DEVICE).await.unwrap();
     // A request on a connection opened before the revocation is refused by the handler...
@@ -214,9 +224,8 @@ async fn revoked_device_fails_handshake_and_open_connections() {
     assert_eq!(lic.grants.len(), 1);
 }
 
-#[tokio::test]
-async fn wrong_or_revoked_application_is_denied() {
-    let e = env().await;
+async fn wrong_or_revoked_application_is_denied(engine: Engine) {
+    let e = env_on(engine).await;
     let id = e.create("show/seq1/a.exr").await;
     let other = app_digest("copy-script");
     let r = e
@@ -244,9 +253,8 @@ async fn wrong_or_revoked_application_is_denied() {
     e.assert_audited("deny", "application_revoked").await;
 }
 
-#[tokio::test]
-async fn disabled_user_and_expired_token_are_denied() {
-    let e = env().await;
+async fn disabled_user_and_expired_token_are_denied(engine: Engine) {
+    let e = env_on(engine).await;
     let id = e.create("show/seq1/a.exr").await;
     // Expiry: move the server clock past the token lifetime (8 h default).
     e.lb.clock.advance(9 * 3600);
@@ -291,9 +299,8 @@ async fn disabled_user_and_expired_token_are_denied() {
     e.assert_audited("deny", "unknown_user").await;
 }
 
-#[tokio::test]
-async fn outside_rule_window_and_revoked_key_are_denied() {
-    let e = env().await;
+async fn outside_rule_window_and_revoked_key_are_denied(engine: Engine) {
+    let e = env_on(engine).await;
     // Creating under future/ is refused: its rule opens in an hour.
     let r = e
         .dev
@@ -335,9 +342,8 @@ async fn outside_rule_window_and_revoked_key_are_denied() {
     e.assert_audited("deny", "key_revoked").await;
 }
 
-#[tokio::test]
-async fn batch_returns_exactly_the_permitted_subset() {
-    let e = env().await;
+async fn batch_returns_exactly_the_permitted_subset(engine: Engine) {
+    let e = env_on(engine).await;
     let a = e.create("show/seq1/a.exr").await;
     let b = e.create("show/seq1/b.exr").await;
     let c = e.create("show/seq1/c.exr").await;
@@ -618,6 +624,23 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
     assert_ne!(later.license.session, after.license.session);
 }
 
+/// Another writer makes every audit insert fail from now on, on either engine.
+fn break_audit_on(e: &Env) -> Option<rusqlite::Connection> {
+    match &e.engine {
+        Engine::Sqlite => Some(break_audit(e)),
+        Engine::Postgres(db) => {
+            db.psql(
+                "CREATE FUNCTION keyserver.audit_broken() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'audit log unavailable'; END $$;
+                 CREATE TRIGGER audit_broken BEFORE INSERT ON keyserver.audit
+                   FOR EACH ROW EXECUTE FUNCTION keyserver.audit_broken();",
+            )
+            .unwrap();
+            None
+        }
+    }
+}
+
 /// Another writer makes every audit insert fail from now on (until it drops `audit_broken`).
 fn break_audit(e: &Env) -> rusqlite::Connection {
     let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
@@ -631,12 +654,11 @@ fn break_audit(e: &Env) -> rusqlite::Connection {
 
 /// No key leaves without its audit record: when the audit log cannot be written, a license
 /// request fails with a 500 and carries no key — also on the fast path (rows cached).
-#[tokio::test]
-async fn no_license_without_its_audit_record() {
-    let e = env().await;
+async fn no_license_without_its_audit_record(engine: Engine) {
+    let e = env_on(engine).await;
     let id = e.create("show/seq1/a.exr").await;
     assert_eq!(e.read(id).await.grants.len(), 1);
-    let _db = break_audit(&e);
+    let _db = break_audit_on(&e);
     let r = e
         .dev
         .client
@@ -680,9 +702,8 @@ async fn a_revoked_device_is_refused_even_when_its_audit_row_fails() {
 
 /// Every admin change is an audit row naming the admin and the change's subject, and a
 /// refused change (here: revoking a device that is already revoked) writes none.
-#[tokio::test]
-async fn every_admin_change_is_audited() {
-    let e = env().await;
+async fn every_admin_change_is_audited(engine: Engine) {
+    let e = env_on(engine).await;
     e.admin.rotate(SCOPE).await.unwrap();
     e.admin.revoke_key(SCOPE, 1).await.unwrap();
     e.admin
@@ -798,9 +819,8 @@ async fn malformed_and_oversized_bodies_get_json_4xx() {
     e.assert_audited("deny", "bad_request: 413").await;
 }
 
-#[tokio::test]
-async fn admin_issued_license_opens_only_with_the_right_device_key() {
-    let e = env().await;
+async fn admin_issued_license_opens_only_with_the_right_device_key(engine: Engine) {
+    let e = env_on(engine).await;
     let a = e.create("show/seq1/a.exr").await;
     let b = e.create("show/seq1/b.exr").await;
     let other_dir = e.dir.path().join("other");
@@ -897,9 +917,8 @@ async fn admin_issued_license_opens_only_with_the_right_device_key() {
 /// A license is decided on the asset's registered path as it is now: after a rename into a
 /// folder the user may write into but not read, the asset is no longer licensed for reading,
 /// although its old path was (and sat in the server's read cache).
-#[tokio::test]
-async fn a_renamed_asset_is_licensed_by_its_new_path() {
-    let e = env().await;
+async fn a_renamed_asset_is_licensed_by_its_new_path(engine: Engine) {
+    let e = env_on(engine).await;
     let d = app_digest(APP);
     let drop_box = RuleFor {
         id: "r-drop",
@@ -928,9 +947,8 @@ async fn a_renamed_asset_is_licensed_by_its_new_path() {
     assert_eq!(lic.license.denials[0].reason, Reason::NoRule);
 }
 
-#[tokio::test]
-async fn create_rename_and_registry() {
-    let e = env().await;
+async fn create_rename_and_registry(engine: Engine) {
+    let e = env_on(engine).await;
     let lic = e
         .dev
         .client
@@ -991,9 +1009,8 @@ async fn create_rename_and_registry() {
 
 /// A registration's code allowances reach mounts; unknown and revoked builds have none, and a
 /// malformed library digest is refused at registration.
-#[tokio::test]
-async fn app_code_allowances_are_served_to_devices() {
-    let e = env().await;
+async fn app_code_allowances_are_served_to_devices(engine: Engine) {
+    let e = env_on(engine).await;
     let plugin = "ab".repeat(32);
     let digest = "cd".repeat(32);
     let code = AppCode {
@@ -1124,10 +1141,9 @@ async fn license_throughput() {
 /// grant; the auditor reads the audit trail but changes nothing; only a service (or an admin)
 /// reads the directory that standalone authz and ARDS mirror, and a revocation reaches that
 /// mirror at its next refresh. A device is none of these.
-#[tokio::test]
-async fn control_plane_principals_and_the_mirrored_directory() {
+async fn control_plane_principals_and_the_mirrored_directory(engine: Engine) {
     use authz::principal::{Directory, Principals, Role, Standing, WorkflowGrant};
-    let e = env().await;
+    let e = env_on(engine).await;
     let dir = e.dir.path();
     let grant = WorkflowGrant {
         scopes: vec![SCOPE.into()],
@@ -1206,11 +1222,10 @@ async fn control_plane_principals_and_the_mirrored_directory() {
 /// is woken by the commit (not by its own timeout); a failed change records nothing; a
 /// sequence number beyond the head (a gap) is answered at once; only enrolled, unrevoked
 /// devices may read the stream; bad queries get JSON 400s naming the field.
-#[tokio::test]
-async fn revocation_events_stream_in_order_and_wake_long_polls() {
+async fn revocation_events_stream_in_order_and_wake_long_polls(engine: Engine) {
     use keyserver::revocation::{RevocationKind, RevocationsResponse};
     use std::time::{Duration, Instant};
-    let e = env().await;
+    let e = env_on(engine).await;
     let start = e
         .dev
         .client
@@ -1503,9 +1518,8 @@ async fn state_files_are_private_and_tightened_on_restart() {
 /// (as before), `show/**` everything below — and so are the rules it is checked against: under
 /// a rule for `show/*/f1` the deeper asset is not licensed even by a `show/**` request (that
 /// rule's `*` crossed '/' when rules were judged by Cedar's `like`).
-#[tokio::test]
-async fn keys_issue_and_rules_share_one_glob_dialect() {
-    let e = env().await;
+async fn keys_issue_and_rules_share_one_glob_dialect(engine: Engine) {
+    let e = env_on(engine).await;
     let now = keyserver::now().unwrap();
     let d = app_digest(APP);
     let all = [Action::Read, Action::Write, Action::Create, Action::License];
@@ -1576,10 +1590,9 @@ async fn keys_issue_and_rules_share_one_glob_dialect() {
 /// keys, a service taking licenses, a device reading the directory). Every route of the key
 /// server, called as every role: the roles it serves get an answer other than 401/403, every
 /// other role 403 (a connection without a certificate fails its handshake, tested above).
-#[tokio::test]
-async fn every_route_refuses_the_wrong_role() {
+async fn every_route_refuses_the_wrong_role(engine: Engine) {
     use authz::principal::{Role, WorkflowGrant};
-    let e = env().await;
+    let e = env_on(engine).await;
     let dir = e.dir.path();
     let grant = WorkflowGrant {
         scopes: vec!["*".into()],
@@ -1670,3 +1683,22 @@ async fn every_route_refuses_the_wrong_role() {
         }
     }
 }
+
+// The store's suite: each test on SQLite and on PostgreSQL.
+csap_testkit::on_both_engines!(
+    revoked_device_fails_handshake_and_open_connections,
+    wrong_or_revoked_application_is_denied,
+    disabled_user_and_expired_token_are_denied,
+    outside_rule_window_and_revoked_key_are_denied,
+    batch_returns_exactly_the_permitted_subset,
+    no_license_without_its_audit_record,
+    every_admin_change_is_audited,
+    admin_issued_license_opens_only_with_the_right_device_key,
+    a_renamed_asset_is_licensed_by_its_new_path,
+    create_rename_and_registry,
+    app_code_allowances_are_served_to_devices,
+    control_plane_principals_and_the_mirrored_directory,
+    revocation_events_stream_in_order_and_wake_long_polls,
+    keys_issue_and_rules_share_one_glob_dialect,
+    every_route_refuses_the_wrong_role,
+);

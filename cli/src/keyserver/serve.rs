@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// loopback: it has no authentication), e.g. 127.0.0.1:7412. Default: none.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub store: crate::store_args::StoreArgs,
+    #[command(flatten)]
+    pub root_key: crate::root_key::RootKeyArgs,
 }
 
 pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
@@ -52,9 +56,8 @@ pub fn run_keyserver(cmd: KeyserverCommand) -> Result<()> {
         let rules: Arc<dyn keyserver::RuleCheck> = Arc::new(late_rules.clone());
         let mut cfg = keyserver::ServerConfig::new(&args.data_dir, args.listen, rules);
         cfg.server_names.extend(args.names.iter().cloned());
-        if let Ok(hex) = std::env::var("CSAP_ROOT_KEY") {
-            cfg.root_key_hex = Some(zeroize::Zeroizing::new(hex));
-        }
+        cfg.root_key_hex = args.root_key.hex()?;
+        cfg.store = args.store.engine()?;
         let server = keyserver::start(cfg).await.context("cannot start the key server")?;
         match &args.ards_url {
             Some(url) => {

@@ -43,6 +43,8 @@ pub enum ClientError {
     },
     #[error("the server's license key differs from the one recorded at enrollment")]
     ServerKeyMismatch,
+    #[error("{0}")]
+    ServerUrl(String),
 }
 
 /// A refusal's reason code, with what to do about it where that is not obvious.
@@ -53,13 +55,16 @@ fn denial_text(reason: Reason) -> String {
     }
 }
 
-/// JSON over HTTPS with a client certificate.
+/// JSON over HTTPS with a client certificate, to one key server or to any of several replicas
+/// (see [`Servers`]).
 #[derive(Debug, Clone)]
 pub struct KsClient {
     http: reqwest::Client,
-    base: String,
+    servers: Arc<Servers>,
     tls: std::sync::Arc<rustls::ClientConfig>,
 }
+
+pub use crate::failover::Servers;
 
 /// Idle connections of a [`KsClient::own_pool`] client are not reused after this long: a
 /// server may close a connection that sends no request headers for a while (the key server's
@@ -68,12 +73,18 @@ pub struct KsClient {
 const OWN_POOL_IDLE: Duration = Duration::from_secs(5);
 
 impl KsClient {
+    /// `server_url` is one URL or several, comma-separated (replicas of one key server): see
+    /// [`Servers`].
     pub fn new(server_url: &str, identity: &Identity) -> Result<Self, ClientError> {
-        Self::build(server_url, identity.client_config()?.into(), None)
+        Self::build(
+            Arc::new(Servers::parse(server_url)?),
+            identity.client_config()?.into(),
+            None,
+        )
     }
 
     fn build(
-        server_url: &str,
+        servers: Arc<Servers>,
         tls: std::sync::Arc<rustls::ClientConfig>,
         idle: Option<Duration>,
     ) -> Result<Self, ClientError> {
@@ -84,18 +95,14 @@ impl KsClient {
             .timeout(Duration::from_secs(60))
             .pool_idle_timeout(idle)
             .build()?;
-        Ok(KsClient {
-            http,
-            base: server_url.trim_end_matches('/').to_string(),
-            tls,
-        })
+        Ok(KsClient { http, servers, tls })
     }
 
     /// The same identity and server with a connection pool of its own (for use from another
     /// runtime).
     pub fn own_pool(&self) -> Result<Self, ClientError> {
         Self::build(
-            &self.base,
+            Arc::clone(&self.servers),
             std::sync::Arc::clone(&self.tls),
             Some(OWN_POOL_IDLE),
         )
@@ -139,17 +146,21 @@ impl KsClient {
         path: &str,
         body: &B,
     ) -> Result<R, ClientError> {
+        let repeat = Servers::repeatable_post(path);
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
+            .servers
+            .send(repeat, |base| {
+                self.http.post(format!("{base}{path}")).json(body)
+            })
             .await?;
         Self::answer(resp).await
     }
 
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let resp = self
+            .servers
+            .send(true, |base| self.http.get(format!("{base}{path}")))
+            .await?;
         Self::answer(resp).await
     }
 
@@ -160,10 +171,10 @@ impl KsClient {
         query: &Q,
     ) -> Result<R, ClientError> {
         let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .send()
+            .servers
+            .send(true, |base| {
+                self.http.get(format!("{base}{path}")).query(query)
+            })
             .await?;
         Self::answer(resp).await
     }

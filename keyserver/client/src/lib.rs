@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod failover;
 pub mod license;
 pub mod revocation;
 pub mod seal;

@@ -17,6 +17,7 @@
 //!   [`KeyStore::watch_revocations`] ticks only after a commit that recorded one.
 //! - **Migrations** are versioned per service and engine (SQLite: `sqlite::schema`).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ use crate::wire::{
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] authz::pg::PgError),
     #[error("{0} already exists")]
     Conflict(String),
     #[error("{0} not found")]
@@ -52,6 +55,18 @@ pub enum StoreError {
     /// not hold the row.
     #[error("row not in the read cache")]
     NotCached,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Postgres(e.into())
+    }
 }
 
 impl From<authz::migrate::MigrateError> for StoreError {
@@ -402,6 +417,14 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<RevocationsResponse, StoreError>;
     /// Ticks after each commit that recorded a revocation (subscribe before reading).
     fn watch_revocations(&self) -> watch::Receiver<u64>;
+
+    /// For an engine that replicas share: ticks after the directory (certificates, users,
+    /// builds, workflow grants) may have changed on another replica, so the server reloads
+    /// what it keeps in memory of it (the certificate registry). `None`: only this process
+    /// writes the store, and it updates its memory itself.
+    fn watch_directory(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     // ----- lifecycle -----
 

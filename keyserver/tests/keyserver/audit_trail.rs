@@ -56,9 +56,8 @@ fn path_query(glob: &str) -> AuditQuery {
 /// Attack: a device ships records that claim to come from another device. The key server
 /// stamps the peer certificate's name; the body's device is ignored. A resend of the same
 /// batch (the mount lost the answer) stores nothing twice.
-#[tokio::test]
-async fn shipped_records_carry_the_peers_device_and_resends_are_idempotent() {
-    let e = env().await;
+async fn shipped_records_carry_the_peers_device_and_resends_are_idempotent(engine: Engine) {
+    let e = env_on(engine).await;
     let mut forged = record(1, "show/seq1/f0001.exr", "deny", "no_rule_at_mount");
     forged.device = Some("ws-someone-else".into());
     let batch = AuditBatch {
@@ -107,9 +106,8 @@ async fn shipped_records_carry_the_peers_device_and_resends_are_idempotent() {
 
 /// Attack: malformed batches. Each is refused with a 400 whose JSON body names the field,
 /// and nothing of the batch is stored.
-#[tokio::test]
-async fn malformed_audit_batches_are_400_naming_the_field() {
-    let e = env().await;
+async fn malformed_audit_batches_are_400_naming_the_field(engine: Engine) {
+    let e = env_on(engine).await;
     let ship = |batch: serde_json::Value| {
         let client = e.dev.client.raw().clone();
         async move {
@@ -176,9 +174,8 @@ async fn malformed_audit_batches_are_400_naming_the_field() {
 /// Attack: license requests on a session the server does not know (made up, or from before
 /// a restart) are refused with 401 `session_unknown` — and that refusal is on record with the
 /// asset's path, the user the token names and the application.
-#[tokio::test]
-async fn a_refused_license_session_is_audited_with_path_user_and_app() {
-    let e = env().await;
+async fn a_refused_license_session_is_audited_with_path_user_and_app(engine: Engine) {
+    let e = env_on(engine).await;
     let created = e
         .dev
         .client
@@ -229,9 +226,8 @@ async fn a_refused_license_session_is_audited_with_path_user_and_app() {
 
 /// Key server rows name the registered path of their asset, and every filter narrows:
 /// path glob, user, device, application by digest or by registered name, decision, time.
-#[tokio::test]
-async fn the_audit_query_filters_on_the_server() {
-    let e = env().await;
+async fn the_audit_query_filters_on_the_server(engine: Engine) {
+    let e = env_on(engine).await;
     let start = keyserver::now().unwrap();
     for path in ["show/seq1/f0001.exr", "show/seq1/f0002.exr"] {
         e.dev
@@ -383,3 +379,11 @@ async fn the_audit_query_filters_on_the_server() {
         "{as_device:?}"
     );
 }
+
+// The store's suite: each test on SQLite and on PostgreSQL.
+csap_testkit::on_both_engines!(
+    shipped_records_carry_the_peers_device_and_resends_are_idempotent,
+    malformed_audit_batches_are_400_naming_the_field,
+    a_refused_license_session_is_audited_with_path_user_and_app,
+    the_audit_query_filters_on_the_server,
+);
