@@ -146,6 +146,26 @@ fn the_guides_walkthrough_runs_as_written() {
             .any(|l| l.contains("deny") && l.contains("show/f0001.exr")),
         "the audit tail lacks the denial:\n{stdout}"
     );
+    // `csap org list` printed the seed's delegation table (CSAP Part 1 §8).
+    for (vendor, delegated) in [
+        ("acme-post", ["delegated", "delegated", "delegated"]),
+        ("globex-vfx", ["delegated", "delegated", "production"]),
+        ("cottage-sound", ["delegated", "production", "production"]),
+        ("hamilton", ["production", "production", "production"]),
+    ] {
+        let row: Vec<&str> = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(vendor))
+            .unwrap_or_else(|| panic!("csap org list lacks {vendor}:\n{stdout}"))
+            .split_whitespace()
+            .skip(1)
+            .collect();
+        assert_eq!(row, delegated, "{vendor}'s delegations");
+    }
+    assert!(
+        stdout.contains("labkoat") && stdout.contains("show/f0001.exr"),
+        "csap asset map list lacks the mapping:\n{stdout}"
+    );
 }
 
 #[test]

@@ -80,6 +80,18 @@ fn assert_rejected(asset: &[u8], what: &str) {
 
 const SUITES: [Suite; 2] = [Suite::Gcm, Suite::CtrBlake3];
 
+/// A new, empty asset at `path` under `h`, open for reading and writing.
+fn create_asset(path: &std::path::Path, h: Header) -> Asset {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    Asset::create(file, h, &key_of(&h.asset_id)).unwrap()
+}
+
 #[test]
 fn every_single_byte_flip_is_rejected() {
     for suite in SUITES {
@@ -196,14 +208,7 @@ fn rewriting_a_chunk_never_reuses_a_nonce() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a");
     let h = header(Suite::Gcm, CHUNK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let mut asset = Asset::create(file, h, &key_of(&h.asset_id)).unwrap();
+    let mut asset = create_asset(&path, h);
     asset.write_at(0, &pattern(3 * CHUNK as usize)).unwrap();
     let mut seen = std::collections::HashSet::new();
     for round in 0..500u32 {
@@ -226,14 +231,7 @@ fn writes_split_across_threads_match_the_plaintext_with_fresh_nonces() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a");
     let h = header(Suite::Gcm, CHUNK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let mut asset = Asset::create(file, h, &key_of(&h.asset_id)).unwrap();
+    let mut asset = create_asset(&path, h);
     let mut model = pattern(300 << 10);
     asset.write_at(0, &model).unwrap();
     let big: Vec<u8> = (0..(1usize << 20) + 777)
@@ -411,14 +409,7 @@ fn sparse_holes_read_as_zeros_but_only_in_sparse_assets() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a");
     let h = header(Suite::Gcm, CHUNK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    let mut asset = Asset::create(file, h, &key_of(&h.asset_id)).unwrap();
+    let mut asset = create_asset(&path, h);
     let far = 100 * CHUNK as u64 + 7;
     asset.write_at(far, b"tail").unwrap();
     assert!(asset.header().is_sparse());
