@@ -157,6 +157,16 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+impl AuditFilter {
+    /// Whether a row with `path` passes the path glob. Engines match it after the SQL, the glob
+    /// being in `authz::glob`'s dialect, which no SQL `LIKE` speaks.
+    pub fn admits_path(&self, path: Option<&str>) -> bool {
+        self.path_glob
+            .as_deref()
+            .is_none_or(|glob| path.is_some_and(|p| authz::glob::matches(glob, p)))
+    }
+}
+
 /// The rows a license decision reads. Implemented by the read cache (memory only), by
 /// [`LicenseRows`] (a snapshot read for one request) and inside an engine (its own reads).
 pub trait LicenseReads {
@@ -432,4 +442,30 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn maintain(&self);
     /// Commits what is queued and stops background writers; called once, at shutdown.
     async fn close(&self);
+}
+
+/// A directory snapshot's principals and the device map derived from them (a device name is
+/// active while any of its certificates is), the part both engines build alike; each adds the
+/// users, builds and workflow grants it reads.
+pub(crate) fn snapshot_of_principals(
+    principals: Vec<crate::pki::Principal>,
+) -> crate::wire::DirectorySnapshot {
+    let mut snap = crate::wire::DirectorySnapshot {
+        principals: principals
+            .into_iter()
+            .map(|p| crate::wire::PrincipalEntry {
+                serial: p.serial,
+                name: p.name,
+                kind: p.kind,
+                revoked: p.revoked,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for p in &snap.principals {
+        if p.kind == crate::pki::PrincipalKind::Device {
+            *snap.devices.entry(p.name.clone()).or_insert(false) |= !p.revoked;
+        }
+    }
+    snap
 }

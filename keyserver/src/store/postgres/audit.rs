@@ -248,14 +248,8 @@ pub(crate) async fn audit_query(
         for r in &rows {
             let row = audit_from_row(r);
             before = row.id;
-            if let Some(glob) = &filter.path_glob {
-                if !row
-                    .path
-                    .as_deref()
-                    .is_some_and(|p| authz::glob::matches(glob, p))
-                {
-                    continue;
-                }
+            if !filter.admits_path(row.path.as_deref()) {
+                continue;
             }
             found.push(row);
             if found.len() >= filter.limit as usize {

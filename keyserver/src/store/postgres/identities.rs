@@ -7,30 +7,13 @@ use tokio_postgres::GenericClient;
 use super::unique;
 use crate::pki::{Principal, PrincipalKind};
 use crate::store::{StoreError, UserRow};
-use crate::wire::{AppCode, AppInfo, DeviceInfo, DirectorySnapshot, PrincipalEntry, UserInfo};
+use crate::wire::{AppCode, AppInfo, DeviceInfo, DirectorySnapshot, UserInfo};
 
 /// Everything [`DirectorySnapshot`] holds; the caller reads it in one snapshot transaction.
 pub(crate) async fn directory_snapshot(
     c: &impl GenericClient,
 ) -> Result<DirectorySnapshot, StoreError> {
-    let mut snap = DirectorySnapshot {
-        principals: all_principals(c)
-            .await?
-            .into_iter()
-            .map(|p| PrincipalEntry {
-                serial: p.serial,
-                name: p.name,
-                kind: p.kind,
-                revoked: p.revoked,
-            })
-            .collect(),
-        ..Default::default()
-    };
-    for p in &snap.principals {
-        if p.kind == PrincipalKind::Device {
-            *snap.devices.entry(p.name.clone()).or_insert(false) |= !p.revoked;
-        }
-    }
+    let mut snap = crate::store::snapshot_of_principals(all_principals(c).await?);
     for r in c.query("SELECT name, disabled FROM users", &[]).await? {
         snap.users.insert(r.get(0), !r.get::<_, bool>(1));
     }

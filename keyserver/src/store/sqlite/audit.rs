@@ -197,14 +197,8 @@ pub(crate) fn audit_query(
     let mut found = Vec::new();
     for row in rows {
         let row = row?;
-        if let Some(glob) = &filter.path_glob {
-            if !row
-                .path
-                .as_deref()
-                .is_some_and(|p| authz::glob::matches(glob, p))
-            {
-                continue;
-            }
+        if !filter.admits_path(row.path.as_deref()) {
+            continue;
         }
         found.push(row);
         if found.len() >= filter.limit as usize {

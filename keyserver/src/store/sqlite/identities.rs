@@ -6,28 +6,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::pool::is_constraint;
 use crate::pki::{Principal, PrincipalKind};
 use crate::store::{StoreError, UserRow};
-use crate::wire::{AppCode, AppInfo, DeviceInfo, DirectorySnapshot, PrincipalEntry};
+use crate::wire::{AppCode, AppInfo, DeviceInfo, DirectorySnapshot};
 
 /// Everything [`DirectorySnapshot`] holds, read in one transaction.
 pub(crate) fn directory_snapshot(conn: &mut Connection) -> Result<DirectorySnapshot, StoreError> {
     let tx = conn.transaction()?;
-    let mut snap = DirectorySnapshot {
-        principals: all_principals(&tx)?
-            .into_iter()
-            .map(|p| PrincipalEntry {
-                serial: p.serial,
-                name: p.name,
-                kind: p.kind,
-                revoked: p.revoked,
-            })
-            .collect(),
-        ..Default::default()
-    };
-    for p in &snap.principals {
-        if p.kind == PrincipalKind::Device {
-            *snap.devices.entry(p.name.clone()).or_insert(false) |= !p.revoked;
-        }
-    }
+    let mut snap = crate::store::snapshot_of_principals(all_principals(&tx)?);
     let mut st = tx.prepare("SELECT name, disabled FROM users")?;
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (name, disabled) = row?;
