@@ -280,3 +280,131 @@ fn a_put_is_whole_or_absent_and_never_replaces_an_object() {
         .collect();
     assert_eq!(items.len(), 2, "{items:?}");
 }
+
+fn no_readahead_no_cache(config: &mut ObjectConfig) {
+    config.readahead_bytes = 0;
+    config.cache_bytes = 0;
+}
+
+/// Replaces `key`'s object in the bucket with `bytes` through the S3 API, as another writer of
+/// the bucket would (a new ETag; the mount's own tables know nothing of it).
+fn replace_object(server: &S3Server, key: &str, bytes: Vec<u8>) {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{path::Path as ObjectPath, ObjectStore};
+    let store = AmazonS3Builder::new()
+        .with_bucket_name(&server.bucket)
+        .with_endpoint(server.endpoint())
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(&server.access_key)
+        .with_secret_access_key(&server.secret_key)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.put(&ObjectPath::from(key), bytes.into()))
+        .unwrap();
+}
+
+#[test]
+fn an_open_file_never_mixes_in_chunks_of_a_replaced_object() {
+    let Some(server) = server() else { return };
+    let mut mount = TestMount::on_s3(
+        CacheMode::Direct,
+        CHUNK as u32,
+        server,
+        Some(no_readahead_no_cache),
+    );
+    let old = Rng(21).bytes(4 * CHUNK as usize);
+    let new = Rng(22).bytes(4 * CHUNK as usize);
+    let path = mount.path("frame.exr");
+    fs::write(&path, &old).unwrap();
+    let object = mount.s3.as_ref().unwrap().object_file("vol/frame.exr");
+    let old_ciphertext = fs::read(&object).unwrap();
+    // The same asset rewritten: the same key, so the old version's chunks still authenticate.
+    fs::write(&path, &new).unwrap();
+
+    let file = File::open(&path).unwrap();
+    let mut chunk = vec![0u8; CHUNK as usize];
+    file.read_exact_at(&mut chunk, 0).unwrap();
+    assert_eq!(chunk, &new[..CHUNK as usize]);
+
+    // Someone with write access to the bucket puts the old version back.
+    replace_object(mount.s3.as_ref().unwrap(), "vol/frame.exr", old_ciphertext);
+    let err = file.read_exact_at(&mut chunk, 3 * CHUNK).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(EIO),
+        "a handle opened on one version must not read chunks of another"
+    );
+    drop(file);
+    mount.unmount();
+    mount.mount();
+    // Opened afresh, the file is the version now stored, whole.
+    assert_eq!(fs::read(mount.path("frame.exr")).unwrap(), old);
+}
+
+static STAGE_DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+
+fn stage_in_test_dir(config: &mut ObjectConfig) {
+    config.stage_dir = Some(STAGE_DIR.get().unwrap().path().to_path_buf());
+}
+
+/// What this process holds open in the stage directory: the mount stages in unlinked files, so
+/// they are found through `/proc/self/fd`, and read through it.
+fn staged_files(stage: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut staged = Vec::new();
+    for entry in fs::read_dir("/proc/self/fd").unwrap() {
+        let fd = entry.unwrap().path();
+        let Ok(target) = fs::read_link(&fd) else {
+            continue;
+        };
+        if target.starts_with(stage) {
+            staged.push(fs::read(&fd).unwrap());
+        }
+    }
+    staged
+}
+
+#[test]
+fn staged_writes_hold_only_ciphertext() {
+    let Some(server) = server() else { return };
+    let stage = STAGE_DIR
+        .get_or_init(|| tempfile::tempdir().unwrap())
+        .path();
+    let mount = TestMount::on_s3(
+        CacheMode::Direct,
+        CHUNK as u32,
+        server,
+        Some(stage_in_test_dir),
+    );
+    let marker = b"PLAINTEXT-MARKER-".repeat(20_000);
+    let path = mount.path("frame.exr");
+    // A new file, then a rewrite of a stored one (staged from its downloaded ciphertext).
+    for round in 0..2 {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(round == 0)
+            .open(&path)
+            .unwrap();
+        file.write_all(&marker).unwrap();
+        let staged = staged_files(stage);
+        assert!(
+            staged.iter().any(|bytes| bytes.len() >= marker.len()),
+            "round {round}: the write is staged in {stage:?}"
+        );
+        for bytes in &staged {
+            assert!(
+                !contains(bytes, b"PLAINTEXT-MARKER"),
+                "round {round}: plaintext in a staged file"
+            );
+        }
+        drop(file);
+        let stored = fs::read(mount.s3.as_ref().unwrap().object_file("vol/frame.exr")).unwrap();
+        assert!(!contains(&stored, b"PLAINTEXT-MARKER"));
+    }
+    assert_eq!(fs::read(&path).unwrap(), marker);
+}

@@ -115,6 +115,18 @@ pub(super) struct Source {
     pub size: u64,
 }
 
+impl Source {
+    /// Whether a GET was answered from the version opened. `If-Match` asks the server, but not
+    /// every S3-compatible server honours it on GET (s3s-fs ignores it), so the answer's own
+    /// ETag is checked too; a pinned open whose answer carries no ETag fails closed.
+    pub(super) fn answered_by_opened_version(&self, answer: &object_store::ObjectMeta) -> bool {
+        match &self.etag {
+            None => true,
+            Some(opened) => answer.e_tag.as_deref() == Some(opened.as_str()),
+        }
+    }
+}
+
 /// The shared chunk cache and the fetches in flight.
 pub(super) struct Blocks {
     store: Arc<dyn ObjectStore>,
@@ -343,6 +355,12 @@ impl Blocks {
         };
         let get = async {
             let got = self.store.get_opts(&source.path, options).await?;
+            if !source.answered_by_opened_version(&got.meta) {
+                return Err(object_store::Error::Precondition {
+                    path: key.to_string(),
+                    source: "the answer's ETag is not the one opened".into(),
+                });
+            }
             got.bytes().await
         };
         let bytes = match tokio::time::timeout(self.timeout, get).await {
