@@ -137,6 +137,45 @@ impl RootKey {
     }
 }
 
+/// What the root-key check seals. Not 32 bytes, so a check row copied into `scope_versions`
+/// never opens as a seed; its AAD is no scope's either way.
+const CHECK_PLAINTEXT: &[u8] = b"csap root key check v1";
+const CHECK_AAD: &[u8] = b"csap root key check";
+
+impl RootKey {
+    /// A check value for this key: a known text sealed under it (random nonce). Stored once in
+    /// the database at first start, it lets every later start — every replica — tell whether
+    /// it was given the same root key, without the key ever leaving the process.
+    pub fn seal_check(&self) -> Result<SealedSeed, KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        let mut buf = CHECK_PLAINTEXT.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(CHECK_AAD),
+                &mut buf,
+            )
+            .map_err(|_| KeyError::Unseal)?;
+        Ok(SealedSeed {
+            nonce,
+            ciphertext: buf,
+        })
+    }
+
+    /// Whether `check` was sealed by this same key ([`RootKey::seal_check`]).
+    pub fn opens_check(&self, check: &SealedSeed) -> bool {
+        let mut buf = check.ciphertext.clone();
+        self.key
+            .open_in_place(
+                Nonce::assume_unique_for_key(check.nonce),
+                Aad::from(CHECK_AAD),
+                &mut buf,
+            )
+            .is_ok_and(|plain| plain == CHECK_PLAINTEXT)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +201,16 @@ mod tests {
             other.open_seed("shot010", 2, &sealed),
             Err(KeyError::Unseal)
         ));
+    }
+
+    #[test]
+    fn the_check_value_opens_only_under_its_own_key_and_never_as_a_seed() {
+        let root = RootKey::from_bytes(&[9u8; 32]).unwrap();
+        let check = root.seal_check().unwrap();
+        assert!(root.opens_check(&check));
+        assert!(!RootKey::from_bytes(&[10u8; 32])
+            .unwrap()
+            .opens_check(&check));
+        assert!(root.open_seed("csap root key check", 0, &check).is_err());
     }
 }

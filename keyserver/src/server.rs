@@ -50,6 +50,12 @@ pub enum ServerError {
     StateDir(#[from] authz::statedir::StateDirError),
     #[error(transparent)]
     Clock(#[from] crate::ClockError),
+    #[error(
+        "this key server was given another root key than the one the store's seeds are sealed \
+         under (the store's root-key check does not open with it): start every replica with the \
+         same root key (--root-key-file, --root-key-command or CSAP_ROOT_KEY)"
+    )]
+    RootKeyMismatch,
     #[error("start-up task failed: {0}")]
     Join(String),
 }
@@ -234,6 +240,7 @@ impl State {
             store: _,
             dummy_hash,
         } = files;
+        check_root_key(&root, store.as_ref()).await?;
         let dir = &cfg.data_dir;
         ensure_admin_identity(&ca, store.as_ref(), &signer, dir, cfg.clock.now()?).await?;
         // The key server's own identity as a policy enforcement point: it reads its ARDS
@@ -380,6 +387,18 @@ fn open_files(cfg: &ServerConfig) -> Result<DataFiles, ServerError> {
         store,
         dummy_hash,
     })
+}
+
+/// Refuses a root key other than the one the store was first started with: on a shared
+/// database a replica with another key would seal new seeds no other replica can open, and
+/// fail every license for the old ones.
+async fn check_root_key(root: &RootKey, store: &dyn KeyStore) -> Result<(), ServerError> {
+    let recorded = store.root_key_check(&root.seal_check()?).await?;
+    if root.opens_check(&recorded) {
+        Ok(())
+    } else {
+        Err(ServerError::RootKeyMismatch)
+    }
 }
 
 fn ensure_server_cert(ca: &Ca, dir: &Path, names: &[String]) -> Result<(), ServerError> {

@@ -155,3 +155,68 @@ async fn concurrent_group_commits_on_two_replicas_keep_every_row_once() {
     // A closed writer refuses: the receipt is an error, never a silent success.
     assert!(a.record_audit(vec![AuditEvent::default()]).await.is_err());
 }
+
+/// A replica started from a copy of the first replica's data directory (what
+/// docs/operations.md tells an operator to do) serves with the same CA on the same database,
+/// and a replica given another root key refuses to start, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_copied_directory_and_another_root_key_is_refused() {
+    let Some(db) = csap_testkit::postgres::database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = || authz::pg::Engine::postgres(authz::pg::Target::parse(&db.url, None).unwrap());
+    let rules: Arc<dyn keyserver::RuleCheck> = Arc::new(keyserver::SwappableRules::new(
+        authz::eval::Evaluator::new(Vec::<authz::Rule>::new()).unwrap(),
+    ));
+    let config = |dir: &std::path::Path| {
+        let mut cfg = keyserver::testing::loopback_config(dir, rules.clone());
+        cfg.store = engine();
+        cfg
+    };
+    let first = tmp.path().join("a");
+    let a = keyserver::testing::spawn_with(config(&first))
+        .await
+        .unwrap();
+    a.admin()
+        .unwrap()
+        .add_user("alice", "a long passphrase")
+        .await
+        .unwrap();
+
+    // The documented copy: the whole directory (root key, CA, token and license keys).
+    let second = tmp.path().join("b");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&first)
+        .arg(&second)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(second.join(".lock")).ok();
+    let b = keyserver::testing::spawn_with(config(&second))
+        .await
+        .unwrap();
+    let users = b.admin().unwrap().list_users().await.unwrap();
+    assert!(users.iter().any(|u| u.name == "alice"), "{users:?}");
+    assert_eq!(
+        std::fs::read(first.join("admin/ca.pem")).unwrap(),
+        std::fs::read(second.join("admin/ca.pem")).unwrap()
+    );
+
+    // A third replica with the same directory but another root key.
+    let third = tmp.path().join("c");
+    let mut cfg = config(&third);
+    cfg.root_key_hex = Some(zeroize::Zeroizing::new("22".repeat(32)));
+    let err = keyserver::testing::spawn_with(cfg)
+        .await
+        .err()
+        .expect("another root key must be refused");
+    assert!(
+        matches!(err, keyserver::server::ServerError::RootKeyMismatch),
+        "{err}"
+    );
+    assert!(err.to_string().contains("same root key"), "{err}");
+    b.server.shutdown().await;
+    a.server.shutdown().await;
+}

@@ -417,6 +417,13 @@ pub trait KeyStore: Send + Sync + 'static {
         records: &[MountAuditRecord],
     ) -> Result<Shipped, StoreError>;
 
+    // ----- the root key's check value -----
+
+    /// The root-key check value of this store: `proposed` ([`crate::keys::RootKey::seal_check`])
+    /// is recorded when none is yet (first start), and what is recorded is returned. Replicas
+    /// started concurrently agree on one.
+    async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError>;
+
     // ----- identity revocations -----
 
     /// The head and, with `since`, at most `limit` events after it.

@@ -387,3 +387,28 @@ pub(crate) async fn license_rows(
     }
     Ok(rows)
 }
+
+/// The root-key check value: `proposed` recorded if none is, then what is recorded (a replica
+/// inserting at the same moment waits on the key's conflict and then reads the winner's).
+pub(crate) async fn root_key_check(
+    c: &impl GenericClient,
+    proposed: &SealedSeed,
+) -> Result<SealedSeed, StoreError> {
+    c.execute(
+        "INSERT INTO root_key_check (id, nonce, sealed) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO NOTHING",
+        &[&&proposed.nonce[..], &proposed.ciphertext],
+    )
+    .await?;
+    let r = c
+        .query_one("SELECT nonce, sealed FROM root_key_check WHERE id = 1", &[])
+        .await?;
+    let nonce = r
+        .get::<_, &[u8]>("nonce")
+        .try_into()
+        .map_err(|_| StoreError::Worker("root key check: malformed nonce".into()))?;
+    Ok(SealedSeed {
+        nonce,
+        ciphertext: r.get("sealed"),
+    })
+}

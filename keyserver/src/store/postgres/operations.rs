@@ -246,6 +246,10 @@ impl KeyStore for PgKeyStore {
         Ok(())
     }
 
+    async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError> {
+        keys::root_key_check(&**self.client().await?, proposed).await
+    }
+
     async fn scope_info(&self, name: &str) -> Result<Option<ScopeInfo>, StoreError> {
         let mut client = self.client().await?;
         let tx = begin_snapshot(&mut client).await?;

@@ -11,7 +11,7 @@
 pub const SCHEMA: &str = "keyserver";
 
 /// One step per version (`authz::pg::migrate`). Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2];
 
 const SCHEMA_1: &str = "
 CREATE TABLE certs (
@@ -103,5 +103,14 @@ CREATE TABLE revocations (
   kind TEXT NOT NULL CHECK (kind IN ('user', 'device', 'app', 'key_version')),
   subject TEXT NOT NULL,
   version BIGINT
+);
+";
+
+/// 2: the root key's check value (`RootKey::seal_check`), one row, written at first start.
+const SCHEMA_2: &str = "
+CREATE TABLE root_key_check (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  nonce BYTEA NOT NULL,
+  sealed BYTEA NOT NULL
 );
 ";

@@ -388,3 +388,23 @@ pub(crate) fn license_rows(
     }
     Ok(rows)
 }
+
+/// The root-key check value: `proposed` recorded if none is, then what is recorded.
+pub(crate) fn root_key_check(
+    conn: &Connection,
+    proposed: &SealedSeed,
+) -> Result<SealedSeed, StoreError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO root_key_check (id, nonce, sealed) VALUES (1, ?1, ?2)",
+        params![&proposed.nonce[..], proposed.ciphertext],
+    )?;
+    let (nonce, ciphertext) = conn.query_row(
+        "SELECT nonce, sealed FROM root_key_check WHERE id = 1",
+        [],
+        |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+    )?;
+    let nonce = nonce
+        .try_into()
+        .map_err(|_| StoreError::Worker("root key check: malformed nonce".into()))?;
+    Ok(SealedSeed { nonce, ciphertext })
+}

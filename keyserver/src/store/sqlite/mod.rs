@@ -355,6 +355,11 @@ impl KeyStore for SqliteStore {
             .await
     }
 
+    async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError> {
+        let proposed = proposed.clone();
+        self.call(move |c| keys::root_key_check(c, &proposed)).await
+    }
+
     async fn scope_info(&self, name: &str) -> Result<Option<ScopeInfo>, StoreError> {
         let name = name.to_string();
         self.call(move |c| keys::scope_info(c, &name)).await

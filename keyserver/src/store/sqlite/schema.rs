@@ -129,4 +129,12 @@ pub(crate) const MIGRATIONS: &[Step] = &[
     ALTER TABLE applications ADD COLUMN allow_userns INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE applications ADD COLUMN libraries TEXT NOT NULL DEFAULT '[]';",
     ),
+    // 7: the root key's check value (`RootKey::seal_check`), one row, written at first start
+    Step::Sql(
+        "CREATE TABLE root_key_check (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        nonce BLOB NOT NULL,
+        sealed BLOB NOT NULL
+    );",
+    ),
 ];
