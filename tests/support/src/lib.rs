@@ -13,6 +13,8 @@
 //! - [`postgres`]: a real PostgreSQL server (Debian's package) on loopback, a fresh database
 //!   per test;
 //! - [`s3`]: a real S3 server (`s3s-fs`) on loopback with a fresh bucket, killable;
+//! - [`oidc`]: a real OpenID Connect provider (`oidc-provider`, node) on loopback and a
+//!   "browser" that walks its login and consent pages;
 //! - [`fuse`]: whether real mounts can run here (a failure, not a skip, under `CI=true`), and
 //!   mount-table checks.
 
@@ -21,6 +23,7 @@
 pub mod fuse;
 pub mod import;
 pub mod mount;
+pub mod oidc;
 pub mod postgres;
 pub mod process;
 pub mod request;
