@@ -32,6 +32,8 @@ fn bench_rule(id: &str, targets: Vec<String>, now: i64) -> Rule {
         not_after: now + 3600,
     };
     Rule {
+        delegates_to: None,
+        delegated_by: None,
         id: id.to_owned(),
         issuer: ISSUER.to_owned(),
         request_id: spec.request_id.clone(),

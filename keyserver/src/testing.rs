@@ -139,6 +139,8 @@ impl RuleFor<'_> {
             not_after: self.not_after,
         };
         authz::Rule {
+            delegates_to: None,
+            delegated_by: None,
             id: spec.id.clone(),
             issuer: "authz".into(),
             request_id: spec.request_id.clone(),

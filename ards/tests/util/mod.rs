@@ -194,6 +194,8 @@ pub fn rule(id: &str, participant: &str, device: &str, targets: &[&str], nb: i64
         not_after: na,
     };
     Rule {
+        delegates_to: None,
+        delegated_by: None,
         id: id.to_owned(),
         issuer: ISSUER.to_owned(),
         request_id: format!("req-{id}"),

@@ -74,6 +74,8 @@ pub enum EvalError {
     Duplicate { rule_id: String },
     #[error("rule {rule_id}: a wildcard path pattern from before the current dialect, when '*' crossed '/' (the rule has no @paths(\"glob\")); re-issue it from authz, writing '**' where '*' was meant to cross '/'")]
     OldPathDialect { rule_id: String },
+    #[error("rule {rule_id}: {message}")]
+    Delegation { rule_id: String, message: String },
     #[error("rule {rule_id}: a wildcard path pattern in a rule of a shape only Cedar evaluates, whose 'like' would let '*' cross '/'; use the template shape or exact paths")]
     UncheckablePattern { rule_id: String },
 }
@@ -247,7 +249,9 @@ impl Evaluator {
                     m
                 }
             };
-            if let Some(m) = &matcher {
+            check_delegation_shape(r, matcher.as_ref())?;
+            // A delegation rule bounds an organization's rules; it never grants by itself.
+            if let Some(m) = matcher.as_ref().filter(|_| r.delegates_to.is_none()) {
                 for d in &m.devices {
                     for a in &m.applications {
                         index
@@ -297,13 +301,19 @@ impl Evaluator {
                 let i = i as usize;
                 if self.rules[i].in_window(req.now)
                     && self.matchers[i].as_ref().is_some_and(|m| m.matches(req))
+                    && self.within_delegation(i, req)
                 {
                     ids.push(self.rules[i].id.clone());
                 }
             }
         }
         if self.fallback_count > 0 {
-            ids.extend(self.cedar_allowing(&self.fallback, req));
+            let allowed = self.cedar_allowing(&self.fallback, req);
+            ids.extend(allowed.into_iter().filter(|id| {
+                self.by_id
+                    .get(id)
+                    .is_some_and(|&i| self.within_delegation(i as usize, req))
+            }));
         }
         Decision::from_ids(ids)
     }
@@ -327,10 +337,11 @@ impl Evaluator {
             .cedar_allowing(all, req)
             .into_iter()
             .filter(|id| {
-                self.by_id.get(id).is_none_or(|&i| {
+                self.by_id.get(id).is_some_and(|&i| {
                     self.matchers[i as usize]
                         .as_ref()
                         .is_none_or(|m| m.matches_asset(req))
+                        && self.within_delegation(i as usize, req)
                 })
             })
             .collect();
@@ -357,6 +368,60 @@ impl Evaluator {
             .collect()
     }
 
+    /// Whether rule `i`, already found to permit `req`, may grant it: a production rule may; a
+    /// delegation rule never does; an organization rule only while the production delegation
+    /// it names is loaded, issued to that same organization, in its window, and permits the
+    /// same access with the organization as principal (the intersection: both must permit).
+    fn within_delegation(&self, i: usize, req: &AccessRequest<'_>) -> bool {
+        let rule = &self.rules[i];
+        if rule.delegates_to.is_some() {
+            return false;
+        }
+        let Some(delegation_id) = &rule.delegated_by else {
+            return true;
+        };
+        let Some(&d) = self.by_id.get(delegation_id) else {
+            return false;
+        };
+        let delegation = &self.rules[d as usize];
+        let Some(org) = delegation.delegates_to.as_deref() else {
+            return false;
+        };
+        org == rule.issuer
+            && delegation.in_window(req.now)
+            && self.matchers[d as usize].as_ref().is_some_and(|m| {
+                m.matches(&AccessRequest {
+                    participant: org,
+                    ..*req
+                })
+            })
+    }
+
+    /// The organization rules loaded that cannot grant anything now — their delegation is
+    /// missing, issued to another organization, or out of its window — with the reason, so a
+    /// PEP can report them. (A rule partly outside its delegation grants only the overlap.)
+    pub fn orphaned_delegated_rules(&self, now: i64) -> Vec<(String, String)> {
+        self.rules
+            .iter()
+            .filter_map(|r| {
+                let d = r.delegated_by.as_deref()?;
+                let why = match self.rule_by_id(d) {
+                    None => {
+                        format!("delegation {d:?} is not loaded (revoked, expired or never issued)")
+                    }
+                    Some(dr) if dr.delegates_to.as_deref() != Some(r.issuer.as_str()) => {
+                        format!("delegation {d:?} does not delegate to {:?}", r.issuer)
+                    }
+                    Some(dr) if !dr.in_window(now) => {
+                        format!("delegation {d:?} is outside its window")
+                    }
+                    Some(_) => return None,
+                };
+                Some((r.id.clone(), why))
+            })
+            .collect()
+    }
+
     fn rule_by_id(&self, id: &str) -> Option<&Rule> {
         self.by_id.get(id).map(|&i| &self.rules[i as usize])
     }
@@ -368,6 +433,33 @@ impl Evaluator {
     /// How many rules compiled to the fast path (the rest go through Cedar per request).
     pub fn compiled_count(&self) -> usize {
         self.matchers.iter().filter(|m| m.is_some()).count()
+    }
+}
+
+/// Load-time checks of the delegation fields: a rule is either a delegation (`delegates_to`)
+/// or delegated (`delegated_by`), not both; a delegation must compile to the fast path (so
+/// PEPs can evaluate it with the organization as principal) and name that organization as its
+/// principal.
+fn check_delegation_shape(rule: &Rule, matcher: Option<&Matcher>) -> Result<(), EvalError> {
+    let problem = match (&rule.delegates_to, &rule.delegated_by) {
+        (Some(_), Some(_)) => Some("a rule cannot both delegate and be delegated".to_string()),
+        (Some(org), None) => match matcher {
+            None => Some("a delegation rule must have the template shape (principal ==, actions, devices, applications, assets, window)".into()),
+            Some(m) if &m.participant != org => Some(format!(
+                "a delegation to {org:?} must have the organization as its principal, not {:?}",
+                m.participant
+            )),
+            Some(_) => None,
+        },
+        (None, Some(d)) if d.is_empty() => Some("delegated_by is empty".into()),
+        _ => None,
+    };
+    match problem {
+        Some(message) => Err(EvalError::Delegation {
+            rule_id: rule.id.clone(),
+            message,
+        }),
+        None => Ok(()),
     }
 }
 

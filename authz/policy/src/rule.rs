@@ -27,6 +27,17 @@ pub struct Rule {
     pub not_after: i64,
     /// Cedar policy text (a single `permit`).
     pub policy: String,
+    /// On a production *delegation rule*: the organization it delegates authorization to. Its
+    /// policy bounds (assets, actions, applications, devices, window) what that organization's
+    /// own rules may grant, with the organization as principal; it grants nothing by itself.
+    /// Absent from the signed bytes when `None`, so rules issued before delegation verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegates_to: Option<String>,
+    /// On an *organization-issued* rule: the id of the production delegation rule it lives
+    /// under. It grants only what both it and that delegation permit, and only while the
+    /// delegation is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegated_by: Option<String>,
 }
 
 impl Rule {
@@ -261,6 +272,8 @@ mod tests {
 
     fn rule() -> Rule {
         Rule {
+            delegates_to: None,
+            delegated_by: None,
             id: "r-req-1-1".into(),
             issuer: "authz".into(),
             request_id: "req-1".into(),

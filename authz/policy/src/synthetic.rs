@@ -68,6 +68,8 @@ pub fn synthetic_rules(n: usize) -> Vec<Rule> {
                 not_after: 2_000_000_000,
             };
             Rule {
+                delegates_to: None,
+                delegated_by: None,
                 id: spec.id.clone(),
                 issuer: "authz".into(),
                 request_id: spec.request_id.clone(),

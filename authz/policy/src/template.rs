@@ -265,6 +265,8 @@ pub fn rules_for(
     specs
         .into_iter()
         .map(|(targets, spec)| Rule {
+            delegates_to: None,
+            delegated_by: None,
             id: spec.id.clone(),
             issuer: issuer.to_string(),
             request_id: request_id.to_string(),

@@ -187,6 +187,8 @@ mod tests {
     fn signed(id: &str, targets: &[&str], nb: i64, na: i64) -> SignedRule {
         SignedRule {
             rule: Rule {
+                delegates_to: None,
+                delegated_by: None,
                 id: id.into(),
                 issuer: "authz".into(),
                 request_id: "req".into(),

@@ -173,6 +173,8 @@ fn rejects_forbid_bad_cedar_schema_violations_and_conflicting_duplicates() {
 #[test]
 fn hand_written_policies_fall_back_to_cedar() {
     let rule = Rule {
+        delegates_to: None,
+        delegated_by: None,
         id: "hand-1".into(),
         issuer: "authz".into(),
         request_id: "manual".into(),
@@ -384,4 +386,167 @@ fn synthetic_rules_compile_and_decide() {
     let (req_owned, expect) = crate::synthetic::synthetic_request(7);
     let d = both(&ev, &req_owned.as_request());
     assert_eq!(d.allowed, expect);
+}
+
+// ---- delegated authorization: an organization's rules inside a production delegation ----
+
+const T0: i64 = 1_795_424_400;
+
+fn spec(id: &str, participant: &str, path: &str, actions: &[Action], nb: i64, na: i64) -> RuleSpec {
+    RuleSpec {
+        id: id.into(),
+        request_id: "req-d".into(),
+        task: "comp".into(),
+        participant: participant.into(),
+        actions: actions.to_vec(),
+        devices: vec!["ws-07".into()],
+        applications: vec![DIGEST.into()],
+        assets: vec![AssetSelector {
+            path: Some(path.into()),
+            scope: None,
+        }],
+        not_before: nb,
+        not_after: na,
+    }
+}
+
+fn rule_of(
+    s: &RuleSpec,
+    issuer: &str,
+    delegates_to: Option<&str>,
+    delegated_by: Option<&str>,
+) -> Rule {
+    Rule {
+        id: s.id.clone(),
+        issuer: issuer.into(),
+        request_id: s.request_id.clone(),
+        targets: vec!["keyserver".into()],
+        not_before: s.not_before,
+        not_after: s.not_after,
+        policy: s.to_cedar(),
+        delegates_to: delegates_to.map(Into::into),
+        delegated_by: delegated_by.map(Into::into),
+    }
+}
+
+/// The production delegates `show/seq1/**` read to acme-post for [T0, T0+7200).
+fn delegation() -> Rule {
+    let s = spec(
+        "d-1",
+        "acme-post",
+        "show/seq1/**",
+        &[Action::Read],
+        T0,
+        T0 + 7200,
+    );
+    rule_of(&s, "authz", Some("acme-post"), None)
+}
+
+fn org_rule(id: &str, path: &str, actions: &[Action], nb: i64, na: i64) -> Rule {
+    let s = spec(id, "vic", path, actions, nb, na);
+    rule_of(&s, "acme-post", None, Some("d-1"))
+}
+
+fn vic(path: &'static str, action: Action, now: i64) -> AccessRequest<'static> {
+    AccessRequest {
+        participant: "vic",
+        asset_path: path,
+        action,
+        now,
+        ..ok_req()
+    }
+}
+
+#[test]
+fn an_org_rule_grants_only_inside_its_live_delegation() {
+    let inside = org_rule(
+        "o-1",
+        "show/**",
+        &[Action::Read, Action::Write],
+        T0 - 3600,
+        T0 + 99_999,
+    );
+    let ev = Evaluator::new([delegation(), inside.clone()]).unwrap();
+    let now = T0 + 60;
+    let d = both(&ev, &vic("show/seq1/shot010/f1.exr", Action::Read, now));
+    assert_eq!(
+        d.rule_ids,
+        vec!["o-1"],
+        "inside both: granted by the org rule"
+    );
+    // The org rule names show/** and write, the delegation only show/seq1/** and read.
+    for (req, what) in [
+        (vic("show/seq2/f1.exr", Action::Read, now), "another path"),
+        (
+            vic("show/seq1/f1.exr", Action::Write, now),
+            "another action",
+        ),
+        (
+            vic("show/seq1/f1.exr", Action::Read, T0 + 7200),
+            "after the delegation's window",
+        ),
+        (
+            vic("show/seq1/f1.exr", Action::Read, T0 - 10),
+            "before the delegation's window",
+        ),
+        (
+            AccessRequest {
+                application_digest: "00",
+                ..vic("show/seq1/f1.exr", Action::Read, now)
+            },
+            "another application",
+        ),
+        (
+            AccessRequest {
+                device: "ws-99",
+                ..vic("show/seq1/f1.exr", Action::Read, now)
+            },
+            "another device",
+        ),
+    ] {
+        assert!(!both(&ev, &req).allowed, "{what} must be refused");
+    }
+    // Without the delegation (revoked, expired, never issued) the org rule grants nothing.
+    let alone = Evaluator::new([inside.clone()]).unwrap();
+    assert!(!both(&alone, &vic("show/seq1/f1.exr", Action::Read, now)).allowed);
+    assert_eq!(alone.orphaned_delegated_rules(now).len(), 1);
+    // A delegation to another organization does not cover acme-post's rule.
+    let mut globex = delegation();
+    globex.delegates_to = Some("globex".into());
+    globex.policy = spec(
+        "d-1",
+        "globex",
+        "show/seq1/**",
+        &[Action::Read],
+        T0,
+        T0 + 7200,
+    )
+    .to_cedar();
+    let ev = Evaluator::new([globex, inside]).unwrap();
+    assert!(!both(&ev, &vic("show/seq1/f1.exr", Action::Read, now)).allowed);
+}
+
+#[test]
+fn a_delegation_grants_nothing_by_itself_and_must_name_its_organization() {
+    let ev = Evaluator::new([delegation()]).unwrap();
+    let as_org = AccessRequest {
+        participant: "acme-post",
+        ..vic("show/seq1/f1.exr", Action::Read, T0 + 1)
+    };
+    assert!(
+        !both(&ev, &as_org).allowed,
+        "a delegation is a bound, not a grant"
+    );
+    let mut wrong = delegation();
+    wrong.delegates_to = Some("globex".into());
+    assert!(matches!(
+        Evaluator::new([wrong]),
+        Err(EvalError::Delegation { .. })
+    ));
+    let mut both_ways = delegation();
+    both_ways.delegated_by = Some("d-0".into());
+    assert!(matches!(
+        Evaluator::new([both_ways]),
+        Err(EvalError::Delegation { .. })
+    ));
 }
