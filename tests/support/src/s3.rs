@@ -48,11 +48,7 @@ pub fn server_binary() -> Option<PathBuf> {
 /// `CI` is not `true`; under `CI=true` a missing binary panics.
 pub fn s3_server() -> Option<S3Server> {
     let Some(binary) = server_binary() else {
-        let reason = "no S3 server: install s3s-fs (`cargo install s3s-fs --version 0.14.1 --features binary`, as .ci/run does) or set CSAP_S3_SERVER";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true requires an S3 server, but there is {reason}");
-        }
-        eprintln!("SKIPPED: {reason} (set CI=true to make this a failure)");
+        crate::missing_part("an S3 server", "there is no S3 server: install s3s-fs (`cargo install s3s-fs --version 0.14.1 --features binary`, as .ci/run does) or set CSAP_S3_SERVER");
         return None;
     };
     Some(S3Server::start(binary).expect("start the S3 server"))

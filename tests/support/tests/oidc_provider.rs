@@ -1,12 +1,44 @@
 //! The test provider is the real thing: a code flow with PKCE through oidc-provider's own
 //! login and consent pages yields a signed ID token for the login name, the nonce, the client
-//! and the configured lifetime. (The key server's verification of such tokens is tested in
-//! the CLI's tests; this one pins the fixture they stand on.)
+//! and the configured lifetime. This pins the fixture the key server's ID-token verification
+//! will be tested against (issue 18, part 3: not built yet).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use csap_testkit::oidc::{browser_login, oidc_provider, OidcClient};
 use sha2::{Digest, Sha256};
+
+/// The authorization code in the provider's redirect back to the client.
+fn code_in(redirect: &str) -> &str {
+    redirect
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("code="))
+        .expect("a code in the redirect")
+}
+
+/// Trades `code` at the provider's token endpoint, proving possession with `verifier` (PKCE).
+fn exchange(
+    runtime: &tokio::runtime::Runtime,
+    issuer: &str,
+    code: &str,
+    redirect: &str,
+    verifier: &str,
+) -> reqwest::Response {
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{issuer}/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("client_id", "csap-test"),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .expect("the token endpoint answers")
+    })
+}
 
 #[test]
 fn code_flow_through_the_real_pages_yields_an_id_token() {
@@ -28,29 +60,15 @@ fn code_flow_through_the_real_pages_yields_an_id_token() {
     let back = browser_login(&auth, "alice").expect("walk the provider's pages");
     assert!(back.starts_with(&redirect), "redirected to {back}");
     assert!(back.contains("state=s-7"), "{back}");
-    let code = back
-        .split(['?', '&'])
-        .find_map(|kv| kv.strip_prefix("code="))
-        .expect("a code in the redirect");
-
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let tokens: serde_json::Value = runtime.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/token", provider.issuer))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("client_id", "csap-test"),
-                ("redirect_uri", &redirect),
-                ("code_verifier", verifier),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let answer = exchange(
+        &runtime,
+        &provider.issuer,
+        code_in(&back),
+        &redirect,
+        verifier,
+    );
+    let tokens: serde_json::Value = runtime.block_on(answer.json()).unwrap();
     let id_token = tokens["id_token"].as_str().expect("an id_token");
     let claims = id_token.split('.').nth(1).expect("a JWT");
     let claims: serde_json::Value =
@@ -64,27 +82,7 @@ fn code_flow_through_the_real_pages_yields_an_id_token() {
 
     // A wrong verifier is refused by the provider itself (PKCE is enforced).
     let back = browser_login(&auth, "alice").unwrap();
-    let code = back
-        .split(['?', '&'])
-        .find_map(|kv| kv.strip_prefix("code="))
-        .unwrap();
-    let refused = runtime.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/token", provider.issuer))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("client_id", "csap-test"),
-                ("redirect_uri", &redirect),
-                (
-                    "code_verifier",
-                    "an-entirely-different-verifier-of-enough-length-000",
-                ),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let wrong = "an-entirely-different-verifier-of-enough-length-000";
+    let refused = exchange(&runtime, &provider.issuer, code_in(&back), &redirect, wrong).status();
     assert_eq!(refused, 400);
 }
