@@ -408,3 +408,44 @@ fn staged_writes_hold_only_ciphertext() {
     }
     assert_eq!(fs::read(&path).unwrap(), marker);
 }
+
+#[test]
+fn a_write_to_a_replaced_object_is_refused_and_uploads_nothing() {
+    let Some(server) = server() else { return };
+    let mount = TestMount::on_s3(
+        CacheMode::Direct,
+        CHUNK as u32,
+        server,
+        Some(no_readahead_no_cache),
+    );
+    let old = Rng(23).bytes(4 * CHUNK as usize);
+    let new = Rng(24).bytes(4 * CHUNK as usize);
+    let path = mount.path("frame.exr");
+    fs::write(&path, &old).unwrap();
+    let object = mount.s3.as_ref().unwrap().object_file("vol/frame.exr");
+    let old_ciphertext = fs::read(&object).unwrap();
+    fs::write(&path, &new).unwrap();
+
+    // Opened at the new version; the old one is put back before the first write stages it.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    replace_object(
+        mount.s3.as_ref().unwrap(),
+        "vol/frame.exr",
+        old_ciphertext.clone(),
+    );
+    // A whole chunk: nothing of the stored one needs reading first, only staging.
+    let err = file
+        .write_all_at(&vec![7u8; CHUNK as usize], 2 * CHUNK)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
+    drop(file);
+    assert_eq!(
+        fs::read(&object).unwrap(),
+        old_ciphertext,
+        "the other writer's object is left as it was"
+    );
+}

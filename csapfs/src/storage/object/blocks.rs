@@ -116,13 +116,23 @@ pub(super) struct Source {
 }
 
 impl Source {
-    /// Whether a GET was answered from the version opened. `If-Match` asks the server, but not
-    /// every S3-compatible server honours it on GET (s3s-fs ignores it), so the answer's own
-    /// ETag is checked too; a pinned open whose answer carries no ETag fails closed.
-    pub(super) fn answered_by_opened_version(&self, answer: &object_store::ObjectMeta) -> bool {
+    /// Refuses a GET's answer that is not from the version opened, as the store refuses an
+    /// unmet `If-Match`. The header asks the server, but not every S3-compatible server honours
+    /// it on GET (s3s-fs ignores it), so the answer's own ETag is checked too; a pinned open
+    /// whose answer carries no ETag fails closed.
+    pub(super) fn check_answer(
+        &self,
+        answer: &object_store::ObjectMeta,
+    ) -> Result<(), object_store::Error> {
         match &self.etag {
-            None => true,
-            Some(opened) => answer.e_tag.as_deref() == Some(opened.as_str()),
+            Some(opened) if answer.e_tag.as_deref() != Some(opened.as_str()) => {
+                Err(object_store::Error::Precondition {
+                    path: self.path.to_string(),
+                    source: format!("answered with ETag {:?}, opened at {opened}", answer.e_tag)
+                        .into(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -355,12 +365,7 @@ impl Blocks {
         };
         let get = async {
             let got = self.store.get_opts(&source.path, options).await?;
-            if !source.answered_by_opened_version(&got.meta) {
-                return Err(object_store::Error::Precondition {
-                    path: key.to_string(),
-                    source: "the answer's ETag is not the one opened".into(),
-                });
-            }
+            source.check_answer(&got.meta)?;
             got.bytes().await
         };
         let bytes = match tokio::time::timeout(self.timeout, get).await {

@@ -125,16 +125,9 @@ impl ObjectFile {
                 .await
                 .map_err(|_| timed_out("staging for a write", &key, limit))?
                 .map_err(|err| store_error("staging for a write", &key, err))?;
-            if !source.answered_by_opened_version(&got.meta) {
-                return Err(store_error(
-                    "staging for a write",
-                    &key,
-                    object_store::Error::Precondition {
-                        path: key.clone(),
-                        source: "it changed in the object store since it was opened here; reopen the file".into(),
-                    },
-                ));
-            }
+            source
+                .check_answer(&got.meta)
+                .map_err(|err| store_error("staging for a write", &key, err))?;
             let mut stream = got.into_stream();
             let mut written = 0u64;
             loop {
