@@ -100,13 +100,33 @@ impl RootKey {
         version: u32,
         seed: &Seed,
     ) -> Result<SealedSeed, KeyError> {
+        self.seal(&seed_aad(scope, version), seed.as_bytes())
+    }
+
+    pub fn open_seed(
+        &self,
+        scope: &str,
+        version: u32,
+        sealed: &SealedSeed,
+    ) -> Result<Seed, KeyError> {
+        let plain = self.open(&seed_aad(scope, version), sealed)?;
+        let plain: Zeroizing<[u8; 32]> =
+            Zeroizing::new((&plain[..]).try_into().map_err(|_| KeyError::Unseal)?);
+        Ok(Seed::from_bytes(*plain))
+    }
+
+    /// `plaintext` sealed under the root key with `aad`, under a fresh random nonce.
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<SealedSeed, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
-        let mut buf = seed.as_bytes().to_vec();
+        // Room for the tag up front: appending it must not reallocate and leave a copy of
+        // the plaintext in freed memory (it is sealed in place).
+        let mut buf = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
+        buf.extend_from_slice(plaintext);
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(seed_aad(scope, version)),
+                Aad::from(aad),
                 &mut buf,
             )
             .map_err(|_| KeyError::Unseal)?;
@@ -116,24 +136,20 @@ impl RootKey {
         })
     }
 
-    pub fn open_seed(
-        &self,
-        scope: &str,
-        version: u32,
-        sealed: &SealedSeed,
-    ) -> Result<Seed, KeyError> {
+    /// The plaintext of `sealed`, if it was sealed under the root key with `aad`.
+    fn open(&self, aad: &[u8], sealed: &SealedSeed) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let mut buf = Zeroizing::new(sealed.ciphertext.clone());
-        let plain = self
+        let len = self
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(sealed.nonce),
-                Aad::from(seed_aad(scope, version)),
+                Aad::from(aad),
                 &mut buf,
             )
-            .map_err(|_| KeyError::Unseal)?;
-        let plain: Zeroizing<[u8; 32]> =
-            Zeroizing::new((&*plain).try_into().map_err(|_| KeyError::Unseal)?);
-        Ok(Seed::from_bytes(*plain))
+            .map_err(|_| KeyError::Unseal)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
@@ -147,32 +163,13 @@ impl RootKey {
     /// the database at first start, it lets every later start — every replica — tell whether
     /// it was given the same root key, without the key ever leaving the process.
     pub fn seal_check(&self) -> Result<SealedSeed, KeyError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce)?;
-        let mut buf = CHECK_PLAINTEXT.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(CHECK_AAD),
-                &mut buf,
-            )
-            .map_err(|_| KeyError::Unseal)?;
-        Ok(SealedSeed {
-            nonce,
-            ciphertext: buf,
-        })
+        self.seal(CHECK_AAD, CHECK_PLAINTEXT)
     }
 
     /// Whether `check` was sealed by this same key ([`RootKey::seal_check`]).
     pub fn opens_check(&self, check: &SealedSeed) -> bool {
-        let mut buf = check.ciphertext.clone();
-        self.key
-            .open_in_place(
-                Nonce::assume_unique_for_key(check.nonce),
-                Aad::from(CHECK_AAD),
-                &mut buf,
-            )
-            .is_ok_and(|plain| plain == CHECK_PLAINTEXT)
+        self.open(CHECK_AAD, check)
+            .is_ok_and(|plain| plain.as_slice() == CHECK_PLAINTEXT)
     }
 }
 
