@@ -306,6 +306,34 @@ mod tests {
     }
 
     #[test]
+    fn the_delegation_fields_are_signed_and_absent_ones_leave_old_bytes_alone() {
+        let key = IssuerKey::from_seed([7; 32]);
+        let old = rule().canonical_bytes();
+        assert!(
+            !String::from_utf8_lossy(&old).contains("delegat"),
+            "a rule without delegation signs the bytes it signed before delegation existed"
+        );
+        let mut org_rule = rule();
+        org_rule.delegated_by = Some("d-1".into());
+        let signed = sign(org_rule, &key);
+        key.public().verify(&signed).unwrap();
+        // Stripped, it would pass for a production rule; moved, it would claim another
+        // delegation; turned into a delegation, it would bound others: each breaks the signature.
+        let mut stripped = signed.clone();
+        stripped.rule.delegated_by = None;
+        let mut moved = signed.clone();
+        moved.rule.delegated_by = Some("d-2".into());
+        let mut promoted = signed;
+        promoted.rule.delegates_to = Some("acme-post".into());
+        for tampered in [stripped, moved, promoted] {
+            assert!(matches!(
+                key.public().verify(&tampered),
+                Err(RuleError::BadSignature)
+            ));
+        }
+    }
+
+    #[test]
     fn tampered_signature_fails_verify() {
         let key = IssuerKey::from_seed([7; 32]);
         let mut signed = sign(rule(), &key);
