@@ -100,7 +100,12 @@ impl AuditQueue {
         let conn = pool.dedicated_connection()?;
         *self.0.lock_conn() = Some(conn);
         // Whatever was recorded before there was a connection is the writer's first work.
-        self.0.lock_queue().handed_off = true;
+        // Only then is the writer woken: a wake-up for nothing would hold the connection just
+        // as the first caller tries it, and send that caller's records the slow way. (A record
+        // queued after this look finds the connection set and commits itself.)
+        let mut queue = self.0.lock_queue();
+        queue.handed_off = !queue.jobs.is_empty();
+        drop(queue);
         let shared = Arc::clone(&self.0);
         std::thread::Builder::new()
             .name("csap-audit".into())
