@@ -308,23 +308,32 @@ fn replace_object(server: &S3Server, key: &str, bytes: Vec<u8>) {
         .unwrap();
 }
 
-#[test]
-fn an_open_file_never_mixes_in_chunks_of_a_replaced_object() {
-    let Some(server) = server() else { return };
-    let mut mount = TestMount::on_s3(
+/// An S3 mount (no readahead, no chunk cache: every read is a GET) holding `frame.exr`
+/// written twice — the same asset, so the same key, and the first version's chunks would still
+/// authenticate — with both plaintexts and the first version's stored object.
+fn two_versions(server: S3Server, seed: u64) -> (TestMount, [Vec<u8>; 2], Vec<u8>) {
+    let mount = TestMount::on_s3(
         CacheMode::Direct,
         CHUNK as u32,
         server,
         Some(no_readahead_no_cache),
     );
-    let old = Rng(21).bytes(4 * CHUNK as usize);
-    let new = Rng(22).bytes(4 * CHUNK as usize);
+    let versions = [
+        Rng(seed).bytes(4 * CHUNK as usize),
+        Rng(seed + 1).bytes(4 * CHUNK as usize),
+    ];
     let path = mount.path("frame.exr");
-    fs::write(&path, &old).unwrap();
-    let object = mount.s3.as_ref().unwrap().object_file("vol/frame.exr");
-    let old_ciphertext = fs::read(&object).unwrap();
-    // The same asset rewritten: the same key, so the old version's chunks still authenticate.
-    fs::write(&path, &new).unwrap();
+    fs::write(&path, &versions[0]).unwrap();
+    let first = fs::read(mount.s3.as_ref().unwrap().object_file("vol/frame.exr")).unwrap();
+    fs::write(&path, &versions[1]).unwrap();
+    (mount, versions, first)
+}
+
+#[test]
+fn an_open_file_never_mixes_in_chunks_of_a_replaced_object() {
+    let Some(server) = server() else { return };
+    let (mut mount, [old, new], old_ciphertext) = two_versions(server, 21);
+    let path = mount.path("frame.exr");
 
     let file = File::open(&path).unwrap();
     let mut chunk = vec![0u8; CHUNK as usize];
@@ -412,19 +421,9 @@ fn staged_writes_hold_only_ciphertext() {
 #[test]
 fn a_write_to_a_replaced_object_is_refused_and_uploads_nothing() {
     let Some(server) = server() else { return };
-    let mount = TestMount::on_s3(
-        CacheMode::Direct,
-        CHUNK as u32,
-        server,
-        Some(no_readahead_no_cache),
-    );
-    let old = Rng(23).bytes(4 * CHUNK as usize);
-    let new = Rng(24).bytes(4 * CHUNK as usize);
+    let (mount, _, old_ciphertext) = two_versions(server, 23);
     let path = mount.path("frame.exr");
-    fs::write(&path, &old).unwrap();
     let object = mount.s3.as_ref().unwrap().object_file("vol/frame.exr");
-    let old_ciphertext = fs::read(&object).unwrap();
-    fs::write(&path, &new).unwrap();
 
     // Opened at the new version; the old one is put back before the first write stages it.
     let file = OpenOptions::new()
