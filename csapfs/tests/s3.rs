@@ -312,7 +312,7 @@ fn replace_object(server: &S3Server, key: &str, bytes: Vec<u8>) {
 /// written twice — the same asset, so the same key, and the first version's chunks would still
 /// authenticate — with both plaintexts and the first version's stored object.
 fn two_versions(server: S3Server, seed: u64) -> (TestMount, [Vec<u8>; 2], Vec<u8>) {
-    let mount = TestMount::on_s3(
+    let mut mount = TestMount::on_s3(
         CacheMode::Direct,
         CHUNK as u32,
         server,
@@ -326,6 +326,11 @@ fn two_versions(server: S3Server, seed: u64) -> (TestMount, [Vec<u8>; 2], Vec<u8
     fs::write(&path, &versions[0]).unwrap();
     let first = fs::read(mount.s3.as_ref().unwrap().object_file("vol/frame.exr")).unwrap();
     fs::write(&path, &versions[1]).unwrap();
+    // close() returns before the kernel's RELEASE reaches the mount, and an open made while the
+    // writer's handle lives shares its staged body instead of opening what is stored; a remount
+    // makes the next open the one that pins the stored version, as the tests mean it.
+    mount.unmount();
+    mount.mount();
     (mount, versions, first)
 }
 
