@@ -2,11 +2,16 @@
 //! the one content-key derivation are `csap-base`'s (the mount derives with the same code):
 //!
 //! Content key = HKDF-SHA256(salt: none, IKM: seed, info: b"csap/v1/asset" ‖ asset_id, L = 32).
+//!
+//! License sessions kept in the store are sealed under a key of their own, derived from the
+//! root key: HKDF-SHA256(salt: none, IKM: root key, info: [`SESSION_SEAL_INFO`], L = 32).
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 use secmem::LockedBox;
 use zeroize::Zeroizing;
@@ -42,10 +47,13 @@ pub struct SealedSeed {
     pub ciphertext: Vec<u8>,
 }
 
-/// The key server's root key (AES-256-GCM); it only ever wraps scope seeds.
+/// The key server's root key (AES-256-GCM); it only ever wraps scope seeds (and its check
+/// value). License sessions are sealed under a key derived from it ([`SessionSealKey`]).
 pub struct RootKey {
     /// Expanded, in locked memory like the seeds it wraps.
     key: LockedBox<LessSafeKey>,
+    /// Derived when the root key is read: the raw root key is not kept to derive it later.
+    sessions: Arc<SessionSealKey>,
 }
 
 impl fmt::Debug for RootKey {
@@ -70,7 +78,13 @@ impl RootKey {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| KeyError::RootKeyLength)?;
         Ok(RootKey {
             key: LockedBox::new(LessSafeKey::new(unbound)),
+            sessions: Arc::new(SessionSealKey::derive(bytes)),
         })
+    }
+
+    /// The key license sessions are sealed under in the store.
+    pub fn session_seal_key(&self) -> Arc<SessionSealKey> {
+        Arc::clone(&self.sessions)
     }
 
     /// Loads the root key from `CSAP_ROOT_KEY` (hex) if `env_hex` is given, else from `path`,
@@ -117,39 +131,127 @@ impl RootKey {
 
     /// `plaintext` sealed under the root key with `aad`, under a fresh random nonce.
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<SealedSeed, KeyError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce)?;
-        // Room for the tag up front: appending it must not reallocate and leave a copy of
-        // the plaintext in freed memory (it is sealed in place).
-        let mut buf = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
-        buf.extend_from_slice(plaintext);
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .map_err(|_| KeyError::Unseal)?;
-        Ok(SealedSeed {
-            nonce,
-            ciphertext: buf,
-        })
+        seal_with(&self.key, aad, plaintext)
     }
 
     /// The plaintext of `sealed`, if it was sealed under the root key with `aad`.
     fn open(&self, aad: &[u8], sealed: &SealedSeed) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let mut buf = Zeroizing::new(sealed.ciphertext.clone());
-        let len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(sealed.nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .map_err(|_| KeyError::Unseal)?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+        open_with(&self.key, aad, sealed)
+    }
+}
+
+/// `plaintext` sealed under `key` with `aad`, under a fresh random nonce.
+fn seal_with(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<SealedSeed, KeyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce)?;
+    // Room for the tag up front: appending it must not reallocate and leave a copy of the
+    // plaintext in freed memory (it is sealed in place).
+    let mut buf = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
+    buf.extend_from_slice(plaintext);
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| KeyError::Unseal)?;
+    Ok(SealedSeed {
+        nonce,
+        ciphertext: buf,
+    })
+}
+
+/// The plaintext of `sealed`, if it was sealed under `key` with `aad`.
+fn open_with(
+    key: &LessSafeKey,
+    aad: &[u8],
+    sealed: &SealedSeed,
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let mut buf = Zeroizing::new(sealed.ciphertext.clone());
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(sealed.nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .map_err(|_| KeyError::Unseal)?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// HKDF `info` of [`SessionSealKey`]: a label of its own, so no other key derived from the
+/// root key (now or later) is this one.
+pub const SESSION_SEAL_INFO: &[u8] = b"csap/v1/keyserver/session-seal";
+
+/// What a stored license session is bound to: its sealed secret opens only in the row it was
+/// sealed for. Each field length-prefixed, so no two rows' fields run together alike.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionBinding<'a> {
+    pub id: &'a str,
+    pub device: &'a str,
+    pub recipient: &'a [u8],
+    pub not_after: i64,
+}
+
+impl SessionBinding<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(64 + self.id.len() + self.device.len());
+        for part in [self.id.as_bytes(), self.device.as_bytes(), self.recipient] {
+            aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            aad.extend_from_slice(part);
+        }
+        aad.extend_from_slice(&self.not_after.to_be_bytes());
+        aad
+    }
+}
+
+/// The key (AES-256-GCM, derived from the root key) that license session secrets are sealed
+/// under in the store, so every replica given the same root key opens them and nothing else
+/// does. Derived, not the root key itself: a session row can never open as a seed or the
+/// root-key check, whatever its AAD.
+pub struct SessionSealKey {
+    key: LockedBox<LessSafeKey>,
+}
+
+impl fmt::Debug for SessionSealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionSealKey(<redacted>)")
+    }
+}
+
+impl SessionSealKey {
+    fn derive(root: &[u8]) -> Self {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(root);
+        // Expanding 32 bytes with SHA-256 cannot fail (the limit is 255 · 32).
+        let unbound: UnboundKey = prk
+            .expand(&[SESSION_SEAL_INFO], &AES_256_GCM)
+            .expect("32-byte HKDF output")
+            .into();
+        SessionSealKey {
+            key: LockedBox::new(LessSafeKey::new(unbound)),
+        }
+    }
+
+    /// `secret` sealed for the session row `binding` describes.
+    pub fn seal(
+        &self,
+        binding: SessionBinding<'_>,
+        secret: &[u8; 32],
+    ) -> Result<SealedSeed, KeyError> {
+        seal_with(&self.key, &binding.aad(), secret)
+    }
+
+    /// The secret sealed for `binding`; [`KeyError::Unseal`] when it was sealed under another
+    /// root key, for another row, or tampered with.
+    pub fn open(
+        &self,
+        binding: SessionBinding<'_>,
+        sealed: &SealedSeed,
+    ) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let plain = open_with(&self.key, &binding.aad(), sealed)?;
+        Ok(Zeroizing::new(
+            (&plain[..]).try_into().map_err(|_| KeyError::Unseal)?,
+        ))
     }
 }
 
@@ -209,5 +311,51 @@ mod tests {
             .unwrap()
             .opens_check(&check));
         assert!(root.open_seed("csap root key check", 0, &check).is_err());
+    }
+
+    #[test]
+    fn a_sealed_session_opens_only_in_its_own_row_under_its_own_root_key() {
+        let root = RootKey::from_bytes(&[9u8; 32]).unwrap();
+        let key = root.session_seal_key();
+        let row = SessionBinding {
+            id: "0123456789abcdef0123456789abcdef",
+            device: "ws-07",
+            recipient: &[5u8; 32],
+            not_after: 1_060,
+        };
+        let sealed = key.seal(row, &[7u8; 32]).unwrap();
+        assert_eq!(*key.open(row, &sealed).unwrap(), [7u8; 32]);
+        // The row moved to another id, another device, or given more time does not open.
+        for moved in [
+            SessionBinding {
+                id: "fedcba9876543210fedcba9876543210",
+                ..row
+            },
+            SessionBinding {
+                device: "ws-08",
+                ..row
+            },
+            SessionBinding {
+                recipient: &[6u8; 32],
+                ..row
+            },
+            SessionBinding {
+                not_after: 99_999,
+                ..row
+            },
+        ] {
+            assert!(matches!(key.open(moved, &sealed), Err(KeyError::Unseal)));
+        }
+        let mut tampered = sealed.clone();
+        tampered.ciphertext[0] ^= 1;
+        assert!(matches!(key.open(row, &tampered), Err(KeyError::Unseal)));
+        let other = RootKey::from_bytes(&[10u8; 32]).unwrap();
+        assert!(other.session_seal_key().open(row, &sealed).is_err());
+        // Derived, not the root key: a session secret is no seed, whatever the AAD.
+        let as_seed = root
+            .seal_seed("shot010", 1, &Seed::generate().unwrap())
+            .unwrap();
+        assert!(key.open(row, &as_seed).is_err());
+        assert!(root.open(&row.aad(), &sealed).is_err());
     }
 }

@@ -23,7 +23,7 @@ pub const CACHE_MISSES: &str = "csap_keyserver_readcache_misses_total";
 /// Audit records per group-commit transaction, and each commit's duration.
 pub const AUDIT_BATCH: &str = "csap_keyserver_audit_batch_records";
 pub const AUDIT_COMMIT_SECONDS: &str = "csap_keyserver_audit_commit_seconds";
-/// Live license sessions held in memory.
+/// License sessions this replica holds in memory (every one is in the store too).
 pub const SESSIONS: &str = "csap_keyserver_license_sessions";
 
 /// The license decisions among audit events, taken before the events go to the store and
@@ -116,7 +116,7 @@ impl Probe for State {
 
     fn collect(&self) -> ProbeFuture<'_, ()> {
         Box::pin(async move {
-            metrics::gauge!(SESSIONS).set(self.sessions.len() as f64);
+            metrics::gauge!(SESSIONS).set(self.sessions.cached() as f64);
         })
     }
 }

@@ -196,7 +196,7 @@ pub struct State {
     /// A hash of a random password, verified against when a login names an unknown user.
     pub(crate) dummy_hash: String,
     pub(crate) clock: Clock,
-    /// Live license sessions (memory only); see [`crate::session`].
+    /// License sessions (in the store, the ones in use cached); see [`crate::session`].
     pub(crate) sessions: SessionStore,
     data_dir: PathBuf,
 }
@@ -255,6 +255,12 @@ impl State {
         )
         .await?;
         let principals = store.principals().await?;
+        let sessions = SessionStore::new(
+            cfg.session_ttl_secs,
+            SESSION_CAPACITY,
+            Arc::clone(&store),
+            root.session_seal_key(),
+        );
         let state = State {
             store,
             root,
@@ -270,7 +276,7 @@ impl State {
             password_cost: cfg.password_cost,
             dummy_hash,
             clock: cfg.clock.clone(),
-            sessions: SessionStore::new(cfg.session_ttl_secs, SESSION_CAPACITY),
+            sessions,
             data_dir: cfg.data_dir.clone(),
         };
         Ok((Arc::new(state), dir_lock))
@@ -303,7 +309,8 @@ impl State {
     }
 }
 
-/// Live license sessions held at most (each is ~200 bytes; a device keeps one per connection).
+/// License sessions cached at most (each is ~200 bytes; a device keeps one per connection). One
+/// evicted is read from the store again on its next use.
 const SESSION_CAPACITY: u64 = 100_000;
 
 /// Paths inside the data directory.

@@ -533,10 +533,10 @@ fn aes_gcm_open(key: &[u8; 32], ct: &[u8]) -> Vec<u8> {
     .to_vec()
 }
 
-/// License sessions (see `keyserver::session`): the client opens one and uses it; a restart of
-/// the server (which forgets sessions) or a session's end costs the client one transparent
-/// retry; another device cannot use a session id it learnt; the one-license HPKE form still
-/// works and is signed.
+/// License sessions (see `keyserver::session`): the client opens one and uses it; it survives
+/// a restart of the server (same data directory: the session is in the store); a session's end
+/// costs the client one transparent retry; another device cannot use a session id it learnt;
+/// the one-license HPKE form still works and is signed.
 #[tokio::test]
 async fn license_sessions_survive_restart_and_stay_with_their_device() {
     let dir = tempfile::tempdir().unwrap();
@@ -601,7 +601,8 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
     let opened = license::open(signed, &kp, &server_key).unwrap();
     assert_eq!(opened.grants[0].key, first.grants[0].key);
 
-    // Restart on the same address: the same client opens a new session and carries on.
+    // Restart on the same address: the restarted server reads the session from its store, and
+    // the client carries on in it (no new session, no new key agreement).
     let r = r.restart().await;
     let dev = &r.dev;
     let after = dev
@@ -610,7 +611,7 @@ async fn license_sessions_survive_restart_and_stay_with_their_device() {
         .await
         .unwrap();
     assert_eq!(after.grants[0].key, first.grants[0].key);
-    assert_ne!(after.license.session, Some(session));
+    assert_eq!(after.license.session, Some(session));
 
     // A session past its end is refused like an unknown one (the server's clock decides, not
     // the client's): the client opens a new session and carries on.

@@ -1,15 +1,22 @@
 //! Two key-server stores on one PostgreSQL database, as two replicas have them: revocations
 //! are numbered in commit order across both and wake the other's watchers, the directory one
-//! changes is seen by the other, and concurrent group commits lose and duplicate no row.
+//! changes is seen by the other, concurrent group commits lose and duplicate no row, and a
+//! license session opened on one serves on the other.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authz::principal::Standing;
+use keyserver::keys::RootKey;
 use keyserver::pki::{Principal, PrincipalKind};
+use keyserver::seal::HpkeKeyPair;
+use keyserver::session::SessionStore;
 use keyserver::store::postgres::PgKeyStore;
 use keyserver::store::{AuditEvent, KeyStore};
+use keyserver::testing::{provision, RuleFor};
+use keyserver::wire::Action;
+use keyserver::LicenseClient;
 
 async fn replicas() -> Option<(
     csap_testkit::postgres::TestDb,
@@ -219,4 +226,120 @@ async fn replicas_share_a_copied_directory_and_another_root_key_is_refused() {
     assert!(err.to_string().contains("same root key"), "{err}");
     b.server.shutdown().await;
     a.server.shutdown().await;
+}
+
+/// Issue 16: a session opened through one replica's store opens through the other's (no new
+/// session, the same secret); the other given another root key finds it unknown — a `None`,
+/// not an error and not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_one_replicas_store_opens_in_the_others_under_the_same_root_key_only() {
+    let Some((_db, a, b)) = replicas().await else {
+        return;
+    };
+    let sessions = |store: &Arc<PgKeyStore>, root: u8| {
+        let root = RootKey::from_bytes(&[root; 32]).unwrap();
+        let store: Arc<dyn KeyStore> = Arc::clone(store) as _;
+        SessionStore::new(3600, 100, store, root.session_seal_key())
+    };
+    let kp = HpkeKeyPair::generate();
+    let id = "5e".repeat(16);
+    let (opened, _enc) = sessions(&a, 9)
+        .open(id.clone(), "ws-07", kp.public().clone(), 1_000)
+        .await
+        .unwrap();
+    let on_b = sessions(&b, 9)
+        .get(&id, "ws-07", 1_001)
+        .await
+        .unwrap()
+        .expect("b knows a's session");
+    assert_eq!(on_b.secret.expose(), opened.secret.expose());
+    assert_eq!(on_b.not_after, opened.not_after);
+    assert!(sessions(&b, 9)
+        .get(&id, "ws-08", 1_001)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        sessions(&b, 10)
+            .get(&id, "ws-07", 1_001)
+            .await
+            .unwrap()
+            .is_none(),
+        "another root key opens no session"
+    );
+}
+
+/// Issue 16: a device whose requests move to another replica (the first went down) keeps its
+/// license session: the license from replica B is in the session opened on replica A, with
+/// no new session (before, B answered `session_unknown` and the client opened a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_license_session_opened_on_one_replica_serves_licenses_on_the_other() {
+    let Some(db) = csap_testkit::postgres::database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let now = keyserver::now().unwrap();
+    let digest = blake3::hash(b"nuke").to_hex().to_string();
+    let rule = RuleFor {
+        id: "r-replicas",
+        user: "alice",
+        device: "ws-07",
+        app_digest: &digest,
+        path_like: "show/**",
+        actions: &[Action::Read, Action::Create],
+        not_before: now - 3600,
+        not_after: now + 86_400,
+    }
+    .build();
+    let rules: Arc<dyn keyserver::RuleCheck> = Arc::new(keyserver::SwappableRules::new(
+        authz::eval::Evaluator::new(vec![rule]).unwrap(),
+    ));
+    let config = |dir: &std::path::Path| {
+        let mut cfg = keyserver::testing::loopback_config(dir, rules.clone());
+        cfg.store = authz::pg::Engine::postgres(authz::pg::Target::parse(&db.url, None).unwrap());
+        cfg
+    };
+    let first = tmp.path().join("a");
+    let a = keyserver::testing::spawn_with(config(&first))
+        .await
+        .unwrap();
+    let dev_dir = tmp.path().join("dev");
+    let dev = provision(&a, "ws-07", &dev_dir, "alice", "nuke", "shot010")
+        .await
+        .unwrap();
+    // Replica B from a copy of A's directory (docs/operations.md), on the same database.
+    let second = tmp.path().join("b");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&first)
+        .arg(&second)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(second.join(".lock")).ok();
+    let b = keyserver::testing::spawn_with(config(&second))
+        .await
+        .unwrap();
+
+    let client = LicenseClient::connect(&format!("{},{}", a.url, b.url), &dev_dir)
+        .await
+        .unwrap();
+    let created = client
+        .create(&dev.token, &digest, "show/seq1/a.exr", "shot010")
+        .await
+        .unwrap();
+    let session = created.license.session.clone().expect("a session license");
+    a.server.shutdown().await;
+    let id = created.grants[0].asset_id;
+    let read = client
+        .request(&dev.token, &digest, Action::Read, &[id])
+        .await
+        .unwrap();
+    assert_eq!(read.grants[0].key, created.grants[0].key);
+    assert_eq!(
+        read.license.session.as_deref(),
+        Some(session.as_str()),
+        "replica B licensed in the session opened on A"
+    );
+    b.server.shutdown().await;
 }

@@ -94,6 +94,18 @@ impl SessionSecret {
         Ok(SessionSecret(secret))
     }
 
+    /// A secret the server kept sealed in its store, opened again (on another replica, or
+    /// after a restart).
+    pub fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        SessionSecret(bytes)
+    }
+
+    /// The secret itself, for the server to seal it into its store; never for a log or the
+    /// wire.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The keys of one license: its grants' AEAD key and its body's MAC key.
     pub fn license_keys(&self, license_id: &str) -> LicenseKeys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, license_id.as_bytes()).extract(&*self.0);

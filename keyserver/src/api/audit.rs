@@ -162,8 +162,8 @@ fn check_record(r: &MountAuditRecord, last_seq: u64, now: i64) -> Result<(), Fie
     Ok(())
 }
 
-/// A license request that names a license session the server does not know (it restarted,
-/// or the session ended or belongs to another device): audited — one row per asset named, as
+/// A license request that names a license session the server does not know (never opened,
+/// ended, another device's, or its stored row does not open): audited — one row per asset named, as
 /// the user its token names (unverified) — without touching SQLite on this async thread.
 pub(crate) fn refuse_session(st: &State, device: &str, req: &LicenseRequest) -> ApiError {
     let base = AuditEvent {

@@ -45,9 +45,12 @@ async fn license_request(
     check_digest("app_digest", &req.app_digest)?;
     let wrap = match (&req.session, req.hpke_public_key.is_empty()) {
         (Some(id), true) => {
+            // A cached session reads no database; another replica's (or one from before a
+            // restart) is read from the store once.
             let session = st
                 .sessions
                 .get(id, &peer.name, st.clock.now()?)
+                .await?
                 .ok_or_else(|| super::audit::refuse_session(&st, &peer.name, &req))?;
             SessionOrKey::Session(session)
         }
@@ -146,7 +149,11 @@ pub(crate) async fn open_session(
     let (session, enc) = st
         .sessions
         .open(id, &peer.name, recipient, now)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .await
+        .map_err(|e| match e {
+            crate::session::SessionError::Store(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        })?;
     Ok(Json(st.signer.sign_session(Session {
         session_id: session.id.clone(),
         device: session.device.clone(),

@@ -226,6 +226,7 @@ pub(crate) async fn revoke_device(
     // After the commit, before anything else can fail: the next handshake (and every request
     // on open connections) is refused.
     st.registry.revoke_name(PrincipalKind::Device, &name);
+    // Its stored sessions went in the revocation's transaction; this replica's cached ones go now.
     st.sessions.end_device(&name);
     audited(&st, &admin, "device.revoke", &name).await?;
     Ok(Json(Revoked { revoked }))

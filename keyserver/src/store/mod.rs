@@ -99,6 +99,43 @@ pub struct ScopeVersionRow {
     pub revoked: bool,
 }
 
+/// A license session as the store keeps it (`crate::session`): its secret sealed under the
+/// root key's session key ([`crate::keys::SessionSealKey`]), bound to every other field.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: String,
+    pub device: String,
+    /// The X25519 public key the session was agreed with.
+    pub recipient: [u8; 32],
+    pub not_after: i64,
+    pub sealed: SealedSeed,
+}
+
+impl SessionRow {
+    /// A row from its stored columns; `None`, logged, when a column has the wrong length: a
+    /// tampered row is an unknown session, not a failed request.
+    pub(crate) fn from_columns(
+        id: &str,
+        device: String,
+        recipient: &[u8],
+        not_after: i64,
+        nonce: &[u8],
+        ciphertext: Vec<u8>,
+    ) -> Option<SessionRow> {
+        let (Ok(recipient), Ok(nonce)) = (recipient.try_into(), nonce.try_into()) else {
+            tracing::warn!(session = id, %device, "stored license session is malformed; treated as unknown");
+            return None;
+        };
+        Some(SessionRow {
+            id: id.to_string(),
+            device,
+            recipient,
+            not_after,
+            sealed: SealedSeed { nonce, ciphertext },
+        })
+    }
+}
+
 /// Which application builds a revocation names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeTarget {
@@ -305,7 +342,8 @@ pub trait KeyStore: Send + Sync + 'static {
         name: &str,
         now: i64,
     ) -> Result<usize, StoreError>;
-    /// [`KeyStore::revoke_certs`] for a device, with its revocation event when any was active.
+    /// [`KeyStore::revoke_certs`] for a device, with its revocation event when any was active;
+    /// its license sessions end with it.
     async fn revoke_device(&self, name: &str, now: i64) -> Result<usize, StoreError>;
     async fn certs(&self) -> Result<Vec<DeviceInfo>, StoreError>;
     /// The X25519 public key enrolled with the device's active certificate.
@@ -423,6 +461,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// is recorded when none is yet (first start), and what is recorded is returned. Replicas
     /// started concurrently agree on one.
     async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError>;
+
+    // ----- license sessions -----
+
+    /// Records a new license session and drops every session that ended by `now` (by the
+    /// index on their end: cheap, and it keeps the table at the live sessions).
+    async fn put_session(&self, row: &SessionRow, now: i64) -> Result<(), StoreError>;
+    /// The session `id`, whatever its end (the caller checks it).
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
 
     // ----- identity revocations -----
 

@@ -171,8 +171,8 @@ async fn malformed_audit_batches_are_400_naming_the_field(engine: Engine) {
     assert!(rows.iter().all(|r| r.source != "mount"), "{rows:#?}");
 }
 
-/// Attack: license requests on a session the server does not know (made up, or from before
-/// a restart) are refused with 401 `session_unknown` — and that refusal is on record with the
+/// Attack: license requests on a session the server does not know (made up, or ended) are
+/// refused with 401 `session_unknown` — and that refusal is on record with the
 /// asset's path, the user the token names and the application.
 async fn a_refused_license_session_is_audited_with_path_user_and_app(engine: Engine) {
     let e = env_on(engine).await;

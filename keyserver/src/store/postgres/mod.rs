@@ -16,7 +16,10 @@
 //!   certificate registry (the TLS handshake's view) from the database too.
 //! - No read cache: every license reads the database (one snapshot per batch), so a change
 //!   committed by any replica is seen by the next license on all of them.
-//! - The root key is not here: seeds are stored sealed under it, as on SQLite.
+//! - **License sessions** are rows every replica reads (a replica caches the ones it used), so
+//!   a device whose requests move to another replica keeps its session.
+//! - The root key is not here: seeds and session secrets are stored sealed under it (and a key
+//!   derived from it), as on SQLite.
 
 mod audit;
 mod group_commit;
@@ -25,6 +28,7 @@ mod keys;
 mod operations;
 mod revocations;
 mod schema;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -37,7 +41,7 @@ use tokio_postgres::GenericClient;
 use self::group_commit::AuditWriter;
 use super::{
     AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseRows, RevokeTarget, RowsWanted,
-    SealVersion, Shipped, StoreError, UserRow,
+    SealVersion, SessionRow, Shipped, StoreError, UserRow,
 };
 use crate::directory::MirroredDirectory;
 use crate::keys::SealedSeed;

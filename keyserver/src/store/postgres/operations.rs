@@ -83,6 +83,7 @@ impl KeyStore for PgKeyStore {
         let n = identities::revoke_certs(&*tx, PrincipalKind::Device, name, now).await?;
         if n > 0 {
             revocations::record(&*tx, now, RevocationKind::Device, name, None).await?;
+            sessions::end_device(&*tx, name).await?;
             notify(&*tx, Change::Directory).await?;
         }
         tx.commit().await?;
@@ -248,6 +249,18 @@ impl KeyStore for PgKeyStore {
 
     async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError> {
         keys::root_key_check(&**self.client().await?, proposed).await
+    }
+
+    async fn put_session(&self, row: &SessionRow, now: i64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        sessions::put(&*tx, row, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        sessions::get(&**self.client().await?, id).await
     }
 
     async fn scope_info(&self, name: &str) -> Result<Option<ScopeInfo>, StoreError> {

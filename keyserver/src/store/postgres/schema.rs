@@ -11,7 +11,7 @@
 pub const SCHEMA: &str = "keyserver";
 
 /// One step per version (`authz::pg::migrate`). Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3];
 
 const SCHEMA_1: &str = "
 CREATE TABLE certs (
@@ -113,4 +113,19 @@ CREATE TABLE root_key_check (
   nonce BYTEA NOT NULL,
   sealed BYTEA NOT NULL
 );
+";
+
+/// 3: license sessions, shared by the replicas (`crate::session`); the secret sealed under the
+/// root key's session key, bound to the row.
+const SCHEMA_3: &str = "
+CREATE TABLE license_sessions (
+  id TEXT PRIMARY KEY,
+  device TEXT NOT NULL,
+  recipient BYTEA NOT NULL,
+  not_after BIGINT NOT NULL,
+  nonce BYTEA NOT NULL,
+  sealed BYTEA NOT NULL
+);
+CREATE INDEX license_sessions_not_after ON license_sessions(not_after);
+CREATE INDEX license_sessions_device ON license_sessions(device);
 ";

@@ -10,6 +10,7 @@ mod keys;
 mod pool;
 mod revocations;
 mod schema;
+mod sessions;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ use self::pool::Pool;
 use self::revocations::Notifier;
 use super::{
     AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseReads, LicenseRows, RevokeTarget,
-    RowsWanted, SealVersion, Shipped, StoreError, UserRow,
+    RowsWanted, SealVersion, SessionRow, Shipped, StoreError, UserRow,
 };
 use crate::keys::SealedSeed;
 use crate::pki::{Principal, PrincipalKind};
@@ -197,6 +198,7 @@ impl KeyStore for SqliteStore {
             let n = identities::revoke_certs(tx, PrincipalKind::Device, &name, now)?;
             if n > 0 {
                 revocations::record(tx, now, RevocationKind::Device, &name, None)?;
+                sessions::end_device(tx, &name)?;
             }
             Ok((n, n > 0))
         })
@@ -358,6 +360,16 @@ impl KeyStore for SqliteStore {
     async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError> {
         let proposed = proposed.clone();
         self.call(move |c| keys::root_key_check(c, &proposed)).await
+    }
+
+    async fn put_session(&self, row: &SessionRow, now: i64) -> Result<(), StoreError> {
+        let row = row.clone();
+        self.call(move |c| sessions::put(c, &row, now)).await
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| sessions::get(c, &id)).await
     }
 
     async fn scope_info(&self, name: &str) -> Result<Option<ScopeInfo>, StoreError> {

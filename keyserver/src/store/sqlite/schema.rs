@@ -137,4 +137,18 @@ pub(crate) const MIGRATIONS: &[Step] = &[
         sealed BLOB NOT NULL
     );",
     ),
+    // 8: license sessions, so they outlive a restart (`crate::session`); the secret sealed
+    // under the root key's session key, bound to the row
+    Step::Sql(
+        "CREATE TABLE license_sessions (
+        id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        recipient BLOB NOT NULL,
+        not_after INTEGER NOT NULL,
+        nonce BLOB NOT NULL,
+        sealed BLOB NOT NULL
+    );
+    CREATE INDEX license_sessions_not_after ON license_sessions(not_after);
+    CREATE INDEX license_sessions_device ON license_sessions(device);",
+    ),
 ];
