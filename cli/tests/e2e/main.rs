@@ -553,8 +553,8 @@ fn revoking_the_create_rule_ends_the_creators_handle() {
 /// - an unregistered program (`head`) and a registered one without a rule (`cat`) are denied
 ///   by the mount's local rules: both appear under their path with user, uid, app, device;
 /// - a re-open served from the held license is a mount grant (`license_cache`);
-/// - after a key server restart, the mount's stale license session is refused with 401
-///   `session_unknown`, which the key server records under the asset's path;
+/// - after a key server restart, the mount's license session still serves (the key server
+///   keeps sessions in its store): no 401 `session_unknown` is on record;
 /// - with the key server down, the mount's denials (local rules, key server unreachable) are
 ///   spooled; the mount is unmounted and mounted again, the server restarted: each record
 ///   arrives exactly once, and another remount sends nothing twice.
@@ -628,25 +628,33 @@ fn mount_decisions_reach_the_audit_trail_through_outages_and_restarts() {
         }
     }
 
-    // A restarted key server has forgotten the mount's license session: the first license
-    // request on it is refused with 401 (and retried on a new session).
+    // A restarted key server reads the mount's license session from its store: the license
+    // for f2 comes in that session, with no 401 on the way (which a refusal would have put on
+    // record under the path, as keyserver's audit_trail tests check).
+    let f2_grants = |env: &Env| {
+        env.audit_at("samples/b/f2.raw")
+            .iter()
+            .filter(|r| r.source == "keyserver" && r.decision == "grant")
+            .count()
+    };
+    let granted_before = f2_grants(&env);
     env.restart();
     let out = bash_as(None, &read_all(&frame(2)));
     assert_frame(&env, &out, "f2 after the restart");
-    eventually("the 401 on record", Duration::from_secs(5), || {
-        env.audit_at("samples/b/f2.raw")
-            .iter()
-            .any(|r| r.reason.as_deref() == Some("session_unknown"))
+    eventually("f2's license on record", Duration::from_secs(5), || {
+        f2_grants(&env) > granted_before
     });
-    let refused = env
+    // Refusals are recorded without waiting for a commit: give one the time it would take.
+    std::thread::sleep(Duration::from_millis(300));
+    let refused: Vec<_> = env
         .audit_at("samples/b/f2.raw")
         .into_iter()
-        .find(|r| r.reason.as_deref() == Some("session_unknown"))
-        .unwrap();
-    assert_eq!(refused.source, "keyserver");
-    assert_eq!(refused.app_digest.as_deref(), Some(env.apps.bash.as_str()));
-    assert_eq!(refused.user.as_deref(), Some("alice (unverified)"));
-    assert_eq!(refused.device.as_deref(), Some(fixture::DEVICE));
+        .filter(|r| r.reason.as_deref() == Some("session_unknown"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the session survived the restart: {refused:#?}"
+    );
 
     // Outage: everything the mount decides now waits in its spool.
     env.stop();
