@@ -268,6 +268,27 @@ mod tests {
         assert!(again.get(S1, "ws-07", 1_059).await.unwrap().is_some());
     }
 
+    /// The license path's common case reads no database: a cached session is served with its
+    /// row gone from the store.
+    #[tokio::test]
+    async fn a_cached_session_is_served_without_the_store() {
+        let f = Fixture::new();
+        let sessions = f.sessions(9);
+        let kp = HpkeKeyPair::generate();
+        sessions
+            .open(S1.into(), "ws-07", kp.public().clone(), 1_000)
+            .await
+            .unwrap();
+        f.tamper(&format!("DELETE FROM license_sessions WHERE id = '{S1}'"));
+        assert!(sessions.get(S1, "ws-07", 1_001).await.unwrap().is_some());
+        assert!(f
+            .sessions(9)
+            .get(S1, "ws-07", 1_001)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
     /// Another server on the same store (a restart, another replica) loads the session with
     /// its secret; under another root key it is unknown.
     #[tokio::test]
