@@ -66,7 +66,7 @@ impl Replica {
     fn kill(&mut self) {
         let server = self.server.take().expect("the replica is down");
         nix::sys::signal::kill(server.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
-        // Reaps it (SIGTERM to a dead process is a no-op).
+        // Reaps it (`stop` signals only a process still running).
         server.stop();
     }
 
@@ -121,7 +121,8 @@ struct Open {
     failure: Option<String>,
 }
 
-/// What the license clients received: (license id, asset id) per grant, and each failure.
+/// What the license clients received: (license id, asset id, when) per grant, each failure,
+/// the slowest answer.
 #[derive(Default)]
 struct Licensed {
     grants: Vec<(String, String, Instant)>,
