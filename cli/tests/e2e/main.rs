@@ -9,6 +9,7 @@ mod fixture;
 mod mappings;
 mod postgres;
 mod ratelimit;
+mod replica_fault;
 mod revocation;
 mod tokens;
 

@@ -141,6 +141,27 @@ mod tests {
         (url, t)
     }
 
+    /// A plain-HTTP server on loopback that reads each request, then closes the connection
+    /// without answering (a replica killed while it handled the request); counts the requests
+    /// that reached it.
+    fn hanging_up() -> (String, std::sync::Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let reached = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = std::sync::Arc::clone(&reached);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 4096];
+                if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                // Dropped: the connection ends with no answer.
+            }
+        });
+        (url, reached)
+    }
+
     /// A port nothing listens on (bound, then closed).
     fn dead() -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -169,5 +190,44 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ClientError::Http(_)), "{e:?}");
+    }
+
+    /// Issue 16: a create (not repeatable) whose connection broke after the request was sent
+    /// may have been carried out by that replica; sending it to the next one could register
+    /// the asset twice, so the failure comes back instead. A license request (repeatable)
+    /// that meets the same failure is answered by the next replica.
+    #[tokio::test]
+    async fn a_request_that_reached_a_replica_is_sent_again_only_when_repeatable() {
+        let http = reqwest::Client::new();
+        let create = |base: &str| http.post(format!("{base}/v1/assets")).body("{}");
+        let (first, reached) = hanging_up();
+        let (live, _t) = answering("b");
+        let servers = Servers::parse(&format!("{first},{live}")).unwrap();
+        assert!(!Servers::repeatable_post("/v1/assets"));
+        let e = servers
+            .send(false, create)
+            .await
+            .expect_err("a create that reached a replica must not move on");
+        assert!(matches!(e, ClientError::Http(_)), "{e:?}");
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            1,
+            "the create reached the first"
+        );
+        assert_eq!(servers.current(), first, "the client did not move");
+
+        let license = |base: &str| http.post(format!("{base}/v1/licenses")).body("{}");
+        let resp = servers
+            .send(Servers::repeatable_post("/v1/licenses"), license)
+            .await
+            .expect("a license request moves on to the next replica");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["at"], "b");
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            2,
+            "it reached the first too"
+        );
+        assert_eq!(servers.current(), live);
     }
 }
