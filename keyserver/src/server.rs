@@ -198,6 +198,8 @@ pub struct State {
     pub(crate) clock: Clock,
     /// Live license sessions (memory only); see [`crate::session`].
     pub(crate) sessions: SessionStore,
+    /// Verifies the organizations' ID tokens (delegated authentication).
+    pub(crate) federation: crate::federation::Federation,
     data_dir: PathBuf,
 }
 
@@ -271,6 +273,7 @@ impl State {
             dummy_hash,
             clock: cfg.clock.clone(),
             sessions: SessionStore::new(cfg.session_ttl_secs, SESSION_CAPACITY),
+            federation: crate::federation::Federation::new(),
             data_dir: cfg.data_dir.clone(),
         };
         Ok((Arc::new(state), dir_lock))

@@ -34,7 +34,7 @@ use crate::readcache::ReadCache;
 use crate::revocation::RevocationsResponse;
 use crate::wire::{
     AppInfo, AssetInfo, AuditRecord, DeviceInfo, DirectorySnapshot, GenerationStep,
-    MountAuditRecord, ScopeInfo,
+    IdentityProvider, MountAuditRecord, ScopeInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +257,14 @@ impl Future for AuditReceipt {
     }
 }
 
+/// An organization's identity provider as stored: with its pseudonym key (sealed under the
+/// root key: `RootKey::new_pseudonym_key`) when the provider is pseudonymous.
+#[derive(Debug, Clone)]
+pub struct ProviderRecord {
+    pub provider: IdentityProvider,
+    pub pseudonym_key: Option<SealedSeed>,
+}
+
 /// Seals a scope's new seed version (see [`KeyStore::rotate_scope`]).
 pub type SealVersion = Box<dyn FnOnce(u32) -> Result<SealedSeed, String> + Send>;
 
@@ -423,6 +431,19 @@ pub trait KeyStore: Send + Sync + 'static {
     /// is recorded when none is yet (first start), and what is recorded is returned. Replicas
     /// started concurrently agree on one.
     async fn root_key_check(&self, proposed: &SealedSeed) -> Result<SealedSeed, StoreError>;
+
+    // ----- delegated authentication -----
+
+    /// Records an organization's identity provider, replacing the one it had.
+    async fn put_identity_provider(&self, record: &ProviderRecord) -> Result<(), StoreError>;
+    async fn identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<Option<ProviderRecord>, StoreError>;
+    /// Every organization's provider, by organization.
+    async fn identity_providers(&self) -> Result<Vec<IdentityProvider>, StoreError>;
+    /// Removes an organization's provider; whether one was on record.
+    async fn remove_identity_provider(&self, organization: &str) -> Result<bool, StoreError>;
 
     // ----- identity revocations -----
 

@@ -19,6 +19,7 @@
 //! - The root key is not here: seeds are stored sealed under it, as on SQLite.
 
 mod audit;
+mod federation;
 mod group_commit;
 mod identities;
 mod keys;
@@ -36,8 +37,8 @@ use tokio_postgres::GenericClient;
 
 use self::group_commit::AuditWriter;
 use super::{
-    AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseRows, RevokeTarget, RowsWanted,
-    SealVersion, Shipped, StoreError, UserRow,
+    AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseRows, ProviderRecord, RevokeTarget,
+    RowsWanted, SealVersion, Shipped, StoreError, UserRow,
 };
 use crate::directory::MirroredDirectory;
 use crate::keys::SealedSeed;
@@ -46,7 +47,7 @@ use crate::readcache::ReadCache;
 use crate::revocation::{RevocationKind, RevocationsResponse};
 use crate::wire::{
     AppInfo, AssetInfo, AuditRecord, DeviceInfo, DirectorySnapshot, GenerationStep,
-    MountAuditRecord, ScopeInfo, UserInfo,
+    IdentityProvider, MountAuditRecord, ScopeInfo, UserInfo,
 };
 
 pub use self::schema::SCHEMA;

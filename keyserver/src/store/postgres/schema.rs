@@ -11,7 +11,7 @@
 pub const SCHEMA: &str = "keyserver";
 
 /// One step per version (`authz::pg::migrate`). Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3];
 
 const SCHEMA_1: &str = "
 CREATE TABLE certs (
@@ -112,5 +112,18 @@ CREATE TABLE root_key_check (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   nonce BYTEA NOT NULL,
   sealed BYTEA NOT NULL
+);
+";
+
+/// 3: organizations' OpenID Connect providers (delegated authentication).
+const SCHEMA_3: &str = "
+CREATE TABLE identity_providers (
+  organization TEXT PRIMARY KEY,
+  issuer TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  pseudonymous BOOLEAN NOT NULL,
+  added_at BIGINT NOT NULL,
+  pseudonym_nonce BYTEA,
+  pseudonym_key BYTEA
 );
 ";

@@ -137,4 +137,16 @@ pub(crate) const MIGRATIONS: &[Step] = &[
         sealed BLOB NOT NULL
     );",
     ),
+    // 8: organizations' OpenID Connect providers (delegated authentication)
+    Step::Sql(
+        "CREATE TABLE identity_providers (
+        organization TEXT PRIMARY KEY,
+        issuer TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        pseudonymous INTEGER NOT NULL,
+        added_at INTEGER NOT NULL,
+        pseudonym_nonce BLOB,
+        pseudonym_key BLOB
+    );",
+    ),
 ];
