@@ -6,6 +6,7 @@
 mod apps;
 mod audit;
 mod keys;
+mod oidc;
 mod principals;
 mod serve;
 mod users;
@@ -18,7 +19,7 @@ pub use principals::{
     run_device, run_role, run_workflow, DeviceCommand, RoleCommand, WorkflowCommand,
 };
 pub use serve::{run_keyserver, KeyserverCommand};
-pub use users::{run_login, run_user, LoginArgs, UserCommand};
+pub use users::{run_idp, run_login, run_user, IdpCommand, LoginArgs, UserCommand};
 
 use std::path::PathBuf;
 

@@ -120,6 +120,9 @@ enum Command {
     /// Add and disable users.
     #[command(subcommand)]
     User(keyserver::UserCommand),
+    /// Organizations' OpenID Connect providers: their people log in with `csap login --oidc`.
+    #[command(subcommand)]
+    Idp(keyserver::IdpCommand),
     /// Log in (password typed without echo, or the first line of a piped stdin) and store a
     /// short-lived user token.
     Login(keyserver::LoginArgs),
@@ -177,6 +180,7 @@ fn main() -> std::process::ExitCode {
         Command::Keyserver(cmd) => keyserver::run_keyserver(cmd),
         Command::Device(cmd) => keyserver::run_device(cmd),
         Command::User(cmd) => keyserver::run_user(cmd),
+        Command::Idp(cmd) => keyserver::run_idp(cmd),
         Command::Workflow(cmd) => keyserver::run_workflow(cmd),
         Command::Auditor(cmd) => keyserver::run_role("auditor", cmd),
         Command::Service(cmd) => keyserver::run_role("service", cmd),

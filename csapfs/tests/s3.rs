@@ -424,6 +424,40 @@ fn staged_writes_hold_only_ciphertext() {
 }
 
 #[test]
+fn a_closed_file_is_stored_whole_with_nothing_left_to_upload() {
+    let Some(server) = server() else { return };
+    let mut mount = TestMount::on_s3(
+        CacheMode::Direct,
+        CHUNK as u32,
+        server,
+        Some(no_readahead_no_cache),
+    );
+    let object = mount.s3.as_ref().unwrap().object_file("vol/frame.exr");
+    // Written by appends (the asset carries its appending mark until synced), then closed.
+    let mut file = File::create(mount.path("frame.exr")).unwrap();
+    for piece in Rng(31).bytes(3 * CHUNK as usize + 99).chunks(20_000) {
+        file.write_all(piece).unwrap();
+    }
+    drop(file);
+    let at_close = fs::read(&object).unwrap();
+    // A flush of a handle that wrote nothing (as when a forked child closes an inherited
+    // descriptor) and the sync at unmount store nothing more: the close stored it all.
+    let untouched = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mount.path("frame.exr"))
+        .unwrap();
+    let dup = untouched.try_clone().unwrap();
+    drop(dup);
+    drop(untouched);
+    mount.unmount();
+    assert!(
+        fs::read(&object).unwrap() == at_close,
+        "the object changed after its close: something written before it was not uploaded"
+    );
+}
+
+#[test]
 fn a_write_to_a_replaced_object_is_refused_and_uploads_nothing() {
     let Some(server) = server() else { return };
     let (mount, _, old_ciphertext) = two_versions(server, 23);

@@ -52,9 +52,17 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Denied(Reason::NotAdmin) => StatusCode::FORBIDDEN,
             // The credential itself is not valid here: authenticate again (log in).
-            ApiError::Denied(Reason::TokenWrongDevice | Reason::TokenOutdated) => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::Denied(
+                Reason::TokenWrongDevice
+                | Reason::TokenOutdated
+                | Reason::IdTokenExpired
+                | Reason::IdTokenWrongAudience
+                | Reason::IdTokenWrongIssuer
+                | Reason::IdTokenBadSignature
+                | Reason::IdTokenInvalid,
+            ) => StatusCode::UNAUTHORIZED,
+            // Nothing is granted unchecked: the client may try again later.
+            ApiError::Denied(Reason::ProviderUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

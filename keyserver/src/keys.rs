@@ -275,9 +275,50 @@ impl RootKey {
     }
 }
 
+/// AAD of an organization's pseudonym key: its own label and the organization, so the row
+/// of one organization opens for no other (and no seed or check row opens as one).
+fn pseudonym_aad(organization: &str) -> Vec<u8> {
+    let mut aad = b"csap pseudonym key\0".to_vec();
+    aad.extend_from_slice(organization.as_bytes());
+    aad
+}
+
+impl RootKey {
+    /// A fresh pseudonym key for `organization` (federated logins name its people by a keyed
+    /// hash of their subject: `federation::participant_name`), sealed under the root key.
+    pub fn new_pseudonym_key(&self, organization: &str) -> Result<SealedSeed, KeyError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        random_bytes(key.as_mut())?;
+        self.seal(&pseudonym_aad(organization), key.as_ref())
+    }
+
+    /// The pseudonym key `sealed` holds for `organization`.
+    pub fn open_pseudonym_key(
+        &self,
+        organization: &str,
+        sealed: &SealedSeed,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.open(&pseudonym_aad(organization), sealed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pseudonym_keys_open_for_their_organization_only() {
+        let root = RootKey::from_bytes(&[9u8; 32]).unwrap();
+        let sealed = root.new_pseudonym_key("acme-post").unwrap();
+        assert_eq!(
+            root.open_pseudonym_key("acme-post", &sealed).unwrap().len(),
+            32
+        );
+        assert!(root.open_pseudonym_key("globex-vfx", &sealed).is_err());
+        assert!(!root.opens_check(&sealed));
+        let other = RootKey::from_bytes(&[10u8; 32]).unwrap();
+        assert!(other.open_pseudonym_key("acme-post", &sealed).is_err());
+    }
 
     #[test]
     fn seed_seal_roundtrip_and_binding() {

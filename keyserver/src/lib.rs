@@ -7,6 +7,7 @@
 pub mod api;
 pub mod directory;
 pub mod error;
+pub mod federation;
 pub mod fsutil;
 pub mod keys;
 pub mod license;

@@ -198,6 +198,8 @@ pub struct State {
     pub(crate) clock: Clock,
     /// License sessions (in the store, the ones in use cached); see [`crate::session`].
     pub(crate) sessions: SessionStore,
+    /// Verifies the organizations' ID tokens (delegated authentication).
+    pub(crate) federation: crate::federation::Federation,
     data_dir: PathBuf,
 }
 
@@ -277,6 +279,7 @@ impl State {
             dummy_hash,
             clock: cfg.clock.clone(),
             sessions,
+            federation: crate::federation::Federation::new(),
             data_dir: cfg.data_dir.clone(),
         };
         Ok((Arc::new(state), dir_lock))

@@ -40,14 +40,104 @@ pub enum UserCommand {
     },
 }
 
+/// `csap idp`: which OpenID Connect provider authenticates an organization's people
+/// (delegated authentication). They log in with `csap login --oidc ORGANIZATION` and are
+/// named `SUBJECT@ORGANIZATION` (or `p-PSEUDONYM@ORGANIZATION`) in rules and the audit trail.
+#[derive(Subcommand)]
+pub enum IdpCommand {
+    /// Trust ISSUER (https; http only on loopback) for ORGANIZATION's people, csap being
+    /// registered there as CLIENT_ID (a public client: authorization code with PKCE, redirect
+    /// URIs on http://127.0.0.1); replaces the provider the organization had.
+    Add {
+        organization: String,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        client_id: String,
+        /// Name its people by a keyed hash of their subject, never the subject itself.
+        #[arg(long)]
+        pseudonymous: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List the organizations' providers.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        format: crate::output::Format,
+    },
+    /// Stop trusting an organization's provider: its people log in no more (tokens already
+    /// issued run out; `csap user disable` ends one at once).
+    Remove {
+        organization: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub fn run_idp(cmd: IdpCommand) -> Result<()> {
+    match cmd {
+        IdpCommand::Add {
+            organization,
+            issuer,
+            client_id,
+            pseudonymous,
+            conn,
+        } => runtime()?.block_on(async move {
+            let idp = conn
+                .admin()?
+                .put_identity_provider(&organization, &issuer, &client_id, pseudonymous)
+                .await?;
+            println!(
+                "{} logs in at {} as client {}{}",
+                idp.organization,
+                idp.issuer,
+                idp.client_id,
+                if idp.pseudonymous {
+                    " (pseudonymous)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }),
+        IdpCommand::List { conn, format } => runtime()?.block_on(async move {
+            let list = conn.admin()?.list_identity_providers().await?;
+            format.print(&list, |list| {
+                crate::output::lines(list, |p| {
+                    format!(
+                        "{:<20} {:<40} {:<20} {}",
+                        p.organization,
+                        p.issuer,
+                        p.client_id,
+                        if p.pseudonymous {
+                            "pseudonymous"
+                        } else {
+                            "named"
+                        }
+                    )
+                })
+            })
+        }),
+        IdpCommand::Remove { organization, conn } => runtime()?.block_on(async move {
+            conn.admin()?
+                .remove_identity_provider(&organization)
+                .await?;
+            println!("{organization}'s provider is no longer trusted");
+            Ok(())
+        }),
+    }
+}
+
 /// `csap login`: through the local mount's session socket (any user), or directly with the
 /// device identity (`--identity`, for whoever can read the device key: root, the mount's
 /// operator). Either way the token is bound to this device and a local uid.
 #[derive(Args)]
 pub struct LoginArgs {
-    /// User name.
-    #[arg(long, env = "USER")]
-    pub user: String,
+    /// User name (not with --oidc: the provider says who logs in).
+    #[arg(long, env = "USER", required_unless_present = "oidc")]
+    pub user: Option<String>,
     /// Where to store the token (default $XDG_RUNTIME_DIR/csap/token or ~/.config/csap/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -68,6 +158,15 @@ pub struct LoginArgs {
     /// account's, whose token file the mount reads (`--token-file UID:PATH`).
     #[arg(long, requires = "identity")]
     pub uid: Option<u32>,
+    /// Log in at this organization's own OpenID Connect provider instead of with a password
+    /// (delegated authentication; `csap idp add` registers it): prints the URL to open in a
+    /// browser, waits for the provider to send the browser back, and has the key server trade
+    /// the ID token for a token. Needs --identity and --server.
+    #[arg(long, value_name = "ORGANIZATION", requires = "identity")]
+    pub oidc: Option<String>,
+    /// With --oidc: how long to wait for the browser login, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "oidc")]
+    pub oidc_timeout: u64,
 }
 
 pub fn run_user(cmd: UserCommand) -> Result<()> {
@@ -107,14 +206,21 @@ pub fn run_user(cmd: UserCommand) -> Result<()> {
 }
 
 pub fn run_login(args: LoginArgs) -> Result<()> {
-    let pw = read_password(&format!("password for {}", args.user))?;
+    if let Some(organization) = args.oidc.clone() {
+        return run_oidc_login(args, &organization);
+    }
+    let user = args
+        .user
+        .clone()
+        .context("give --user NAME (or set USER)")?;
+    let pw = read_password(&format!("password for {user}"))?;
     let path = match &args.token_file {
         Some(p) => p.clone(),
         None => UserToken::default_path()
             .context("neither XDG_RUNTIME_DIR nor HOME is set: give --token-file")?,
     };
     let Some(identity) = &args.identity else {
-        return login_through_mount(&args, &pw, &path);
+        return login_through_mount(&args, &user, &pw, &path);
     };
     let server = args
         .server
@@ -126,13 +232,12 @@ pub fn run_login(args: LoginArgs) -> Result<()> {
         let client = LicenseClient::connect(server, identity)
             .await
             .with_context(|| format!("cannot connect as the device in {}", identity.display()))?;
-        let (token, expires) = client.login(&args.user, &pw, uid).await?;
+        let (token, expires) = client.login(&user, &pw, uid).await?;
         token
             .save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!(
-            "logged in as {} on {} for uid {uid} until {}; token in {}",
-            args.user,
+            "logged in as {user} on {} for uid {uid} until {}; token in {}",
             client.device(),
             wire::rfc3339(expires),
             path.display()
@@ -150,9 +255,65 @@ pub fn run_login(args: LoginArgs) -> Result<()> {
     })
 }
 
+/// `csap login --oidc ORGANIZATION --identity DIR --server URL`: the person logs in at the
+/// organization's provider in a browser; the key server verifies the ID token and answers with
+/// a token for the participant it names, bound to this device and uid.
+fn run_oidc_login(args: LoginArgs, organization: &str) -> Result<()> {
+    let (Some(identity), Some(server)) = (&args.identity, args.server.as_deref()) else {
+        bail!("--oidc needs --identity DIR and --server URL (or CSAP_IDENTITY, CSAP_SERVER)");
+    };
+    let path = match &args.token_file {
+        Some(p) => p.clone(),
+        None => UserToken::default_path()
+            .context("neither XDG_RUNTIME_DIR nor HOME is set: give --token-file")?,
+    };
+    let me = nix::unistd::getuid().as_raw();
+    let uid = args.uid.unwrap_or(me);
+    runtime()?.block_on(async move {
+        let client = LicenseClient::connect(server, identity)
+            .await
+            .with_context(|| format!("cannot connect as the device in {}", identity.display()))?;
+        let idp = client.identity_provider(organization).await?;
+        let flow = super::oidc::start(&idp.issuer, &idp.client_id).await?;
+        eprintln!(
+            "open this URL in a browser to log in at {organization}'s provider ({}):\n  {}",
+            idp.issuer, flow.authorization_url
+        );
+        let nonce = flow.nonce.clone();
+        let id_token = flow
+            .id_token(std::time::Duration::from_secs(args.oidc_timeout))
+            .await?;
+        let (token, expires, user) = client
+            .login_oidc(organization, &id_token, &nonce, uid)
+            .await?;
+        token
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "logged in as {user} ({organization}) on {} for uid {uid} until {}; token in {}",
+            client.device(),
+            wire::rfc3339(expires),
+            path.display()
+        );
+        if uid != me {
+            println!(
+                "the token is for uid {uid}: give it to the mount with --token-file {uid}:{}",
+                path.display()
+            );
+            return Ok(());
+        }
+        hand_over_session(args.socket.as_deref(), &token)
+    })
+}
+
 /// `csap login` without a device identity: the mount on the session socket logs the user in
 /// with its own, for the uid the kernel reports for this process, and keeps the session.
-fn login_through_mount(args: &LoginArgs, password: &str, token_file: &Path) -> Result<()> {
+fn login_through_mount(
+    args: &LoginArgs,
+    user: &str,
+    password: &str,
+    token_file: &Path,
+) -> Result<()> {
     let socket = args
         .socket
         .clone()
@@ -165,14 +326,13 @@ fn login_through_mount(args: &LoginArgs, password: &str, token_file: &Path) -> R
             socket.display()
         );
     }
-    let (bound, token) = csapfs::session::login_through(&socket, &args.user, password)
+    let (bound, token) = csapfs::session::login_through(&socket, user, password)
         .with_context(|| format!("login through the mount at {}", socket.display()))?;
     token
         .save(token_file)
         .with_context(|| format!("cannot write {}", token_file.display()))?;
     println!(
-        "logged in as {} through the mount at {} for uid {} until {}; token in {}",
-        args.user,
+        "logged in as {user} through the mount at {} for uid {} until {}; token in {}",
         socket.display(),
         bound.uid,
         wire::rfc3339(bound.expires_at),

@@ -469,15 +469,27 @@ impl<F: StoredBytes> Asset<F> {
     }
 
     /// Makes everything written so far durable. Afterwards the asset is consistent as it
-    /// stands, so the appending mark (FORMAT.md §6) is cleared.
+    /// stands, so the appending mark (FORMAT.md §6) is cleared: after the data is durable on a
+    /// file (a crash before must still find the mark), with the data where a sync stores all
+    /// or nothing (an object's upload) — there, a clear written after the sync would be left
+    /// unstored, and the next flush of the unchanged object would download it to store it.
     pub fn sync(&mut self) -> Result<(), AssetError> {
+        let appending = self.header.flags & FLAG_APPENDING != 0;
+        if appending && self.file.syncs_whole() {
+            self.clear_appending()?;
+            return Ok(self.file.sync_data()?);
+        }
         self.file.sync_data()?;
-        if self.header.flags & FLAG_APPENDING != 0 {
-            self.header.flags &= !FLAG_APPENDING;
-            self.header.append_base = 0;
-            self.write_header()?;
+        if appending {
+            self.clear_appending()?;
         }
         Ok(())
+    }
+
+    fn clear_appending(&mut self) -> Result<(), AssetError> {
+        self.header.flags &= !FLAG_APPENDING;
+        self.header.append_base = 0;
+        self.write_header()
     }
 
     /// Puts the asset at write generation `generation` (FORMAT.md §7): one header `pwrite`,

@@ -37,6 +37,12 @@ pub trait StoredBytes {
     fn set_size(&self, size: u64) -> io::Result<()>;
     /// Makes every write so far durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Whether [`Self::sync_data`] stores every write so far as one whole or nothing (an object
+    /// store's upload), never a part of them: then a write that must only ever follow the data
+    /// to stable storage (clearing the appending mark) can go before it and be stored with it.
+    fn syncs_whole(&self) -> bool {
+        false
+    }
 }
 
 impl StoredBytes for File {
@@ -88,5 +94,9 @@ impl<T: StoredBytes + ?Sized> StoredBytes for Box<T> {
 
     fn sync_data(&self) -> io::Result<()> {
         (**self).sync_data()
+    }
+
+    fn syncs_whole(&self) -> bool {
+        (**self).syncs_whole()
     }
 }

@@ -156,6 +156,30 @@ impl KsClient {
         Self::answer(resp).await
     }
 
+    /// A PUT (idempotent: sent again to the next server after a lost connection).
+    pub async fn put<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        let resp = self
+            .servers
+            .send(true, |base| {
+                self.http.put(format!("{base}{path}")).json(body)
+            })
+            .await?;
+        Self::answer(resp).await
+    }
+
+    /// A DELETE (idempotent, as a PUT).
+    pub async fn delete<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        let resp = self
+            .servers
+            .send(true, |base| self.http.delete(format!("{base}{path}")))
+            .await?;
+        Self::answer(resp).await
+    }
+
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
         let resp = self
             .servers
@@ -263,6 +287,46 @@ impl LicenseClient {
             )
             .await?;
         Ok((UserToken::new(r.token.expose().to_string()), r.expires_at))
+    }
+
+    /// Where `organization`'s people log in: its identity provider as the key server trusts it.
+    pub async fn identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<IdentityProvider, ClientError> {
+        self.client
+            .get(&format!("/v1/identity-providers/{organization}"))
+            .await
+    }
+
+    /// A token for the participant `id_token` (from `organization`'s provider, for the
+    /// authorization request that carried `nonce`) names, bound as [`Self::login`]'s: the token,
+    /// its end, and the participant's name.
+    pub async fn login_oidc(
+        &self,
+        organization: &str,
+        id_token: &str,
+        nonce: &str,
+        uid: u32,
+    ) -> Result<(UserToken, i64, String), ClientError> {
+        let r: LoginResponse = self
+            .client
+            .post(
+                "/v1/login/oidc",
+                &OidcLoginRequest {
+                    organization: organization.into(),
+                    id_token: id_token.into(),
+                    nonce: nonce.into(),
+                    uid,
+                },
+            )
+            .await?;
+        let user = r.user.clone().unwrap_or_default();
+        Ok((
+            UserToken::new(r.token.expose().to_string()),
+            r.expires_at,
+            user,
+        ))
     }
 
     /// The live license session, opened (one HPKE key agreement) when there is none or it is
@@ -545,6 +609,38 @@ impl AdminClient {
     }
     pub async fn list_users(&self) -> Result<Vec<crate::wire::UserInfo>, ClientError> {
         self.client.get("/v1/admin/users").await
+    }
+    /// Trusts `issuer` (client id `client_id`) for `organization`'s people, replacing the
+    /// provider it had.
+    pub async fn put_identity_provider(
+        &self,
+        organization: &str,
+        issuer: &str,
+        client_id: &str,
+        pseudonymous: bool,
+    ) -> Result<IdentityProvider, ClientError> {
+        self.client
+            .put(
+                &format!("/v1/admin/identity-providers/{organization}"),
+                &serde_json::json!({
+                    "issuer": issuer,
+                    "client_id": client_id,
+                    "pseudonymous": pseudonymous,
+                }),
+            )
+            .await
+    }
+    pub async fn list_identity_providers(&self) -> Result<Vec<IdentityProvider>, ClientError> {
+        let list: IdentityProviderList = self.client.get("/v1/admin/identity-providers").await?;
+        Ok(list.providers)
+    }
+    pub async fn remove_identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.client
+            .delete(&format!("/v1/admin/identity-providers/{organization}"))
+            .await
     }
     pub async fn register_app(&self, req: &RegisterAppRequest) -> Result<AppInfo, ClientError> {
         self.client.post("/v1/admin/apps", req).await

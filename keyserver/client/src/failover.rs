@@ -59,7 +59,7 @@ impl Servers {
     pub fn repeatable_post(path: &str) -> bool {
         matches!(
             path,
-            "/v1/licenses" | "/v1/sessions" | "/v1/login" | "/v1/audit"
+            "/v1/licenses" | "/v1/sessions" | "/v1/login" | "/v1/login/oidc" | "/v1/audit"
         ) || (path.starts_with("/v1/assets/") && path.ends_with("/generation"))
     }
 

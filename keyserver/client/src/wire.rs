@@ -32,6 +32,21 @@ pub enum Reason {
     TokenWrongDevice,
     /// The token is from before tokens named their device and uid: 401, log in again.
     TokenOutdated,
+    /// An OpenID Connect login named an organization with no identity provider on record.
+    UnknownOrganization,
+    /// The ID token's `exp` has passed (or its `iat` is in the future).
+    IdTokenExpired,
+    /// The ID token is for another client (`aud`/`azp` is not the provider's client id).
+    IdTokenWrongAudience,
+    /// The ID token's `iss` is not the organization's provider.
+    IdTokenWrongIssuer,
+    /// The ID token's signature does not verify under the provider's published keys.
+    IdTokenBadSignature,
+    /// The ID token is malformed, answers another login (`nonce`) or names an unusable subject.
+    IdTokenInvalid,
+    /// The organization's provider could not be reached or sent no usable keys: nothing is
+    /// granted without checking (503).
+    ProviderUnavailable,
 }
 
 impl Reason {
@@ -55,6 +70,13 @@ impl Reason {
             Reason::SessionUnknown => "session_unknown",
             Reason::TokenWrongDevice => "token_wrong_device",
             Reason::TokenOutdated => "token_outdated",
+            Reason::UnknownOrganization => "unknown_organization",
+            Reason::IdTokenExpired => "id_token_expired",
+            Reason::IdTokenWrongAudience => "id_token_wrong_audience",
+            Reason::IdTokenWrongIssuer => "id_token_wrong_issuer",
+            Reason::IdTokenBadSignature => "id_token_bad_signature",
+            Reason::IdTokenInvalid => "id_token_invalid",
+            Reason::ProviderUnavailable => "provider_unavailable",
         }
     }
 
@@ -66,6 +88,25 @@ impl Reason {
             ),
             Reason::TokenOutdated => Some(
                 "the token names no device and uid (issued before tokens were bound to them): run `csap login` again",
+            ),
+            Reason::UnknownOrganization => Some(
+                "no identity provider is on record for that organization: an admin adds it with `csap idp add`",
+            ),
+            Reason::IdTokenExpired => Some("the ID token has expired: run `csap login --oidc` again"),
+            Reason::IdTokenWrongAudience => Some(
+                "the ID token was issued to another client than the one on record for the organization",
+            ),
+            Reason::IdTokenWrongIssuer => Some(
+                "the ID token was not issued by the identity provider on record for the organization",
+            ),
+            Reason::IdTokenBadSignature => Some(
+                "the ID token's signature does not verify under the provider's published keys",
+            ),
+            Reason::IdTokenInvalid => Some(
+                "the ID token is malformed, answers another login (nonce) or names an unusable subject",
+            ),
+            Reason::ProviderUnavailable => Some(
+                "the organization's identity provider cannot be reached: try again later",
             ),
             _ => None,
         }
@@ -133,10 +174,49 @@ pub struct LoginRequest {
     pub uid: u32,
 }
 
+/// `POST /v1/login/oidc`: an ID token from an organization's own provider (delegated
+/// authentication), for a csap token bound as a password login's is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcLoginRequest {
+    pub organization: String,
+    pub id_token: Secret,
+    /// The nonce the client put in its authorization request: the ID token must carry it.
+    pub nonce: String,
+    /// As [`LoginRequest::uid`].
+    pub uid: u32,
+}
+
+/// An organization's OpenID Connect provider as the key server trusts it
+/// (`GET/PUT /v1/identity-providers/{organization}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProvider {
+    pub organization: String,
+    /// The provider's issuer URL (its discovery document is `ISSUER/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// The client id csap is registered under at the provider: the ID tokens' audience.
+    pub client_id: String,
+    /// Participants are named by a stable pseudonym of their subject, never the subject itself.
+    #[serde(default)]
+    pub pseudonymous: bool,
+    #[serde(default)]
+    pub added_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityProviderList {
+    pub providers: Vec<IdentityProvider>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginResponse {
     pub token: Secret,
     pub expires_at: i64,
+    /// The participant the token names (for a federated login: the name the organization's
+    /// subject maps to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 // ---------- licenses ----------

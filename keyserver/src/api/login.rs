@@ -11,7 +11,8 @@ use super::checks::check_name;
 use super::peers::{peer_of, rate_limit, DevicePeer};
 use super::S;
 use crate::error::{ApiError, ApiJson};
-use crate::store::AuditEvent;
+use crate::server::Peer;
+use crate::store::{AuditEvent, UserRow};
 use crate::token::{verify_password, Claims};
 use crate::wire::*;
 
@@ -63,27 +64,62 @@ pub(crate) async fn login(
     let user = match verdict {
         Ok(user) => user,
         Err((real, shown)) => {
-            let ev = AuditEvent {
-                time: now,
-                user: Some(req.user.clone()),
-                device: Some(peer.name.clone()),
-                action: "login".into(),
-                decision: "deny",
-                reason: Some(real.as_str().into()),
-                ..Default::default()
-            };
-            return Err(match st.store.record_audit(vec![ev]).await {
-                Ok(()) => ApiError::Denied(shown),
-                Err(e) => ApiError::Internal(e.to_string()),
-            });
+            return Err(refuse_login(
+                &st,
+                Some(req.user.clone()),
+                &peer,
+                now,
+                real.as_str(),
+                shown,
+            )
+            .await)
         }
     };
+    // The uid the token is bound to (the table's uid column is the mount's).
+    let grant = format!("token for uid {}", req.uid);
+    grant_login(&st, &user, &peer, req.uid, now, grant).await
+}
+
+/// Audits a refused login (`detail`: the real reason, which the audit trail keeps) and gives
+/// the error the client sees (`shown`: never more than it may learn).
+pub(super) async fn refuse_login(
+    st: &S,
+    user: Option<String>,
+    peer: &Peer,
+    now: i64,
+    detail: &str,
+    shown: Reason,
+) -> ApiError {
+    let ev = AuditEvent {
+        time: now,
+        user,
+        device: Some(peer.name.clone()),
+        action: "login".into(),
+        decision: "deny",
+        reason: Some(detail.into()),
+        ..Default::default()
+    };
+    match st.store.record_audit(vec![ev]).await {
+        Ok(()) => ApiError::Denied(shown),
+        Err(e) => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// Issues `user` a token bound to the device of this connection's certificate and the uid it
+/// vouches for, once its audit row (`grant`: what was granted, and how) is committed.
+pub(super) async fn grant_login(
+    st: &S,
+    user: &UserRow,
+    peer: &Peer,
+    uid: u32,
+    now: i64,
+    grant: String,
+) -> Result<Json<LoginResponse>, ApiError> {
     let expires_at = now + st.token_ttl;
-    // Bound to the device of this connection's certificate and the uid it vouches for.
     let token = st.tokens.issue(&Claims {
         user: user.name.clone(),
         device: peer.name.clone(),
-        uid: req.uid,
+        uid,
         issued_at: now,
         expires_at,
         generation: user.generation,
@@ -91,17 +127,17 @@ pub(crate) async fn login(
     st.store
         .record_audit(vec![AuditEvent {
             time: now,
-            user: Some(user.name),
-            device: Some(peer.name),
+            user: Some(user.name.clone()),
+            device: Some(peer.name.clone()),
             action: "login".into(),
             decision: "grant",
-            // The uid the token is bound to (the table's uid column is the mount's).
-            reason: Some(format!("token for uid {}", req.uid)),
+            reason: Some(grant),
             ..Default::default()
         }])
         .await?;
     Ok(Json(LoginResponse {
         token: Secret::new(token.as_str()),
         expires_at,
+        user: Some(user.name.clone()),
     }))
 }

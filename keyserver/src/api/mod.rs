@@ -8,6 +8,7 @@
 mod apps;
 mod audit;
 mod checks;
+mod federation;
 mod generation;
 mod grant;
 mod issue;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State as AxState};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -60,6 +61,11 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/audit", get(audit::tail))
         .route("/audit/query", get(audit::query))
         .route("/principals", post(principals::add_principal))
+        .route("/identity-providers", get(federation::list_providers))
+        .route(
+            "/identity-providers/{organization}",
+            put(federation::put_provider).delete(federation::remove_provider),
+        )
         .route(
             "/principals/{kind}/{name}/revoke",
             post(principals::revoke_principal),
@@ -69,6 +75,11 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/readyz", get(ready))
         .route("/v1/info", get(login::info))
         .route("/v1/login", post(login::login))
+        .route("/v1/login/oidc", post(federation::login_oidc))
+        .route(
+            "/v1/identity-providers/{organization}",
+            get(federation::provider),
+        )
         .route("/v1/sessions", post(licenses::open_session))
         .route("/v1/licenses", post(licenses::licenses))
         .route("/v1/assets", post(licenses::create_asset))

@@ -34,7 +34,7 @@ use crate::readcache::ReadCache;
 use crate::revocation::RevocationsResponse;
 use crate::wire::{
     AppInfo, AssetInfo, AuditRecord, DeviceInfo, DirectorySnapshot, GenerationStep,
-    MountAuditRecord, ScopeInfo,
+    IdentityProvider, MountAuditRecord, ScopeInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +294,14 @@ impl Future for AuditReceipt {
     }
 }
 
+/// An organization's identity provider as stored: with its pseudonym key (sealed under the
+/// root key: `RootKey::new_pseudonym_key`) when the provider is pseudonymous.
+#[derive(Debug, Clone)]
+pub struct ProviderRecord {
+    pub provider: IdentityProvider,
+    pub pseudonym_key: Option<SealedSeed>,
+}
+
 /// Seals a scope's new seed version (see [`KeyStore::rotate_scope`]).
 pub type SealVersion = Box<dyn FnOnce(u32) -> Result<SealedSeed, String> + Send>;
 
@@ -469,6 +477,19 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn put_session(&self, row: &SessionRow, now: i64) -> Result<(), StoreError>;
     /// The session `id`, whatever its end (the caller checks it).
     async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
+
+    // ----- delegated authentication -----
+
+    /// Records an organization's identity provider, replacing the one it had.
+    async fn put_identity_provider(&self, record: &ProviderRecord) -> Result<(), StoreError>;
+    async fn identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<Option<ProviderRecord>, StoreError>;
+    /// Every organization's provider, by organization.
+    async fn identity_providers(&self) -> Result<Vec<IdentityProvider>, StoreError>;
+    /// Removes an organization's provider; whether one was on record.
+    async fn remove_identity_provider(&self, organization: &str) -> Result<bool, StoreError>;
 
     // ----- identity revocations -----
 

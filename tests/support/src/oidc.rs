@@ -127,6 +127,86 @@ pub fn browser_login(authorization_url: &str, login: &str) -> Result<String> {
     runtime.block_on(walk(authorization_url, login))
 }
 
+/// The authorization URL of a code flow with PKCE (S256 of `verifier`) for `client_id`,
+/// asking for `openid` with `nonce` and `state`.
+pub fn authorization_url(
+    issuer: &str,
+    client_id: &str,
+    redirect: &str,
+    verifier: &str,
+    nonce: &str,
+    state: &str,
+) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let challenge =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier));
+    format!(
+        "{issuer}/auth?client_id={client_id}&response_type=code&scope=openid\
+         &redirect_uri={redirect}&code_challenge={challenge}&code_challenge_method=S256\
+         &nonce={nonce}&state={state}"
+    )
+}
+
+/// The `code` of the provider's redirect back to the client.
+pub fn code_in(redirect: &str) -> Result<&str> {
+    redirect
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("code="))
+        .with_context(|| format!("no code in the redirect {redirect}"))
+}
+
+/// Trades `code` at the provider's token endpoint, proving possession with `verifier` (PKCE):
+/// the HTTP status and the JSON answer.
+pub fn exchange_code(
+    issuer: &str,
+    client_id: &str,
+    code: &str,
+    redirect: &str,
+    verifier: &str,
+) -> Result<(u16, serde_json::Value)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let answer = reqwest::Client::new()
+            .post(format!("{issuer}/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("client_id", client_id),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.json().await?))
+    })
+}
+
+/// A whole code flow at `issuer` as the person `login`: the ID token it issues to `client_id`
+/// for `nonce`.
+pub fn id_token(
+    issuer: &str,
+    client_id: &str,
+    redirect: &str,
+    login: &str,
+    nonce: &str,
+) -> Result<String> {
+    let verifier = "a-pkce-verifier-of-at-least-forty-three-characters-0123456789";
+    let auth = authorization_url(issuer, client_id, redirect, verifier, nonce, "st");
+    let back = browser_login(&auth, login)?;
+    let (status, tokens) = exchange_code(issuer, client_id, code_in(&back)?, redirect, verifier)?;
+    if status != 200 {
+        bail!("the token endpoint answered {status}: {tokens}");
+    }
+    tokens["id_token"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no id_token in {tokens}"))
+}
+
 async fn walk(authorization_url: &str, login: &str) -> Result<String> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

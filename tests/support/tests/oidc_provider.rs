@@ -1,44 +1,13 @@
 //! The test provider is the real thing: a code flow with PKCE through oidc-provider's own
 //! login and consent pages yields a signed ID token for the login name, the nonce, the client
 //! and the configured lifetime. This pins the fixture the key server's ID-token verification
-//! will be tested against (issue 18, part 3: not built yet).
+//! is tested against (keyserver/tests/federation.rs).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use csap_testkit::oidc::{browser_login, oidc_provider, OidcClient};
-use sha2::{Digest, Sha256};
-
-/// The authorization code in the provider's redirect back to the client.
-fn code_in(redirect: &str) -> &str {
-    redirect
-        .split(['?', '&'])
-        .find_map(|kv| kv.strip_prefix("code="))
-        .expect("a code in the redirect")
-}
-
-/// Trades `code` at the provider's token endpoint, proving possession with `verifier` (PKCE).
-fn exchange(
-    runtime: &tokio::runtime::Runtime,
-    issuer: &str,
-    code: &str,
-    redirect: &str,
-    verifier: &str,
-) -> reqwest::Response {
-    runtime.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{issuer}/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("client_id", "csap-test"),
-                ("redirect_uri", redirect),
-                ("code_verifier", verifier),
-            ])
-            .send()
-            .await
-            .expect("the token endpoint answers")
-    })
-}
+use csap_testkit::oidc::{
+    authorization_url, browser_login, code_in, exchange_code, oidc_provider, OidcClient,
+};
 
 #[test]
 fn code_flow_through_the_real_pages_yields_an_id_token() {
@@ -51,24 +20,22 @@ fn code_flow_through_the_real_pages_yields_an_id_token() {
         return;
     };
     let verifier = "a-pkce-verifier-of-at-least-forty-three-characters-0123456789";
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier));
-    let auth = format!(
-        "{}/auth?client_id=csap-test&response_type=code&scope=openid&redirect_uri={redirect}\
-         &code_challenge={challenge}&code_challenge_method=S256&nonce=n-42&state=s-7",
-        provider.issuer
+    let auth = authorization_url(
+        &provider.issuer,
+        "csap-test",
+        &redirect,
+        verifier,
+        "n-42",
+        "s-7",
     );
     let back = browser_login(&auth, "alice").expect("walk the provider's pages");
     assert!(back.starts_with(&redirect), "redirected to {back}");
     assert!(back.contains("state=s-7"), "{back}");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let answer = exchange(
-        &runtime,
-        &provider.issuer,
-        code_in(&back),
-        &redirect,
-        verifier,
-    );
-    let tokens: serde_json::Value = runtime.block_on(answer.json()).unwrap();
+    let exchange = |code: &str, verifier: &str| {
+        exchange_code(&provider.issuer, "csap-test", code, &redirect, verifier).unwrap()
+    };
+    let (status, tokens) = exchange(code_in(&back).unwrap(), verifier);
+    assert_eq!(status, 200, "{tokens}");
     let id_token = tokens["id_token"].as_str().expect("an id_token");
     let claims = id_token.split('.').nth(1).expect("a JWT");
     let claims: serde_json::Value =
@@ -83,6 +50,6 @@ fn code_flow_through_the_real_pages_yields_an_id_token() {
     // A wrong verifier is refused by the provider itself (PKCE is enforced).
     let back = browser_login(&auth, "alice").unwrap();
     let wrong = "an-entirely-different-verifier-of-enough-length-000";
-    let refused = exchange(&runtime, &provider.issuer, code_in(&back), &redirect, wrong).status();
+    let (refused, _) = exchange(code_in(&back).unwrap(), wrong);
     assert_eq!(refused, 400);
 }

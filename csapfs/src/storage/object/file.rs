@@ -340,6 +340,11 @@ impl StoredBytes for ObjectFile {
         Ok(())
     }
 
+    /// An upload stores the staged body whole, or nothing.
+    fn syncs_whole(&self) -> bool {
+        true
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         let body = self.state.body.read().unwrap_or_else(|p| p.into_inner());
         let Body::Staged { file, dirty } = &*body else {

@@ -22,6 +22,7 @@
 //!   derived from it), as on SQLite.
 
 mod audit;
+mod federation;
 mod group_commit;
 mod identities;
 mod keys;
@@ -40,8 +41,8 @@ use tokio_postgres::GenericClient;
 
 use self::group_commit::AuditWriter;
 use super::{
-    AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseRows, RevokeTarget, RowsWanted,
-    SealVersion, SessionRow, Shipped, StoreError, UserRow,
+    AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseRows, ProviderRecord, RevokeTarget,
+    RowsWanted, SealVersion, SessionRow, Shipped, StoreError, UserRow,
 };
 use crate::directory::MirroredDirectory;
 use crate::keys::SealedSeed;
@@ -50,7 +51,7 @@ use crate::readcache::ReadCache;
 use crate::revocation::{RevocationKind, RevocationsResponse};
 use crate::wire::{
     AppInfo, AssetInfo, AuditRecord, DeviceInfo, DirectorySnapshot, GenerationStep,
-    MountAuditRecord, ScopeInfo, UserInfo,
+    IdentityProvider, MountAuditRecord, ScopeInfo, UserInfo,
 };
 
 pub use self::schema::SCHEMA;

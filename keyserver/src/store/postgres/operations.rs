@@ -263,6 +263,25 @@ impl KeyStore for PgKeyStore {
         sessions::get(&**self.client().await?, id).await
     }
 
+    async fn put_identity_provider(&self, record: &ProviderRecord) -> Result<(), StoreError> {
+        federation::put_identity_provider(&**self.client().await?, record).await
+    }
+
+    async fn identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<Option<ProviderRecord>, StoreError> {
+        federation::identity_provider(&**self.client().await?, organization).await
+    }
+
+    async fn identity_providers(&self) -> Result<Vec<IdentityProvider>, StoreError> {
+        federation::identity_providers(&**self.client().await?).await
+    }
+
+    async fn remove_identity_provider(&self, organization: &str) -> Result<bool, StoreError> {
+        federation::remove_identity_provider(&**self.client().await?, organization).await
+    }
+
     async fn scope_info(&self, name: &str) -> Result<Option<ScopeInfo>, StoreError> {
         let mut client = self.client().await?;
         let tx = begin_snapshot(&mut client).await?;

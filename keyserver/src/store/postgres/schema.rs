@@ -11,7 +11,7 @@
 pub const SCHEMA: &str = "keyserver";
 
 /// One step per version (`authz::pg::migrate`). Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3, SCHEMA_4];
 
 const SCHEMA_1: &str = "
 CREATE TABLE certs (
@@ -128,4 +128,17 @@ CREATE TABLE license_sessions (
 );
 CREATE INDEX license_sessions_not_after ON license_sessions(not_after);
 CREATE INDEX license_sessions_device ON license_sessions(device);
+";
+
+/// 4: organizations' OpenID Connect providers (delegated authentication).
+const SCHEMA_4: &str = "
+CREATE TABLE identity_providers (
+  organization TEXT PRIMARY KEY,
+  issuer TEXT NOT NULL,
+  client_id TEXT NOT NULL,
+  pseudonymous BOOLEAN NOT NULL,
+  added_at BIGINT NOT NULL,
+  pseudonym_nonce BYTEA,
+  pseudonym_key BYTEA
+);
 ";

@@ -4,6 +4,7 @@
 //! checkpoints ([`KeyStore::maintain`]). Only this module opens the file.
 
 mod audit;
+mod federation;
 mod group_commit;
 mod identities;
 mod keys;
@@ -25,8 +26,8 @@ use self::keys::SqlReads;
 use self::pool::Pool;
 use self::revocations::Notifier;
 use super::{
-    AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseReads, LicenseRows, RevokeTarget,
-    RowsWanted, SealVersion, SessionRow, Shipped, StoreError, UserRow,
+    AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseReads, LicenseRows, ProviderRecord,
+    RevokeTarget, RowsWanted, SealVersion, SessionRow, Shipped, StoreError, UserRow,
 };
 use crate::keys::SealedSeed;
 use crate::pki::{Principal, PrincipalKind};
@@ -34,7 +35,7 @@ use crate::readcache::ReadCache;
 use crate::revocation::{RevocationKind, RevocationsResponse};
 use crate::wire::{
     AppInfo, AssetInfo, AuditRecord, DeviceInfo, DirectorySnapshot, GenerationStep,
-    MountAuditRecord, ScopeInfo,
+    IdentityProvider, MountAuditRecord, ScopeInfo,
 };
 
 /// The key server's SQLite store.
@@ -370,6 +371,31 @@ impl KeyStore for SqliteStore {
     async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         let id = id.to_string();
         self.call(move |c| sessions::get(c, &id)).await
+    }
+
+    async fn put_identity_provider(&self, record: &ProviderRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.call(move |c| federation::put_identity_provider(c, &record))
+            .await
+    }
+
+    async fn identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<Option<ProviderRecord>, StoreError> {
+        let organization = organization.to_string();
+        self.call(move |c| federation::identity_provider(c, &organization))
+            .await
+    }
+
+    async fn identity_providers(&self) -> Result<Vec<IdentityProvider>, StoreError> {
+        self.call(|c| federation::identity_providers(c)).await
+    }
+
+    async fn remove_identity_provider(&self, organization: &str) -> Result<bool, StoreError> {
+        let organization = organization.to_string();
+        self.call(move |c| federation::remove_identity_provider(c, &organization))
+            .await
     }
 
     async fn scope_info(&self, name: &str) -> Result<Option<ScopeInfo>, StoreError> {

@@ -151,4 +151,16 @@ pub(crate) const MIGRATIONS: &[Step] = &[
     CREATE INDEX license_sessions_not_after ON license_sessions(not_after);
     CREATE INDEX license_sessions_device ON license_sessions(device);",
     ),
+    // 9: organizations' OpenID Connect providers (delegated authentication)
+    Step::Sql(
+        "CREATE TABLE identity_providers (
+        organization TEXT PRIMARY KEY,
+        issuer TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        pseudonymous INTEGER NOT NULL,
+        added_at INTEGER NOT NULL,
+        pseudonym_nonce BLOB,
+        pseudonym_key BLOB
+    );",
+    ),
 ];

@@ -1,0 +1,179 @@
+//! `csap idp add` and `csap login --oidc` as real processes against a real `csap server` and a
+//! real OpenID Connect provider (`oidc-provider`, `csap_testkit::oidc`): the CLI prints the
+//! provider's authorization URL, a "browser" logs in there, the provider sends it back to the
+//! CLI's loopback listener, and the key server trades the ID token for a token of the
+//! organization's participant — audited as theirs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+
+use csap_testkit::oidc::{browser_login, oidc_provider, OidcClient};
+use csap_testkit::{Setup, System};
+
+const CSAP: &str = env!("CARGO_BIN_EXE_csap");
+const DEVICE: &str = "ws-vendor";
+
+fn csap(args: &[&str]) -> Command {
+    let mut cmd = Command::new(CSAP);
+    cmd.args(args);
+    for var in [
+        "CSAP_SERVER",
+        "CSAP_IDENTITY",
+        "XDG_RUNTIME_DIR",
+        "CSAP_MOUNT_SOCKET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `GET url` over plain HTTP (the CLI's loopback listener): the status line.
+fn get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_vendor_logs_in_at_its_own_provider_and_the_key_server_names_them() {
+    let client = OidcClient {
+        client_id: "csap-cli".into(),
+        redirect_uris: vec!["http://127.0.0.1/callback".into()],
+    };
+    let Some(provider) = oidc_provider(&[client], 600) else {
+        return;
+    };
+    let system = System::start(Setup::one_device(CSAP, DEVICE)).unwrap();
+    let server = system.server();
+    let admin = server.admin_dir.to_str().unwrap().to_string();
+    let url = server.keyserver_url.clone();
+
+    let added = ok(csap(&[
+        "idp",
+        "add",
+        "acme-post",
+        "--issuer",
+        &provider.issuer,
+        "--client-id",
+        "csap-cli",
+        "--server",
+        &url,
+        "--identity",
+        &admin,
+    ])
+    .output()
+    .unwrap());
+    assert!(added.contains("acme-post logs in at"), "{added}");
+    let listed = ok(
+        csap(&["idp", "list", "--server", &url, "--identity", &admin])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        listed.contains("acme-post") && listed.contains("csap-cli"),
+        "{listed}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let device_dir = system.device_dir(DEVICE);
+    let mut login = csap(&["login", "--oidc", "acme-post", "--server", &url])
+        .arg("--identity")
+        .arg(&device_dir)
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The URL to open is the line after the prompt on standard error.
+    let mut stderr = BufReader::new(login.stderr.take().unwrap());
+    let mut authorization_url = String::new();
+    for line in (&mut stderr).lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("http") {
+            authorization_url = format!("http{url}");
+            break;
+        }
+        assert!(!line.contains("error"), "{line}");
+    }
+    assert!(
+        authorization_url.contains("code_challenge_method=S256")
+            && authorization_url.contains("nonce=")
+            && authorization_url.contains("state="),
+        "{authorization_url}"
+    );
+    let back = browser_login(&authorization_url, "alice").unwrap();
+    assert!(back.starts_with("http://127.0.0.1:"), "{back}");
+    assert!(get(&back).contains("200"), "the CLI answers the browser");
+    let out = login.wait_with_output().unwrap();
+    let stdout = ok(out);
+    assert!(
+        stdout.contains("logged in as alice@acme-post (acme-post)"),
+        "{stdout}"
+    );
+    assert!(std::fs::metadata(&token_file).unwrap().len() > 0);
+
+    let audit = system.audit_tail(200).unwrap();
+    assert!(
+        audit.iter().any(|r| r.action == "login"
+            && r.decision == "grant"
+            && r.user.as_deref() == Some("alice@acme-post")
+            && r.device.as_deref() == Some(DEVICE)),
+        "{audit:#?}"
+    );
+
+    // A browser sent back with another login's state gets nothing: the CLI refuses it.
+    let mut second = csap(&["login", "--oidc", "acme-post", "--server", &url])
+        .arg("--identity")
+        .arg(&device_dir)
+        .arg("--token-file")
+        .arg(dir.path().join("token2"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(second.stderr.take().unwrap());
+    let mut next = String::new();
+    for line in (&mut stderr).lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("http") {
+            next = format!("http{url}");
+            break;
+        }
+    }
+    let port = next
+        .split("redirect_uri=http%3A%2F%2F127.0.0.1%3A")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .unwrap()
+        .to_string();
+    get(&format!(
+        "http://127.0.0.1:{port}/callback?code=stolen&state=not-this-one"
+    ));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(!second.wait().unwrap().success());
+    assert!(rest.contains("state differs"), "{rest}");
+    assert!(!dir.path().join("token2").exists());
+}
