@@ -287,3 +287,54 @@ fn two_replicas_on_postgres_share_users_and_wake_each_others_revocation_polls() 
         "replica 0 outlived the parent"
     );
 }
+
+/// `csap server --store postgres://…?sslmode=require --store-ca CA.pem` against a PostgreSQL
+/// with TLS: every service's sessions are TLS; with a CA that did not issue the server's
+/// certificate the server does not start, and says which file to look at.
+#[test]
+fn a_server_on_postgres_over_tls_trusts_only_the_store_ca() {
+    let Some((pg, ca_pem)) = csap_testkit::postgres::tls_server() else {
+        return; // no PostgreSQL here (never under CI=true)
+    };
+    let url = format!("{}?sslmode=require", pg.create_database().unwrap());
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let mut opts = ServerOptions::new(Path::new(CSAP), dir.path());
+    opts.store = Some(url.clone());
+    opts.store_ca = Some(ca);
+    let server = CsapServer::start(&opts).unwrap();
+    let tls_sessions = pg
+        .psql_in(
+            db,
+            "SELECT count(*) FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) \
+             WHERE application_name LIKE 'csap-%' AND ssl",
+        )
+        .unwrap();
+    let plain_sessions = pg
+        .psql_in(
+            db,
+            "SELECT count(*) FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) \
+             WHERE application_name LIKE 'csap-%' AND NOT ssl",
+        )
+        .unwrap();
+    assert!(tls_sessions.parse::<u32>().unwrap() > 0, "{tls_sessions}");
+    assert_eq!(plain_sessions, "0");
+    server.stop();
+
+    let other = dir.path().join("other-ca.pem");
+    let other_ca = csap_testkit::postgres::ServerTls::issue().unwrap().ca_pem;
+    std::fs::write(&other, other_ca).unwrap();
+    opts.store_ca = Some(other.clone());
+    opts.data_dir = dir.path().join("other");
+    let refused = match CsapServer::start(&opts) {
+        Ok(_) => panic!("started with a CA that did not issue the database's certificate"),
+        Err(e) => format!("{e:#}"),
+    };
+    let want = format!(
+        "the database server's certificate is refused by --store-ca {}",
+        other.display()
+    );
+    assert!(refused.contains(&want), "{refused}");
+}

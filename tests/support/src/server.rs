@@ -29,6 +29,9 @@ pub struct ServerOptions {
     /// `--store URL`: authz and ARDS on this PostgreSQL database (e.g. a
     /// [`crate::postgres::TestDb`]'s); `None`: SQLite under the data directory.
     pub store: Option<String>,
+    /// `--store-ca FILE`: the CA of a PostgreSQL server with TLS (see
+    /// [`crate::postgres::tls_server`]).
+    pub store_ca: Option<PathBuf>,
     /// `--replicas N` (with a `store`): N processes under this one; [`ServerInfo`] describes
     /// replica 0 and lists them all in [`ServerInfo::replicas`].
     pub replicas: u16,
@@ -48,6 +51,7 @@ impl ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             device_rate: None,
             store: None,
+            store_ca: None,
             replicas: 1,
             log_level: "warn".into(),
             out: dir.join("server.out"),
@@ -196,6 +200,9 @@ impl CsapServer {
         }
         if let Some(url) = &opts.store {
             cmd.args(["--store", url]);
+        }
+        if let Some(ca) = &opts.store_ca {
+            cmd.arg("--store-ca").arg(ca);
         }
         if opts.replicas > 1 {
             cmd.args(["--replicas", &opts.replicas.to_string()]);
