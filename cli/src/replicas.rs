@@ -159,10 +159,13 @@ fn command(
     if let Some(run) = &args.root_key.root_key_command {
         cmd.arg("--root-key-command").arg(run);
     }
-    // Its log goes where ours does; what it prints when up comes to us.
+    // Its log goes where ours does; what it prints when up comes to us. Its own process group:
+    // a Ctrl-C at the terminal reaches only us, and we stop every replica, so no replica's exit
+    // races our hearing of the signal (and reads as a replica that died).
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::inherit())
+        .process_group(0);
     Ok(cmd)
 }
 
