@@ -26,8 +26,9 @@ use tokio_postgres::{AsyncMessage, Config, NoTls};
 #[derive(Clone)]
 pub struct Target {
     config: Config,
-    /// TLS roots (PEM); without them the connection is plain TCP (or a Unix socket).
-    tls_roots: Option<Arc<rustls::RootCertStore>>,
+    /// TLS verified against the `--store-ca` roots; without it the connection is plain TCP
+    /// (or a Unix socket).
+    tls: Option<Arc<rustls::ClientConfig>>,
     shown: String,
 }
 
@@ -68,13 +69,13 @@ impl Target {
                 redact(url)
             )));
         }
-        let tls_roots = match ca {
+        let tls = match ca {
             None => None,
-            Some(path) => Some(Arc::new(read_roots(path)?)),
+            Some(path) => Some(Arc::new(tls_config(path)?)),
         };
         Ok(Target {
             config,
-            tls_roots,
+            tls,
             shown: redact(url),
         })
     }
@@ -93,9 +94,9 @@ impl Target {
         let mgr_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match &self.tls_roots {
+        let manager = match &self.tls {
             None => Manager::from_config(config, NoTls, mgr_config),
-            Some(roots) => Manager::from_config(config, tls(roots), mgr_config),
+            Some(tls) => Manager::from_config(config, connector(tls), mgr_config),
         };
         Pool::builder(manager)
             .max_size(size.max(1))
@@ -127,13 +128,13 @@ impl Target {
         channel: &str,
         tx: &mpsc::UnboundedSender<Notice>,
     ) -> Result<(), PgError> {
-        match &self.tls_roots {
+        match &self.tls {
             None => {
                 let (client, conn) = self.config.connect(NoTls).await?;
                 pump(client, conn, channel, tx).await
             }
-            Some(roots) => {
-                let (client, conn) = self.config.connect(tls(roots)).await?;
+            Some(tls) => {
+                let (client, conn) = self.config.connect(connector(tls)).await?;
                 pump(client, conn, channel, tx).await
             }
         }
@@ -188,15 +189,78 @@ where
     }
 }
 
-fn tls(roots: &rustls::RootCertStore) -> tokio_postgres_rustls::MakeRustlsConnect {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots.clone())
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+fn connector(tls: &rustls::ClientConfig) -> tokio_postgres_rustls::MakeRustlsConnect {
+    tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone())
+}
+
+/// TLS that trusts only the CA certificates in `ca`, and says so when it refuses a server.
+fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, PgError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = Arc::new(read_roots(ca)?);
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| PgError::Config(format!("database CA {}: {e}", ca.display())))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NamedCa {
+            webpki,
+            ca: ca.display().to_string(),
+        }))
+        .with_no_client_auth())
+}
+
+/// rustls's own verification, with a refusal naming the CA file it checked against: the bare
+/// `invalid peer certificate: UnknownIssuer` reaches the operator through three layers of
+/// pool and driver errors and does not say which flag to look at.
+#[derive(Debug)]
+struct NamedCa {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    ca: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| {
+                rustls::Error::General(format!(
+                    "the database server's certificate is refused by --store-ca {} ({e})",
+                    self.ca
+                ))
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 fn read_roots(path: &Path) -> Result<rustls::RootCertStore, PgError> {

@@ -83,3 +83,51 @@ async fn notifications_arrive_after_commit_and_a_lost_connection_resyncs() {
         .unwrap();
     assert_eq!(next(&mut notices).await, Notice::Payload("2 pep".into()));
 }
+
+/// `--store-ca`: a server with TLS (its certificate from a test CA) is reached over TLS with
+/// `sslmode=require` and that CA; a CA that did not sign the server's certificate is refused at
+/// the handshake, and the error says it is the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified_against_the_given_ca() {
+    let Some((server, ca_pem)) = csap_testkit::postgres::tls_server() else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", server.create_database().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ca_pem).unwrap();
+    let pool = Target::parse(&url, Some(&ca))
+        .unwrap()
+        .pool("t", 1)
+        .unwrap();
+    let client = pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the session is not TLS");
+
+    let other = dir.path().join("other-ca.pem");
+    let other_ca = csap_testkit::postgres::ServerTls::issue().unwrap().ca_pem;
+    std::fs::write(&other, other_ca).unwrap();
+    let pool = Target::parse(&url, Some(&other))
+        .unwrap()
+        .pool("t", 1)
+        .unwrap();
+    let refused = PgError::from(pool.get().await.unwrap_err());
+    // The whole chain, as the CLI prints an error.
+    let mut text = refused.to_string();
+    let mut cause = std::error::Error::source(&refused);
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    let want = format!(
+        "the database server's certificate is refused by --store-ca {}",
+        other.display()
+    );
+    assert!(text.contains(&want), "{text}");
+}

@@ -24,6 +24,7 @@ mod mount_preflight;
 mod output;
 mod password;
 mod quickstart;
+mod replicas;
 mod request_new;
 mod root_key;
 mod server;
@@ -53,6 +54,16 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+impl LogFormat {
+    /// The `--log-format` value, for a child process run with the same.
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// Logs go to stderr, filtered by `CSAP_LOG` (default `warn`).
@@ -175,7 +186,7 @@ fn main() -> std::process::ExitCode {
         Command::Policy(args) => authz::run_policy(args),
         Command::Rules(args) => authz::run_rules(args),
         Command::Ards(cmd) => ards::run(cmd),
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(args, cli.log_format.name()),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Keyserver(cmd) => keyserver::run_keyserver(cmd),
         Command::Device(cmd) => keyserver::run_device(cmd),

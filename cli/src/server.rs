@@ -51,6 +51,16 @@ pub struct ServerArgs {
     /// Example: contrib/config/server.toml.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Run N replicas, each its own `csap server` process, on the one PostgreSQL --store
+    /// (refused on SQLite), for tests and demos: replica 0 uses --data-dir and --listen,
+    /// replica i DATA_DIR/replica-i and every port 10*i higher (PORT+10*i..PORT+10*i+3). Replica
+    /// 0's CA, key-server keys and identities and authz's issuer key are copied to the others
+    /// before they start. Prints every replica's URLs and the --server list of their key
+    /// servers; SIGTERM or Ctrl-C stops them all; a replica that dies is reported, not
+    /// restarted.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub replicas: u16,
     #[command(flatten)]
     pub store: crate::store_args::StoreArgs,
     #[command(flatten)]
@@ -408,10 +418,14 @@ impl EmbeddedServer {
     }
 }
 
-/// `csap server`: runs until Ctrl-C (or SIGTERM).
-pub fn run(args: ServerArgs) -> Result<()> {
+/// `csap server`: runs until Ctrl-C (or SIGTERM). `log_format` (`text` or `json`) is passed on
+/// to replicas (`--replicas`).
+pub fn run(args: ServerArgs, log_format: &str) -> Result<()> {
     if let Some(config) = &args.config {
         tracing::info!(config = %config.display(), "settings from the config file, flags over them");
+    }
+    if args.replicas > 1 {
+        return crate::replicas::run(args, log_format);
     }
     crate::hardening::not_dumpable()?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -35,7 +35,7 @@ pub use import::{write_asset, Importer};
 pub use mount::{ArdsFlags, CsapMount, FuseProcess, KeyServerFlags};
 pub use process::{clean, eventually, run, until, Conversation, Proc};
 pub use request::Request;
-pub use server::{free_port_triple, CsapServer, ServerInfo, ServerOptions};
+pub use server::{free_port_triple, CsapServer, ReplicaInfo, ServerInfo, ServerOptions};
 pub use system::{Setup, Submitted, System};
 
 /// What a test does when a real part it needs (`what`) is missing here, for `reason`: under

@@ -144,9 +144,58 @@ pub fn shared() -> Option<Arc<PgServer>> {
     Some(server)
 }
 
+/// A server of its own (not the shared one) that takes TLS (`ssl = on`) with a certificate for
+/// 127.0.0.1 and localhost issued by a fresh test CA, and that CA's certificate (PEM) for the
+/// client to trust; `None` (after saying why) without PostgreSQL, a failure under `CI=true`.
+pub fn tls_server() -> Option<(PgServer, String)> {
+    let Some(bin) = bin_dir() else {
+        crate::missing_part(
+            "PostgreSQL",
+            "PostgreSQL is not installed (no initdb under /usr/lib/postgresql/*/bin or on PATH; \
+             apt-get install postgresql)",
+        );
+        return None;
+    };
+    let tls = ServerTls::issue().expect("cannot issue the test CA and server certificate");
+    let server = PgServer::start_with(&bin, Some(&tls)).expect("cannot start PostgreSQL with TLS");
+    Some((server, tls.ca_pem))
+}
+
+/// A test CA's certificate and the server certificate and key it issued.
+pub struct ServerTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ServerTls {
+    /// A fresh CA and a server certificate from it for 127.0.0.1 and localhost.
+    pub fn issue() -> Result<ServerTls> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "csap test PostgreSQL CA");
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?
+            .signed_by(&key, &ca_cert, &ca_key)?;
+        Ok(ServerTls {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 impl PgServer {
     /// `initdb` into a new temporary directory and `pg_ctl start` on a free loopback port.
     pub fn start(bin: &Path) -> Result<PgServer> {
+        PgServer::start_with(bin, None)
+    }
+
+    /// [`PgServer::start`], with `ssl = on` and this certificate when `tls` is given.
+    pub fn start_with(bin: &Path, tls: Option<&ServerTls>) -> Result<PgServer> {
         let dir = tempfile::Builder::new().prefix("csap-pg").tempdir()?;
         // The server will not run as root: the cluster belongs to `postgres` when we are root.
         let user = if nix::unistd::geteuid().is_root() {
@@ -174,13 +223,17 @@ impl PgServer {
             "UTF8",
             "--no-sync",
         ]))?;
+        let ssl = match tls {
+            None => String::new(),
+            Some(tls) => server.install_tls(tls)?,
+        };
         // A port that was free a moment ago may be taken by the time the server binds: retry.
         let mut last = None;
         for _ in 0..5 {
             server.port = free_port()?;
             let options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c max_connections=400 -c shared_buffers=32MB",
+                 -c max_connections=400 -c shared_buffers=32MB{ssl}",
                 server.port,
                 server._dir.path().display()
             );
@@ -203,6 +256,27 @@ impl PgServer {
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+
+    /// Writes the certificate and its key (0600, the server's user's: PostgreSQL refuses a
+    /// key others can read) beside the cluster; the server options that turn TLS on.
+    fn install_tls(&self, tls: &ServerTls) -> Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self._dir.path().join("server.crt");
+        let key = self._dir.path().join("server.key");
+        std::fs::write(&cert, &tls.cert_pem)?;
+        std::fs::write(&key, &tls.key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(user) = &self.user {
+            for f in [&cert, &key] {
+                nix::unistd::chown(f, Some(user.uid), Some(user.gid))?;
+            }
+        }
+        Ok(format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        ))
     }
 
     /// The loopback port the server listens on.

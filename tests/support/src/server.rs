@@ -29,6 +29,12 @@ pub struct ServerOptions {
     /// `--store URL`: authz and ARDS on this PostgreSQL database (e.g. a
     /// [`crate::postgres::TestDb`]'s); `None`: SQLite under the data directory.
     pub store: Option<String>,
+    /// `--store-ca FILE`: the CA of a PostgreSQL server with TLS (see
+    /// [`crate::postgres::tls_server`]).
+    pub store_ca: Option<PathBuf>,
+    /// `--replicas N` (with a `store`): N processes under this one; [`ServerInfo`] describes
+    /// replica 0 and lists them all in [`ServerInfo::replicas`].
+    pub replicas: u16,
     /// `CSAP_LOG` of the server.
     pub log_level: String,
     /// Where its standard output (what it prints when up) and its log go.
@@ -45,6 +51,8 @@ impl ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             device_rate: None,
             store: None,
+            store_ca: None,
+            replicas: 1,
             log_level: "warn".into(),
             out: dir.join("server.out"),
             log: dir.join("server.log"),
@@ -71,6 +79,58 @@ pub struct ServerInfo {
     /// The key server's rule cache: a rule id in it is in the key server's evaluator (the
     /// subscription swaps the evaluator before it writes the file).
     pub rules_cache: PathBuf,
+    /// With `--replicas`: each replica's process and URLs, replica 0 first; empty otherwise.
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// One replica of `csap server --replicas N`, as it printed itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub authz_url: String,
+    pub ards_url: String,
+    pub keyserver_url: String,
+}
+
+/// The first `https://` word of the line starting with `prefix` in `lines`.
+fn url_in<'a>(lines: impl IntoIterator<Item = &'a str>, prefix: &str) -> Option<String> {
+    lines
+        .into_iter()
+        .find(|l| l.starts_with(prefix))?
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .map(str::to_owned)
+}
+
+/// The `replica I (pid P, data dir D)` blocks `csap server --replicas` prints, in order.
+fn parse_replicas(printed: &str) -> Result<Vec<ReplicaInfo>> {
+    let lines: Vec<&str> = printed.lines().collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("replica ") && lines[i].contains("(pid "))
+        .collect();
+    let mut replicas = Vec::new();
+    for (n, &at) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let block = &lines[at..end];
+        let header = block[0];
+        let (pid, dir) = header
+            .split_once("(pid ")
+            .and_then(|(_, rest)| rest.split_once(", data dir "))
+            .with_context(|| format!("not a replica line: {header}"))?;
+        let url = |prefix: &str| {
+            url_in(block.iter().copied(), prefix)
+                .with_context(|| format!("no {prefix:?} URL for {header}:\n{printed}"))
+        };
+        replicas.push(ReplicaInfo {
+            pid: pid.parse().with_context(|| format!("pid in {header}"))?,
+            data_dir: PathBuf::from(dir.trim_end_matches(')')),
+            authz_url: url("authz ")?,
+            ards_url: url("ARDS ")?,
+            keyserver_url: url("key server ")?,
+        });
+    }
+    Ok(replicas)
 }
 
 impl ServerInfo {
@@ -83,10 +143,7 @@ impl ServerInfo {
                 .with_context(|| format!("csap server printed no {prefix:?} line:\n{printed}"))
         };
         let url = |prefix: &str| -> Result<String> {
-            line(prefix)?
-                .split_whitespace()
-                .find(|w| w.starts_with("https://"))
-                .map(str::to_owned)
+            url_in([line(prefix)?], prefix)
                 .with_context(|| format!("no URL on the {prefix:?} line:\n{printed}"))
         };
         let between = |prefix: &str, open: &str, close: &str| -> Result<PathBuf> {
@@ -113,6 +170,7 @@ impl ServerInfo {
                 .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
                 .map(|w| w.trim_end_matches("/metrics").to_owned()),
             rules_cache: data_dir.join("keyserver-rules.json"),
+            replicas: parse_replicas(printed)?,
         })
     }
 }
@@ -142,6 +200,12 @@ impl CsapServer {
         }
         if let Some(url) = &opts.store {
             cmd.args(["--store", url]);
+        }
+        if let Some(ca) = &opts.store_ca {
+            cmd.arg("--store-ca").arg(ca);
+        }
+        if opts.replicas > 1 {
+            cmd.args(["--replicas", &opts.replicas.to_string()]);
         }
         // What the developer's shell points at is not this installation.
         for var in [
