@@ -302,6 +302,33 @@ pub struct ProviderRecord {
     pub pseudonym_key: Option<SealedSeed>,
 }
 
+impl ProviderRecord {
+    /// A record from its stored columns: the pseudonym key's nonce and ciphertext (both or
+    /// neither; engines store them as two nullable columns).
+    pub(crate) fn from_columns(
+        provider: IdentityProvider,
+        nonce: Option<&[u8]>,
+        key: Option<Vec<u8>>,
+    ) -> Result<Self, StoreError> {
+        let pseudonym_key = match (nonce, key) {
+            (Some(nonce), Some(ciphertext)) => Some(SealedSeed {
+                nonce: nonce.try_into().map_err(|_| {
+                    StoreError::Worker(format!(
+                        "identity provider of {}: malformed pseudonym key nonce",
+                        provider.organization
+                    ))
+                })?,
+                ciphertext,
+            }),
+            _ => None,
+        };
+        Ok(ProviderRecord {
+            provider,
+            pseudonym_key,
+        })
+    }
+}
+
 /// Seals a scope's new seed version (see [`KeyStore::rotate_scope`]).
 pub type SealVersion = Box<dyn FnOnce(u32) -> Result<SealedSeed, String> + Send>;
 

@@ -3,7 +3,6 @@
 
 use tokio_postgres::{GenericClient, Row};
 
-use crate::keys::SealedSeed;
 use crate::store::{ProviderRecord, StoreError};
 use crate::wire::IdentityProvider;
 
@@ -21,25 +20,7 @@ fn provider_of(r: &Row) -> IdentityProvider {
 }
 
 fn record_of(r: &Row) -> Result<ProviderRecord, StoreError> {
-    let provider = provider_of(r);
-    let nonce: Option<&[u8]> = r.get(5);
-    let key: Option<Vec<u8>> = r.get(6);
-    let pseudonym_key = match (nonce, key) {
-        (Some(nonce), Some(ciphertext)) => Some(SealedSeed {
-            nonce: nonce.try_into().map_err(|_| {
-                StoreError::Worker(format!(
-                    "identity provider of {}: malformed pseudonym key nonce",
-                    provider.organization
-                ))
-            })?,
-            ciphertext,
-        }),
-        _ => None,
-    };
-    Ok(ProviderRecord {
-        provider,
-        pseudonym_key,
-    })
+    ProviderRecord::from_columns(provider_of(r), r.get(5), r.get(6))
 }
 
 /// Records `record`, replacing what its organization had.

@@ -2,7 +2,6 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::keys::SealedSeed;
 use crate::store::{ProviderRecord, StoreError};
 use crate::wire::IdentityProvider;
 
@@ -27,22 +26,7 @@ fn record_of(r: &Row<'_>) -> rusqlite::Result<RawRecord> {
 }
 
 fn record((provider, nonce, key): RawRecord) -> Result<ProviderRecord, StoreError> {
-    let pseudonym_key = match (nonce, key) {
-        (Some(nonce), Some(ciphertext)) => Some(SealedSeed {
-            nonce: nonce.try_into().map_err(|_| {
-                StoreError::Worker(format!(
-                    "identity provider of {}: malformed pseudonym key nonce",
-                    provider.organization
-                ))
-            })?,
-            ciphertext,
-        }),
-        _ => None,
-    };
-    Ok(ProviderRecord {
-        provider,
-        pseudonym_key,
-    })
+    ProviderRecord::from_columns(provider, nonce.as_deref(), key)
 }
 
 /// Records `record`, replacing what its organization had.
