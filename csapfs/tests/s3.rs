@@ -424,6 +424,55 @@ fn staged_writes_hold_only_ciphertext() {
 }
 
 #[test]
+fn a_stat_fetches_the_header_and_a_sequential_read_fetches_each_chunk_once() {
+    let Some(server) = server() else { return };
+    // The defaults: a 32 MiB readahead window, the shared chunk cache.
+    let mut mount = TestMount::on_s3(CacheMode::Direct, CHUNK as u32, server, None);
+    let data = Rng(41).bytes(24 << 20);
+    fs::write(mount.path("plate.exr"), &data).unwrap();
+    let stored = fs::metadata(mount.s3.as_ref().unwrap().object_file("vol/plate.exr"))
+        .unwrap()
+        .len();
+    mount.unmount();
+    mount.mount();
+    let fetched = || mount.storage.as_ref().unwrap().bytes_fetched();
+
+    // A stat needs the chunk size from the header: not the readahead window of a handle that
+    // is dropped at once (it was, and the open after it fetched everything again).
+    assert_eq!(
+        fs::metadata(mount.path("plate.exr")).unwrap().len(),
+        data.len() as u64
+    );
+    assert!(fetched() < 1 << 20, "a stat fetched {} bytes", fetched());
+
+    // Two readers of one handle in turn, as the kernel's split requests arrive: every chunk
+    // is fetched about once, none twice over.
+    let file = File::open(mount.path("plate.exr")).unwrap();
+    let mut got = vec![0u8; data.len()];
+    std::thread::scope(|s| {
+        let half = 512 << 10;
+        let (file, got) = (&file, &mut got);
+        let pieces: Vec<(usize, &mut [u8])> = got
+            .chunks_mut(half)
+            .enumerate()
+            .map(|(i, piece)| (i * half, piece))
+            .collect();
+        let (even, odd): (Vec<_>, Vec<_>) =
+            pieces.into_iter().partition(|(at, _)| at / half % 2 == 0);
+        for side in [even, odd] {
+            s.spawn(move || {
+                for (at, piece) in side {
+                    file.read_exact_at(piece, at as u64).unwrap();
+                }
+            });
+        }
+    });
+    assert!(got == data, "the file reads back");
+    let ratio = fetched() as f64 / stored as f64;
+    assert!(ratio < 1.2, "fetched {:.2}× the stored size", ratio);
+}
+
+#[test]
 fn a_closed_file_is_stored_whole_with_nothing_left_to_upload() {
     let Some(server) = server() else { return };
     let mut mount = TestMount::on_s3(

@@ -84,6 +84,8 @@ pub struct TestMount {
     /// How the S3 backend is tuned (timeout, readahead), with `s3`.
     pub s3_tuning: Option<fn(&mut ObjectConfig)>,
     mounted: Option<MountedFs>,
+    /// The bucket's storage while mounted on S3 (its transfer counters).
+    pub storage: Option<Arc<ObjectStorage>>,
 }
 
 /// The S3 backend's configuration for `server`'s bucket under `prefix`.
@@ -116,6 +118,7 @@ impl TestMount {
             s3: None,
             s3_tuning: None,
             mounted: None,
+            storage: None,
         };
         mount.mount();
         mount
@@ -140,6 +143,7 @@ impl TestMount {
             s3: Some(server),
             s3_tuning: tuning,
             mounted: None,
+            storage: None,
         };
         mount.mount();
         mount
@@ -153,15 +157,11 @@ impl TestMount {
             if let Some(tune) = self.s3_tuning {
                 tune(&mut config);
             }
-            let storage = ObjectStorage::open(config).expect("open the bucket");
+            let storage = Arc::new(ObjectStorage::open(config).expect("open the bucket"));
+            self.storage = Some(storage.clone());
             self.mounted = Some(
-                csapfs::fs::mount_storage(
-                    Arc::new(storage),
-                    &self.scratch.mnt,
-                    keys,
-                    &self.options,
-                )
-                .expect("mount the bucket"),
+                csapfs::fs::mount_storage(storage, &self.scratch.mnt, keys, &self.options)
+                    .expect("mount the bucket"),
             );
             return;
         }

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,6 +144,8 @@ pub(super) struct Blocks {
     cache: moka::sync::Cache<(u64, u64), Bytes>,
     inflight: Mutex<InFlight>,
     timeout: Duration,
+    /// Bytes the store answered with, all GETs together (readahead included).
+    fetched: AtomicU64,
 }
 
 impl Blocks {
@@ -155,6 +158,7 @@ impl Blocks {
                 .build(),
             inflight: Mutex::new(HashMap::new()),
             timeout,
+            fetched: AtomicU64::new(0),
         }
     }
 
@@ -267,6 +271,11 @@ impl Blocks {
             .into_iter()
             .map(|got| got.map_err(|err| err.to_io()))
             .collect()
+    }
+
+    /// Bytes fetched from the store so far.
+    pub(super) fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 
     /// Starts fetches of the blocks ahead of a sequential reader.
@@ -387,6 +396,8 @@ impl Blocks {
             }
             Ok(Ok(bytes)) => bytes,
         };
+        self.fetched
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if bytes.len() as u64 != range.end - range.start {
             tracing::warn!(
                 key,

@@ -64,6 +64,10 @@ impl OpenState {
     }
 }
 
+/// How far from the end of the last read a read may start and still count as sequential
+/// (a few of the kernel's largest read requests).
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
+
 /// The stored bytes of one asset in the object store.
 pub(super) struct ObjectFile {
     pub inner: Arc<Inner>,
@@ -291,14 +295,30 @@ impl StoredBytes for ObjectFile {
                         *layout.get_or_init(|| found)
                     }
                 };
-                // Sequential: this read starts where the last one ended.
-                let sequential = self.next_block_offset.load(Ordering::Relaxed) == offset;
+                // Sequential: this read starts near where the last one ended. Near, not at:
+                // the kernel splits one large read into requests that the mount's threads
+                // serve out of order.
+                let sequential = self
+                    .next_block_offset
+                    .load(Ordering::Relaxed)
+                    .abs_diff(offset)
+                    <= SEQUENTIAL_SLACK;
                 let rt = self.inner.rt.handle();
                 let (n, next) = self.inner.blocks.read_at(rt, source, layout, buf, offset)?;
-                self.next_block_offset
-                    .store(offset + n as u64, Ordering::Relaxed);
+                // A sequential reader's mark only moves forward (a request served late does
+                // not pull it back); a jump moves it to where the reader went.
+                if sequential {
+                    self.next_block_offset
+                        .fetch_max(offset + n as u64, Ordering::Relaxed);
+                } else {
+                    self.next_block_offset
+                        .store(offset + n as u64, Ordering::Relaxed);
+                }
                 let window = self.inner.config.readahead_bytes / layout.block_len;
-                if sequential && window > 0 && n > 0 {
+                // Only a reader of the data reads ahead: a read of the header alone (the
+                // chunk size for a `stat`, an open checking the asset) must not fetch the
+                // window for a handle that is about to be dropped.
+                if sequential && offset >= layout.header_len && window > 0 && n > 0 {
                     // Topped up when a quarter of the window was consumed, not on every read.
                     let until = self.ahead_until.load(Ordering::Relaxed);
                     if until < next + window - window / 4 {

@@ -163,6 +163,12 @@ impl std::fmt::Debug for ObjectStorage {
 }
 
 impl ObjectStorage {
+    /// Bytes this mount fetched from the store so far (reads and readahead; not staging
+    /// downloads): what a read pattern costs in transfer.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.inner.blocks.fetched()
+    }
+
     /// Connects to the store of `config.url` and checks that it answers (one LIST).
     pub fn open(config: ObjectConfig) -> io::Result<ObjectStorage> {
         let (bucket, prefix) = parse_url(&config.url)?;
