@@ -161,7 +161,7 @@ pub struct LoginArgs {
     /// Log in at this organization's own OpenID Connect provider instead of with a password
     /// (delegated authentication; `csap idp add` registers it): prints the URL to open in a
     /// browser, waits for the provider to send the browser back, and has the key server trade
-    /// the ID token for a token. Without --identity through the mount's session socket (the
+    /// the ID token for a token. Without --identity, through the mount's session socket (the
     /// mount asks the key server where the organization logs in and trades the ID token with
     /// its device identity, for your uid); with --identity, also --server.
     #[arg(long, value_name = "ORGANIZATION")]
