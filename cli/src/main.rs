@@ -134,8 +134,9 @@ enum Command {
     /// Organizations' OpenID Connect providers: their people log in with `csap login --oidc`.
     #[command(subcommand)]
     Idp(keyserver::IdpCommand),
-    /// Log in (password typed without echo, or the first line of a piped stdin) and store a
-    /// short-lived user token.
+    /// Log in (password typed without echo, or the first line of a piped stdin; with --oidc at
+    /// your organization's provider in a browser), through the local mount or with the device
+    /// identity, and store a short-lived user token.
     Login(keyserver::LoginArgs),
     /// Register and revoke application builds (BLAKE3 digests of executables).
     #[command(subcommand)]

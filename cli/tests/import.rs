@@ -323,6 +323,18 @@ fn server_import_uses_the_scopes_key_ids_and_login_hands_over_the_session() {
         fn login(&self, _: &str, _: &str, _: u32) -> Result<(keyserver::UserToken, i64), String> {
             Err("this test's socket takes handed-over tokens only".into())
         }
+        fn identity_provider(&self, _: &str) -> Result<csapfs::session::OidcProvider, String> {
+            Err("this test's socket takes handed-over tokens only".into())
+        }
+        fn login_oidc(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: u32,
+        ) -> Result<(keyserver::UserToken, i64, String), String> {
+            Err("this test's socket takes handed-over tokens only".into())
+        }
     }
     let _sessions = csapfs::session::serve(
         &socket,

@@ -1,7 +1,7 @@
 //! User sessions handed to the mount over a Unix socket (DESIGN §6): `csap login` sends the
-//! user's password (the mount logs in with the device identity for the sender's uid) or a
-//! token, and the mount binds the session to the sender's uid as the kernel reports it
-//! (SO_PEERCRED).
+//! user's password or an ID token of their organization's provider (the mount logs in with
+//! the device identity for the sender's uid) or a token, and the mount binds the session to
+//! the sender's uid as the kernel reports it (SO_PEERCRED).
 //!
 //! The socket is mode 0666 on purpose: who may talk to it does not matter, because nothing a
 //! client says decides *whose* session it sets — the kernel's peer credentials do. A client can
@@ -10,10 +10,17 @@
 //!
 //! Wire protocol, one exchange per connection, each message one JSON line (at most
 //! [`MAX_MESSAGE`] bytes):
-//! - request `{"user": "alice", "password": "…"}` (log in through the mount) or
-//!   `{"token": "<user token>"}` (hand over a token from `csap login --identity`)
-//! - reply `{"ok": true, "uid": 1000, "expires_at": 1795000000, "token"?: "…"}` (the token
-//!   after a login) or `{"ok": false, "error": "…"}`
+//! - request `{"user": "alice", "password": "…"}` (log in through the mount),
+//!   `{"token": "<user token>"}` (hand over a token from `csap login --identity`),
+//!   `{"oidc_provider": "acme-post"}` (where that organization's people log in: the first
+//!   half of `csap login --oidc`, which then runs the browser flow itself) or
+//!   `{"organization": "acme-post", "id_token": "…", "nonce": "…"}` (log in through the mount
+//!   with the ID token that flow obtained; the key server verifies it)
+//! - reply `{"ok": true, "uid": 1000, "user": "alice", "expires_at": 1795000000, "token"?: "…"}`
+//!   (the token after a login), `{"ok": true, "issuer": "…", "client_id": "…"}` (a provider)
+//!   or `{"ok": false, "error": "…"}`
+//!
+//! The ID token is a credential like the password: it is never logged.
 //!
 //! The claims are read without the token's MAC (the mount cannot verify it — the key server
 //! does on every license request, and refuses tampered claims), so they serve only to refuse:
@@ -108,6 +115,28 @@ pub trait DeviceLogin: Send + Sync {
     fn device(&self) -> &str;
     /// A token for `user` bound to this device and `uid`, and its expiry; `Err` says why not.
     fn login(&self, user: &str, password: &str, uid: u32) -> Result<(UserToken, i64), String>;
+    /// Where `organization`'s people log in, as the key server trusts it.
+    fn identity_provider(&self, organization: &str) -> Result<OidcProvider, String>;
+    /// A token for the participant that `id_token` (from `organization`'s provider, for the
+    /// authorization request that carried `nonce`) names, bound as [`Self::login`]'s: the
+    /// token, its expiry and the participant's name; `Err` says why not (the key server's
+    /// reason).
+    fn login_oidc(
+        &self,
+        organization: &str,
+        id_token: &str,
+        nonce: &str,
+        uid: u32,
+    ) -> Result<(UserToken, i64, String), String>;
+}
+
+/// An organization's OpenID Connect provider as `csap login --oidc` needs it for the browser
+/// flow (both are public at the provider too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcProvider {
+    pub issuer: String,
+    /// The client id csap is registered under there.
+    pub client_id: String,
 }
 
 /// Where the mount listens by default: `$XDG_RUNTIME_DIR/csap/mount.sock`.
@@ -227,12 +256,29 @@ impl SessionRegistry {
     }
 }
 
-/// One request line: a login through the mount, or a token to bind.
+/// One request line: a login through the mount (password or ID token), a token to bind, or
+/// the question where an organization logs in.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Request {
     Login(LoginRequest),
     Token(TokenRequest),
+    OidcProvider(OidcProviderRequest),
+    OidcLogin(OidcLoginRequest),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcProviderRequest {
+    oidc_provider: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcLoginRequest {
+    organization: String,
+    id_token: keyserver_client::wire::Secret,
+    nonce: String,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +299,9 @@ struct Reply {
     ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uid: Option<u32>,
+    /// The user (or participant) the bound token names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,16 +310,31 @@ struct Reply {
     /// sender's token file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token: Option<keyserver_client::wire::Secret>,
+    /// An organization's provider (the answer to `oidc_provider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
 }
 
 impl Reply {
+    fn empty(ok: bool) -> Reply {
+        Reply {
+            ok,
+            uid: None,
+            user: None,
+            expires_at: None,
+            error: None,
+            token: None,
+            issuer: None,
+            client_id: None,
+        }
+    }
+
     fn error(msg: impl Into<String>) -> Reply {
         Reply {
-            ok: false,
-            uid: None,
-            expires_at: None,
             error: Some(msg.into()),
-            token: None,
+            ..Reply::empty(false)
         }
     }
 }
@@ -413,21 +477,47 @@ fn answer(
     if line.len() > MAX_MESSAGE {
         return Err(refuse(format!("request longer than {MAX_MESSAGE} bytes")));
     }
+    // The request's text is never part of a refusal: it may hold a password or an ID token.
     let req: Request = serde_json::from_slice(&line).map_err(|_| {
         refuse(
-            "malformed request: expected one JSON line {\"user\": \"…\", \"password\": \"…\"} or {\"token\": \"…\"}"
+            "malformed request: expected one JSON line {\"user\": \"…\", \"password\": \"…\"}, {\"token\": \"…\"}, {\"oidc_provider\": \"…\"} or {\"organization\": \"…\", \"id_token\": \"…\", \"nonce\": \"…\"}"
                 .to_string(),
         )
     })?;
+    // The uid is the kernel's; the device is the mount's certificate: nothing the client says
+    // decides either.
     let (token, issued_here) = match req {
         Request::Token(TokenRequest { token }) => (UserToken::new(token), false),
         Request::Login(LoginRequest { user, password }) => {
-            // The uid is the kernel's; the device is the mount's certificate: nothing the
-            // client says decides either.
             let (token, _) = login
                 .login(&user, password.expose(), uid)
                 .map_err(|e| refuse(format!("login as {user} failed: {e}")))?;
             info!(uid, user = %user, "logged in through the mount for uid {uid}");
+            (token, true)
+        }
+        Request::OidcProvider(OidcProviderRequest {
+            oidc_provider: organization,
+        }) => {
+            let provider = login.identity_provider(&organization).map_err(|e| {
+                refuse(format!(
+                    "cannot find where {organization}'s people log in: {e}"
+                ))
+            })?;
+            return Ok(Reply {
+                issuer: Some(provider.issuer),
+                client_id: Some(provider.client_id),
+                ..Reply::empty(true)
+            });
+        }
+        Request::OidcLogin(OidcLoginRequest {
+            organization,
+            id_token,
+            nonce,
+        }) => {
+            let (token, _, user) = login
+                .login_oidc(&organization, id_token.expose(), &nonce, uid)
+                .map_err(|e| refuse(format!("login at {organization}'s provider failed: {e}")))?;
+            info!(uid, user = %user, organization = %organization, "logged in through the mount at the organization's provider for uid {uid}");
             (token, true)
         }
     };
@@ -442,11 +532,11 @@ fn answer(
     registry.insert(uid, token, claims.expires_at);
     info!(uid, user = %claims.user, expires_at = claims.expires_at, "session bound to uid {uid}");
     Ok(Reply {
-        ok: true,
         uid: Some(uid),
+        user: Some(claims.user),
         expires_at: Some(claims.expires_at),
-        error: None,
         token: reply_token,
+        ..Reply::empty(true)
     })
 }
 
@@ -510,6 +600,77 @@ pub fn login_through(
     }
 }
 
+/// `csap login --oidc`'s first step without a device identity: where `organization`'s people
+/// log in, as the mount on `path` learns it from the key server.
+pub fn oidc_provider(path: &Path, organization: &str) -> Result<OidcProvider, SessionError> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        oidc_provider: &'a str,
+    }
+    match exchange(
+        path,
+        &Line {
+            oidc_provider: organization,
+        },
+    )? {
+        Reply {
+            ok: true,
+            issuer: Some(issuer),
+            client_id: Some(client_id),
+            ..
+        } => Ok(OidcProvider { issuer, client_id }),
+        Reply { error: Some(e), .. } => Err(SessionError::Refused(e)),
+        _ => Err(SessionError::BadReply),
+    }
+}
+
+/// What a login through the mount bound: the uid and expiry, the token (for the token file)
+/// and the user or participant it names.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub bound: Bound,
+    pub token: UserToken,
+    pub user: String,
+}
+
+/// `csap login --oidc`'s last step without a device identity: sends the ID token the browser
+/// flow obtained (and that flow's nonce) to the mount on `path`, which has the key server
+/// trade it for a token bound to this device and this process's uid, and keeps the session.
+pub fn login_through_oidc(
+    path: &Path,
+    organization: &str,
+    id_token: &str,
+    nonce: &str,
+) -> Result<LoggedIn, SessionError> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        organization: &'a str,
+        id_token: &'a str,
+        nonce: &'a str,
+    }
+    let line = Line {
+        organization,
+        id_token,
+        nonce,
+    };
+    match exchange(path, &line)? {
+        Reply {
+            ok: true,
+            uid: Some(uid),
+            user: Some(user),
+            expires_at: Some(expires_at),
+            token: Some(token),
+            ..
+        } => Ok(LoggedIn {
+            bound: Bound { uid, expires_at },
+            token: UserToken::new(token.expose().to_string()),
+            user,
+        }),
+        Reply { error: Some(e), .. } => Err(SessionError::Refused(e)),
+        _ => Err(SessionError::BadReply),
+    }
+}
+
 /// One request line to the mount on `path` and its reply.
 fn exchange(path: &Path, request: &impl Serialize) -> Result<Reply, SessionError> {
     let mut stream = UnixStream::connect(path).map_err(io_err(path))?;
@@ -559,9 +720,13 @@ mod tests {
     }
 
     fn token_for(uid: u32, device: &str, expires_at: i64) -> UserToken {
+        token_naming("alice", uid, device, expires_at)
+    }
+
+    fn token_naming(user: &str, uid: u32, device: &str, expires_at: i64) -> UserToken {
         let key = keyserver::token::TokenKey::from_bytes(&[7u8; 32]).unwrap();
         key.issue(&csap_base::token::Claims {
-            user: "alice".into(),
+            user: user.into(),
             device: device.into(),
             uid,
             issued_at: now() - 10,
@@ -594,7 +759,44 @@ mod tests {
             let expires_at = now() + 600;
             Ok((token_for(uid, DEVICE, expires_at), expires_at))
         }
+        fn identity_provider(&self, organization: &str) -> Result<OidcProvider, String> {
+            if organization != ORGANIZATION {
+                return Err("key server: denied: unknown_organization".into());
+            }
+            Ok(OidcProvider {
+                issuer: ISSUER.into(),
+                client_id: "csap-cli".into(),
+            })
+        }
+        fn login_oidc(
+            &self,
+            organization: &str,
+            id_token: &str,
+            nonce: &str,
+            uid: u32,
+        ) -> Result<(UserToken, i64, String), String> {
+            if organization != ORGANIZATION {
+                return Err("key server: denied: unknown_organization".into());
+            }
+            if (id_token, nonce) != (ID_TOKEN, NONCE) {
+                return Err("key server: denied: id_token_bad_signature".into());
+            }
+            self.uids.lock().unwrap().push(uid);
+            let expires_at = now() + 600;
+            let participant = format!("alice@{organization}");
+            Ok((
+                token_naming(&participant, uid, DEVICE, expires_at),
+                expires_at,
+                participant,
+            ))
+        }
     }
+
+    /// What the fake provider and key server accept.
+    const ORGANIZATION: &str = "acme-post";
+    const ISSUER: &str = "https://login.acme-post.example";
+    const ID_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.the-id-token.sig";
+    const NONCE: &str = "n-0S6_WzA2Mj";
 
     fn fake() -> Arc<FakeLogin> {
         Arc::new(FakeLogin::default())
@@ -732,6 +934,79 @@ mod tests {
         );
         assert!(!r.ok, "a client-chosen uid was accepted");
         assert_eq!(login.uids.lock().unwrap().len(), 1);
+    }
+
+    /// Issue 18: `csap login --oidc` without the device identity asks the mount where the
+    /// organization logs in, then hands it the ID token; the login is made for the sender's uid
+    /// as the kernel reports it, and the session and the returned token are bound to it.
+    #[test]
+    fn an_oidc_login_through_the_mount_is_for_the_senders_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let registry = SessionRegistry::new();
+        let login = fake();
+        let _server = serve(&path, Arc::clone(&registry), login.clone()).unwrap();
+
+        let provider = oidc_provider(&path, ORGANIZATION).unwrap();
+        assert_eq!(provider.issuer, ISSUER);
+        assert_eq!(provider.client_id, "csap-cli");
+        assert!(registry.uids().is_empty(), "asking binds nothing");
+        match oidc_provider(&path, "nobody-post") {
+            Err(SessionError::Refused(msg)) => {
+                assert!(
+                    msg.contains("nobody-post") && msg.contains("unknown_organization"),
+                    "{msg}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let logged_in = login_through_oidc(&path, ORGANIZATION, ID_TOKEN, NONCE).unwrap();
+        assert_eq!(logged_in.bound.uid, me());
+        assert_eq!(logged_in.user, "alice@acme-post");
+        assert_eq!(*login.uids.lock().unwrap(), vec![me()]);
+        let claims = check_binding(logged_in.token.as_str(), me(), DEVICE).unwrap();
+        assert_eq!(claims.user, "alice@acme-post");
+        assert_eq!(claims.expires_at, logged_in.bound.expires_at);
+        assert_eq!(
+            registry.token_for(me()).as_deref(),
+            Some(logged_in.token.as_str())
+        );
+    }
+
+    /// A refused ID token binds nothing, says why with the key server's reason, and is not
+    /// echoed back; a uid in the request is refused.
+    #[test]
+    fn a_refused_oidc_login_through_the_mount_binds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let registry = SessionRegistry::new();
+        let login = fake();
+        let _server = serve(&path, Arc::clone(&registry), login.clone()).unwrap();
+        let forged = "eyJhbGciOiJub25lIn0.forged.";
+        match login_through_oidc(&path, ORGANIZATION, forged, NONCE) {
+            Err(SessionError::Refused(msg)) => {
+                assert!(
+                    msg.contains("acme-post's provider") && msg.contains("id_token_bad_signature"),
+                    "{msg}"
+                );
+                assert!(!msg.contains(forged), "the ID token echoed: {msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match login_through_oidc(&path, ORGANIZATION, ID_TOKEN, "another-login") {
+            Err(SessionError::Refused(msg)) => assert!(msg.contains("id_token"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let with_uid = serde_json::json!({
+            "organization": ORGANIZATION, "id_token": ID_TOKEN, "nonce": NONCE, "uid": 0,
+        });
+        let r = raw_exchange(&path, format!("{with_uid}\n").as_bytes());
+        assert!(!r.ok, "a client-chosen uid was accepted");
+        let r = raw_exchange(&path, b"{\"oidc_provider\": 5}\n");
+        assert!(!r.ok && r.error.is_some_and(|e| e.contains("oidc_provider")));
+        assert!(login.uids.lock().unwrap().is_empty());
+        assert!(registry.uids().is_empty(), "nothing was bound");
     }
 
     #[test]

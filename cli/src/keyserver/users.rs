@@ -161,8 +161,10 @@ pub struct LoginArgs {
     /// Log in at this organization's own OpenID Connect provider instead of with a password
     /// (delegated authentication; `csap idp add` registers it): prints the URL to open in a
     /// browser, waits for the provider to send the browser back, and has the key server trade
-    /// the ID token for a token. Needs --identity and --server.
-    #[arg(long, value_name = "ORGANIZATION", requires = "identity")]
+    /// the ID token for a token. Without --identity, through the mount's session socket (the
+    /// mount asks the key server where the organization logs in and trades the ID token with
+    /// its device identity, for your uid); with --identity, also --server.
+    #[arg(long, value_name = "ORGANIZATION")]
     pub oidc: Option<String>,
     /// With --oidc: how long to wait for the browser login, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 300, requires = "oidc")]
@@ -255,18 +257,23 @@ pub fn run_login(args: LoginArgs) -> Result<()> {
     })
 }
 
-/// `csap login --oidc ORGANIZATION --identity DIR --server URL`: the person logs in at the
+/// `csap login --oidc ORGANIZATION [--identity DIR --server URL]`: the person logs in at the
 /// organization's provider in a browser; the key server verifies the ID token and answers with
-/// a token for the participant it names, bound to this device and uid.
+/// a token for the participant it names, bound to this device and uid (through the mount
+/// without `--identity`).
 fn run_oidc_login(args: LoginArgs, organization: &str) -> Result<()> {
-    let (Some(identity), Some(server)) = (&args.identity, args.server.as_deref()) else {
-        bail!("--oidc needs --identity DIR and --server URL (or CSAP_IDENTITY, CSAP_SERVER)");
-    };
     let path = match &args.token_file {
         Some(p) => p.clone(),
         None => UserToken::default_path()
             .context("neither XDG_RUNTIME_DIR nor HOME is set: give --token-file")?,
     };
+    let Some(identity) = &args.identity else {
+        return oidc_login_through_mount(&args, organization, &path);
+    };
+    let server = args
+        .server
+        .as_deref()
+        .context("--oidc with --identity needs --server URL (or CSAP_SERVER)")?;
     let me = nix::unistd::getuid().as_raw();
     let uid = args.uid.unwrap_or(me);
     runtime()?.block_on(async move {
@@ -274,15 +281,8 @@ fn run_oidc_login(args: LoginArgs, organization: &str) -> Result<()> {
             .await
             .with_context(|| format!("cannot connect as the device in {}", identity.display()))?;
         let idp = client.identity_provider(organization).await?;
-        let flow = super::oidc::start(&idp.issuer, &idp.client_id).await?;
-        eprintln!(
-            "open this URL in a browser to log in at {organization}'s provider ({}):\n  {}",
-            idp.issuer, flow.authorization_url
-        );
-        let nonce = flow.nonce.clone();
-        let id_token = flow
-            .id_token(std::time::Duration::from_secs(args.oidc_timeout))
-            .await?;
+        let (id_token, nonce) =
+            browser_login(organization, &idp.issuer, &idp.client_id, args.oidc_timeout).await?;
         let (token, expires, user) = client
             .login_oidc(organization, &id_token, &nonce, uid)
             .await?;
@@ -306,14 +306,30 @@ fn run_oidc_login(args: LoginArgs, organization: &str) -> Result<()> {
     })
 }
 
-/// `csap login` without a device identity: the mount on the session socket logs the user in
-/// with its own, for the uid the kernel reports for this process, and keeps the session.
-fn login_through_mount(
-    args: &LoginArgs,
-    user: &str,
-    password: &str,
-    token_file: &Path,
-) -> Result<()> {
+/// The browser half of `--oidc`: prints the provider's authorization URL, waits (at most
+/// `timeout_secs`) for the browser to come back, and returns the ID token and the nonce the
+/// authorization request carried (the key server checks the token holds it).
+async fn browser_login(
+    organization: &str,
+    issuer: &str,
+    client_id: &str,
+    timeout_secs: u64,
+) -> Result<(String, String)> {
+    let flow = super::oidc::start(issuer, client_id).await?;
+    eprintln!(
+        "open this URL in a browser to log in at {organization}'s provider ({issuer}):\n  {}",
+        flow.authorization_url
+    );
+    let nonce = flow.nonce.clone();
+    let id_token = flow
+        .id_token(std::time::Duration::from_secs(timeout_secs))
+        .await?;
+    Ok((id_token, nonce))
+}
+
+/// The mount's session socket for a login through it: `--socket` or the default path, which
+/// must exist (without a mount there is no device identity to log in with).
+fn mount_socket(args: &LoginArgs) -> Result<PathBuf> {
     let socket = args
         .socket
         .clone()
@@ -326,6 +342,49 @@ fn login_through_mount(
             socket.display()
         );
     }
+    Ok(socket)
+}
+
+/// `csap login --oidc ORGANIZATION` without a device identity: the mount on the session
+/// socket says where the organization logs in, this process runs the browser flow, and the
+/// mount has the key server trade the ID token for a token bound to the uid the kernel
+/// reports for this process, and keeps the session.
+fn oidc_login_through_mount(args: &LoginArgs, organization: &str, token_file: &Path) -> Result<()> {
+    let socket = mount_socket(args)?;
+    let provider = csapfs::session::oidc_provider(&socket, organization)
+        .with_context(|| format!("login through the mount at {}", socket.display()))?;
+    let (id_token, nonce) = runtime()?.block_on(browser_login(
+        organization,
+        &provider.issuer,
+        &provider.client_id,
+        args.oidc_timeout,
+    ))?;
+    let logged_in = csapfs::session::login_through_oidc(&socket, organization, &id_token, &nonce)
+        .with_context(|| format!("login through the mount at {}", socket.display()))?;
+    logged_in
+        .token
+        .save(token_file)
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
+    println!(
+        "logged in as {} ({organization}) through the mount at {} for uid {} until {}; token in {}",
+        logged_in.user,
+        socket.display(),
+        logged_in.bound.uid,
+        wire::rfc3339(logged_in.bound.expires_at),
+        token_file.display()
+    );
+    Ok(())
+}
+
+/// `csap login` without a device identity: the mount on the session socket logs the user in
+/// with its own, for the uid the kernel reports for this process, and keeps the session.
+fn login_through_mount(
+    args: &LoginArgs,
+    user: &str,
+    password: &str,
+    token_file: &Path,
+) -> Result<()> {
+    let socket = mount_socket(args)?;
     let (bound, token) = csapfs::session::login_through(&socket, user, password)
         .with_context(|| format!("login through the mount at {}", socket.display()))?;
     token

@@ -1,6 +1,7 @@
-//! Logins relayed by the mount: `csap login` sends the user's password to the session socket
-//! and the mount asks the key server with its device identity (mTLS) for a token bound to this
-//! device and to the uid the kernel reported for the sender (SO_PEERCRED).
+//! Logins relayed by the mount: `csap login` sends the user's password (or, with `--oidc`, the
+//! ID token of their organization's provider) to the session socket and the mount asks the key
+//! server with its device identity (mTLS) for a token bound to this device and to the uid the
+//! kernel reported for the sender (SO_PEERCRED).
 
 use std::time::Duration;
 
@@ -30,21 +31,51 @@ impl MountLogin {
     }
 }
 
+impl MountLogin {
+    /// Drives one key server call on a runtime of its own, bounded by the request timeout;
+    /// `Err` is the sentence the session socket answers.
+    fn call<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, keyserver_client::ClientError>>,
+    ) -> Result<T, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime for the login: {e}"))?;
+        runtime
+            .block_on(async { tokio::time::timeout(self.timeout, request).await })
+            .map_err(|_| "the key server did not answer in time".to_string())?
+            .map_err(|e| format!("key server: {}", super::chain(&e)))
+    }
+}
+
 impl crate::session::DeviceLogin for MountLogin {
     fn device(&self) -> &str {
         self.client.device()
     }
 
     fn login(&self, user: &str, password: &str, uid: u32) -> Result<(UserToken, i64), String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime for the login: {e}"))?;
-        runtime
-            .block_on(async {
-                tokio::time::timeout(self.timeout, self.client.login(user, password, uid)).await
-            })
-            .map_err(|_| "the key server did not answer in time".to_string())?
-            .map_err(|e| format!("key server: {}", super::chain(&e)))
+        self.call(self.client.login(user, password, uid))
+    }
+
+    fn identity_provider(
+        &self,
+        organization: &str,
+    ) -> Result<crate::session::OidcProvider, String> {
+        let provider = self.call(self.client.identity_provider(organization))?;
+        Ok(crate::session::OidcProvider {
+            issuer: provider.issuer,
+            client_id: provider.client_id,
+        })
+    }
+
+    fn login_oidc(
+        &self,
+        organization: &str,
+        id_token: &str,
+        nonce: &str,
+        uid: u32,
+    ) -> Result<(UserToken, i64, String), String> {
+        self.call(self.client.login_oidc(organization, id_token, nonce, uid))
     }
 }
