@@ -129,22 +129,14 @@ fn a_vendor_logs_in_at_its_own_provider_and_the_key_server_names_them() {
         .unwrap();
     // The URL to open is the line after the prompt on standard error.
     let mut stderr = BufReader::new(login.stderr.take().unwrap());
-    let mut authorization_url = String::new();
-    for line in (&mut stderr).lines() {
-        let line = line.unwrap();
-        if let Some(url) = line.trim().strip_prefix("http") {
-            authorization_url = format!("http{url}");
-            break;
-        }
-        assert!(!line.contains("error"), "{line}");
-    }
+    let url_to_open = authorization_url(&mut stderr);
     assert!(
-        authorization_url.contains("code_challenge_method=S256")
-            && authorization_url.contains("nonce=")
-            && authorization_url.contains("state="),
-        "{authorization_url}"
+        url_to_open.contains("code_challenge_method=S256")
+            && url_to_open.contains("nonce=")
+            && url_to_open.contains("state="),
+        "{url_to_open}"
     );
-    let back = browser_login(&authorization_url, "alice").unwrap();
+    let back = browser_login(&url_to_open, "alice").unwrap();
     assert!(back.starts_with("http://127.0.0.1:"), "{back}");
     assert!(get(&back).contains("200"), "the CLI answers the browser");
     let out = login.wait_with_output().unwrap();
@@ -175,14 +167,7 @@ fn a_vendor_logs_in_at_its_own_provider_and_the_key_server_names_them() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(second.stderr.take().unwrap());
-    let mut next = String::new();
-    for line in (&mut stderr).lines() {
-        let line = line.unwrap();
-        if let Some(url) = line.trim().strip_prefix("http") {
-            next = format!("http{url}");
-            break;
-        }
-    }
+    let next = authorization_url(&mut stderr);
     let port = next
         .split("redirect_uri=http%3A%2F%2F127.0.0.1%3A")
         .nth(1)

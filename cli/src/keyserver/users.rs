@@ -235,12 +235,43 @@ pub fn run_login(args: LoginArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot connect as the device in {}", identity.display()))?;
         let (token, expires) = client.login(&user, &pw, uid).await?;
+        let logged_in = Issued {
+            token,
+            expires,
+            who: user,
+            device: client.device(),
+            uid,
+        };
+        logged_in.keep(&path, me, args.socket.as_deref())
+    })
+}
+
+/// A token the key server issued to a login with the device identity.
+struct Issued<'a> {
+    token: UserToken,
+    expires: i64,
+    /// Who it names, as printed (`alice`, `alice@acme-post (acme-post)`).
+    who: String,
+    device: &'a str,
+    uid: u32,
+}
+
+impl Issued<'_> {
+    /// Writes the token to `path`, says so, and hands it to the mount when it is for the uid
+    /// running this (`me`).
+    fn keep(self, path: &Path, me: u32, socket: Option<&Path>) -> Result<()> {
+        let Issued {
+            token,
+            expires,
+            who,
+            device,
+            uid,
+        } = self;
         token
-            .save(&path)
+            .save(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!(
-            "logged in as {user} on {} for uid {uid} until {}; token in {}",
-            client.device(),
+            "logged in as {who} on {device} for uid {uid} until {}; token in {}",
             wire::rfc3339(expires),
             path.display()
         );
@@ -253,8 +284,8 @@ pub fn run_login(args: LoginArgs) -> Result<()> {
             );
             return Ok(());
         }
-        hand_over_session(args.socket.as_deref(), &token)
-    })
+        hand_over_session(socket, &token)
+    }
 }
 
 /// `csap login --oidc ORGANIZATION [--identity DIR --server URL]`: the person logs in at the
@@ -286,23 +317,14 @@ fn run_oidc_login(args: LoginArgs, organization: &str) -> Result<()> {
         let (token, expires, user) = client
             .login_oidc(organization, &id_token, &nonce, uid)
             .await?;
-        token
-            .save(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!(
-            "logged in as {user} ({organization}) on {} for uid {uid} until {}; token in {}",
-            client.device(),
-            wire::rfc3339(expires),
-            path.display()
-        );
-        if uid != me {
-            println!(
-                "the token is for uid {uid}: give it to the mount with --token-file {uid}:{}",
-                path.display()
-            );
-            return Ok(());
-        }
-        hand_over_session(args.socket.as_deref(), &token)
+        let logged_in = Issued {
+            token,
+            expires,
+            who: format!("{user} ({organization})"),
+            device: client.device(),
+            uid,
+        };
+        logged_in.keep(&path, me, args.socket.as_deref())
     })
 }
 
