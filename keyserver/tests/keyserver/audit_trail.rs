@@ -103,6 +103,9 @@ async fn shipped_records_carry_the_peers_device_and_resends_are_idempotent(engin
         .await
         .unwrap();
     assert!(ghost.is_empty(), "{ghost:#?}");
+    // The resend skipped ids on PostgreSQL (ON CONFLICT draws them): the chain still links.
+    let chain = e.admin.audit_verify().await.unwrap();
+    assert_eq!(chain.tamper, None, "{chain:?}");
 }
 
 /// Attack: malformed batches. Each is refused with a 400 whose JSON body names the field,

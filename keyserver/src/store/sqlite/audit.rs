@@ -1,6 +1,6 @@
 //! SQL of the audit trail: the key server's own rows, the batches mounts ship, and queries.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::store::audit_chain::{self, ChainRow};
 use crate::store::{AuditEvent, AuditFilter, Shipped, StoreError};
@@ -10,7 +10,9 @@ pub(crate) fn insert_audit<'a>(
     conn: &mut Connection,
     events: impl IntoIterator<Item = &'a AuditEvent>,
 ) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    // Immediate: the chain's read of the last row comes first, and a read transaction that
+    // later wants the write lock another connection holds fails at once instead of waiting.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     insert_audit_rows(&tx, events)?;
     tx.commit()?;
     Ok(())
@@ -168,7 +170,7 @@ pub(crate) fn insert_shipped(
     spool: &str,
     records: &[MountAuditRecord],
 ) -> Result<Shipped, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let last = last_row(&tx)?;
     let mut done = Shipped {
         accepted: 0,
