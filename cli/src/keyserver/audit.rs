@@ -1,6 +1,6 @@
-//! `csap audit`: the key server's audit trail, tailed or searched.
+//! `csap audit`: the key server's audit trail, tailed, searched or its hash chain verified.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use keyserver::wire::{self, AuditRecord};
 
@@ -56,6 +56,42 @@ Examples:
         #[command(flatten)]
         conn: Conn,
     },
+    /// Walk the audit trail's hash chain on the server: fails (exit 1) naming the first row
+    /// that was edited, deleted or moved. Rows cut off the end are not detected (yet).
+    Verify {
+        /// The server's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `csap audit verify`: prints the verdict; tampering is an error (non-zero exit).
+fn verify(json: bool, conn: Conn) -> Result<()> {
+    let v = runtime()?
+        .block_on(async move { Ok::<_, anyhow::Error>(conn.admin()?.audit_verify().await?) })?;
+    if json {
+        println!("{}", serde_json::to_string(&v)?);
+    }
+    let unchained = if v.unchained > 0 {
+        format!(" ({} rows from before the chain not checked)", v.unchained)
+    } else {
+        String::new()
+    };
+    match &v.tamper {
+        None => {
+            if !json {
+                println!(
+                    "audit trail intact: {} rows, chain head {}{unchained}",
+                    v.rows,
+                    v.head.as_deref().unwrap_or("(none)")
+                );
+            }
+            Ok(())
+        }
+        Some(t) => bail!("audit trail tampered with: {t}"),
+    }
 }
 
 /// A point in time for `audit query`: an age (`30m`, `24h`, `7d`: that long ago), or what
@@ -121,6 +157,7 @@ fn print_record(r: &AuditRecord, json: bool) -> Result<()> {
 
 pub fn run_audit(cmd: AuditCommand) -> Result<()> {
     let (follow, json, n, conn) = match cmd {
+        AuditCommand::Verify { json, conn } => return verify(json, conn),
         AuditCommand::Tail {
             follow,
             json,

@@ -702,6 +702,10 @@ impl AdminClient {
     pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, ClientError> {
         self.client.get_query("/v1/admin/audit/query", q).await
     }
+    /// Walks the audit trail's hash chain on the server (`GET /v1/admin/audit/verify`).
+    pub async fn audit_verify(&self) -> Result<AuditVerification, ClientError> {
+        self.client.get("/v1/admin/audit/verify").await
+    }
     /// Issues a `workflow`, `auditor` or `service` certificate: creates the key (CSR) locally
     /// and writes cert.pem, key.pem and ca.pem to `out`. A workflow takes its grant.
     #[cfg(feature = "enroll")]

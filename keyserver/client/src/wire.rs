@@ -626,6 +626,48 @@ pub struct AuditRecord {
     pub count: u32,
 }
 
+/// What `GET /v1/admin/audit/verify` found walking the audit trail's hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerification {
+    /// Rows read (up to the first problem's classification).
+    pub rows: u64,
+    /// Rows from before the chain existed (NULL chain), not checked.
+    pub unchained: u64,
+    /// The last row that links, hex (none before the first chained row).
+    pub head: Option<String>,
+    /// The first row that does not link; none: the trail is intact.
+    pub tamper: Option<AuditTamper>,
+}
+
+/// The first row of the audit trail that does not link, and the likeliest cause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditTamper {
+    /// Row `id`'s content (or chain) is not what was chained.
+    Edited { id: i64 },
+    /// Rows between `after` and `id` were removed.
+    Deleted { id: i64, after: i64 },
+    /// Row `id` holds the content row `content_of` was chained with.
+    Reordered { id: i64, content_of: i64 },
+}
+
+impl std::fmt::Display for AuditTamper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Edited { id } => write!(f, "row {id} was edited"),
+            Self::Deleted { id, after } => {
+                write!(f, "rows between {after} and {id} were deleted (row {id} does not follow row {after})")
+            }
+            Self::Reordered { id, content_of } => {
+                write!(
+                    f,
+                    "rows were reordered: row {id} holds row {content_of}'s content"
+                )
+            }
+        }
+    }
+}
+
 fn default_source() -> String {
     "keyserver".into()
 }

@@ -1,7 +1,8 @@
 //! The audit trail's HTTP side: every admin change's row ([`audited`]), mounts shipping their
 //! own decisions (`POST /v1/audit`), refused license sessions, and reading the trail —
 //! `GET /v1/admin/audit` (by id) and `GET /v1/admin/audit/query` (by path, user, device,
-//! application, decision and time) for admins and auditors.
+//! application, decision and time) and `GET /v1/admin/audit/verify` (the hash chain walked)
+//! for admins and auditors.
 
 use axum::extract::{Query, State as AxState};
 use axum::Json;
@@ -13,9 +14,11 @@ use super::subject::token_user;
 use super::S;
 use crate::error::{ApiError, ApiJson};
 use crate::server::{Peer, State};
+use crate::store::audit_chain::Verifier;
 use crate::store::{AuditEvent, AuditFilter};
 use crate::wire::{
-    AuditBatch, AuditBatchAck, AuditQuery, AuditRecord, LicenseRequest, MountAuditRecord, Reason,
+    AuditBatch, AuditBatchAck, AuditQuery, AuditRecord, AuditVerification, LicenseRequest,
+    MountAuditRecord, Reason,
 };
 
 /// Records an admin change that succeeded, naming the admin and the change's subject; the
@@ -258,4 +261,28 @@ pub(crate) async fn query(
     }
     let rows = st.store.audit_query(filter).await?;
     Ok(Json(rows))
+}
+
+/// Rows `verify` reads per round trip.
+const VERIFY_PAGE: u32 = 5000;
+
+/// `GET /v1/admin/audit/verify`: walks the whole trail in id order and reports the first row
+/// whose chain does not link (`store::audit_chain`). Rows committed meanwhile are walked too.
+pub(crate) async fn verify(
+    AxState(st): AxState<S>,
+    _reader: AuditReader,
+) -> Result<Json<AuditVerification>, ApiError> {
+    let mut verifier = Verifier::new();
+    let mut after = 0;
+    while !verifier.done() {
+        let page = st.store.audit_chain_after(after, VERIFY_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        let full = page.len() as u32 == VERIFY_PAGE;
+        page.into_iter().for_each(|r| verifier.push(r));
+        if !full {
+            break;
+        }
+    }
+    Ok(Json(verifier.finish()))
 }

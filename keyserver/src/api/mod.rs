@@ -60,6 +60,7 @@ pub fn app(state: Arc<State>) -> Router {
         .route("/licenses", post(issue::issue_license))
         .route("/audit", get(audit::tail))
         .route("/audit/query", get(audit::query))
+        .route("/audit/verify", get(audit::verify))
         .route("/principals", post(principals::add_principal))
         .route("/identity-providers", get(federation::list_providers))
         .route(

@@ -17,6 +17,7 @@
 //!   [`KeyStore::watch_revocations`] ticks only after a commit that recorded one.
 //! - **Migrations** are versioned per service and engine (SQLite: `sqlite::schema`).
 
+pub mod audit_chain;
 pub mod postgres;
 pub mod sqlite;
 
@@ -478,6 +479,13 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// The last `n` records, oldest first.
     async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Rows with id > `after` as stored, chain included, oldest first, at most `limit`
+    /// (what [`audit_chain::Verifier`] checks).
+    async fn audit_chain_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<audit_chain::ChainRow>, StoreError>;
     /// The newest `filter.limit` records passing `filter`, oldest first. A user filter also
     /// finds denials recorded against the user a token names unverified.
     async fn audit_query(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;

@@ -1,11 +1,12 @@
 //! The one audit trail: decisions shipped by mounts (`POST /v1/audit`), refused license
-//! sessions, rows that name asset paths, and the admin query over all of them.
+//! sessions, rows that name asset paths, the admin query over all of them, and the hash chain
+//! that shows a row edited, deleted or moved in the database.
 
 use std::time::Duration;
 
 use keyserver::wire::{
-    Action, AuditBatch, AuditBatchAck, AuditQuery, AuditRecord, LicenseRequest, MountAuditRecord,
-    SignedLicense,
+    Action, AuditBatch, AuditBatchAck, AuditQuery, AuditRecord, AuditTamper, LicenseRequest,
+    MountAuditRecord, SignedLicense,
 };
 
 use super::*;
@@ -102,6 +103,9 @@ async fn shipped_records_carry_the_peers_device_and_resends_are_idempotent(engin
         .await
         .unwrap();
     assert!(ghost.is_empty(), "{ghost:#?}");
+    // The resend skipped ids on PostgreSQL (ON CONFLICT draws them): the chain still links.
+    let chain = e.admin.audit_verify().await.unwrap();
+    assert_eq!(chain.tamper, None, "{chain:?}");
 }
 
 /// Attack: malformed batches. Each is refused with a 400 whose JSON body names the field,
@@ -380,10 +384,120 @@ async fn the_audit_query_filters_on_the_server(engine: Engine) {
     );
 }
 
+/// Runs `sql` on the key server's database behind its back (someone with write access).
+fn tamper(e: &Env, sql: &str) {
+    match &e.engine {
+        Engine::Sqlite => {
+            let db = rusqlite::Connection::open(e.dir.path().join("ks/keyserver.sqlite")).unwrap();
+            db.execute_batch(sql).unwrap();
+        }
+        Engine::Postgres(db) => {
+            db.psql(&format!("SET search_path TO keyserver; {sql}"))
+                .unwrap();
+        }
+    }
+}
+
+/// Swaps two rows' contents, chain included (what a reordering leaves: the ids stay in place).
+fn swap_rows(e: &Env, a: i64, b: i64) {
+    match &e.engine {
+        // An INTEGER PRIMARY KEY can be renumbered.
+        Engine::Sqlite => tamper(
+            e,
+            &format!(
+                "UPDATE audit SET id = -1 WHERE id = {a}; UPDATE audit SET id = {a} WHERE id = {b};
+                 UPDATE audit SET id = {b} WHERE id = -1;"
+            ),
+        ),
+        // An identity column cannot be: move every other column (the sub-select reads the
+        // rows as they were before the statement).
+        Engine::Postgres(_) => {
+            let cols = "time, username, app_digest, device, asset, action, decision, rule_ids, \
+                        reason, license_id, path, source, uid, count, spool, seq, chain";
+            tamper(
+                e,
+                &format!(
+                    "UPDATE audit t SET ({cols}) = (SELECT {cols} FROM audit o
+                       WHERE o.id = CASE t.id WHEN {a} THEN {b} ELSE {a} END)
+                     WHERE t.id IN ({a}, {b});"
+                ),
+            )
+        }
+    }
+}
+
+/// Attack: someone with write access to the database edits a row, swaps two, deletes one.
+/// `GET /v1/admin/audit/verify` walks the hash chain and names the first row that no longer
+/// links, and how; the untouched (or restored) trail verifies.
+async fn the_hash_chain_shows_an_edited_a_swapped_and_a_deleted_row(engine: Engine) {
+    let e = env_on(engine).await;
+    for n in 0..6 {
+        e.create(&format!("show/seq1/chain{n}.exr")).await;
+    }
+    let rows: Vec<i64> = e
+        .audit()
+        .await
+        .iter()
+        .filter(|r| {
+            r.path
+                .as_deref()
+                .is_some_and(|p| p.starts_with("show/seq1/chain"))
+        })
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let intact = e.admin.audit_verify().await.unwrap();
+    assert_eq!((&intact.tamper, intact.unchained), (&None, 0), "{intact:?}");
+    assert!(intact.rows >= 6 && intact.head.is_some(), "{intact:?}");
+
+    let edited = rows[1];
+    tamper(
+        &e,
+        &format!("UPDATE audit SET decision = 'deny' WHERE id = {edited};"),
+    );
+    let v = e.admin.audit_verify().await.unwrap();
+    assert_eq!(v.tamper, Some(AuditTamper::Edited { id: edited }), "{v:?}");
+    tamper(
+        &e,
+        &format!("UPDATE audit SET decision = 'grant' WHERE id = {edited};"),
+    );
+    let v = e.admin.audit_verify().await.unwrap();
+    assert_eq!(v.tamper, None, "restored: {v:?}");
+
+    let (a, b) = (rows[2], rows[4]);
+    swap_rows(&e, a, b);
+    let v = e.admin.audit_verify().await.unwrap();
+    assert_eq!(
+        v.tamper,
+        Some(AuditTamper::Reordered {
+            id: a,
+            content_of: b
+        }),
+        "{v:?}"
+    );
+    swap_rows(&e, a, b);
+    assert_eq!(e.admin.audit_verify().await.unwrap().tamper, None);
+
+    let deleted = rows[3];
+    let all: Vec<i64> = e.audit().await.iter().map(|r| r.id).collect();
+    let at = all.iter().position(|id| *id == deleted).unwrap();
+    tamper(&e, &format!("DELETE FROM audit WHERE id = {deleted};"));
+    let v = e.admin.audit_verify().await.unwrap();
+    assert_eq!(
+        v.tamper,
+        Some(AuditTamper::Deleted {
+            id: all[at + 1],
+            after: all[at - 1]
+        }),
+        "{v:?}"
+    );
+}
+
 // The store's suite: each test on SQLite and on PostgreSQL.
 csap_testkit::on_both_engines!(
     shipped_records_carry_the_peers_device_and_resends_are_idempotent,
     malformed_audit_batches_are_400_naming_the_field,
     a_refused_license_session_is_audited_with_path_user_and_app,
     the_audit_query_filters_on_the_server,
+    the_hash_chain_shows_an_edited_a_swapped_and_a_deleted_row,
 );

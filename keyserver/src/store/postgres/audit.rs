@@ -4,11 +4,14 @@
 //! Every transaction that inserts audit rows first takes the audit lock ([`AUDIT_LOCK`]), so
 //! ids are assigned in commit order across replicas: a reader following `audit_after` never
 //! sees id N+1 committed while N is still to come. Group commit keeps the lock's cost to one
-//! acquisition per batch.
+//! acquisition per batch. Under the same lock the transaction links its rows onto the hash
+//! chain (`store::audit_chain`): it reads the newest row's chain, inserts, reads its rows back
+//! and stores their links.
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
+use crate::store::audit_chain::{self, ChainRow};
 use crate::store::{AuditEvent, AuditFilter, Shipped, StoreError};
 use crate::wire::{AuditRecord, MountAuditRecord};
 
@@ -23,11 +26,93 @@ pub(crate) async fn lock(c: &impl GenericClient) -> Result<(), StoreError> {
 }
 
 /// Inserts `events`, in order, in one statement inside the caller's transaction (which holds
-/// the audit lock).
+/// the audit lock), chained onto the trail.
 pub(crate) async fn insert_audit_rows<'a>(
     c: &impl GenericClient,
     events: impl IntoIterator<Item = &'a AuditEvent>,
 ) -> Result<(), StoreError> {
+    let last = last_row(c).await?;
+    if insert_unchained(c, events).await? {
+        chain_new_rows(c, last).await?;
+    }
+    Ok(())
+}
+
+/// The newest row's id and chain (0 and none on an empty trail), read under the audit lock
+/// before inserting.
+async fn last_row(c: &impl GenericClient) -> Result<(i64, Option<Vec<u8>>), StoreError> {
+    Ok(
+        c.query_opt("SELECT id, chain FROM audit ORDER BY id DESC LIMIT 1", &[])
+            .await?
+            .map_or((0, None), |r| (r.get(0), r.get(1))),
+    )
+}
+
+/// Links the rows after `last` onto the chain: under the audit lock every row past it that
+/// this transaction sees is its own. Reading them back chains what the INSERT stored (the
+/// asset's path it filled in).
+async fn chain_new_rows(
+    c: &impl GenericClient,
+    last: (i64, Option<Vec<u8>>),
+) -> Result<(), StoreError> {
+    let (after, last_chain) = last;
+    let rows = chain_rows_after(c, after, None).await?;
+    let links = audit_chain::link_all(audit_chain::continue_from(last_chain), &rows);
+    let ids: Vec<i64> = links.iter().map(|(id, _)| *id).collect();
+    let chains: Vec<&[u8]> = links.iter().map(|(_, c)| &c[..]).collect();
+    c.execute(
+        "UPDATE audit SET chain = l.chain FROM UNNEST($1::bigint[], $2::bytea[]) AS l(id, chain)
+         WHERE audit.id = l.id",
+        &[&ids, &chains],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Rows with id > `after` as stored, oldest first, at most `limit` (all: `None`).
+pub(crate) async fn chain_rows_after(
+    c: &impl GenericClient,
+    after: i64,
+    limit: Option<u32>,
+) -> Result<Vec<ChainRow>, StoreError> {
+    let limit = limit.map(i64::from);
+    Ok(c.query(
+        &format!(
+            "SELECT {} FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            audit_chain::chain_cols("username")
+        ),
+        &[&after, &limit],
+    )
+    .await?
+    .iter()
+    .map(|r| ChainRow {
+        id: r.get(0),
+        time: r.get(1),
+        user: r.get(2),
+        app_digest: r.get(3),
+        device: r.get(4),
+        asset: r.get(5),
+        action: r.get(6),
+        decision: r.get(7),
+        rule_ids: r.get(8),
+        reason: r.get(9),
+        license_id: r.get(10),
+        path: r.get(11),
+        source: r.get(12),
+        uid: r.get(13),
+        count: r.get(14),
+        spool: r.get(15),
+        seq: r.get(16),
+        chain: r.get(17),
+    })
+    .collect())
+}
+
+/// Inserts `events` in one statement; whether there were any.
+async fn insert_unchained<'a>(
+    c: &impl GenericClient,
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+) -> Result<bool, StoreError> {
     let mut time = Vec::new();
     let mut user = Vec::new();
     let mut app = Vec::new();
@@ -53,7 +138,7 @@ pub(crate) async fn insert_audit_rows<'a>(
         path.push(e.path.as_deref());
     }
     if time.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     c.execute(
         "INSERT INTO audit (time, username, app_digest, device, asset, action, decision, rule_ids,
@@ -72,7 +157,7 @@ pub(crate) async fn insert_audit_rows<'a>(
         ],
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 const AUDIT_COLS: &str = "id, time, username, app_digest, device, asset, action, decision, \
@@ -140,6 +225,7 @@ pub(crate) async fn insert_shipped(
     spool: &str,
     records: &[MountAuditRecord],
 ) -> Result<Shipped, StoreError> {
+    let last = last_row(c).await?;
     let st = c
         .prepare(
             "INSERT INTO audit (time, username, app_digest, device, asset, action, decision,
@@ -178,6 +264,9 @@ pub(crate) async fn insert_shipped(
         } else {
             done.duplicates += 1;
         }
+    }
+    if done.accepted > 0 {
+        chain_new_rows(c, last).await?;
     }
     Ok(done)
 }

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use tokio_postgres::GenericClient;
 
 use self::group_commit::AuditWriter;
+use super::audit_chain::ChainRow;
 use super::{
     AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseRows, ProviderRecord, RevokeTarget,
     RowsWanted, SealVersion, SessionRow, Shipped, StoreError, UserRow,

@@ -397,6 +397,10 @@ impl KeyStore for PgKeyStore {
         audit::audit_tail(&**self.client().await?, n).await
     }
 
+    async fn audit_chain_after(&self, after: i64, limit: u32) -> Result<Vec<ChainRow>, StoreError> {
+        audit::chain_rows_after(&**self.client().await?, after, Some(limit)).await
+    }
+
     async fn audit_query(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let mut client = self.client().await?;
         let tx = begin_snapshot(&mut client).await?;

@@ -11,7 +11,7 @@
 pub const SCHEMA: &str = "keyserver";
 
 /// One step per version (`authz::pg::migrate`). Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3, SCHEMA_4];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3, SCHEMA_4, SCHEMA_5];
 
 const SCHEMA_1: &str = "
 CREATE TABLE certs (
@@ -142,3 +142,6 @@ CREATE TABLE identity_providers (
   pseudonym_key BYTEA
 );
 ";
+
+/// 5: the audit trail's hash chain (`store::audit_chain`); rows before it keep NULL.
+const SCHEMA_5: &str = "ALTER TABLE audit ADD COLUMN chain BYTEA;";

@@ -1,7 +1,8 @@
 //! SQL of the audit trail: the key server's own rows, the batches mounts ship, and queries.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 
+use crate::store::audit_chain::{self, ChainRow};
 use crate::store::{AuditEvent, AuditFilter, Shipped, StoreError};
 use crate::wire::{AuditRecord, MountAuditRecord};
 
@@ -9,15 +10,26 @@ pub(crate) fn insert_audit<'a>(
     conn: &mut Connection,
     events: impl IntoIterator<Item = &'a AuditEvent>,
 ) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    // Immediate: the chain's read of the last row comes first, and a read transaction that
+    // later wants the write lock another connection holds fails at once instead of waiting.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     insert_audit_rows(&tx, events)?;
     tx.commit()?;
     Ok(())
 }
 
 /// Inserts `events` inside the caller's transaction (a change and its audit rows commit
-/// together).
+/// together), chained onto the trail.
 pub(crate) fn insert_audit_rows<'a>(
+    conn: &Connection,
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+) -> Result<(), StoreError> {
+    let last = last_row(conn)?;
+    insert_unchained(conn, events)?;
+    chain_new_rows(conn, last)
+}
+
+fn insert_unchained<'a>(
     conn: &Connection,
     events: impl IntoIterator<Item = &'a AuditEvent>,
 ) -> Result<(), StoreError> {
@@ -43,6 +55,64 @@ pub(crate) fn insert_audit_rows<'a>(
         ])?;
     }
     Ok(())
+}
+
+/// The newest row's id and chain (0 and none on an empty trail), read before inserting.
+fn last_row(conn: &Connection) -> Result<(i64, Option<Vec<u8>>), StoreError> {
+    let mut st = conn.prepare_cached("SELECT id, chain FROM audit ORDER BY id DESC LIMIT 1")?;
+    let mut rows = st.query([])?;
+    Ok(match rows.next()? {
+        Some(r) => (r.get(0)?, r.get(1)?),
+        None => (0, None),
+    })
+}
+
+/// Links the rows after `last` (the ones this transaction inserted: the connection is the
+/// only writer) onto the chain. It reads them back, so a value the INSERT filled in (the
+/// asset's path) is chained as stored.
+fn chain_new_rows(conn: &Connection, last: (i64, Option<Vec<u8>>)) -> Result<(), StoreError> {
+    let (after, last_chain) = last;
+    let rows = chain_rows_after(conn, after, u32::MAX)?;
+    let mut st = conn.prepare_cached("UPDATE audit SET chain = ?1 WHERE id = ?2")?;
+    for (id, chain) in audit_chain::link_all(audit_chain::continue_from(last_chain), &rows) {
+        st.execute(params![&chain[..], id])?;
+    }
+    Ok(())
+}
+
+/// Rows with id > `after` as stored, oldest first, at most `limit`.
+pub(crate) fn chain_rows_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<ChainRow>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+        audit_chain::chain_cols("user")
+    ))?;
+    let rows = st.query_map(params![after, limit], |r| {
+        Ok(ChainRow {
+            id: r.get(0)?,
+            time: r.get(1)?,
+            user: r.get(2)?,
+            app_digest: r.get(3)?,
+            device: r.get(4)?,
+            asset: r.get(5)?,
+            action: r.get(6)?,
+            decision: r.get(7)?,
+            rule_ids: r.get(8)?,
+            reason: r.get(9)?,
+            license_id: r.get(10)?,
+            path: r.get(11)?,
+            source: r.get(12)?,
+            uid: r.get(13)?,
+            count: r.get(14)?,
+            spool: r.get(15)?,
+            seq: r.get(16)?,
+            chain: r.get(17)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
@@ -100,7 +170,8 @@ pub(crate) fn insert_shipped(
     spool: &str,
     records: &[MountAuditRecord],
 ) -> Result<Shipped, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let last = last_row(&tx)?;
     let mut done = Shipped {
         accepted: 0,
         duplicates: 0,
@@ -135,6 +206,7 @@ pub(crate) fn insert_shipped(
             }
         }
     }
+    chain_new_rows(&tx, last)?;
     tx.commit()?;
     Ok(done)
 }

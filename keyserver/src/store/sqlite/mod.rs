@@ -25,6 +25,7 @@ use self::group_commit::AuditLog;
 use self::keys::SqlReads;
 use self::pool::Pool;
 use self::revocations::Notifier;
+use super::audit_chain::ChainRow;
 use super::{
     AuditEvent, AuditFilter, AuditReceipt, KeyStore, LicenseReads, LicenseRows, ProviderRecord,
     RevokeTarget, RowsWanted, SealVersion, SessionRow, Shipped, StoreError, UserRow,
@@ -508,6 +509,11 @@ impl KeyStore for SqliteStore {
 
     async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
         self.call(move |c| audit::audit_tail(c, n)).await
+    }
+
+    async fn audit_chain_after(&self, after: i64, limit: u32) -> Result<Vec<ChainRow>, StoreError> {
+        self.call(move |c| audit::chain_rows_after(c, after, limit))
+            .await
     }
 
     async fn audit_query(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {

@@ -163,4 +163,6 @@ pub(crate) const MIGRATIONS: &[Step] = &[
         pseudonym_key BLOB
     );",
     ),
+    // 10: the audit trail's hash chain (`store::audit_chain`); rows before it keep NULL
+    Step::Sql("ALTER TABLE audit ADD COLUMN chain BLOB;"),
 ];
