@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use authz::{Action, Evaluator};
 
+pub(crate) mod replicas;
+
 use crate::report::{dur, rate, Samples, Table};
 use crate::{blake3_hex, runtime_on, Knobs, SERVER_CPU};
 
@@ -15,8 +17,9 @@ const KS_DEVICE: &str = "bench-ws";
 const KS_APP: &str = "bench-app";
 const KS_SCOPE: &str = "bench-scope";
 
-pub async fn run(k: &Knobs) -> Result<()> {
-    let dir = tempfile::tempdir().context("temp dir")?;
+/// The one rule every license of the bench is decided on: the bench user, device and
+/// application may read and create anything under `bench/`.
+pub(crate) fn bench_rules() -> Result<Arc<keyserver::SwappableRules>> {
     // The digest keyserver::testing::provision registers for the app.
     let digest = blake3_hex(KS_APP.as_bytes());
     let now = keyserver::now().expect("system clock usable");
@@ -31,7 +34,57 @@ pub async fn run(k: &Knobs) -> Result<()> {
         not_after: now + 86_400,
     }
     .build();
-    let rules = Arc::new(keyserver::SwappableRules::new(Evaluator::new([rule])?));
+    Ok(Arc::new(keyserver::SwappableRules::new(Evaluator::new([
+        rule,
+    ])?)))
+}
+
+/// Enrolls the bench device, user, application and scope on `lb`, the device's files in
+/// `device_dir`.
+pub(crate) async fn provision_bench(
+    lb: &keyserver::testing::Loopback,
+    device_dir: &std::path::Path,
+) -> Result<Arc<keyserver::testing::Provisioned>> {
+    let dev =
+        keyserver::testing::provision(lb, KS_DEVICE, device_dir, KS_USER, KS_APP, KS_SCOPE).await?;
+    Ok(Arc::new(dev))
+}
+
+/// Creates `n` assets under `bench/` (16 creators in parallel); their ids.
+pub(crate) async fn register_assets(
+    dev: &Arc<keyserver::testing::Provisioned>,
+    n: usize,
+) -> Result<Vec<[u8; 16]>> {
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let dev = dev.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (c..n).step_by(16) {
+                let lic = dev
+                    .client
+                    .create(
+                        &dev.token,
+                        &dev.app_digest,
+                        &format!("bench/a{i:05}.exr"),
+                        KS_SCOPE,
+                    )
+                    .await?;
+                out.push(lic.grants[0].asset_id);
+            }
+            Ok::<_, keyserver::ClientError>(out)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok(ids)
+}
+
+pub async fn run(k: &Knobs) -> Result<()> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let rules = bench_rules()?;
     // loopback_config already lifts the per-device token bucket (production default 200/s,
     // burst 400) to 100,000/s: every client here is the same device, so the production limit
     // would cap the run at 200 licenses/s.
@@ -51,47 +104,11 @@ pub async fn run(k: &Knobs) -> Result<()> {
     let lb = server_rt
         .spawn(keyserver::testing::spawn_with(cfg))
         .await??;
-    let dev = keyserver::testing::provision(
-        &lb,
-        KS_DEVICE,
-        &dir.path().join("dev"),
-        KS_USER,
-        KS_APP,
-        KS_SCOPE,
-    )
-    .await?;
-    let dev = Arc::new(dev);
+    let dev = provision_bench(&lb, &dir.path().join("dev")).await?;
 
-    // Register the assets (16 creators in parallel).
     let n_assets = k.batch.max(256);
     let t = Instant::now();
-    let ids: Vec<[u8; 16]> = {
-        let mut tasks = Vec::new();
-        for c in 0..16 {
-            let dev = dev.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut out = Vec::new();
-                for i in (c..n_assets).step_by(16) {
-                    let lic = dev
-                        .client
-                        .create(
-                            &dev.token,
-                            &dev.app_digest,
-                            &format!("bench/a{i:05}.exr"),
-                            KS_SCOPE,
-                        )
-                        .await?;
-                    out.push(lic.grants[0].asset_id);
-                }
-                Ok::<_, keyserver::ClientError>(out)
-            }));
-        }
-        let mut ids = Vec::new();
-        for t in tasks {
-            ids.extend(t.await??);
-        }
-        ids
-    };
+    let ids = register_assets(&dev, n_assets).await?;
     println!(
         "> key server on {}; {} assets registered in {:.1} s; per-device limit set to {}/s \
          (burst {}) for the bench — production default is 200/s\n",
@@ -113,7 +130,14 @@ pub async fn run(k: &Knobs) -> Result<()> {
         k.secs
     ));
     for &c in &k.concurrency {
-        let r = license_load(&lb.url, &dev, &ids, c, Duration::from_secs_f64(k.secs)).await?;
+        let r = license_load(
+            std::slice::from_ref(&lb.url),
+            &dev,
+            &ids,
+            c,
+            Duration::from_secs_f64(k.secs),
+        )
+        .await?;
         let label = format!("{c} client{}", if c == 1 { "" } else { "s" });
         if c == 64 {
             tab.goal(
@@ -185,23 +209,25 @@ pub async fn run(k: &Knobs) -> Result<()> {
     Ok(())
 }
 
-struct LoadResult {
-    per_s: f64,
-    lat: Samples,
-    errors: usize,
+pub(crate) struct LoadResult {
+    pub(crate) per_s: f64,
+    pub(crate) lat: Samples,
+    pub(crate) errors: usize,
 }
 
 /// `c` tasks, each with its own client (one TLS connection, kept alive), asking for single-key
-/// licenses back to back for `d`.
-async fn license_load(
-    url: &str,
+/// licenses back to back for `d`; client `i` talks to `urls[i % urls.len()]` (replicas share
+/// the load evenly).
+pub(crate) async fn license_load(
+    urls: &[String],
     dev: &Arc<keyserver::testing::Provisioned>,
     ids: &Arc<Vec<[u8; 16]>>,
     c: usize,
     d: Duration,
 ) -> Result<LoadResult> {
     let mut clients = Vec::with_capacity(c);
-    for _ in 0..c {
+    for i in 0..c {
+        let url = &urls[i % urls.len()];
         let cl = keyserver::LicenseClient::connect(url, &dev.device_dir).await?;
         clients.push(cl);
     }

@@ -8,6 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 
+mod cpu;
 mod distribution;
 mod e2e;
 mod evaluator;
@@ -21,6 +22,10 @@ usage: bench <evaluator|licenses|distribution|open|render|e2e|revoke|all>
   evaluator     authz evaluator: 10,000 synthetic rules, per-call decide() latency
   licenses      key server on loopback TLS: licenses/s and latency at 1/16/64/256 clients,
                 and the latency of a 1,000-key batch license
+  licenses --replicas 1,2,3
+                single-key licenses on SQLite, then on 1, 2, 3 key-server replicas sharing
+                one PostgreSQL database (a test cluster, needs PostgreSQL installed), with
+                CPU per license of the key servers, the process and PostgreSQL
   distribution  ARDS on loopback TLS: 1,000 subscribed PEPs, publish/revoke → all have it;
                 one PEP's publish → receive latency
   open          end to end (csap server + csap mount --server --ards as processes, FUSE):
@@ -98,7 +103,12 @@ fn main() -> Result<()> {
                 pin_current_thread(LOAD_CPU)?;
                 runtime_on(Some(LOAD_CPU))?.block_on(licenses::run(&knobs))?
             }
-            "licenses" => runtime()?.block_on(licenses::run(&knobs))?,
+            "licenses" => match replicas_arg(&args[2..])? {
+                Some(replicas) => {
+                    runtime()?.block_on(licenses::replicas::run(&knobs, &replicas))?
+                }
+                None => runtime()?.block_on(licenses::run(&knobs))?,
+            },
             "open" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Open)?,
             "render" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Render)?,
             "e2e" => e2e::run(&e2e::E2eKnobs::from_env(knobs.quick)?, e2e::Part::Both)?,
@@ -110,6 +120,22 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--replicas 1,2,3` after `licenses`: the replica counts to run on PostgreSQL.
+fn replicas_arg(rest: &[String]) -> Result<Option<Vec<usize>>> {
+    match rest {
+        [] => Ok(None),
+        [flag, list] if flag == "--replicas" => list
+            .split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|v| !v.is_empty() && v.iter().all(|&n| (1..=16).contains(&n)))
+            .map(Some)
+            .with_context(|| format!("--replicas {list:?}: give e.g. 1,2,3 (each 1 to 16)")),
+        _ => bail!("licenses takes only --replicas LIST (e.g. --replicas 1,2,3); got {rest:?}"),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

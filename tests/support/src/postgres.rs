@@ -284,6 +284,18 @@ impl PgServer {
         self.port
     }
 
+    /// The postmaster's process id (first line of `postmaster.pid`); its children are the
+    /// backends and background processes (benchmarks read their CPU time from `/proc`).
+    pub fn postmaster_pid(&self) -> Result<i32> {
+        let file = self.data.join("postmaster.pid");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no pid in {}", file.display()))
+    }
+
     /// The URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
