@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use authz::{Action, Evaluator};
 use csap_testkit::oidc::{id_token, oidc_provider, OidcClient, OidcProvider};
+use csap_testkit::postgres::Engine;
 use keyserver::client::{AdminClient, ClientError};
 use keyserver::testing::{provision, Loopback, Provisioned, RuleFor};
 use keyserver::wire::Reason;
@@ -22,6 +23,8 @@ const SCOPE: &str = "shot010";
 const UID: u32 = 1000;
 
 struct Env {
+    /// The store's engine (holding a PostgreSQL database keeps its server running).
+    _engine: Engine,
     _dir: tempfile::TempDir,
     lb: Loopback,
     admin: AdminClient,
@@ -60,13 +63,15 @@ fn client(id: &str) -> OidcClient {
 }
 
 /// A key server with a device (a local user `local-bob` provisioned it) and one provider.
-async fn env() -> Option<Env> {
+async fn env(engine: Engine) -> Option<Env> {
     let provider = oidc_provider(&[client(CLIENT), client("other-client")], 120)?;
     let dir = tempfile::tempdir().unwrap();
     let rules = Arc::new(SwappableRules::new(rules_for("nobody")));
-    let lb = keyserver::testing::spawn_loopback(&dir.path().join("ks"), rules.clone())
-        .await
-        .unwrap();
+    let mut cfg = keyserver::testing::loopback_config(&dir.path().join("ks"), rules.clone());
+    if let Some(url) = engine.url() {
+        cfg.store = authz::pg::Engine::postgres(authz::pg::Target::parse(url, None).unwrap());
+    }
+    let lb = keyserver::testing::spawn_with(cfg).await.unwrap();
     let dev = provision(
         &lb,
         DEVICE,
@@ -79,6 +84,7 @@ async fn env() -> Option<Env> {
     .unwrap();
     let admin = lb.admin().unwrap();
     Some(Env {
+        _engine: engine,
         _dir: dir,
         lb,
         admin,
@@ -140,9 +146,8 @@ impl Env {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_organizations_id_token_logs_its_person_in_for_what_their_rules_allow() {
-    let Some(e) = env().await else { return };
+async fn an_organizations_id_token_logs_its_person_in_for_what_their_rules_allow(engine: Engine) {
+    let Some(e) = env(engine).await else { return };
     e.trust(ORG, &e.provider.issuer, CLIENT, false).await;
     // Login clients learn where to send the person.
     let idp = e.dev.client.identity_provider(ORG).await.unwrap();
@@ -206,9 +211,8 @@ async fn an_organizations_id_token_logs_its_person_in_for_what_their_rules_allow
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_id_tokens_are_refused_with_their_reason_and_audited() {
-    let Some(e) = env().await else { return };
+async fn bad_id_tokens_are_refused_with_their_reason_and_audited(engine: Engine) {
+    let Some(e) = env(engine).await else { return };
     e.trust(ORG, &e.provider.issuer, CLIENT, false).await;
     let good = e.token_for("alice", CLIENT, "n-1").await;
 
@@ -287,9 +291,8 @@ async fn bad_id_tokens_are_refused_with_their_reason_and_audited() {
     assert!(!users.iter().any(|u| u.contains("mallory")), "{users:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pseudonymous_organizations_people_are_stable_pseudonyms() {
-    let Some(e) = env().await else { return };
+async fn a_pseudonymous_organizations_people_are_stable_pseudonyms(engine: Engine) {
+    let Some(e) = env(engine).await else { return };
     e.trust(ORG, &e.provider.issuer, CLIENT, true).await;
     let first = e.token_for("alice", CLIENT, "n-1").await;
     let (_, _, name) = e.login(ORG, &first, "n-1").await.unwrap();
@@ -311,9 +314,8 @@ async fn a_pseudonymous_organizations_people_are_stable_pseudonyms() {
     assert_ne!(e.login(ORG, &bob, "n-3").await.unwrap().2, name);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn providers_are_managed_by_admins_and_a_local_user_is_never_taken_over() {
-    let Some(e) = env().await else { return };
+async fn providers_are_managed_by_admins_and_a_local_user_is_never_taken_over(engine: Engine) {
+    let Some(e) = env(engine).await else { return };
     // Only https (or loopback http) providers.
     let plain = e
         .admin
@@ -361,3 +363,10 @@ fn reencode_claims(segment: &str, change: impl FnOnce(&mut serde_json::Value)) -
     change(&mut claims);
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
 }
+
+csap_testkit::on_both_engines!(
+    an_organizations_id_token_logs_its_person_in_for_what_their_rules_allow,
+    bad_id_tokens_are_refused_with_their_reason_and_audited,
+    a_pseudonymous_organizations_people_are_stable_pseudonyms,
+    providers_are_managed_by_admins_and_a_local_user_is_never_taken_over,
+);
