@@ -25,7 +25,7 @@ use openidconnect::{
     ClaimsVerificationError, ClientId, IssuerUrl, Nonce, SignatureVerificationError,
 };
 use serde::Deserialize;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::wire::{IdentityProvider, Reason};
 
@@ -33,6 +33,10 @@ use crate::wire::{IdentityProvider, Reason};
 pub const KEYS_TTL: Duration = Duration::from_secs(300);
 /// The least time between two fetches for one provider (an unknown `kid` triggers one).
 pub const REFETCH_MIN: Duration = Duration::from_secs(10);
+/// How long a used ID token is remembered (longer than providers let ID tokens live).
+pub const USED_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Used ID tokens remembered at most (32 bytes each).
+const USED_CAPACITY: u64 = 1_000_000;
 /// How far in the future an `iat` may be (clocks differ a little).
 const IAT_LEEWAY_SECS: i64 = 60;
 /// The length of a pseudonym's hash part (base32 characters: 130 bits).
@@ -158,6 +162,8 @@ struct Discovery {
 pub struct Federation {
     http: reqwest::Client,
     cache: Mutex<HashMap<String, std::sync::Arc<ProviderKeys>>>,
+    /// SHA-256 of the ID tokens that logged in, for [`USED_TTL`] (this replica's memory).
+    used: moka::sync::Cache<[u8; 32], ()>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -184,11 +190,38 @@ impl Federation {
         Federation {
             http,
             cache: Mutex::new(HashMap::new()),
+            used: moka::sync::Cache::builder()
+                .max_capacity(USED_CAPACITY)
+                .time_to_live(USED_TTL)
+                .build(),
         }
     }
 
     /// The subject of `id_token` once every check passes (module doc), at time `now`.
+    ///
+    /// An ID token logs in once: one that verified before is refused as replayed (a token
+    /// copied from a log or a browser's history, with the nonce it carries, must not log in
+    /// another device).
     pub async fn verify(
+        &self,
+        idp: &IdentityProvider,
+        id_token: &str,
+        nonce: &str,
+        now: i64,
+    ) -> Result<String, Refusal> {
+        let subject = self.verify_signed(idp, id_token, nonce, now).await?;
+        let digest: [u8; 32] = Sha256::digest(id_token.as_bytes()).into();
+        if !self.used.entry(digest).or_insert(()).is_fresh() {
+            return Err(Refusal::new(
+                Reason::IdTokenInvalid,
+                "the ID token logged in before: a replayed token",
+            ));
+        }
+        Ok(subject)
+    }
+
+    /// [`Self::verify`] but for the replay check.
+    async fn verify_signed(
         &self,
         idp: &IdentityProvider,
         id_token: &str,

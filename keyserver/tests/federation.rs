@@ -279,6 +279,19 @@ async fn bad_id_tokens_are_refused_with_their_reason_and_audited(engine: Engine)
         e.login(ORG, &good, "n-1").await.unwrap().2,
         "alice@acme-post"
     );
+    // Once: the token replayed (from a log, another device: the nonce is in the token) is
+    // refused and audited.
+    e.assert_refused(e.login(ORG, &good, "n-1").await, Reason::IdTokenInvalid)
+        .await;
+    let audit = e.login_audit().await;
+    let reason = audit
+        .last()
+        .unwrap()
+        .2
+        .as_deref()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("replayed"), "{reason}");
     // No refused token provisioned anyone.
     let users: Vec<String> = e
         .admin
